@@ -1,0 +1,46 @@
+# servegate: the commands README and CI call. `make setup` is idempotent.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.servegate-setup
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: setup deploy test test-unit test-integration bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@command -v java >/dev/null || { echo "installing Java (openjdk-17-jre-headless)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, got {sys.version}"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[torch,dev]"
+	@$(BIN)/python -c 'import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith("2.13.0") and "cu" not in v else f"torch {v} is not the 2.13.0 CPU build")'
+	@$(BIN)/python -c 'import yaml, ts, model_archiver'  # TorchServe's wheel forgets PyYAML
+	@touch $(STAMP)
+
+deploy: setup
+	$(BIN)/python -m servegate.quickstart
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+lint: setup
+	$(BIN)/ruff check src handlers tests benchmarks loadtests pipelines
+	$(BIN)/mypy src
+
+clean:
+	rm -rf .servegate mlruns mlflow.db

@@ -1,0 +1,55 @@
+"""Classification outputs shared by the task handlers: probabilities, top-k, labels."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import sg_codecs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class Classifier:
+    """Turns logits (or probabilities) into probabilities, top-k and label strings."""
+
+    def __init__(self, labels: list[str], top_k: int, outputs_are_probabilities: bool) -> None:
+        self.labels = labels
+        self.top_k = top_k
+        self.outputs_are_probabilities = outputs_are_probabilities
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model_dir: str) -> Classifier:
+        labels: list[str] = []
+        name = spec.get("labels_file")
+        if name:
+            with open(os.path.join(model_dir, name), encoding="utf-8") as fh:
+                mapping = json.load(fh)
+            labels = [str(mapping[k]) for k in sorted(mapping, key=int)]
+        return cls(labels, int(spec.get("top_k", 3)), bool(spec.get("outputs_are_probabilities")))
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+    def outputs(self, output: np.ndarray) -> tuple[list[Any], list[dict[str, Any]]]:
+        scores = output.astype(np.float32, copy=False)
+        probs = scores if self.outputs_are_probabilities else softmax(scores)
+        k = min(self.top_k, probs.shape[-1])
+        top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+        rows = []
+        for p, idx in zip(probs, top, strict=True):
+            rows.append({
+                "label": self.label(int(idx[0])),
+                "probabilities": p.tolist(),
+                "top_k": [{"index": int(j), "label": self.label(int(j)), "probability": float(p[j])}
+                          for j in idx],
+            })
+        labels = np.array([self.label(int(i)) for i in top[:, 0]], dtype=object)
+        v2 = [sg_codecs.v2_tensor("probabilities", probs), sg_codecs.v2_tensor("label", labels)]
+        return rows, v2

@@ -1,0 +1,157 @@
+"""Load the model an archive records in ``servegate.json`` as a numpy -> numpy callable.
+
+Formats: ``state_dict`` (weights + a model file and class), ``exported_program`` (torch.export),
+``aoti`` (an AOTInductor package), ``onnx`` (onnxruntime), ``torchscript`` (old artifacts),
+``inductor`` (torch.compile in the worker), ``torch_tensorrt`` (CUDA only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sg_errors import ModelLoadError
+
+Predictor = Callable[..., np.ndarray]
+
+
+def intra_op_threads(spec: dict[str, Any], max_workers: int) -> int:
+    """Threads per worker so that workers x threads <= cores (DESIGN.md: idle OpenMP spin)."""
+    configured = spec.get("intra_op_threads")
+    if configured:
+        return int(configured)
+    return max(1, (os.cpu_count() or 1) // max(1, max_workers))
+
+
+def load(spec: dict[str, Any], model_dir: str, threads: int) -> Predictor:
+    """Load the archive's model; raise ``ModelLoadError`` (with the cause) if it cannot be."""
+    fmt = spec.get("format")
+    loader = _LOADERS.get(str(fmt))
+    if loader is None:
+        raise ModelLoadError(f"unknown model format {fmt!r}; known: {sorted(_LOADERS)}")
+    path = os.path.join(model_dir, spec["artifact"])
+    if not os.path.exists(path):
+        raise ModelLoadError(f"artifact {spec['artifact']!r} is missing from the archive")
+    try:
+        return loader(spec, path, threads)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # any library failure becomes a load error with its cause
+        raise ModelLoadError(f"cannot load {fmt} artifact {spec['artifact']!r}: {exc}") from exc
+
+
+def _torch_predictor(module: Any) -> Predictor:
+    import torch
+
+    def predict(*arrays: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.detach().cpu().numpy()
+
+    return predict
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set or parallel work has started: keep what is there
+        pass
+
+
+def _load_state_dict(spec: dict[str, Any], path: str, threads: int) -> Predictor:
+    import torch
+
+    _set_torch_threads(threads)
+    module_name, _, class_name = str(spec["model_class"]).rpartition(".")
+    model_cls = getattr(importlib.import_module(module_name), class_name)
+    model = model_cls(**spec.get("model_kwargs", {}))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return _torch_predictor(model.eval())
+
+
+def _load_exported_program(spec: dict[str, Any], path: str, threads: int) -> Predictor:
+    import torch
+
+    _set_torch_threads(threads)
+    return _torch_predictor(torch.export.load(path).module())
+
+
+def _load_aoti(spec: dict[str, Any], path: str, threads: int) -> Predictor:
+    import torch
+    import torch._inductor
+
+    _set_torch_threads(threads)
+    return _torch_predictor(torch._inductor.aoti_load_package(path))
+
+
+def _load_inductor(spec: dict[str, Any], path: str, threads: int) -> Predictor:
+    import torch
+
+    _set_torch_threads(threads)
+    program = torch.export.load(path).module()
+    return _torch_predictor(torch.compile(program, dynamic=True))
+
+
+def _load_torchscript(spec: dict[str, Any], path: str, threads: int) -> Predictor:
+    import torch
+
+    _set_torch_threads(threads)
+    return _torch_predictor(torch.jit.load(path, map_location="cpu").eval())
+
+
+def _load_onnx(spec: dict[str, Any], path: str, threads: int) -> Predictor:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def predict(*arrays: np.ndarray) -> np.ndarray:
+        return session.run(None, dict(zip(names, arrays, strict=True)))[0]
+
+    return predict
+
+
+def _load_torch_tensorrt(spec: dict[str, Any], path: str, threads: int) -> Predictor:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            "this archive holds a torch-TensorRT artifact, which needs an NVIDIA GPU with CUDA; "
+            "this worker has no CUDA device. Rebuild the archive with a CPU compiler "
+            "(compiler=auto, onnx, aoti or eager) or serve it on a GPU host."
+        )
+    try:
+        import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops)
+    except ImportError as exc:
+        raise ModelLoadError("torch_tensorrt is not installed in this worker's environment") from exc
+    module = torch.export.load(path).module().to("cuda")
+
+    def predict(*arrays: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(a).to("cuda") for a in arrays))
+        return (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()
+
+    return predict
+
+
+_LOADERS: dict[str, Callable[[dict[str, Any], str, int], Predictor]] = {
+    "state_dict": _load_state_dict,
+    "exported_program": _load_exported_program,
+    "aoti": _load_aoti,
+    "inductor": _load_inductor,
+    "torchscript": _load_torchscript,
+    "onnx": _load_onnx,
+    "torch_tensorrt": _load_torch_tensorrt,
+}

@@ -1,0 +1,44 @@
+"""The small interface every serving backend implements (TorchServe, TF Serving, fakes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One served version of a model."""
+
+    name: str
+    version: str
+    is_default: bool
+    ready_workers: int
+    workers: int
+
+
+@runtime_checkable
+class ServingBackend(Protocol):
+    """Deploy versions, route the default, predict. Every method raises ``ServerError`` subclasses."""
+
+    kind: str
+
+    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1) -> None:
+        """Serve ``artifact`` as a NEW version of ``name`` that takes no default traffic yet
+        (unless it is the first version); return once it answers predictions."""
+
+    def set_default(self, name: str, version: str) -> None:
+        """Route the default endpoint of ``name`` to ``version``."""
+
+    def undeploy(self, name: str, version: str) -> None:
+        """Stop serving ``version`` of ``name`` (never the default while others exist)."""
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """The versions of ``name`` being served (empty if none)."""
+
+    def predict(self, name: str, payload: Any, version: str | None = None) -> Any:
+        """One prediction through the standard REST endpoint; returns the decoded JSON."""
+
+    def endpoint(self, name: str, version: str | None = None) -> str:
+        """The standard REST URL of the default (or one) version."""

@@ -1,0 +1,243 @@
+"""Start, find and stop a local TorchServe in its own working directory.
+
+Everything the server writes stays in that directory: ``config.properties`` rendered from
+``serving_configs/torchserve``, ``key_file.json``, ``logs/``, the pid file and Java's temp files.
+The server runs in its own process group, so stopping it leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import psutil
+
+from servegate.backends.torchserve.client import Endpoints, TorchServeClient
+from servegate.config import TorchServeSettings
+from servegate.errors import ServerNotRunning, ServerStartError
+
+STATE_FILE = "server.json"
+KEY_FILE = "key_file.json"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def serving_configs_dir() -> Path:
+    return Path(str(resources.files("servegate_serving_configs"))) / "torchserve"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What ``server.json`` records of a running local server."""
+
+    pid: int
+    workdir: str
+    model_store: str
+    inference: str
+    management: str
+    metrics: str
+    key_file: str | None
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self.inference, self.management, self.metrics)
+
+    def client(self, timeout: float = 120.0) -> TorchServeClient:
+        return TorchServeClient(self.endpoints, Path(self.key_file) if self.key_file else None,
+                                timeout=timeout)
+
+
+def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
+    """``config.properties`` from the template (loopback, token auth, allowed_urls = store)."""
+    templates = serving_configs_dir()
+    template = string.Template((templates / "config.properties").read_text(encoding="utf-8"))
+    store = model_store.resolve()
+    return template.substitute(
+        host=settings.host,
+        inference_port=ports["inference"],
+        management_port=ports["management"],
+        metrics_port=ports["metrics"],
+        model_store=store,
+        # allowed_urls is a list of regular expressions: only archives of our model store.
+        allowed_urls=f"file://{_regex_escape(str(store))}/[^/]+\\\\.mar",
+        metrics_config=templates / "metrics.yaml",
+        job_queue_size=100,
+        max_request_size=settings.max_request_size,
+        log4j_config=templates / "log4j2.xml",
+    )
+
+
+def _regex_escape(path: str) -> str:
+    # Escape only what a file path can hold that is special in a Java regex.
+    return "".join("\\\\" + c if c in ".+*?^$()[]{}|" else c for c in path)
+
+
+class LocalTorchServe:
+    """A TorchServe process owned by servegate, described by ``<workdir>/server.json``."""
+
+    def __init__(self, settings: TorchServeSettings | None = None) -> None:
+        self.settings = settings or TorchServeSettings()
+        self.workdir = Path(self.settings.workdir).resolve()
+        self.model_store = self.workdir / "model-store"
+
+    @property
+    def state_path(self) -> Path:
+        return self.workdir / STATE_FILE
+
+    def state(self) -> ServerState | None:
+        """The recorded state if that server process is still alive, else None."""
+        try:
+            state = ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+        return state if _alive(state.pid) else None
+
+    def start(self) -> ServerState:
+        """Start TorchServe (or return the one already running here) and wait until it answers."""
+        running = self.state()
+        if running is not None:
+            return running
+        if not self.settings.token_auth:
+            raise ServerStartError("servegate keeps TorchServe's token auth on; it cannot be disabled")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.model_store.mkdir(exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        (self.workdir / KEY_FILE).unlink(missing_ok=True)
+        s = self.settings
+        ports = {
+            "inference": s.inference_port or free_port(s.host),
+            "management": s.management_port or free_port(s.host),
+            "metrics": s.metrics_port or free_port(s.host),
+        }
+        config = self.workdir / "config.properties"
+        config.write_text(render_config(s, ports, self.model_store), encoding="utf-8")
+        process = subprocess.Popen(
+            [_torchserve_executable(), "--start", "--foreground", "--ncs",
+             "--model-store", str(self.model_store), "--ts-config", str(config)],
+            cwd=self.workdir,
+            env=self._environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.workdir / "logs" / "stdout.log", "ab"),  # noqa: SIM115 (child owns it)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        state = ServerState(
+            pid=process.pid,
+            workdir=str(self.workdir),
+            model_store=str(self.model_store),
+            inference=f"http://{s.host}:{ports['inference']}",
+            management=f"http://{s.host}:{ports['management']}",
+            metrics=f"http://{s.host}:{ports['metrics']}",
+            key_file=str(self.workdir / KEY_FILE),
+        )
+        self.state_path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+        try:
+            self._wait_up(state, process)
+        except ServerStartError:
+            self.stop()
+            raise
+        return state
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        tmp = str(self.workdir / "tmp")
+        env.update(
+            LOG_LOCATION=str(self.workdir / "logs"),
+            METRICS_LOCATION=str(self.workdir / "logs"),
+            TEMP=tmp, TMPDIR=tmp,
+            # Our handlers parse request bodies themselves (bytes in, exact size checks).
+            TS_DECODE_INPUT_REQUEST="false",
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        )
+        return env
+
+    def _wait_up(self, state: ServerState, process: subprocess.Popen[bytes]) -> None:
+        """Up = the key file exists and the management API answers an authorised call."""
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        key_file = Path(state.key_file or "")
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServerStartError(
+                    f"TorchServe exited with {process.returncode}; see {self.workdir / 'logs'}"
+                )
+            if key_file.exists():
+                with state.client(timeout=5) as client:
+                    try:
+                        client.list_models()
+                        return
+                    except (ServerNotRunning, httpx.HTTPError):
+                        pass
+            time.sleep(0.3)
+        raise ServerStartError(f"TorchServe did not answer within {self.settings.ready_timeout_s}s")
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop the server and every process of its group; True if one was running."""
+        try:
+            state = ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
+        except (FileNotFoundError, ValueError, TypeError):
+            return False
+        stopped = _kill_group(state.pid, timeout_s)
+        self.state_path.unlink(missing_ok=True)
+        return stopped
+
+
+def _torchserve_executable() -> str:
+    candidate = Path(sys.executable).parent / "torchserve"
+    if candidate.exists():
+        return str(candidate)
+    raise ServerStartError("torchserve is not installed in this environment (pip install servegate[torch])")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def group_processes(pgid: int) -> list[psutil.Process]:
+    """Every live process of the process group (the server's launcher, Java, workers)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return found
+
+
+def _kill_group(pgid: int, timeout_s: float) -> bool:
+    members = group_processes(pgid)
+    if not members:
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        _, members = psutil.wait_procs(members, timeout=timeout_s if sig == signal.SIGTERM else 5)
+        members = [p for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not members:
+            break
+    try:  # reap our own child if we started it in this process
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True

@@ -1,0 +1,256 @@
+"""The ``servegate`` command line: parse, call, print.
+
+Exit codes scripts can rely on: 0 success, 1 a gate failed (the challenger was rejected),
+2 usage error, 3 no server (not running / unreachable), 4 the server refused a request,
+5 invalid configuration or input, 6 packaging or compile failure, 7 any other servegate error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from servegate import errors
+from servegate.config import BatchingConfig, TorchServeSettings, home_dir
+
+console = Console(stderr=True)
+out = Console()
+
+EXIT_CODES: list[tuple[type[errors.ServegateError], int]] = [
+    (errors.GateFailed, 1),
+    (errors.ServerNotRunning, 3),
+    (errors.ServerRequestError, 4),
+    (errors.ServerError, 3),
+    (errors.ConfigError, 5),
+    (errors.SourceError, 5),
+    (errors.PackagingError, 6),
+    (errors.CompileError, 6),
+    (errors.ServegateError, 7),
+]
+
+app = typer.Typer(help="Take a model to a gated deployment on TorchServe.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+serve_app = typer.Typer(help="Start, stop and inspect a local TorchServe.", no_args_is_help=True)
+models_app = typer.Typer(help="Register, route and remove model versions.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+app.add_typer(models_app, name="models")
+
+WorkdirOption = Annotated[
+    Path | None,
+    typer.Option("--workdir", help="The local server's directory [default: $SERVEGATE_HOME/torchserve]."),
+]
+
+
+def fail(exc: errors.ServegateError) -> NoReturn:
+    code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code)
+
+
+def _settings(workdir: Path | None, **overrides: Any) -> TorchServeSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if workdir is not None:
+        values["workdir"] = workdir
+    return TorchServeSettings(**values)
+
+
+def _running_backend(workdir: Path | None):  # -> TorchServeBackend
+    from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+
+    server = LocalTorchServe(_settings(workdir))
+    state = server.state()
+    if state is None:
+        raise errors.ServerNotRunning(
+            f"no TorchServe running in {server.workdir}; start one with `servegate serve start`"
+        )
+    return TorchServeBackend.from_state(state)
+
+
+# ---- serve ----------------------------------------------------------------------------------
+@serve_app.command("start")
+def serve_start(
+    workdir: WorkdirOption = None,
+    inference_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+    management_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+    metrics_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+) -> None:
+    """Start TorchServe on 127.0.0.1 with token auth (or show the one already running)."""
+    from servegate.backends.torchserve import LocalTorchServe
+
+    try:
+        with console.status("starting TorchServe"):
+            state = LocalTorchServe(_settings(workdir, inference_port=inference_port,
+                                              management_port=management_port,
+                                              metrics_port=metrics_port)).start()
+    except errors.ServegateError as exc:
+        fail(exc)
+    _print_state(state)
+
+
+@serve_app.command("stop")
+def serve_stop(workdir: WorkdirOption = None) -> None:
+    """Stop the local TorchServe and every one of its processes."""
+    from servegate.backends.torchserve import LocalTorchServe
+
+    server = LocalTorchServe(_settings(workdir))
+    if server.stop():
+        out.print(f"stopped TorchServe in {server.workdir}")
+    else:
+        out.print(f"no TorchServe was running in {server.workdir}")
+
+
+@serve_app.command("status")
+def serve_status(workdir: WorkdirOption = None) -> None:
+    """Show the local server and its models; exit 3 when none is running."""
+    try:
+        backend = _running_backend(workdir)
+        from servegate.backends.torchserve import LocalTorchServe
+
+        state = LocalTorchServe(_settings(workdir)).state()
+        assert state is not None
+        _print_state(state)
+        table = Table("model", "version", "default", "ready workers")
+        for name in backend.client.list_models():
+            for v in backend.versions(name):
+                table.add_row(v.name, v.version, "yes" if v.is_default else "", f"{v.ready_workers}/{v.workers}")
+        out.print(table)
+    except errors.ServegateError as exc:
+        fail(exc)
+
+
+def _print_state(state: Any) -> None:
+    table = Table("endpoint", "address", title="TorchServe")
+    table.add_row("inference", state.inference)
+    table.add_row("management", state.management)
+    table.add_row("metrics", f"{state.metrics}/metrics")
+    table.add_row("key file", str(state.key_file))
+    table.add_row("model store", state.model_store)
+    out.print(table)
+
+
+# ---- package ----------------------------------------------------------------------------------
+@app.command("package")
+def package(
+    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
+    name: Annotated[str, typer.Option(help="Served model name.")] = "digits",
+    version: Annotated[str, typer.Option(help="Model version recorded in the archive.")] = "1",
+    output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes [default: the local model store].")] = None,
+    compiler: Annotated[str, typer.Option(help="eager | export")] = "eager",
+    batch_size: int = 8,
+    max_batch_delay_ms: int = 5,
+    workers: int = 1,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Build a .mar archive (handlers, model-config.yaml, labels, warm-up sample)."""
+    from servegate.packaging.builder import package_torch_model
+
+    try:
+        batching = BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                                  min_workers=workers, max_workers=workers)
+        target = output_dir or (_settings(workdir).workdir / "model-store")
+        with console.status(f"packaging {model}"):
+            archive = package_torch_model(model, name=name, version=version, compiler=compiler,
+                                          batching=batching, output_dir=target)
+    except errors.ServegateError as exc:
+        fail(exc)
+    out.print(str(archive))
+
+
+# ---- models ----------------------------------------------------------------------------------
+@models_app.command("register")
+def models_register(
+    archive: Annotated[Path, typer.Argument(help="A .mar built by `servegate package`.")],
+    name: Annotated[str, typer.Option(help="Model name in the archive.")],
+    version: Annotated[str, typer.Option(help="Version in the archive.")],
+    workers: int = 1,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Serve an archive as a new version; returns once it has READY workers."""
+    try:
+        backend = _running_backend(workdir)
+        with console.status(f"registering {name} v{version}"):
+            backend.deploy(archive, name, version, workers=workers)
+        out.print(f"{name} v{version} is ready at {backend.endpoint(name, version)}")
+    except errors.ServegateError as exc:
+        fail(exc)
+
+
+@models_app.command("list")
+def models_list(name: str, workdir: WorkdirOption = None) -> None:
+    """The served versions of NAME."""
+    try:
+        versions = _running_backend(workdir).versions(name)
+    except errors.ServegateError as exc:
+        fail(exc)
+    out.print_json(json.dumps([v.__dict__ for v in versions]))
+
+
+@models_app.command("default")
+def models_default(name: str, version: str, workdir: WorkdirOption = None) -> None:
+    """Route NAME's default endpoint to VERSION."""
+    try:
+        _running_backend(workdir).set_default(name, version)
+    except errors.ServegateError as exc:
+        fail(exc)
+    out.print(f"{name} default -> v{version}")
+
+
+@models_app.command("unregister")
+def models_unregister(name: str, version: str, workdir: WorkdirOption = None) -> None:
+    """Stop serving VERSION of NAME."""
+    try:
+        _running_backend(workdir).undeploy(name, version)
+    except errors.ServegateError as exc:
+        fail(exc)
+    out.print(f"unregistered {name} v{version}")
+
+
+@models_app.command("scale")
+def models_scale(name: str, version: str, workers: int, workdir: WorkdirOption = None) -> None:
+    """Set the worker count of VERSION of NAME."""
+    try:
+        _running_backend(workdir).client.scale(name, version, min_workers=workers)
+    except errors.ServegateError as exc:
+        fail(exc)
+    out.print(f"{name} v{version}: {workers} workers")
+
+
+# ---- predict ---------------------------------------------------------------------------------
+@app.command("predict")
+def predict(
+    name: str,
+    data: Annotated[str | None, typer.Option(help="JSON request body.")] = None,
+    file: Annotated[Path | None, typer.Option(help="File holding the request body ('-': stdin).")] = None,
+    version: Annotated[str | None, typer.Option(help="A version (default: the default one).")] = None,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Send one request to NAME's standard endpoint (token from the key file) and print the answer."""
+    try:
+        if (data is None) == (file is None):
+            raise errors.ConfigError("give exactly one of --data or --file")
+        if file is not None:
+            body = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        else:
+            body = data or ""
+        try:
+            payload = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise errors.ConfigError(f"the request body is not JSON: {exc}") from exc
+        answer = _running_backend(workdir).predict(name, payload, version)
+    except errors.ServegateError as exc:
+        fail(exc)
+    out.print_json(json.dumps(answer))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Build TorchServe ``.mar`` archives with torch-model-archiver's Python API.
+
+The archive carries the model artifact, our handler modules (``handlers/``), ``servegate.json``,
+``model-config.yaml`` (batching and workers), ``index_to_name.json`` and a warm-up sample. The
+archive appears in the model store atomically (built aside, then renamed into place).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from servegate.compilers.base import CompiledArtifact
+from servegate.config import BatchingConfig, RequestLimits
+from servegate.errors import PackagingError
+from servegate.packaging.spec import SPEC_FILE, TASK_HANDLERS, ArtifactSpec, InputSpec
+from servegate.sources.base import TorchModel
+
+_ARCHIVER_LOCK = threading.Lock()
+LABELS_FILE = "index_to_name.json"
+WARMUP_FILE = "warmup.json"
+MODEL_CONFIG_FILE = "model-config.yaml"
+
+
+def handlers_dir() -> Path:
+    """The directory of the handler modules shipped inside archives."""
+    return Path(str(resources.files("servegate_handlers")))
+
+
+def archive_file_name(name: str, version: str) -> str:
+    """The model-store file name of one version (several versions live side by side)."""
+    return f"{name}.v{version}.mar"
+
+
+@dataclass(frozen=True)
+class MarContents:
+    """Everything one archive is built from."""
+
+    name: str
+    version: str
+    artifact: Path
+    spec: ArtifactSpec
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    model_file: Path | None = None
+    labels: Sequence[str] | None = None
+    warmup: Any | None = None
+    extra_files: Sequence[Path] = ()
+
+
+@contextmanager
+def _private_tempdir(path: Path) -> Iterator[None]:
+    """torch-model-archiver stages files in ``gettempdir()/<model name>``: give it our own."""
+    with _ARCHIVER_LOCK:
+        saved = tempfile.tempdir
+        tempfile.tempdir = str(path)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
+
+
+def build_mar(contents: MarContents, model_store: Path) -> Path:
+    """Build the archive and move it into ``model_store``; return its path there."""
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_packaging import package_model
+    from model_archiver.model_packaging_utils import ModelExportUtils
+
+    if not contents.artifact.exists():
+        raise PackagingError(f"model artifact not found: {contents.artifact}")
+    if contents.spec.format == "state_dict" and contents.model_file is None:
+        raise PackagingError("a state_dict archive needs the model file that defines its class")
+    model_store.mkdir(parents=True, exist_ok=True)
+    target = model_store / archive_file_name(contents.name, contents.version)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=model_store) as tmp:
+        staging = Path(tmp)
+        files_dir = staging / "files"
+        files_dir.mkdir()
+        handler = _stage_files(contents, files_dir)
+        config = ModelArchiverConfig(
+            model_name=contents.name,
+            handler=str(handler),
+            version=contents.version,
+            serialized_file=str(contents.artifact),
+            model_file=str(contents.model_file) if contents.model_file else None,
+            extra_files=",".join(str(p) for p in sorted(files_dir.iterdir()) if p != handler),
+            export_path=str(staging),
+            config_file=str(files_dir / MODEL_CONFIG_FILE),
+            force=True,
+        )
+        try:
+            with _private_tempdir(staging):
+                package_model(config, ModelExportUtils.generate_manifest_json(config))
+        except Exception as exc:
+            raise PackagingError(f"torch-model-archiver failed for {contents.name}: {exc}") from exc
+        built = staging / f"{contents.name}.mar"
+        if not built.exists():
+            raise PackagingError(f"torch-model-archiver wrote no archive for {contents.name}")
+        os.replace(built, target)
+    return target
+
+
+def _stage_files(contents: MarContents, files_dir: Path) -> Path:
+    spec = contents.spec.model_copy(update={"artifact": contents.artifact.name})
+    if contents.labels is not None:
+        _write_json(files_dir / LABELS_FILE, {str(i): str(v) for i, v in enumerate(contents.labels)})
+        spec = spec.model_copy(update={"labels_file": LABELS_FILE})
+    if contents.warmup is not None:
+        _write_json(files_dir / WARMUP_FILE, contents.warmup)
+        spec = spec.model_copy(update={"warmup_file": WARMUP_FILE})
+    _write_json(files_dir / SPEC_FILE, spec.model_dump(mode="json"))
+    (files_dir / MODEL_CONFIG_FILE).write_text(
+        yaml.safe_dump(contents.batching.model_config_yaml(), sort_keys=False), encoding="utf-8"
+    )
+    source = handlers_dir()
+    for module in sorted(source.glob("sg_*.py")):
+        shutil.copy2(module, files_dir / module.name)
+    handler = source / f"{TASK_HANDLERS[spec.task]}.py"
+    shutil.copy2(handler, files_dir / handler.name)
+    for extra in contents.extra_files:
+        shutil.copy2(extra, files_dir / extra.name)
+    return files_dir / handler.name
+
+
+def _write_json(path: Path, value: Mapping[str, Any] | Any) -> None:
+    path.write_text(json.dumps(value, indent=1), encoding="utf-8")
+
+
+def read_archive_member(archive: Path, member: str) -> bytes:
+    """One file of a built archive (for checks and tests)."""
+    import zipfile
+
+    with zipfile.ZipFile(archive) as zf:
+        return zf.read(member)
+
+
+def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, version: str,
+                 batching: BatchingConfig, limits: RequestLimits | None = None,
+                 warmup_rows: int = 2) -> MarContents:
+    """The archive contents of a compiled ``TorchModel``: spec, labels and a real warm-up sample."""
+    spec = ArtifactSpec(
+        task=model.task,  # type: ignore[arg-type]
+        format=artifact.format,
+        artifact=artifact.path.name,
+        model_class=artifact.model_class,
+        model_kwargs=artifact.model_kwargs,
+        input=InputSpec(shape=list(model.input_shape)),
+        limits=limits or RequestLimits(),
+        compiler=artifact.backend,
+    )
+    return MarContents(
+        name=name, version=version, artifact=artifact.path, spec=spec, batching=batching,
+        model_file=artifact.model_file, labels=model.labels,
+        warmup={"instances": model.example_batch(warmup_rows).tolist()},
+    )

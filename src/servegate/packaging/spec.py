@@ -1,0 +1,61 @@
+"""``servegate.json``: what an archive records for its handler (format, input, task, limits)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from servegate.config import RequestLimits
+
+SPEC_FILE = "servegate.json"
+ModelFormat = Literal[
+    "state_dict", "exported_program", "aoti", "inductor", "torchscript", "onnx", "torch_tensorrt"
+]
+Task = Literal["tensor-classification", "image-classification"]
+
+#: The handler module shipped for each task (in ``handlers/``).
+TASK_HANDLERS: dict[str, str] = {
+    "tensor-classification": "tensor_classifier",
+    "image-classification": "image_classifier",
+}
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shape: list[int] = Field(description="one instance's shape, without the batch dimension")
+    dtype: str = "float32"
+    allow_non_finite: bool = False
+
+
+class ImageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[int, int] = (224, 224)
+    mode: Literal["L", "RGB"] = "RGB"
+    scale: float = 1 / 255
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+class ArtifactSpec(BaseModel):
+    """The contract between servegate's packaging and the handlers (read as plain JSON there)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 1
+    task: Task
+    format: ModelFormat
+    artifact: str
+    model_class: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input: InputSpec | None = None
+    image: ImageSpec | None = None
+    labels_file: str | None = None
+    top_k: int = 3
+    outputs_are_probabilities: bool = False
+    warmup_file: str | None = None
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    intra_op_threads: int | None = None
+    compiler: str = "eager"
