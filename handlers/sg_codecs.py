@@ -46,13 +46,21 @@ class Envelope:
 
 
 def request_body(request: dict[str, Any]) -> Any:
-    """The payload of one TorchServe request (raw POST body or the first form field)."""
+    """The payload of one TorchServe request (raw POST body or the first form field).
+
+    ``curl -d '{...}'`` without a Content-Type sends a form: TorchServe then hands over the JSON as
+    the name of one empty form field, which is taken as the body.
+    """
     for key in ("body", "data"):
         if key in request and request[key] is not None:
             return request[key]
     for value in request.values():
-        if value is not None:
+        if value not in (None, b"", ""):
             return value
+    if len(request) == 1:
+        (key,) = request
+        if isinstance(key, str) and key.lstrip()[:1] in ("{", "["):
+            return key
     raise BadRequest("empty request", "the request has no body")
 
 
