@@ -1,0 +1,31 @@
+"""Real TorchServe for the integration tests: free ports, its own directory, stopped afterwards."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+from servegate.backends.torchserve.local import group_processes
+from servegate.config import TorchServeSettings
+
+
+def _require_java() -> None:
+    if shutil.which("java") is None:
+        pytest.fail("java is not installed: `make setup` installs openjdk-17-jre-headless")
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory: pytest.TempPathFactory):
+    """A running local TorchServe and its backend; every process is gone afterwards."""
+    _require_java()
+    server = LocalTorchServe(TorchServeSettings(workdir=tmp_path_factory.mktemp("torchserve")))
+    state = server.start()
+    backend = TorchServeBackend.from_state(state)
+    try:
+        yield server, state, backend
+    finally:
+        backend.close()
+        server.stop()
+        assert group_processes(state.pid) == [], "TorchServe processes left behind"

@@ -1,0 +1,101 @@
+"""Archive contents, atomic writes and the rendered TorchServe configuration."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from servegate.backends.torchserve.local import render_config
+from servegate.config import BatchingConfig, TorchServeSettings
+from servegate.errors import PackagingError
+from servegate.packaging.mar import MarContents, build_mar, read_archive_member
+from servegate.packaging.spec import ArtifactSpec, InputSpec
+
+
+def test_archive_holds_handlers_spec_config_labels_and_warmup(build_archive) -> None:
+    batching = BatchingConfig(batch_size=4, max_batch_delay_ms=7, min_workers=1, max_workers=2,
+                              response_timeout_s=30, startup_timeout_s=60)
+    archive = build_archive("3", batching=batching)
+    assert archive.name == "digits.v3.mar"
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {"tensor_classifier.py", "sg_base.py", "sg_codecs.py", "sg_loaders.py", "sg_errors.py",
+            "sg_classification.py", "digits_net.py", "model.pt", "servegate.json",
+            "model-config.yaml", "index_to_name.json", "warmup.json", "MAR-INF/MANIFEST.json"} <= names
+    manifest = json.loads(read_archive_member(archive, "MAR-INF/MANIFEST.json"))
+    assert manifest["model"]["modelName"] == "digits"
+    assert manifest["model"]["modelVersion"] == "3"
+    assert manifest["model"]["handler"] == "tensor_classifier.py"
+    spec = ArtifactSpec.model_validate_json(read_archive_member(archive, "servegate.json"))
+    assert spec.format == "state_dict" and spec.model_class == "digits_net.DigitsMLP"
+    assert spec.input is not None and spec.input.shape == [64]
+    config = yaml.safe_load(read_archive_member(archive, "model-config.yaml"))
+    assert config == {"batchSize": 4, "maxBatchDelay": 7, "minWorkers": 1, "maxWorkers": 2,
+                      "responseTimeout": 30, "startupTimeout": 60}
+    labels = json.loads(read_archive_member(archive, "index_to_name.json"))
+    assert labels == {str(i): str(i) for i in range(10)}
+    warmup = json.loads(read_archive_member(archive, "warmup.json"))
+    assert len(warmup["instances"]) == 2 and len(warmup["instances"][0]) == 64
+
+
+def test_failed_build_leaves_nothing_in_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    contents = MarContents(
+        name="broken", version="1", artifact=tmp_path / "model.pt",
+        spec=ArtifactSpec(task="tensor-classification", format="state_dict", artifact="model.pt",
+                          input=InputSpec(shape=[4])),
+    )
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    with pytest.raises(PackagingError, match="needs the model file"):
+        build_mar(contents, store)
+    missing = MarContents(**{**contents.__dict__, "artifact": tmp_path / "absent.pt"})
+    with pytest.raises(PackagingError, match="not found"):
+        build_mar(missing, store)
+    assert list(store.iterdir()) == []
+
+
+def test_rebuild_replaces_the_archive_in_one_step(build_archive, tmp_path: Path) -> None:
+    first = build_archive("1", store=tmp_path)
+    before = first.stat().st_ino
+    second = build_archive("1", store=tmp_path)
+    assert second == first and second.stat().st_ino != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.v1.mar"]
+
+
+def _properties(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    # Java properties: a backslash escapes the next character.
+    return {k: re.sub(r"\\(.)", r"\1", v) for k, v in pairs}
+
+
+def test_config_is_loopback_token_auth_and_store_only(tmp_path: Path) -> None:
+    store = tmp_path / "my.store"
+    settings = TorchServeSettings(workdir=tmp_path)
+    props = _properties(render_config(settings, {"inference": 1, "management": 2, "metrics": 3}, store))
+    assert props["inference_address"] == "http://127.0.0.1:1"
+    assert props["management_address"] == "http://127.0.0.1:2"
+    assert props["metrics_address"] == "http://127.0.0.1:3"
+    assert props["enable_model_api"] == "true"
+    assert props["metrics_mode"] == "prometheus"
+    assert "disable_token_authorization" not in props
+    assert Path(props["model_store"]) == store.resolve()
+    allowed = re.compile(props["allowed_urls"])
+    assert allowed.fullmatch(f"file://{store.resolve()}/digits.v1.mar")
+    assert not allowed.fullmatch("file:///etc/passwd")
+    assert not allowed.fullmatch(f"file://{store.resolve()}/../x.mar")
+    assert not allowed.fullmatch(f"file://{str(store.resolve()).replace('.', 'X')}/a.mar")
+    assert not allowed.fullmatch("https://example.com/model.mar")
+    assert "log4j.configurationFile=file://" in props["vmargs"]
+
+
+def test_token_auth_cannot_be_turned_off(tmp_path: Path) -> None:
+    from servegate.backends.torchserve import LocalTorchServe
+    from servegate.errors import ServerStartError
+
+    with pytest.raises(ServerStartError, match="token auth"):
+        LocalTorchServe(TorchServeSettings(workdir=tmp_path, token_auth=False)).start()
