@@ -8,6 +8,7 @@ Exit codes scripts can rely on: 0 success, 1 a gate failed (the challenger was r
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -246,6 +247,93 @@ def predict(
     except errors.ServegateError as exc:
         fail(exc)
     out.print_json(json.dumps(answer))
+
+
+# ---- pipeline --------------------------------------------------------------------------------
+@app.command("run")
+def run(
+    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file.")] = "builtin:digits",
+    name: Annotated[str, typer.Option(help="Served (and registered) model name.")] = "digits",
+    target: Annotated[str, typer.Option(help="Serving backend.")] = "torchserve",
+    compiler: Annotated[str, typer.Option(help="Compiler backend.")] = "eager",
+    p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
+    p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = 500.0,
+    min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = 20.0,
+    max_error_rate: Annotated[float, typer.Option(help="SLO: maximum error ratio.")] = 0.0,
+    max_regression_pct: Annotated[float, typer.Option(help="Allowed regression vs the champion (%).")] = 50.0,
+    parity_atol: Annotated[float, typer.Option(help="Max |served - reference| of probabilities.")] = 1e-4,
+    min_top1_agreement: Annotated[float, typer.Option(help="Min top-1 agreement served vs reference.")] = 0.999,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Max accuracy drop vs the champion.")] = 0.01,
+    load_users: Annotated[int, typer.Option(help="Locust users.")] = 8,
+    load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = 8.0,
+    batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
+    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 5,
+    promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
+    workdir: WorkdirOption = None,
+) -> None:
+    """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected)."""
+    import mlflow
+    from pydantic import ValidationError
+
+    from servegate.backends.factory import open_torchserve
+    from servegate.config import LoadSettings, ParityThresholds, PipelineConfig, SLOs
+    from servegate.pipeline import DeployPipeline
+
+    try:
+        try:
+            config = PipelineConfig(
+                model=model, name=name, target=target, compiler=compiler,
+                slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
+                          max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
+                parity=ParityThresholds(parity_atol=parity_atol, min_top1_agreement=min_top1_agreement,
+                                        max_accuracy_drop=max_accuracy_drop),
+                load=LoadSettings(users=load_users, seconds=load_seconds),
+                batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms),
+                promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
+                torchserve=_settings(workdir),
+            )
+        except ValidationError as exc:
+            raise errors.ConfigError(f"invalid parameters: {exc}") from exc
+        if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "servegate-deploy"))
+        backend = open_torchserve(config.torchserve)
+        try:
+            result = DeployPipeline(config, backend, console).run()
+        finally:
+            backend.close()
+    except errors.ServegateError as exc:
+        fail(exc)
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    table = Table("check", "value", "threshold", "result", title=f"{result.name} v{result.version}: {result.decision}")
+    for c in result.checks:
+        table.add_row(f"{c.gate}.{c.name}", f"{c.value:.4g}", f"{c.comparison} {c.threshold:.4g}",
+                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    out.print(table)
+    if result.endpoint:
+        out.print(f"endpoint: {result.endpoint}")
+        out.print("try it:")
+        out.print(result.curl, soft_wrap=True, highlight=False, markup=False)
+    out.print(f"MLflow run: {result.run_id}")
+
+
+@app.command("rollback")
+def rollback_command(name: str, workdir: WorkdirOption = None) -> None:
+    """Restore NAME's previous champion: registry alias and server default together."""
+    from servegate.backends.factory import open_torchserve
+    from servegate.pipeline import rollback
+
+    try:
+        backend = open_torchserve(_settings(workdir))
+        try:
+            restored, demoted = rollback(name, backend)
+        finally:
+            backend.close()
+    except errors.ServegateError as exc:
+        fail(exc)
+    out.print(f"{name}: champion is v{restored} again (v{demoted} kept as previous-champion)")
 
 
 def main() -> None:

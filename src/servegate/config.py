@@ -58,3 +58,41 @@ class TorchServeSettings(_Settings):
     ready_timeout_s: float = 180.0
     # TorchServe's default request size limit is 6.5 MB; ours is set explicitly.
     max_request_size: PositiveInt = 8 << 20
+
+
+class SLOs(_Settings):
+    """Load-gate thresholds: absolute, and relative to the champion measured in the same run."""
+
+    p95_ms: float = Field(250.0, gt=0)
+    p99_ms: float = Field(500.0, gt=0)
+    min_rps: float = Field(20.0, ge=0)
+    max_error_rate: float = Field(0.0, ge=0, le=1)
+    max_regression_pct: float = Field(50.0, ge=0)
+
+
+class ParityThresholds(_Settings):
+    """Accuracy-gate thresholds: served vs reference, challenger vs champion."""
+
+    parity_atol: float = Field(1e-4, ge=0)
+    min_top1_agreement: float = Field(0.999, ge=0, le=1)
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+
+
+class LoadSettings(_Settings):
+    users: PositiveInt = 8
+    seconds: float = Field(8.0, gt=0)
+
+
+class PipelineConfig(_Settings):
+    """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here)."""
+
+    model: str = "builtin:digits"
+    name: str = Field("digits", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    target: str = "torchserve"
+    compiler: str = "eager"
+    slos: SLOs = Field(default_factory=SLOs)
+    parity: ParityThresholds = Field(default_factory=ParityThresholds)
+    load: LoadSettings = Field(default_factory=LoadSettings)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    promote: bool = True
+    torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)

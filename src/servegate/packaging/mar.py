@@ -15,12 +15,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from servegate._resources import handlers_dir
 from servegate.compilers.base import CompiledArtifact
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.errors import PackagingError
@@ -31,11 +31,6 @@ _ARCHIVER_LOCK = threading.Lock()
 LABELS_FILE = "index_to_name.json"
 WARMUP_FILE = "warmup.json"
 MODEL_CONFIG_FILE = "model-config.yaml"
-
-
-def handlers_dir() -> Path:
-    """The directory of the handler modules shipped inside archives."""
-    return Path(str(resources.files("servegate_handlers")))
 
 
 def archive_file_name(name: str, version: str) -> str:

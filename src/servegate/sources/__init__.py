@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from servegate.errors import SourceError
 from servegate.sources.base import TorchModel
 
@@ -9,12 +11,21 @@ BUILTINS = ("builtin:digits",)
 
 
 def load_torch_model(uri: str) -> TorchModel:
-    """Resolve a model URI (``builtin:digits`` for now) into a ``TorchModel``."""
+    """Resolve a model URI into a ``TorchModel``: ``builtin:digits`` (trained here),
+    ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/PATH``, or a file path."""
     if uri == "builtin:digits":
         from servegate.sources.digits import builtin_digits
 
         return builtin_digits()
-    raise SourceError(f"unknown model source {uri!r}; known: {', '.join(BUILTINS)}")
+    if uri.startswith(("models:/", "runs:/")):
+        from servegate.sources.imports import import_mlflow_model
+
+        return import_mlflow_model(uri)
+    if uri.startswith("builtin:"):
+        raise SourceError(f"unknown built-in model {uri!r}; known: {', '.join(BUILTINS)}")
+    from servegate.sources.imports import import_torch_file
+
+    return import_torch_file(Path(uri).expanduser())
 
 
 __all__ = ["TorchModel", "load_torch_model"]

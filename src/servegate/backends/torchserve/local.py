@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import httpx
 import psutil
 
+from servegate._resources import serving_configs_dir
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.config import TorchServeSettings
 from servegate.errors import ServerNotRunning, ServerStartError
@@ -34,10 +34,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def serving_configs_dir() -> Path:
-    return Path(str(resources.files("servegate_serving_configs"))) / "torchserve"
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ class ServerState:
 
 def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
     """``config.properties`` from the template (loopback, token auth, allowed_urls = store)."""
-    templates = serving_configs_dir()
+    templates = serving_configs_dir() / "torchserve"
     template = string.Template((templates / "config.properties").read_text(encoding="utf-8"))
     store = model_store.resolve()
     return template.substitute(

@@ -1,0 +1,103 @@
+"""The load gate: Locust (in a subprocess) against one served version; SLO and regression checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from servegate._resources import loadtests_dir
+from servegate.config import SLOs, LoadSettings
+from servegate.errors import PipelineError
+from servegate.gates.checks import Check
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Figures of one Locust run against one endpoint."""
+
+    label: str
+    requests: int
+    failures: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    load_cpu_seconds: float
+    histogram_ms: dict[str, int] = field(default_factory=dict)
+    timeline: list[dict[str, float]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 1.0
+
+    @property
+    def load_bound(self) -> bool:
+        """The load generator used more than 0.8 of a core: it may be the bottleneck."""
+        return self.seconds > 0 and self.load_cpu_seconds / self.seconds > 0.8
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": float(v) for k, v in {
+            "requests": self.requests, "rps": self.rps, "p50_ms": self.p50_ms,
+            "p95_ms": self.p95_ms, "p99_ms": self.p99_ms, "error_rate": self.error_rate,
+            "load_cpu_fraction": self.load_cpu_seconds / self.seconds if self.seconds else 0.0,
+        }.items()}
+
+
+def run_load(*, label: str, host: str, model: str, version: str | None, key_file: str | None,
+             samples: list[Any], settings: LoadSettings,
+             locustfile: Path | None = None) -> LoadResult:
+    """Run ``loadtests/torchserve.py`` against ``/predictions/{model}[/{version}]``."""
+    with tempfile.TemporaryDirectory(prefix="servegate-load-") as tmp:
+        samples_file = Path(tmp) / "samples.json"
+        samples_file.write_text(json.dumps(samples), encoding="utf-8")
+        out = Path(tmp) / "figures.json"
+        env = dict(os.environ)
+        env.update(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
+                   SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file or "")
+        command = [
+            sys.executable, "-m", "servegate.gates.locust_runner",
+            "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),
+            "--host", host, "--users", str(settings.users), "--seconds", str(settings.seconds),
+            "--out", str(out),
+        ]
+        try:
+            completed = subprocess.run(command, env=env, capture_output=True, text=True,
+                                       timeout=settings.seconds + 120)
+        except subprocess.TimeoutExpired as exc:
+            raise PipelineError(f"the load test against {label} did not finish") from exc
+        if completed.returncode != 0 or not out.exists():
+            raise PipelineError(f"the load test against {label} failed: {completed.stderr[-1500:]}")
+        figures = json.loads(out.read_text(encoding="utf-8"))
+    return LoadResult(
+        label=label, requests=figures["requests"], failures=figures["failures"],
+        seconds=figures["seconds"], rps=figures["rps"], p50_ms=figures["p50_ms"],
+        p95_ms=figures["p95_ms"], p99_ms=figures["p99_ms"],
+        load_cpu_seconds=figures["load_cpu_seconds"], histogram_ms=figures["histogram_ms"],
+        timeline=figures["timeline"], errors=figures["errors"],
+    )
+
+
+def load_checks(challenger: LoadResult, champion: LoadResult | None, slos: SLOs) -> list[Check]:
+    """Absolute SLOs, and no regression beyond ``max_regression_pct`` against the champion."""
+    checks = [
+        Check("load", "p95_ms", challenger.p95_ms, "<=", slos.p95_ms),
+        Check("load", "p99_ms", challenger.p99_ms, "<=", slos.p99_ms),
+        Check("load", "rps", challenger.rps, ">=", slos.min_rps),
+        Check("load", "error_rate", challenger.error_rate, "<=", slos.max_error_rate),
+    ]
+    if champion is not None and champion.requests:
+        slack = slos.max_regression_pct / 100
+        checks += [
+            Check("load", "p95_ms_vs_champion", challenger.p95_ms, "<=", champion.p95_ms * (1 + slack)),
+            Check("load", "p99_ms_vs_champion", challenger.p99_ms, "<=", champion.p99_ms * (1 + slack)),
+            Check("load", "rps_vs_champion", challenger.rps, ">=", champion.rps * (1 - slack)),
+        ]
+    return checks

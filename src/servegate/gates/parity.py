@@ -1,0 +1,81 @@
+"""The accuracy gate: held-out data through the served challenger, against the in-process
+reference and against the served champion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from servegate.backends.base import ServingBackend
+from servegate.config import ParityThresholds
+from servegate.gates.checks import Check
+from servegate.sources.base import TorchModel
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def served_probabilities(backend: ServingBackend, name: str, version: str | None,
+                         x: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """Class probabilities for every row of ``x`` through the standard REST endpoint."""
+    rows = []
+    for start in range(0, len(x), chunk):
+        answer = backend.predict(name, {"instances": x[start:start + chunk].tolist()}, version)
+        rows += [p["probabilities"] for p in answer["predictions"]]
+    return np.asarray(rows, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    rows: int
+    max_abs_diff: float
+    top1_agreement: float
+    accuracy: float
+    reference_accuracy: float
+    champion_accuracy: float | None
+    abs_diffs: np.ndarray
+
+    def metrics(self) -> dict[str, float]:
+        figures = {"rows": self.rows, "max_abs_diff": self.max_abs_diff,
+                   "top1_agreement": self.top1_agreement, "accuracy": self.accuracy,
+                   "reference_accuracy": self.reference_accuracy}
+        if self.champion_accuracy is not None:
+            figures["champion_accuracy"] = self.champion_accuracy
+        return {k: float(v) for k, v in figures.items()}
+
+
+def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel,
+               champion_version: str | None) -> ParityResult:
+    if model.eval_x is None or model.eval_y is None:
+        raise ValueError("the model has no held-out set to gate on")
+    x, y = model.eval_x, model.eval_y
+    served = served_probabilities(backend, name, version, x)
+    reference = softmax(model.reference(x).astype(np.float64))
+    diffs = np.abs(served - reference)
+    champion_accuracy = None
+    if champion_version is not None:
+        champion = served_probabilities(backend, name, champion_version, x)
+        champion_accuracy = float((champion.argmax(1) == y).mean())
+    return ParityResult(
+        rows=len(x),
+        max_abs_diff=float(diffs.max()),
+        top1_agreement=float((served.argmax(1) == reference.argmax(1)).mean()),
+        accuracy=float((served.argmax(1) == y).mean()),
+        reference_accuracy=float((reference.argmax(1) == y).mean()),
+        champion_accuracy=champion_accuracy,
+        abs_diffs=diffs.max(axis=1),
+    )
+
+
+def parity_checks(result: ParityResult, thresholds: ParityThresholds) -> list[Check]:
+    checks = [
+        Check("parity", "max_abs_diff", result.max_abs_diff, "<=", thresholds.parity_atol),
+        Check("parity", "top1_agreement", result.top1_agreement, ">=", thresholds.min_top1_agreement),
+    ]
+    if result.champion_accuracy is not None:
+        checks.append(Check("parity", "accuracy_vs_champion", result.accuracy, ">=",
+                            result.champion_accuracy - thresholds.max_accuracy_drop))
+    return checks

@@ -1,0 +1,122 @@
+"""The gate report: Markdown and HTML with plots, written to a directory and logged to MLflow."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+from servegate.gates.checks import Check
+from servegate.gates.load import LoadResult
+from servegate.gates.parity import ParityResult
+
+
+@dataclass(frozen=True)
+class GateReport:
+    name: str
+    version: str
+    champion_version: str | None
+    decision: str  # "promoted" | "rejected" | "passed, not promoted"
+    checks: list[Check]
+    parity: ParityResult | None
+    load: list[LoadResult]
+    endpoint: str
+    curl: str
+
+
+def _plots(report: GateReport, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    if report.load:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        width = 0.8 / len(report.load)
+        for i, result in enumerate(report.load):
+            values = [result.p50_ms, result.p95_ms, result.p99_ms]
+            axes[0].bar([j + i * width for j in range(3)], values, width, label=result.label)
+            axes[1].plot([p["t"] for p in result.timeline], [p["rps"] for p in result.timeline],
+                         marker="o", label=result.label)
+        axes[0].set_xticks([j + width * (len(report.load) - 1) / 2 for j in range(3)], ["p50", "p95", "p99"])
+        axes[0].set_ylabel("latency (ms)")
+        axes[0].set_title("Latency percentiles")
+        axes[0].legend()
+        axes[1].set_xlabel("seconds")
+        axes[1].set_ylabel("requests/s")
+        axes[1].set_title("Throughput over time")
+        axes[1].legend()
+        fig.tight_layout()
+        paths.append(out / "latency_throughput.png")
+        fig.savefig(paths[-1], dpi=90)
+        plt.close(fig)
+    if report.parity is not None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        ax.hist(report.parity.abs_diffs, bins=30)
+        ax.set_xlabel("max |served - reference| per row")
+        ax.set_ylabel("rows")
+        ax.set_title("Parity: served vs in-process")
+        fig.tight_layout()
+        paths.append(out / "parity.png")
+        fig.savefig(paths[-1], dpi=90)
+        plt.close(fig)
+    return paths
+
+
+def _markdown(report: GateReport, plots: list[Path]) -> str:
+    lines = [
+        f"# Gate report: {report.name} v{report.version}",
+        "",
+        f"**Decision: {report.decision}** (champion before this run: "
+        f"{'v' + report.champion_version if report.champion_version else 'none'})",
+        "",
+        "| gate | check | value | threshold | result |",
+        "|---|---|---|---|---|",
+    ]
+    for c in report.checks:
+        lines.append(f"| {c.gate} | {c.name} | {c.value:.6g} | {c.comparison} {c.threshold:.6g} | "
+                     f"{'pass' if c.passed else '**FAIL**'} |")
+    if report.load:
+        lines += ["", "## Load", "", "| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors | load-bound |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in report.load:
+            lines.append(f"| {r.label} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
+                         f"{r.p99_ms:.1f} | {r.error_rate:.2%} | {'yes' if r.load_bound else 'no'} |")
+    if report.parity is not None:
+        p = report.parity
+        lines += ["", "## Parity", "", f"- rows: {p.rows}", f"- max abs diff: {p.max_abs_diff:.3g}",
+                  f"- top-1 agreement: {p.top1_agreement:.4f}",
+                  f"- accuracy (served): {p.accuracy:.4f}; reference: {p.reference_accuracy:.4f}"
+                  + (f"; champion: {p.champion_accuracy:.4f}" if p.champion_accuracy is not None else "")]
+    lines += ["", "## Endpoint", "", f"`{report.endpoint}`", "", "```bash", report.curl, "```", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _html(markdown: str, plots: list[Path], title: str) -> str:
+    body = []
+    for line in markdown.splitlines():
+        if line.startswith("!["):
+            continue
+        body.append(html.escape(line))
+    images = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>' for p in plots
+    )
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+            "pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}</style></head><body>"
+            f"<pre>{chr(10).join(body)}</pre>{images}</body></html>")
+
+
+def write_report(report: GateReport, out: Path) -> list[Path]:
+    """Write ``gate_report.md``, ``gate_report.html`` and the plots; return every file."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(report, out)
+    markdown = _markdown(report, plots)
+    (out / "gate_report.md").write_text(markdown, encoding="utf-8")
+    (out / "gate_report.html").write_text(
+        _html(markdown, plots, f"{report.name} v{report.version}"), encoding="utf-8")
+    return [out / "gate_report.md", out / "gate_report.html", *plots]

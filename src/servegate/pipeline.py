@@ -1,0 +1,297 @@
+"""The deployment pipeline: source -> package -> deploy -> gates -> promote | reject -> report.
+
+Each step is a nested MLflow run with its params, metrics and artifacts. The champion keeps the
+default endpoint for the whole run; a challenger that fails any check is removed from the server,
+its registry version is tagged with the failed checks, and ``GateFailed`` is raised.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from rich.console import Console
+
+from servegate.backends.torchserve import TorchServeBackend
+from servegate.config import PipelineConfig
+from servegate.errors import ConfigError, GateFailed, PipelineError, ServerError
+from servegate.gates.checks import Check, failed
+from servegate.gates.load import LoadResult, load_checks, run_load
+from servegate.gates.parity import ParityResult, parity_checks, run_parity
+from servegate.gates.report import GateReport, write_report
+from servegate.registry import ARCHIVE_TAG, CHALLENGER, CHAMPION, PREVIOUS, Registry
+from servegate.sources import TorchModel, load_torch_model
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    version: str
+    decision: str
+    champion_before: str | None
+    checks: list[Check] = field(default_factory=list)
+    endpoint: str = ""
+    curl: str = ""
+    run_id: str = ""
+
+
+def flat_params(config: PipelineConfig) -> dict[str, str]:
+    """The run's parameters as MLflow params (nested settings flattened with dots)."""
+    def walk(prefix: str, value: object) -> dict[str, str]:
+        if isinstance(value, dict):
+            out: dict[str, str] = {}
+            for key, item in value.items():
+                out |= walk(f"{prefix}.{key}" if prefix else str(key), item)
+            return out
+        return {prefix: str(value)}
+    return walk("", config.model_dump(mode="json", exclude={"torchserve"}))
+
+
+def curl_command(url: str, key_file: str | None, example: list[float]) -> str:
+    """A curl that works as pasted; the token is read from the key file, never printed."""
+    body = shlex.quote(json.dumps({"inputs": [round(v, 4) for v in example]}))
+    auth = ""
+    if key_file:
+        read_key = f"python3 -c 'import json;print(json.load(open(\"{key_file}\"))[\"inference\"][\"key\"])'"
+        auth = f'-H "Authorization: Bearer $({read_key})" '
+    return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
+
+
+class DeployPipeline:
+    """One run of the pipeline against one TorchServe."""
+
+    def __init__(self, config: PipelineConfig, backend: TorchServeBackend,
+                 console: Console | None = None) -> None:
+        if config.target != "torchserve":
+            raise ConfigError(f"target {config.target!r} is not supported yet (torchserve only)")
+        self.config = config
+        self.backend = backend
+        self.console = console or Console(stderr=True)
+
+    def say(self, message: str) -> None:
+        self.console.print(f"[bold cyan]servegate[/] {message}")
+
+    # ---- steps ---------------------------------------------------------------------------
+    def source(self) -> tuple[TorchModel, Registry, str]:
+        with mlflow.start_run(run_name="source", nested=True):
+            self.say(f"source: {self.config.model}")
+            model = load_torch_model(self.config.model)
+            mlflow.log_params({f"model.{k}": v for k, v in model.params.items()} |
+                              {"source": self.config.model})
+            if model.metrics:
+                mlflow.log_metrics(model.metrics)
+            if self.config.model.startswith("models:/"):
+                name, version = self._registered_version(self.config.model)
+            else:
+                name, version = self.config.name, self._log_and_register(model)
+            registry = Registry.for_model(name)
+            registry.set_alias(CHALLENGER, version)
+            mlflow.set_tags({"registered_model": name, "registered_version": version})
+            self.say(f"challenger: {name} v{version}")
+            return model, registry, version
+
+    @staticmethod
+    def _registered_version(uri: str) -> tuple[str, str]:
+        """(name, version) of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+        path = uri.removeprefix("models:/")
+        if "@" in path:
+            name, alias = path.split("@", 1)
+            return name, str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        name, _, version = path.partition("/")
+        if not version.isdigit():
+            raise ConfigError(f"expected models:/NAME/VERSION or models:/NAME@ALIAS, got {uri}")
+        return name, version
+
+    def _log_and_register(self, model: TorchModel) -> str:
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        example = model.example_batch(2)
+        signature = infer_signature(example, model.reference(example))
+        info = mlflow.pytorch.log_model(
+            model.module, name="model", input_example=example, signature=signature,
+            registered_model_name=self.config.name, serialization_format="pickle",
+        )
+        return str(info.registered_model_version)
+
+    def package(self, model: TorchModel, version: str, workdir: Path) -> tuple[Path, str]:
+        """Build the archive; return it and its MLflow artifact URI."""
+        from servegate.packaging.builder import package_model
+
+        with mlflow.start_run(run_name="package", nested=True):
+            self.say(f"package: compiler={self.config.compiler}")
+            archive = package_model(model, name=self.config.name, version=version,
+                                    compiler=self.config.compiler, batching=self.config.batching,
+                                    output_dir=workdir)
+            mlflow.log_params({"compiler": self.config.compiler, "archive": archive.name}
+                              | self.config.batching.model_config_yaml())
+            mlflow.log_metric("archive_bytes", archive.stat().st_size)
+            mlflow.log_artifact(str(archive), artifact_path="archive")
+            return archive, f"{mlflow.get_artifact_uri('archive')}/{archive.name}"
+
+    def deploy(self, registry: Registry, archive: Path, version: str) -> str | None:
+        """Serve the challenger beside the champion; return the champion's version (or None)."""
+        name = self.config.name
+        with mlflow.start_run(run_name="deploy", nested=True):
+            champion = registry.version_for_alias(CHAMPION)
+            if champion == version:
+                raise PipelineError(f"{name} v{version} is already the champion")
+            served = {v.version for v in self.backend.versions(name)}
+            if champion is not None and champion not in served:
+                self.say(f"deploy: restoring champion v{champion} on the server")
+                self._restore(registry, champion)
+            if champion is not None:
+                self.backend.set_default(name, champion)
+            keep = {champion, registry.version_for_alias(PREVIOUS)}
+            self._remove_versions(name, keep=keep)
+            self.say(f"deploy: {name} v{version} (no default traffic)")
+            self.backend.deploy(archive, name, version, workers=self.config.batching.min_workers)
+            mlflow.log_params({"champion": champion or "none", "challenger": version,
+                               "endpoint": self.backend.endpoint(name, version)})
+            return champion
+
+    def _restore(self, registry: Registry, version: str) -> None:
+        uri = registry.tags(version).get(ARCHIVE_TAG)
+        if not uri:
+            raise PipelineError(f"{registry.name} v{version} has no archive to restore ({ARCHIVE_TAG})")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+            self.backend.deploy(local, self.config.name, version,
+                                workers=self.config.batching.min_workers)
+
+    def _remove_versions(self, name: str, keep: set[str | None]) -> None:
+        """Unregister served versions that are neither kept nor the default (orphans)."""
+        for info in self.backend.versions(name):
+            if info.version not in keep and not info.is_default:
+                self.say(f"deploy: removing orphaned version v{info.version}")
+                self.backend.undeploy(name, info.version)
+
+    def gate_parity(self, model: TorchModel, version: str, champion: str | None) -> tuple[ParityResult, list[Check]]:
+        with mlflow.start_run(run_name="gate-parity", nested=True):
+            self.say("gate: parity on the held-out set")
+            result = run_parity(self.backend, self.config.name, version, model, champion)
+            checks = parity_checks(result, self.config.parity)
+            mlflow.log_params(self.config.parity.model_dump())
+            mlflow.log_metrics(result.metrics())
+            mlflow.log_dict([c.as_dict() for c in checks], "checks.json")
+            return result, checks
+
+    def gate_load(self, model: TorchModel, version: str, champion: str | None) -> tuple[list[LoadResult], list[Check]]:
+        state_key = self.backend.client.keys.path
+        samples = [{"inputs": row.tolist()} for row in model.example_batch(32)]
+        common = dict(host=self.backend.client.endpoints.inference, model=self.config.name,
+                      key_file=str(state_key) if state_key else None, samples=samples,
+                      settings=self.config.load)
+        with mlflow.start_run(run_name="gate-load", nested=True):
+            results = []
+            champion_result = None
+            if champion is not None:
+                self.say(f"gate: load on the champion v{champion} ({self.config.load.seconds:g}s)")
+                champion_result = run_load(label=f"champion v{champion}", version=champion, **common)
+                results.append(champion_result)
+                mlflow.log_metrics(champion_result.metrics("champion"))
+            self.say(f"gate: load on the challenger v{version} ({self.config.load.seconds:g}s)")
+            challenger = run_load(label=f"challenger v{version}", version=version, **common)
+            results.append(challenger)
+            checks = load_checks(challenger, champion_result, self.config.slos)
+            mlflow.log_params(self.config.slos.model_dump() | self.config.load.model_dump())
+            mlflow.log_metrics(challenger.metrics("challenger"))
+            for point in challenger.timeline:
+                mlflow.log_metric("challenger_rps_timeline", point["rps"], step=int(point["t"]))
+            mlflow.log_dict([c.as_dict() for c in checks], "checks.json")
+            return results, checks
+
+    def _withdraw(self, version: str) -> None:
+        """A step failed after deploy: take the challenger off the server unless it is the default."""
+        name = self.config.name
+        try:
+            for info in self.backend.versions(name):
+                if info.version == version and not info.is_default:
+                    self.backend.undeploy(name, version)
+        except ServerError as exc:
+            self.say(f"[red]could not withdraw v{version}: {exc}[/]")
+
+    def promote(self, registry: Registry, version: str) -> None:
+        name = self.config.name
+        self.backend.set_default(name, version)
+        previous = registry.promote(version)
+        self._remove_versions(name, keep={version, previous})
+        self.say(f"promote: {name} v{version} is the champion"
+                 + (f" (v{previous} kept for rollback)" if previous else ""))
+
+    def reject(self, registry: Registry, version: str, checks: list[Check]) -> None:
+        name = self.config.name
+        if any(v.version == version for v in self.backend.versions(name)):
+            self.backend.undeploy(name, version)
+        registry.delete_alias(CHALLENGER)
+        registry.tag(version, {
+            "servegate.gate": "failed",
+            "servegate.failed_checks": "; ".join(c.describe() for c in failed(checks)),
+        })
+        self.say(f"reject: {name} v{version} removed from the server; the champion is untouched")
+
+    # ---- the chain --------------------------------------------------------------------------
+    def run(self) -> PipelineResult:
+        cfg = self.config
+        with mlflow.start_run(run_name=f"deploy-{cfg.name}") as parent, \
+                tempfile.TemporaryDirectory(prefix="servegate-run-") as tmp:
+            mlflow.log_params(flat_params(cfg))
+            model, registry, version = self.source()
+            archive, archive_uri = self.package(model, version, Path(tmp))
+            registry.tag(version, {ARCHIVE_TAG: archive_uri})
+            champion = self.deploy(registry, archive, version)
+            try:
+                parity, checks = self.gate_parity(model, version, champion)
+                load, load_gate_checks = self.gate_load(model, version, champion)
+            except Exception:
+                self._withdraw(version)
+                raise
+            checks += load_gate_checks
+            registry.tag(version, {f"servegate.{c.gate}.{c.name}": f"{c.value:.6g}" for c in checks})
+            if failed(checks):
+                self.reject(registry, version, checks)
+                decision, serving = "rejected", champion
+            elif cfg.promote:
+                self.promote(registry, version)
+                decision, serving = "promoted", version
+            else:
+                decision, serving = "passed, not promoted", champion
+            if decision != "rejected":
+                registry.tag(version, {"servegate.gate": "passed"})
+            endpoint = self.backend.endpoint(cfg.name) if serving else ""
+            key_file = self.backend.client.keys.path
+            curl = curl_command(endpoint, str(key_file) if key_file else None,
+                                model.example_batch(1)[0].tolist()) if serving else ""
+            result = PipelineResult(cfg.name, version, decision, champion, checks, endpoint, curl,
+                                    parent.info.run_id)
+            report = GateReport(cfg.name, version, champion, decision, checks, parity, load, endpoint, curl)
+            report_dir = Path(tmp) / "report"
+            write_report(report, report_dir)
+            mlflow.log_artifacts(str(report_dir), artifact_path="report")
+            mlflow.log_metric("promoted", 1.0 if decision == "promoted" else 0.0)
+            mlflow.set_tag("servegate.decision", decision)
+            if decision == "rejected":
+                raise GateFailed(
+                    f"{cfg.name} v{version} rejected: "
+                    + "; ".join(c.describe() for c in failed(checks)), checks)
+            return result
+
+
+def rollback(name: str, backend: TorchServeBackend) -> tuple[str, str]:
+    """Restore the previous champion: registry alias and server default together."""
+    registry = Registry.for_model(name)
+    restored, demoted = registry.rollback()
+    try:
+        if not any(v.version == restored for v in backend.versions(name)):
+            config = PipelineConfig(name=name)
+            DeployPipeline(config, backend)._restore(registry, restored)
+        backend.set_default(name, restored)
+    except ServerError:
+        registry.set_alias(CHAMPION, demoted)  # keep registry and server in agreement
+        registry.set_alias(PREVIOUS, restored)
+        raise
+    return restored, demoted
