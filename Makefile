@@ -23,8 +23,15 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@$(BIN)/python -c 'import yaml, ts, model_archiver'  # TorchServe's wheel forgets PyYAML
 	@touch $(STAMP)
 
+# The main job: the MLflow Project on the built-in model, from this checkout's environment.
+# A local TorchServe keeps serving the champion afterwards (`$(BIN)/servegate serve stop` ends it).
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export SERVEGATE_HOME ?= $(CURDIR)/.servegate
+DEPLOY_ARGS ?=
+
 deploy: setup
-	$(BIN)/python -m servegate.quickstart
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run pipelines/deploy --env-manager local \
+	  --experiment-name servegate-deploy $(DEPLOY_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

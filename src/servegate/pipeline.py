@@ -48,7 +48,7 @@ def flat_params(config: PipelineConfig) -> dict[str, str]:
                 out |= walk(f"{prefix}.{key}" if prefix else str(key), item)
             return out
         return {prefix: str(value)}
-    return walk("", config.model_dump(mode="json", exclude={"torchserve"}))
+    return walk("config", config.model_dump(mode="json", exclude={"torchserve"}))
 
 
 def curl_command(url: str, key_file: str | None, example: list[float]) -> str:

@@ -150,10 +150,17 @@ def test_locust_file_runs_headless(served, digits, tmp_path: Path) -> None:
     assert int(total[2]) > 0 and int(total[3]) == 0  # requests, failures
 
 
-def test_stop_leaves_no_process(tmp_path: Path) -> None:
+def test_second_server_runs_beside_the_first_and_stop_leaves_no_process(
+        torchserve, build_archive, digits, tmp_path: Path) -> None:
+    from servegate.backends.torchserve import TorchServeBackend
+
     server = LocalTorchServe(TorchServeSettings(workdir=tmp_path / "ts"))
     state = server.start()
     assert group_processes(state.pid)
+    with TorchServeBackend.from_state(state) as backend:
+        backend.deploy(build_archive("1", name="second"), "second", "1")
+        assert backend.predict("second", {"inputs": digits.eval_x[0].tolist()})["outputs"]["label"]
+    assert torchserve[0].state() is not None  # the session's server still answers
     assert server.start() == state  # idempotent: no second server
     assert server.stop()
     assert group_processes(state.pid) == []

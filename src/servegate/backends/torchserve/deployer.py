@@ -42,6 +42,12 @@ class TorchServeBackend:
     def close(self) -> None:
         self.client.close()
 
+    def __enter__(self) -> TorchServeBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _place_archive(self, artifact: Path, name: str, version: str) -> str:
         """Put the archive into the model store atomically; return its store file name."""
         file_name = archive_file_name(name, version)

@@ -24,7 +24,7 @@ import psutil
 from servegate._resources import serving_configs_dir
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.config import TorchServeSettings
-from servegate.errors import ServerNotRunning, ServerStartError
+from servegate.errors import ServerError, ServerNotRunning, ServerStartError
 
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
@@ -67,6 +67,8 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         inference_port=ports["inference"],
         management_port=ports["management"],
         metrics_port=ports["metrics"],
+        grpc_inference_port=ports["grpc_inference"],
+        grpc_management_port=ports["grpc_management"],
         model_store=store,
         # allowed_urls is a list of regular expressions: only archives of our model store.
         allowed_urls=f"file://{_regex_escape(str(store))}/[^/]+\\\\.mar",
@@ -95,18 +97,21 @@ class LocalTorchServe:
         return self.workdir / STATE_FILE
 
     def state(self) -> ServerState | None:
-        """The recorded state if that server process is still alive, else None."""
+        """The recorded state if that server is alive and answers, else None."""
         try:
             state = ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
         except (FileNotFoundError, ValueError, TypeError):
             return None
-        return state if _alive(state.pid) else None
+        if not _alive(state.pid) or not _answers(state):
+            return None
+        return state
 
     def start(self) -> ServerState:
         """Start TorchServe (or return the one already running here) and wait until it answers."""
         running = self.state()
         if running is not None:
             return running
+        self.stop()  # a recorded server that no longer answers: clear it and its processes
         if not self.settings.token_auth:
             raise ServerStartError("servegate keeps TorchServe's token auth on; it cannot be disabled")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +124,8 @@ class LocalTorchServe:
             "inference": s.inference_port or free_port(s.host),
             "management": s.management_port or free_port(s.host),
             "metrics": s.metrics_port or free_port(s.host),
+            "grpc_inference": free_port(s.host),
+            "grpc_management": free_port(s.host),
         }
         config = self.workdir / "config.properties"
         config.write_text(render_config(s, ports, self.model_store), encoding="utf-8")
@@ -171,13 +178,8 @@ class LocalTorchServe:
                 raise ServerStartError(
                     f"TorchServe exited with {process.returncode}; see {self.workdir / 'logs'}"
                 )
-            if key_file.exists():
-                with state.client(timeout=5) as client:
-                    try:
-                        client.list_models()
-                        return
-                    except (ServerNotRunning, httpx.HTTPError):
-                        pass
+            if key_file.exists() and _answers(state):
+                return
             time.sleep(0.3)
         raise ServerStartError(f"TorchServe did not answer within {self.settings.ready_timeout_s}s")
 
@@ -190,6 +192,18 @@ class LocalTorchServe:
         stopped = _kill_group(state.pid, timeout_s)
         self.state_path.unlink(missing_ok=True)
         return stopped
+
+
+def _answers(state: ServerState) -> bool:
+    """The management API answers an authorised call (a dead frontend with a live launcher doesn't)."""
+    with state.client(timeout=5) as client:
+        try:
+            client.list_models()
+            return True
+        except (ServerNotRunning, httpx.HTTPError):
+            return False
+        except ServerError:
+            return True  # it answered, if only with an error
 
 
 def _torchserve_executable() -> str:
