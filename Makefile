@@ -28,10 +28,15 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export SERVEGATE_HOME ?= $(CURDIR)/.servegate
 DEPLOY_ARGS ?=
+EXPERIMENT ?= servegate-deploy
+REPORT_DIR ?=
+ifneq ($(REPORT_DIR),)
+export SERVEGATE_REPORT_DIR := $(abspath $(REPORT_DIR))
+endif
 
 deploy: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run pipelines/deploy --env-manager local \
-	  --experiment-name servegate-deploy $(DEPLOY_ARGS)
+	env -u MLFLOW_EXPERIMENT_ID PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run pipelines/deploy \
+	  --env-manager local --experiment-name $(EXPERIMENT) $(DEPLOY_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

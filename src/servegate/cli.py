@@ -269,6 +269,8 @@ def run(
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 5,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
+    report_dir: Annotated[Path | None, typer.Option(envvar="SERVEGATE_REPORT_DIR",
+                                                    help="Also copy the gate report here.")] = None,
     workdir: WorkdirOption = None,
 ) -> None:
     """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected)."""
@@ -290,6 +292,7 @@ def run(
                 load=LoadSettings(users=load_users, seconds=load_seconds),
                 batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms),
                 promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
+                report_dir=report_dir,
                 torchserve=_settings(workdir),
             )
         except ValidationError as exc:

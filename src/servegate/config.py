@@ -68,6 +68,8 @@ class SLOs(_Settings):
     min_rps: float = Field(20.0, ge=0)
     max_error_rate: float = Field(0.0, ge=0, le=1)
     max_regression_pct: float = Field(50.0, ge=0)
+    #: Latency differences below this are noise on a shared box, whatever the percentage says.
+    regression_floor_ms: float = Field(10.0, ge=0)
 
 
 class ParityThresholds(_Settings):
@@ -95,4 +97,5 @@ class PipelineConfig(_Settings):
     load: LoadSettings = Field(default_factory=LoadSettings)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     promote: bool = True
+    report_dir: Path | None = None
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,6 +273,8 @@ class DeployPipeline:
             report_dir = Path(tmp) / "report"
             write_report(report, report_dir)
             mlflow.log_artifacts(str(report_dir), artifact_path="report")
+            if cfg.report_dir is not None:
+                shutil.copytree(report_dir, cfg.report_dir, dirs_exist_ok=True)
             mlflow.log_metric("promoted", 1.0 if decision == "promoted" else 0.0)
             mlflow.set_tag("servegate.decision", decision)
             if decision == "rejected":

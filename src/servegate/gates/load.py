@@ -95,9 +95,13 @@ def load_checks(challenger: LoadResult, champion: LoadResult | None, slos: SLOs)
     ]
     if champion is not None and champion.requests:
         slack = slos.max_regression_pct / 100
+
+        def latency_limit(champion_ms: float) -> float:
+            return max(champion_ms * (1 + slack), champion_ms + slos.regression_floor_ms)
+
         checks += [
-            Check("load", "p95_ms_vs_champion", challenger.p95_ms, "<=", champion.p95_ms * (1 + slack)),
-            Check("load", "p99_ms_vs_champion", challenger.p99_ms, "<=", champion.p99_ms * (1 + slack)),
+            Check("load", "p95_ms_vs_champion", challenger.p95_ms, "<=", latency_limit(champion.p95_ms)),
+            Check("load", "p99_ms_vs_champion", challenger.p99_ms, "<=", latency_limit(champion.p99_ms)),
             Check("load", "rps_vs_champion", challenger.rps, ">=", champion.rps * (1 - slack)),
         ]
     return checks

@@ -1,0 +1,222 @@
+"""The whole pipeline through `make deploy` (the promotion workflow's command): real MLflow on
+SQLite in a temp dir, real TorchServe, real Locust, short load phases."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+from servegate.backends.torchserve.local import group_processes
+from servegate.config import TorchServeSettings
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["-P", "load_seconds=3", "-P", "load_users=4"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory):
+    """An MLflow store and a servegate home of our own; the server is stopped afterwards."""
+    home = tmp_path_factory.mktemp("pipeline")
+    values = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+              "SERVEGATE_HOME": str(home / "servegate")}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
+    server = LocalTorchServe(TorchServeSettings(workdir=home / "servegate" / "torchserve"))
+    try:
+        yield home, server
+    finally:
+        recorded = server.state()
+        server.stop()
+        if recorded is not None:
+            assert group_processes(recorded.pid) == []
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        mlflow.set_tracking_uri(None)
+
+
+def deploy(*params: str, report_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`make deploy DEPLOY_ARGS=...`, exactly as .github/workflows/promote.yml runs it."""
+    args = ["make", "-s", "deploy", f"DEPLOY_ARGS={shlex.join([*FAST, *params])}"]
+    if report_dir is not None:
+        args.append(f"REPORT_DIR={report_dir}")
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=os.environ | {"MAKEFLAGS": ""})
+
+
+def backend_of(server: LocalTorchServe) -> TorchServeBackend:
+    state = server.state()
+    assert state is not None, "no TorchServe running after the pipeline"
+    return TorchServeBackend.from_state(state)
+
+
+def alias(name: str, alias_name: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias_name).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def last_parent_run():
+    runs = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                              filter_string="attributes.run_name LIKE 'deploy-%'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0]
+
+
+def register_shuffled_champion() -> str:
+    """A bad challenger: the champion with its output rows permuted (accuracy collapses)."""
+    import torch
+
+    module = mlflow.pytorch.load_model("models:/digits@champion")
+    last = module.layers[-1]
+    perm = torch.roll(torch.arange(last.out_features), 3)
+    with torch.no_grad():
+        last.weight.copy_(last.weight[perm])
+        last.bias.copy_(last.bias[perm])
+    mlflow.set_experiment("servegate-tests")
+    with mlflow.start_run():
+        example = np.zeros((1, 64), np.float32)
+        info = mlflow.pytorch.log_model(module, name="model", input_example=example,
+                                        registered_model_name="digits", serialization_format="pickle")
+    return str(info.registered_model_version)
+
+
+class DefaultEndpointProbe:
+    """Hammers the default endpoint in the background and records every status."""
+
+    def __init__(self, backend: TorchServeBackend, body: dict) -> None:
+        self.url = backend.endpoint("digits")
+        self.headers = {"Content-Type": "application/json"}
+        self.keys = backend.client.keys
+        self.body = body
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                headers = self.headers | self.keys.header("inference")
+                self.statuses.append(client.post(self.url, json=self.body, headers=headers).status_code)
+                time.sleep(0.02)
+
+    def __enter__(self) -> DefaultEndpointProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits) -> None:
+    home, server = env
+    result = deploy(report_dir=home / "report1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "promoted" in result.stdout
+    assert alias("digits", "champion") == "1"
+    with backend_of(server) as backend:
+        assert backend.default_version("digits") == "1"
+        answer = backend.predict("digits", {"inputs": digits.eval_x[0].tolist()})
+        assert answer["outputs"]["label"] in [str(i) for i in range(10)]
+    run = last_parent_run()
+    assert run.info.status == "FINISHED"
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "report")}
+    assert {"report/gate_report.md", "report/gate_report.html", "report/latency_throughput.png",
+            "report/parity.png"} <= artifacts
+    children = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert {c.info.run_name for c in children} == {"source", "package", "deploy", "gate-parity",
+                                                   "gate-load"}
+    assert "endpoint: http://127.0.0.1:" in result.stdout
+    curl = next(line for line in result.stdout.splitlines() if line.startswith("curl "))
+    pasted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+    assert '"label"' in pasted.stdout, pasted.stdout + pasted.stderr
+    assert "Bearer $(" in curl  # the token is read from the key file, not printed
+    report = (home / "report1" / "gate_report.md").read_text()
+    assert "Decision: promoted" in report
+
+
+def test_bad_challenger_is_rejected_while_the_champion_keeps_serving(env, digits) -> None:
+    _, server = env
+    bad_version = register_shuffled_champion()
+    with backend_of(server) as backend:
+        with DefaultEndpointProbe(backend, {"inputs": digits.eval_x[0].tolist()}) as probe:
+            result = deploy("-P", f"model=models:/digits/{bad_version}")
+        assert result.returncode != 0
+        assert "accuracy_vs_champion" in result.stdout + result.stderr
+        assert probe.statuses and set(probe.statuses) == {200}
+        assert backend.default_version("digits") == "1"
+        assert bad_version not in {v.version for v in backend.versions("digits")}
+    assert alias("digits", "champion") == "1"
+    tags = MlflowClient().get_model_version("digits", bad_version).tags
+    assert tags["servegate.gate"] == "failed"
+    assert "accuracy_vs_champion" in tags["servegate.failed_checks"]
+    assert last_parent_run().info.status == "FAILED"
+
+
+def test_impossible_slo_is_rejected_with_the_reason(env) -> None:
+    _, server = env
+    result = deploy("-P", "p95_ms=0.001")
+    assert result.returncode != 0
+    assert "load.p95_ms" in result.stdout + result.stderr
+    rejected = str(max(int(v.version) for v in MlflowClient().search_model_versions("name='digits'")))
+    tags = MlflowClient().get_model_version("digits", rejected).tags
+    assert tags["servegate.gate"] == "failed" and "load.p95_ms" in tags["servegate.failed_checks"]
+    assert alias("digits", "champion") == "1"
+    with backend_of(server) as backend:
+        assert backend.default_version("digits") == "1"
+
+
+def test_rollback_and_rerun_leave_one_server_and_no_orphans(env) -> None:
+    home, server = env
+    pid_before = server.state().pid
+    promoted = deploy()
+    assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-2000:]
+    new = alias("digits", "champion")
+    assert new not in (None, "1") and alias("digits", "previous-champion") == "1"
+
+    rolled = subprocess.run([str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits"],
+                            capture_output=True, text=True, timeout=300)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert alias("digits", "champion") == "1"
+    with backend_of(server) as backend:
+        assert backend.default_version("digits") == "1"
+
+    again = deploy()
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    latest = alias("digits", "champion")
+    assert server.state().pid == pid_before  # the same server throughout
+    with backend_of(server) as backend:
+        served = sorted(v.version for v in backend.versions("digits"))
+    assert served == sorted({latest, "1"})  # the champion and the one kept for rollback
+
+
+def test_promotion_workflow_runs_the_command_this_test_runs() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "promote.yml").read_text())
+    triggers = workflow.get("on") or workflow.get(True)
+    assert {"workflow_dispatch", "repository_dispatch"} <= set(triggers)
+    job = workflow["jobs"]["gate-and-promote"]
+    assert job["environment"] == "production"
+    commands = " ".join(step.get("run", "") for step in job["steps"])
+    assert "make deploy DEPLOY_ARGS=" in commands and "REPORT_DIR=" in commands
+    assert "-P model=$MODEL" in commands
+    uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert uploads and "GITHUB_STEP_SUMMARY" in commands

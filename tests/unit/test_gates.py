@@ -1,0 +1,56 @@
+"""Gate decisions: absolute SLOs, regressions against the champion, parity thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servegate.config import ParityThresholds, SLOs
+from servegate.gates.checks import failed
+from servegate.gates.load import LoadResult, load_checks
+from servegate.gates.parity import ParityResult, parity_checks
+
+
+def load(p95: float, p99: float, rps: float, failures: int = 0, requests: int = 1000) -> LoadResult:
+    return LoadResult(label="x", requests=requests, failures=failures, seconds=10, rps=rps,
+                      p50_ms=p95 / 2, p95_ms=p95, p99_ms=p99, load_cpu_seconds=2)
+
+
+def names(checks) -> set[str]:
+    return {c.name for c in failed(checks)}
+
+
+def test_absolute_slos() -> None:
+    slos = SLOs(p95_ms=50, p99_ms=100, min_rps=100, max_error_rate=0.01)
+    assert names(load_checks(load(40, 90, 200), None, slos)) == set()
+    assert names(load_checks(load(60, 120, 50, failures=20), None, slos)) == {
+        "p95_ms", "p99_ms", "rps", "error_rate"}
+
+
+def test_regression_against_the_champion_uses_pct_and_a_noise_floor() -> None:
+    slos = SLOs(p95_ms=1000, p99_ms=1000, min_rps=0, max_regression_pct=20, regression_floor_ms=5)
+    champion = load(100, 150, 500)
+    assert names(load_checks(load(119, 170, 450), champion, slos)) == set()
+    assert names(load_checks(load(130, 200, 350), champion, slos)) == {
+        "p95_ms_vs_champion", "p99_ms_vs_champion", "rps_vs_champion"}
+    fast_champion = load(2, 3, 500)
+    assert names(load_checks(load(6, 7, 500), fast_champion, slos)) == set()  # within 5 ms
+    assert "p95_ms_vs_champion" in names(load_checks(load(9, 7, 500), fast_champion, slos))
+
+
+def test_no_requests_means_total_error() -> None:
+    assert load(1, 1, 0, requests=0).error_rate == 1.0
+
+
+def parity(max_diff: float, agreement: float, accuracy: float, champion: float | None) -> ParityResult:
+    return ParityResult(rows=10, max_abs_diff=max_diff, top1_agreement=agreement, accuracy=accuracy,
+                        reference_accuracy=accuracy, champion_accuracy=champion,
+                        abs_diffs=np.zeros(10))
+
+
+def test_parity_and_accuracy_against_the_champion() -> None:
+    thresholds = ParityThresholds(parity_atol=1e-4, min_top1_agreement=0.99, max_accuracy_drop=0.02)
+    assert names(parity_checks(parity(1e-6, 1.0, 0.95, 0.96), thresholds)) == set()
+    assert names(parity_checks(parity(1e-2, 0.9, 0.80, 0.96), thresholds)) == {
+        "max_abs_diff", "top1_agreement", "accuracy_vs_champion"}
+    first_run = parity_checks(parity(1e-6, 1.0, 0.5, None), thresholds)
+    assert "accuracy_vs_champion" not in {c.name for c in first_run}
