@@ -95,20 +95,20 @@ def _markdown(report: GateReport, plots: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(markdown: str, plots: list[Path], title: str) -> str:
-    body = []
-    for line in markdown.splitlines():
-        if line.startswith("!["):
-            continue
-        body.append(html.escape(line))
-    images = "".join(
-        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>' for p in plots
-    )
+def _html(markdown_text: str, plots: list[Path], title: str) -> str:
+    """The Markdown rendered to a standalone page, plots embedded as data URIs."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    for plot in plots:
+        data = base64.b64encode(plot.read_bytes()).decode()
+        body = body.replace(f'src="{plot.name}"', f'src="data:image/png;base64,{data}"')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}"
+             "pre{background:#f6f6f6;padding:1em;white-space:pre-wrap;word-break:break-all}"
+             "img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-            "pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}</style></head><body>"
-            f"<pre>{chr(10).join(body)}</pre>{images}</body></html>")
+            f"<style>{style}</style></head><body>{body}</body></html>")
 
 
 def write_report(report: GateReport, out: Path) -> list[Path]:
