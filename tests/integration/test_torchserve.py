@@ -115,6 +115,23 @@ def test_versions_register_route_and_unregister(torchserve, build_archive, digit
         backend.predict("versioned", body, version="1")
 
 
+def test_attach_by_url_and_key_file_and_scale_workers(served, digits) -> None:
+    from servegate.backends.torchserve import TorchServeBackend
+
+    state, _ = served
+    with TorchServeBackend.attach(state.inference, state.management, key_file=Path(state.key_file),
+                                  model_store=Path(state.model_store)) as attached:
+        assert "batched" in attached.client.list_models()
+        attached.client.scale("batched", "1", min_workers=2)
+        workers = attached.client.describe("batched", "1")[0]["workers"]
+        assert len(workers) == 2
+        attached.client.wait_ready("batched", "1", min_ready=2, timeout_s=120)
+        answer = attached.predict("batched", {"inputs": digits.eval_x[0].tolist()})
+        assert answer["outputs"]["label"]
+        attached.client.scale("batched", "1", min_workers=1)
+        assert len(attached.client.describe("batched", "1")[0]["workers"]) == 1
+
+
 def test_allowed_urls_refuse_files_outside_the_model_store(served) -> None:
     state, backend = served
     response = httpx.post(f"{state.management}/models", params={"url": "file:///etc/passwd"},
