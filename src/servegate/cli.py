@@ -142,7 +142,7 @@ def package(
     name: Annotated[str, typer.Option(help="Served model name.")] = "digits",
     version: Annotated[str, typer.Option(help="Model version recorded in the archive.")] = "1",
     output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes [default: the local model store].")] = None,
-    compiler: Annotated[str, typer.Option(help="eager | export")] = "eager",
+    compiler: Annotated[str, typer.Option(help="auto | eager | export | aoti | onnx | onnx-int8 | inductor | torch-tensorrt | a comma list")] = "eager",
     batch_size: int = 8,
     max_batch_delay_ms: int = 5,
     workers: int = 1,
@@ -249,13 +249,44 @@ def predict(
     out.print_json(json.dumps(answer))
 
 
+@app.command("compilers")
+def compilers(
+    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
+    backends: Annotated[str, typer.Option(help="auto or a comma list of backends.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="The serving batch size to rank by.")] = 8,
+) -> None:
+    """Compile, parity-check and time compiler backends in process; print the table."""
+    import tempfile
+
+    from servegate.compilers.select import choose, evaluate, parse_compiler_option, table_rows
+    from servegate.sources import load_torch_model
+
+    try:
+        names = parse_compiler_option(backends) or [backends]
+        loaded = load_torch_model(model)
+        sizes = sorted({1, batch_size})
+        with tempfile.TemporaryDirectory() as tmp, console.status("compiling and measuring"):
+            candidates = evaluate(loaded, names, Path(tmp), max_batch=batch_size * 8,
+                                  batch_sizes=sizes, threads=os.cpu_count() or 1)
+            choose(candidates, batch_size)
+    except errors.ServegateError as exc:
+        fail(exc)
+    table = Table("backend", "status", *[f"p50 ms b{b}" for b in sizes], "max abs", "cosine",
+                  "top-1", "compile s", "reason")
+    for r in table_rows(candidates, sizes):
+        table.add_row(str(r["backend"]), str(r["status"]), *[f"{r[f'p50_ms_b{b}']:.4f}" for b in sizes],
+                      f"{r['max_abs']:.2g}", f"{r['cosine']:.6f}", f"{r['top1']:.4f}",
+                      str(r["compile_s"]), str(r["reason"]))
+    out.print(table)
+
+
 # ---- pipeline --------------------------------------------------------------------------------
 @app.command("run")
 def run(
     model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file.")] = "builtin:digits",
     name: Annotated[str, typer.Option(help="Served (and registered) model name.")] = "digits",
     target: Annotated[str, typer.Option(help="Serving backend.")] = "torchserve",
-    compiler: Annotated[str, typer.Option(help="Compiler backend.")] = "eager",
+    compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
     p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
     p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = 500.0,
     min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = 20.0,

@@ -91,7 +91,7 @@ class PipelineConfig(_Settings):
     model: str = "builtin:digits"
     name: str = Field("digits", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
     target: str = "torchserve"
-    compiler: str = "eager"
+    compiler: str = "auto"
     slos: SLOs = Field(default_factory=SLOs)
     parity: ParityThresholds = Field(default_factory=ParityThresholds)
     load: LoadSettings = Field(default_factory=LoadSettings)

@@ -120,19 +120,48 @@ class DeployPipeline:
         return str(info.registered_model_version)
 
     def package(self, model: TorchModel, version: str, workdir: Path) -> tuple[Path, str]:
-        """Build the archive; return it and its MLflow artifact URI."""
-        from servegate.packaging.builder import package_model
+        """Compile (measuring candidates for ``auto``) and build the archive; return it and its
+        MLflow artifact URI."""
+        from servegate.packaging.builder import compile_model
+        from servegate.packaging.mar import build_mar, contents_for
 
         with mlflow.start_run(run_name="package", nested=True):
             self.say(f"package: compiler={self.config.compiler}")
-            archive = package_model(model, name=self.config.name, version=version,
-                                    compiler=self.config.compiler, batching=self.config.batching,
-                                    output_dir=workdir)
-            mlflow.log_params({"compiler": self.config.compiler, "archive": archive.name}
-                              | self.config.batching.model_config_yaml())
+            artifact, candidates = compile_model(model, self.config.compiler, workdir / "compile",
+                                                 self.config.batching)
+            if candidates:
+                self._log_candidates(candidates)
+            contents = contents_for(model, artifact, name=self.config.name, version=version,
+                                    batching=self.config.batching)
+            archive = build_mar(contents, workdir)
+            mlflow.log_params({"compiler": self.config.compiler, "compiler.chosen": artifact.backend,
+                               "archive": archive.name} | self.config.batching.model_config_yaml())
             mlflow.log_metric("archive_bytes", archive.stat().st_size)
             mlflow.log_artifact(str(archive), artifact_path="archive")
             return archive, f"{mlflow.get_artifact_uri('archive')}/{archive.name}"
+
+    def _log_candidates(self, candidates: list) -> None:
+        from rich.table import Table
+
+        from servegate.compilers.select import table_rows
+
+        sizes = sorted({1, self.config.batching.batch_size})
+        rows = table_rows(candidates, sizes)
+        table = Table("backend", "status", *[f"p50 ms b{b}" for b in sizes],
+                      f"rows/s b{sizes[-1]}", "max abs", "cosine", "compile s", "reason",
+                      title="compiler candidates (in process)")
+        for r in rows:
+            table.add_row(str(r["backend"]), str(r["status"]),
+                          *[f"{r[f'p50_ms_b{b}']:.4f}" for b in sizes],
+                          f"{r[f'rows_per_s_b{sizes[-1]}']:.0f}", f"{r['max_abs']:.2g}",
+                          f"{r['cosine']:.6f}", str(r["compile_s"]), str(r["reason"])[:60])
+        self.console.print(table)
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "compiler_candidates.json")
+        for r in rows:
+            for b in sizes:
+                value = r[f"p50_ms_b{b}"]
+                if isinstance(value, float) and value == value:
+                    mlflow.log_metric(f"p50_ms_b{b}.{r['backend']}", value)
 
     def deploy(self, registry: Registry, archive: Path, version: str) -> str | None:
         """Serve the challenger beside the champion; return the champion's version (or None)."""

@@ -51,9 +51,12 @@ def env(tmp_path_factory: pytest.TempPathFactory):
         mlflow.set_tracking_uri(None)
 
 
-def deploy(*params: str, report_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`make deploy DEPLOY_ARGS=...`, exactly as .github/workflows/promote.yml runs it."""
-    args = ["make", "-s", "deploy", f"DEPLOY_ARGS={shlex.join([*FAST, *params])}"]
+def deploy(*params: str, report_dir: Path | None = None,
+           compiler: str = "eager") -> subprocess.CompletedProcess[str]:
+    """`make deploy DEPLOY_ARGS=...`, exactly as .github/workflows/promote.yml runs it
+    (``eager`` unless asked: ``auto`` compiles every candidate, ~40 s here)."""
+    args = ["make", "-s", "deploy",
+            f"DEPLOY_ARGS={shlex.join([*FAST, '-P', f'compiler={compiler}', *params])}"]
     if report_dir is not None:
         args.append(f"REPORT_DIR={report_dir}")
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -128,9 +131,10 @@ class DefaultEndpointProbe:
 
 def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits) -> None:
     home, server = env
-    result = deploy(report_dir=home / "report1")
+    result = deploy(report_dir=home / "report1", compiler="auto")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "promoted" in result.stdout
+    assert "compiler candidates" in result.stdout + result.stderr
     assert alias("digits", "champion") == "1"
     with backend_of(server) as backend:
         assert backend.default_version("digits") == "1"
@@ -145,6 +149,12 @@ def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits) -> N
                                   filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert {c.info.run_name for c in children} == {"source", "package", "deploy", "gate-parity",
                                                    "gate-load"}
+    package_run = next(c for c in children if c.info.run_name == "package")
+    assert package_run.data.params["compiler"] == "auto"
+    chosen = package_run.data.params["compiler.chosen"]
+    assert chosen in {"eager", "export", "aoti", "onnx", "onnx-int8"}
+    table = {a.path for a in MlflowClient().list_artifacts(package_run.info.run_id)}
+    assert "compiler_candidates.json" in table
     assert "endpoint: http://127.0.0.1:" in result.stdout
     curl = next(line for line in result.stdout.splitlines() if line.startswith("curl "))
     pasted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)

@@ -1,22 +1,39 @@
-"""Model source -> compiled artifact -> .mar, in one call (used by the CLI and the pipeline)."""
+"""Model source -> compiled artifact -> .mar (used by the CLI and the pipeline)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
-from servegate.compilers import get_compiler
+from servegate.compilers import CompiledArtifact, get_compiler
+from servegate.compilers.select import Candidate, choose, evaluate, parse_compiler_option
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.packaging.mar import build_mar, contents_for
 from servegate.sources import TorchModel, load_torch_model
 
 
+def compile_model(model: TorchModel, compiler: str, workdir: Path,
+                  batching: BatchingConfig) -> tuple[CompiledArtifact, list[Candidate]]:
+    """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity."""
+    max_batch = batching.batch_size * 8
+    names = parse_compiler_option(compiler)
+    if names is None:
+        return get_compiler(compiler).compile(model, workdir, max_batch=max_batch), []
+    threads = max(1, (os.cpu_count() or 1) // batching.max_workers)  # as each worker will run
+    candidates = evaluate(model, names, workdir, max_batch=max_batch, threads=threads,
+                          batch_sizes=sorted({1, batching.batch_size}))
+    best = choose(candidates, batching.batch_size)
+    assert best.artifact is not None
+    return best.artifact, candidates
+
+
 def package_model(model: TorchModel, *, name: str, version: str, compiler: str,
                   batching: BatchingConfig, output_dir: Path,
                   limits: RequestLimits | None = None) -> Path:
-    """Compile ``model`` with one backend and build its archive into ``output_dir``."""
+    """Compile ``model`` and build its archive into ``output_dir``."""
     with tempfile.TemporaryDirectory(prefix="servegate-compile-") as tmp:
-        artifact = get_compiler(compiler).compile(model, Path(tmp), max_batch=batching.batch_size * 8)
+        artifact, _ = compile_model(model, compiler, Path(tmp), batching)
         contents = contents_for(model, artifact, name=name, version=version, batching=batching,
                                 limits=limits)
         return build_mar(contents, output_dir)

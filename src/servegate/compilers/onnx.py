@@ -1,0 +1,64 @@
+"""``onnx`` (dynamo export to one file, run by onnxruntime) and ``onnx-int8`` (dynamic quantisation)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from servegate.compilers.base import CompiledArtifact
+from servegate.errors import BackendUnavailable, CompileError
+from servegate.sources.base import TorchModel
+
+
+def _missing(*modules: str) -> str | None:
+    import importlib.util
+
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"not installed: {', '.join(absent)} (pip install servegate[torch])" if absent else None
+
+
+class OnnxCompiler:
+    name = "onnx"
+
+    def unavailable_reason(self) -> str | None:
+        return _missing("onnx", "onnxscript", "onnxruntime")
+
+    def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
+        import torch
+
+        if reason := self.unavailable_reason():
+            raise BackendUnavailable(f"onnx: {reason}")
+        start = time.perf_counter()
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "model.onnx"
+        example = torch.from_numpy(model.example_batch(2))
+        batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+        try:
+            torch.onnx.export(model.module.eval(), (example,), str(path), dynamo=True,
+                              dynamic_shapes=({0: batch},), external_data=False)
+        except Exception as exc:
+            raise CompileError(f"onnx export failed: {exc}") from exc
+        return CompiledArtifact(backend=self.name, format="onnx", path=path,
+                                compile_seconds=time.perf_counter() - start)
+
+
+class OnnxInt8Compiler:
+    """Dynamic INT8 quantisation (per channel: per-tensor lost accuracy in DESIGN.md's measures)."""
+
+    name = "onnx-int8"
+
+    def unavailable_reason(self) -> str | None:
+        return _missing("onnx", "onnxscript", "onnxruntime")
+
+    def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        start = time.perf_counter()
+        fp32 = OnnxCompiler().compile(model, workdir / "fp32", max_batch=max_batch)
+        path = workdir / "model.int8.onnx"
+        try:
+            quantize_dynamic(str(fp32.path), str(path), per_channel=True, weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise CompileError(f"onnx int8 quantisation failed: {exc}") from exc
+        return CompiledArtifact(backend=self.name, format="onnx", path=path,
+                                compile_seconds=time.perf_counter() - start)
