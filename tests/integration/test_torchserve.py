@@ -182,3 +182,21 @@ def test_second_server_runs_beside_the_first_and_stop_leaves_no_process(
     assert server.stop()
     assert group_processes(state.pid) == []
     assert server.state() is None
+
+
+@pytest.mark.parametrize("compiler", ["export", "onnx", "aoti"])
+def test_compiled_archives_serve_with_parity(torchserve, build_archive, digits, compiler: str) -> None:
+    from servegate.packaging.mar import read_archive_member
+    from servegate.packaging.spec import ArtifactSpec
+
+    _, _, backend = torchserve
+    name = f"digits-{compiler}"
+    archive = build_archive("1", name=name, compiler=compiler)
+    spec = ArtifactSpec.model_validate_json(read_archive_member(archive, "servegate.json"))
+    assert spec.compiler == compiler
+    backend.deploy(archive, name, "1")
+    x = digits.eval_x[:32]
+    answer = backend.predict(name, {"instances": x.tolist()})
+    served = np.array([p["probabilities"] for p in answer["predictions"]])
+    np.testing.assert_allclose(served, _probabilities(digits.reference(x)), atol=1e-5)
+    backend.undeploy(name, "1")

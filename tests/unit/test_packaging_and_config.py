@@ -76,10 +76,13 @@ def _properties(text: str) -> dict[str, str]:
 def test_config_is_loopback_token_auth_and_store_only(tmp_path: Path) -> None:
     store = tmp_path / "my.store"
     settings = TorchServeSettings(workdir=tmp_path)
-    props = _properties(render_config(settings, {"inference": 1, "management": 2, "metrics": 3}, store))
+    ports = {"inference": 1, "management": 2, "metrics": 3, "grpc_inference": 4, "grpc_management": 5}
+    props = _properties(render_config(settings, ports, store))
     assert props["inference_address"] == "http://127.0.0.1:1"
     assert props["management_address"] == "http://127.0.0.1:2"
     assert props["metrics_address"] == "http://127.0.0.1:3"
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert (props["grpc_inference_port"], props["grpc_management_port"]) == ("4", "5")
     assert props["enable_model_api"] == "true"
     assert props["metrics_mode"] == "prometheus"
     assert "disable_token_authorization" not in props
