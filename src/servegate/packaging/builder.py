@@ -20,7 +20,7 @@ def compile_model(model: TorchModel, compiler: str, workdir: Path,
     names = parse_compiler_option(compiler)
     if names is None:
         return get_compiler(compiler).compile(model, workdir, max_batch=max_batch), []
-    threads = max(1, (os.cpu_count() or 1) // batching.max_workers)  # as each worker will run
+    threads = max(1, ((os.cpu_count() or 1) - 1) // batching.max_workers)  # as each worker runs
     candidates = evaluate(model, names, workdir, max_batch=max_batch, threads=threads,
                           batch_sizes=sorted({1, batching.batch_size}))
     best = choose(candidates, batching.batch_size)
