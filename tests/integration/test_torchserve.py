@@ -64,7 +64,8 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
     bad = [b"{oops", b"", json.dumps({"inputs": [1.0] * 10}).encode(),
            b'{"inputs": [' + b",".join([b"Infinity"] * 64) + b"]}",
            json.dumps({"unknown": []}).encode(), json.dumps({"inputs": ["x"] * 64}).encode(),
-           json.dumps({"instances": [[0.0] * 64] * 100}).encode(), b"[[[1]]]"]
+           json.dumps({"instances": [[0.0] * 64] * 100}).encode(), b"[[[1]]]",
+           b"[" + b"0.5," * 300_000 + b"0.5]"]  # over the handler's 1 MiB body limit: 413
     bodies = [b for pair in zip(good, bad + bad, strict=False) for b in pair] + good[len(bad) * 2:]
     results: dict[int, httpx.Response] = {}
     barrier = threading.Barrier(len(bodies))
@@ -90,7 +91,9 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
             probs = np.array(response.json()["outputs"]["probabilities"])
             np.testing.assert_allclose(probs, expected[good_index[body]], atol=1e-5)
         else:
-            assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
+            assert 400 <= response.status_code < 500, (body[:80], response.status_code, response.text)
+            if len(body) > 1 << 20:
+                assert response.status_code == 413 and "payload too large" in response.text
             error = response.json()
             assert error["error"] and "detail" in error
     after = backend.client.describe("batched", "1")[0]["workers"]

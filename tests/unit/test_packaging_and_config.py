@@ -85,6 +85,7 @@ def test_config_is_loopback_token_auth_and_store_only(tmp_path: Path) -> None:
     assert (props["grpc_inference_port"], props["grpc_management_port"]) == ("4", "5")
     assert props["enable_model_api"] == "true"
     assert props["metrics_mode"] == "prometheus"
+    assert props["decode_input_request"] == "false"
     assert "disable_token_authorization" not in props
     assert Path(props["model_store"]) == store.resolve()
     allowed = re.compile(props["allowed_urls"])

@@ -163,8 +163,6 @@ class LocalTorchServe:
             LOG_LOCATION=str(self.workdir / "logs"),
             METRICS_LOCATION=str(self.workdir / "logs"),
             TEMP=tmp, TMPDIR=tmp,
-            # Our handlers parse request bodies themselves (bytes in, exact size checks).
-            TS_DECODE_INPUT_REQUEST="false",
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         )
         return env
