@@ -60,6 +60,9 @@ def run_load(*, label: str, host: str, model: str, version: str | None, key_file
         samples_file.write_text(json.dumps(samples), encoding="utf-8")
         out = Path(tmp) / "figures.json"
         env = dict(os.environ)
+        # The runner imports servegate: reach it however this process did (installed or src/).
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.update(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
                    SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file or "")
         command = [
