@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchmarks.compilers import CompilerTable, measure_compilers
+from benchmarks.compilers import markdown as compiler_markdown
 from benchmarks.load import LOAD_BOUND_CORES, REPO, LoadResult, run_locust
 
 PREDICT_LOCUSTFILE = REPO / "loadtests" / "torchserve.py"
@@ -83,7 +86,7 @@ def _versions() -> dict[str, str]:
 
 
 def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
-            progress: Progress) -> list[Row]:
+            progress: Progress) -> tuple[list[Row], CompilerTable]:
     """Train, package, deploy and load every configuration on one TorchServe; always stop it."""
     from benchmarks.archive import package_minimal
     from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
@@ -91,13 +94,15 @@ def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
     from servegate.packaging.builder import package_model
     from servegate.sources.digits import builtin_digits
 
-    step = progress.add_task("training the digits model", total=9)
+    step = progress.add_task("training the digits model", total=11)
 
     def advance(description: str) -> None:
         progress.update(step, advance=1, description=description)
 
     model = builtin_digits(epochs=epochs)
     assert model.eval_x is not None and model.model_file is not None
+    advance("measuring compilers in process (auto's candidates)")
+    compilers = measure_compilers(model)
     x = model.eval_x[:SAMPLE_ROWS]
     reference = model.reference(x)
     with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp:
@@ -113,6 +118,9 @@ def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
         marfiles = {name: package_model(model, name=name, version="1", compiler="eager",
                                         batching=batching, output_dir=archives)
                     for name, batching in ours.items()}
+        marfiles["digits_b8_chosen"] = package_model(
+            model, name="digits_b8_chosen", version="1", compiler=compilers.chosen,
+            batching=ours["digits_b8"], output_dir=archives)
         marfiles["digits_minimal"] = package_minimal(model.module, model.model_file,
                                                      name="digits_minimal", version="1",
                                                      output_dir=archives / "minimal")
@@ -132,6 +140,8 @@ def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
             env = {"SERVEGATE_KEY_FILE": str(state.key_file), "SERVEGATE_SAMPLES": str(samples)}
             plan: list[tuple[str, str | None, Path]] = [
                 ("ours, batch 8/5ms", "digits_b8", PREDICT_LOCUSTFILE),
+                (f"ours, batch 8/5ms, {compilers.chosen} (auto's choice)", "digits_b8_chosen",
+                 PREDICT_LOCUSTFILE),
                 ("ours, batch 1", "digits_b1", PREDICT_LOCUSTFILE),
                 ("minimal handler, batch 1", "digits_minimal", PREDICT_LOCUSTFILE),
                 ("load generator ceiling (/ping)", None, PING_LOCUSTFILE),
@@ -152,7 +162,7 @@ def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
         finally:
             server.stop()
     advance("done")
-    return rows
+    return rows, compilers
 
 
 def _check_answers(name: str, predict: Callable[[str, Any], Any], x: Any,
@@ -182,6 +192,10 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
     return [
         Ratio("ours batch8 / minimal", by_model["digits_b8"], by_model["digits_minimal"]),
         Ratio("ours batch8 / ours batch1", by_model["digits_b8"], by_model["digits_b1"]),
+        Ratio("ours batch8 auto-compiled / minimal", by_model["digits_b8_chosen"],
+              by_model["digits_minimal"]),
+        Ratio("ours batch8 auto-compiled / ours batch8 eager", by_model["digits_b8_chosen"],
+              by_model["digits_b8"]),
     ]
 
 
@@ -217,7 +231,8 @@ def table(rows: Sequence[Row], report: dict[str, Any]) -> Table:
     return result
 
 
-def markdown(rows: Sequence[Row], report: dict[str, Any]) -> str:
+def markdown(rows: Sequence[Row], report: dict[str, Any],
+             compilers: CompilerTable | None = None) -> str:
     m, settings = report["machine"], report["settings"]
     align = ["---" if i in (0, len(COLUMNS) - 1) else "---:" for i in range(len(COLUMNS))]
     lines = [
@@ -235,6 +250,9 @@ def markdown(rows: Sequence[Row], report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
     lines += ["", *(f"- {line}" for line in [*(r.text() for r in ratios(rows)), *_notes(report)]),
               ""]
+    if compilers is not None:
+        lines += [f"## Compilers in process (digits MLP, 1 thread, median of 200; auto chose "
+                  f"**{compilers.chosen}**)", "", *compiler_markdown(compilers), ""]
     return "\n".join(lines)
 
 
@@ -254,8 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         load_before = os.getloadavg()[0]
-        rows = measure(args.seconds, args.users, args.warmup, args.epochs, args.out / "raw",
-                       progress)
+        rows, compilers = measure(args.seconds, args.users, args.warmup, args.epochs,
+                                  args.out / "raw", progress)
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -270,10 +288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["ratios"] = [{"label": r.label, "value": r.value,
                          "numerator_p95_ms": r.numerator.result.p95_ms,
                          "denominator_p95_ms": r.denominator.result.p95_ms} for r in ratios(rows)]
+    report["compilers"] = {"chosen": compilers.chosen, "threads": 1, "rows": compilers.rows()}
     console.print(table(rows, report))
+    console.print(Markdown("\n".join(["## Compilers in process (digits MLP, 1 thread, median)",
+                                       "", *compiler_markdown(compilers)])))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    (args.out / "latest.md").write_text(markdown(rows, report), encoding="utf-8")
+    (args.out / "latest.md").write_text(markdown(rows, report, compilers), encoding="utf-8")
     console.print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
     return 0
 

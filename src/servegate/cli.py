@@ -297,6 +297,7 @@ def run(
     max_accuracy_drop: Annotated[float, typer.Option(help="Max accuracy drop vs the champion.")] = 0.01,
     load_users: Annotated[int, typer.Option(help="Locust users.")] = 8,
     load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = 8.0,
+    load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = 2,
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 5,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
@@ -320,7 +321,7 @@ def run(
                           max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
                 parity=ParityThresholds(parity_atol=parity_atol, min_top1_agreement=min_top1_agreement,
                                         max_accuracy_drop=max_accuracy_drop),
-                load=LoadSettings(users=load_users, seconds=load_seconds),
+                load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
                 batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms),
                 promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
                 report_dir=report_dir,

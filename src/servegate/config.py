@@ -81,8 +81,13 @@ class ParityThresholds(_Settings):
 
 
 class LoadSettings(_Settings):
+    """Locust settings of the load gate. With a champion, its phases and the challenger's
+    alternate ``rounds`` times (``seconds`` split between them), so drift on a shared machine
+    hits both alike."""
+
     users: PositiveInt = 8
     seconds: float = Field(8.0, gt=0)
+    rounds: PositiveInt = 2
 
 
 class PipelineConfig(_Settings):

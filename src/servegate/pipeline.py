@@ -21,7 +21,7 @@ from servegate.backends.torchserve import TorchServeBackend
 from servegate.config import PipelineConfig
 from servegate.errors import ConfigError, GateFailed, PipelineError, ServerError
 from servegate.gates.checks import Check, failed
-from servegate.gates.load import LoadResult, load_checks, run_load
+from servegate.gates.load import LoadResult, load_checks, run_ab
 from servegate.gates.parity import ParityResult, parity_checks, run_parity
 from servegate.gates.report import GateReport, write_report
 from servegate.registry import ARCHIVE_TAG, CHALLENGER, CHAMPION, PREVIOUS, Registry
@@ -214,19 +214,20 @@ class DeployPipeline:
         state_key = self.backend.client.keys.path
         samples = [{"inputs": row.tolist()} for row in model.example_batch(32)]
         common = dict(host=self.backend.client.endpoints.inference, model=self.config.name,
-                      key_file=str(state_key) if state_key else None, samples=samples,
-                      settings=self.config.load)
+                      key_file=str(state_key) if state_key else None, samples=samples)
         with mlflow.start_run(run_name="gate-load", nested=True):
-            results = []
-            champion_result = None
+            targets = [(f"challenger v{version}", version)]
             if champion is not None:
-                self.say(f"gate: load on the champion v{champion} ({self.config.load.seconds:g}s)")
-                champion_result = run_load(label=f"champion v{champion}", version=champion, **common)
-                results.append(champion_result)
+                targets.insert(0, (f"champion v{champion}", champion))
+            self.say(f"gate: load on {' and '.join(t for t, _ in targets)} "
+                     f"({self.config.load.seconds:g}s each"
+                     + (f", alternating in {self.config.load.rounds} rounds)" if champion else ")"))
+            measured = run_ab(targets, settings=self.config.load, **common)
+            challenger = measured[targets[-1][0]]
+            champion_result = measured[targets[0][0]] if champion is not None else None
+            results = [measured[label] for label, _ in targets]
+            if champion_result is not None:
                 mlflow.log_metrics(champion_result.metrics("champion"))
-            self.say(f"gate: load on the challenger v{version} ({self.config.load.seconds:g}s)")
-            challenger = run_load(label=f"challenger v{version}", version=version, **common)
-            results.append(challenger)
             checks = load_checks(challenger, champion_result, self.config.slos)
             mlflow.log_params(self.config.slos.model_dump() | self.config.load.model_dump())
             mlflow.log_metrics(challenger.metrics("challenger"))

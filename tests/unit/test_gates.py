@@ -54,3 +54,20 @@ def test_parity_and_accuracy_against_the_champion() -> None:
         "max_abs_diff", "top1_agreement", "accuracy_vs_champion"}
     first_run = parity_checks(parity(1e-6, 1.0, 0.5, None), thresholds)
     assert "accuracy_vs_champion" not in {c.name for c in first_run}
+
+
+def test_merged_phases_add_counts_and_merge_histograms() -> None:
+    from servegate.gates.load import merge, percentile
+
+    a = LoadResult(label="x", requests=100, failures=1, seconds=2, rps=50, p50_ms=0, p95_ms=0,
+                   p99_ms=0, load_cpu_seconds=0.5, histogram_ms={"10": 90, "50": 10},
+                   timeline=[{"t": 1.0, "rps": 50.0}])
+    b = LoadResult(label="x", requests=100, failures=0, seconds=2, rps=50, p50_ms=0, p95_ms=0,
+                   p99_ms=0, load_cpu_seconds=0.5, histogram_ms={"10": 50, "20": 50},
+                   timeline=[{"t": 1.0, "rps": 50.0}])
+    merged = merge([a, b])
+    assert (merged.requests, merged.failures, merged.seconds, merged.rps) == (200, 1, 4, 50)
+    assert merged.histogram_ms == {"10": 140, "50": 10, "20": 50}
+    assert (merged.p50_ms, merged.p95_ms, merged.p99_ms) == (10.0, 20.0, 50.0)
+    assert [p["t"] for p in merged.timeline] == [1.0, 3.0]
+    assert percentile({}, 0.5) == 0.0 and percentile({"5": 1, "100": 1}, 0.5) == 5.0

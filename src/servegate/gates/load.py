@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,54 @@ def run_load(*, label: str, host: str, model: str, version: str | None, key_file
         load_cpu_seconds=figures["load_cpu_seconds"], histogram_ms=figures["histogram_ms"],
         timeline=figures["timeline"], errors=figures["errors"],
     )
+
+
+def percentile(histogram: dict[str, int], fraction: float) -> float:
+    """Locust's percentile of a response-time histogram (ms -> count)."""
+    total = sum(histogram.values())
+    if not total:
+        return 0.0
+    needed = total * fraction
+    seen = 0
+    for key in sorted(histogram, key=float):
+        seen += histogram[key]
+        if seen >= needed:
+            return float(key)
+    return float(max(histogram, key=float))
+
+
+def merge(results: list[LoadResult]) -> LoadResult:
+    """One result from several phases against the same target (counts add, histograms merge)."""
+    histogram: Counter[str] = Counter()
+    timeline: list[dict[str, float]] = []
+    offset = 0.0
+    for r in results:
+        histogram.update(r.histogram_ms)
+        timeline += [p | {"t": p["t"] + offset} for p in r.timeline]
+        offset += r.seconds
+    seconds = sum(r.seconds for r in results)
+    requests = sum(r.requests for r in results)
+    hist = dict(histogram)
+    return LoadResult(
+        label=results[0].label, requests=requests, failures=sum(r.failures for r in results),
+        seconds=seconds, rps=requests / seconds if seconds else 0.0,
+        p50_ms=percentile(hist, 0.50), p95_ms=percentile(hist, 0.95), p99_ms=percentile(hist, 0.99),
+        load_cpu_seconds=sum(r.load_cpu_seconds for r in results), histogram_ms=hist,
+        timeline=timeline, errors=[e for r in results for e in r.errors][:10],
+    )
+
+
+def run_ab(targets: list[tuple[str, str]], *, settings: LoadSettings,
+           **common: Any) -> dict[str, LoadResult]:
+    """Load each (label, version) target, alternating between them for ``settings.rounds``
+    rounds of ``seconds / rounds`` each; return the merged result per label."""
+    rounds = settings.rounds if len(targets) > 1 else 1
+    phase = settings.model_copy(update={"seconds": settings.seconds / rounds})
+    phases: dict[str, list[LoadResult]] = {label: [] for label, _ in targets}
+    for _ in range(rounds):
+        for label, version in targets:
+            phases[label].append(run_load(label=label, version=version, settings=phase, **common))
+    return {label: merge(results) for label, results in phases.items()}
 
 
 def load_checks(challenger: LoadResult, champion: LoadResult | None, slos: SLOs) -> list[Check]:
