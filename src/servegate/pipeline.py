@@ -119,9 +119,9 @@ class DeployPipeline:
         )
         return str(info.registered_model_version)
 
-    def package(self, model: TorchModel, version: str, workdir: Path) -> tuple[Path, str]:
-        """Compile (measuring candidates for ``auto``) and build the archive; return it and its
-        MLflow artifact URI."""
+    def package(self, model: TorchModel, version: str, workdir: Path) -> tuple[Path, str, str]:
+        """Compile (measuring candidates for ``auto``) and build the archive; return it, its
+        MLflow artifact URI and the compiler backend used."""
         from servegate.packaging.builder import compile_model
         from servegate.packaging.mar import build_mar, contents_for
 
@@ -138,7 +138,8 @@ class DeployPipeline:
                                "archive": archive.name} | self.config.batching.model_config_yaml())
             mlflow.log_metric("archive_bytes", archive.stat().st_size)
             mlflow.log_artifact(str(archive), artifact_path="archive")
-            return archive, f"{mlflow.get_artifact_uri('archive')}/{archive.name}"
+            uri = f"{mlflow.get_artifact_uri('archive')}/{archive.name}"
+            return archive, uri, artifact.backend
 
     def _log_candidates(self, candidates: list) -> None:
         from rich.table import Table
@@ -200,11 +201,16 @@ class DeployPipeline:
                 self.say(f"deploy: removing orphaned version v{info.version}")
                 self.backend.undeploy(name, info.version)
 
-    def gate_parity(self, model: TorchModel, version: str, champion: str | None) -> tuple[ParityResult, list[Check]]:
+    def gate_parity(self, model: TorchModel, version: str, champion: str | None,
+                    backend: str) -> tuple[ParityResult, list[Check]]:
+        from servegate.compilers.select import precision_of
+
+        precision = precision_of(backend)
         with mlflow.start_run(run_name="gate-parity", nested=True):
-            self.say("gate: parity on the held-out set")
+            self.say(f"gate: parity on the held-out set ({backend}, {precision})")
             result = run_parity(self.backend, self.config.name, version, model, champion)
-            checks = parity_checks(result, self.config.parity)
+            checks = parity_checks(result, self.config.parity, precision)
+            mlflow.log_params({"compiler": backend, "precision": precision})
             mlflow.log_params(self.config.parity.model_dump())
             mlflow.log_metrics(result.metrics())
             mlflow.log_dict([c.as_dict() for c in checks], "checks.json")
@@ -272,11 +278,11 @@ class DeployPipeline:
                 tempfile.TemporaryDirectory(prefix="servegate-run-") as tmp:
             mlflow.log_params(flat_params(cfg))
             model, registry, version = self.source()
-            archive, archive_uri = self.package(model, version, Path(tmp))
+            archive, archive_uri, compiled_with = self.package(model, version, Path(tmp))
             registry.tag(version, {ARCHIVE_TAG: archive_uri})
             champion = self.deploy(registry, archive, version)
             try:
-                parity, checks = self.gate_parity(model, version, champion)
+                parity, checks = self.gate_parity(model, version, champion, compiled_with)
                 load, load_gate_checks = self.gate_load(model, version, champion)
             except Exception:
                 self._withdraw(version)

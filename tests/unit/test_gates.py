@@ -71,3 +71,15 @@ def test_merged_phases_add_counts_and_merge_histograms() -> None:
     assert (merged.p50_ms, merged.p95_ms, merged.p99_ms) == (10.0, 20.0, 50.0)
     assert [p["t"] for p in merged.timeline] == [1.0, 3.0]
     assert percentile({}, 0.5) == 0.0 and percentile({"5": 1, "100": 1}, 0.5) == 5.0
+
+
+def test_reduced_precision_is_gated_on_task_accuracy_not_max_abs() -> None:
+    thresholds = ParityThresholds(parity_atol=1e-4, min_top1_agreement=0.999, max_accuracy_drop=0.01)
+    int8 = ParityResult(rows=10, max_abs_diff=0.17, top1_agreement=0.985, accuracy=0.95,
+                        reference_accuracy=0.955, champion_accuracy=None, abs_diffs=np.zeros(10))
+    assert names(parity_checks(int8, thresholds, "reduced")) == set()
+    assert names(parity_checks(int8, thresholds, "fp32")) == {"max_abs_diff", "top1_agreement"}
+    worse = ParityResult(rows=10, max_abs_diff=0.3, top1_agreement=0.9, accuracy=0.90,
+                         reference_accuracy=0.955, champion_accuracy=None, abs_diffs=np.zeros(10))
+    assert names(parity_checks(worse, thresholds, "reduced")) == {"top1_agreement",
+                                                                  "accuracy_vs_reference"}

@@ -37,9 +37,24 @@ PARITY_LIMITS = {
     "reduced": ParityLimits(max_abs=float("inf"), min_cosine=0.99, min_top1=0.98),
 }
 
+#: Embeddings have no classes: cosine per row is the check (top-1 of a vector means nothing).
+EMBEDDING_PARITY_LIMITS = {
+    "fp32": ParityLimits(max_abs=1e-3, min_cosine=0.999, min_top1=0.0),
+    "reduced": ParityLimits(max_abs=float("inf"), min_cosine=0.99, min_top1=0.0),
+}
+
+
+#: Reduced-precision candidates must keep task accuracy within this of the FP32 reference.
+MAX_REDUCED_ACCURACY_DROP = 0.01
+
 
 def precision_of(backend: str) -> str:
     return "reduced" if backend.endswith(("int8", "fp16")) else "fp32"
+
+
+def parity_limits(backend: str, task: str = "tensor-classification") -> ParityLimits:
+    table = EMBEDDING_PARITY_LIMITS if task == "embedding" else PARITY_LIMITS
+    return table[precision_of(backend)]
 
 
 @dataclass
@@ -75,38 +90,48 @@ def load_predictor(artifact: CompiledArtifact, threads: int):
     return sg_loaders.load(spec, str(artifact.path.parent), threads)
 
 
-def _parity(candidate: Candidate, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None) -> None:
+def _parity(candidate: Candidate, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None,
+            task: str = "tensor-classification") -> None:
     diff = np.abs(output.astype(np.float64) - reference)
     candidate.max_abs = float(diff.max())
     candidate.max_rel = float((diff / (np.abs(reference) + 1e-6)).max())
     a, b = output.reshape(len(output), -1).astype(np.float64), reference.reshape(len(reference), -1)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     candidate.cosine = float(cos.min())
-    candidate.top1 = float((output.argmax(-1) == reference.argmax(-1)).mean())
+    if task != "embedding":
+        candidate.top1 = float((output.argmax(-1) == reference.argmax(-1)).mean())
     if labels is not None:
         candidate.accuracy = float((output.argmax(-1) == labels).mean())
-    limits = PARITY_LIMITS[precision_of(candidate.backend)]
+    limits = parity_limits(candidate.backend, task)
     problems = []
     if candidate.max_abs > limits.max_abs:
         problems.append(f"max abs {candidate.max_abs:.3g} > {limits.max_abs:g}")
     if candidate.cosine < limits.min_cosine:
         problems.append(f"cosine {candidate.cosine:.5f} < {limits.min_cosine}")
-    if candidate.top1 < limits.min_top1:
+    if task != "embedding" and candidate.top1 < limits.min_top1:
         problems.append(f"top-1 agreement {candidate.top1:.4f} < {limits.min_top1}")
     if problems:
         candidate.status, candidate.reason = "rejected", "parity: " + "; ".join(problems)
 
 
-def _benchmark(candidate: Candidate, predict, x: np.ndarray, batch_sizes: Sequence[int],
-               repeats: int) -> None:
+def _batch_inputs(model: TorchModel, x: np.ndarray, batch: int) -> tuple[np.ndarray, ...]:
+    """The module's inputs for ``batch`` rows of ``x`` (repeated if needed)."""
+    rows = np.resize(x, (batch, *x.shape[1:]))
+    if model.is_text:
+        return model.model_inputs(rows)
+    return (np.ascontiguousarray(rows.astype(np.float32)),)
+
+
+def _benchmark(candidate: Candidate, predict, model: TorchModel, x: np.ndarray,
+               batch_sizes: Sequence[int], repeats: int) -> None:
     for batch in batch_sizes:
-        rows = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])).astype(np.float32))
+        inputs = _batch_inputs(model, x, batch)
         for _ in range(3):
-            predict(rows)  # warm-up
+            predict(*inputs)  # warm-up
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            predict(rows)
+            predict(*inputs)
             times.append(time.perf_counter() - start)
         p50 = statistics.median(times)
         candidate.p50_ms[batch] = p50 * 1e3
@@ -115,10 +140,14 @@ def _benchmark(candidate: Candidate, predict, x: np.ndarray, batch_sizes: Sequen
 
 def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_batch: int,
              batch_sizes: Sequence[int] = (1, 8), threads: int = 1, repeats: int = 50) -> list[Candidate]:
-    """Compile, parity-check and time each backend; nothing is chosen yet."""
+    """Compile, parity-check and time each backend; nothing is chosen yet.
+
+    Every input of the module is fed (one feature array, or token ids + attention mask for text
+    models, made from real held-out sentences exactly as the worker makes them)."""
     x = model.eval_x[:64] if model.eval_x is not None else model.example_batch(64)
     labels = model.eval_y[:64] if model.eval_y is not None else None
-    reference = model.reference(x).astype(np.float64)
+    inputs = model.model_inputs(x)
+    reference = model.forward(*inputs).astype(np.float64)
     results = []
     for name in backends:
         candidate = Candidate(name)
@@ -131,10 +160,10 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
             artifact = compiler.compile(model, workdir / name, max_batch=max_batch)
             candidate.artifact, candidate.compile_seconds = artifact, artifact.compile_seconds
             predict = load_predictor(artifact, threads)
-            _parity(candidate, reference, np.asarray(predict(np.ascontiguousarray(x))), labels)
+            _parity(candidate, reference, np.asarray(predict(*inputs)), labels, model.task)
             if candidate.status == "rejected":
                 continue
-            _benchmark(candidate, predict, x, batch_sizes, repeats)
+            _benchmark(candidate, predict, model, x, batch_sizes, repeats)
             candidate.status = "passed"
         except BackendUnavailable as exc:
             candidate.status, candidate.reason = "skipped", str(exc)
