@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[torch,dev]"
+	$(PIP) -e ".[torch,tf,dev]"
+	$(PIP) --no-deps tensorflow-serving-api==2.21.0  # it requires full tensorflow; tensorflow-cpu provides it
 	@$(BIN)/python -c 'import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith("2.13.0") and "cu" not in v else f"torch {v} is not the 2.13.0 CPU build")'
 	@$(BIN)/python -c 'import yaml, ts, model_archiver'  # TorchServe's wheel forgets PyYAML
+	@TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -c 'import tensorflow_serving.apis.model_service_pb2_grpc, keras'
 	@touch $(STAMP)
 
 # The main job: the MLflow Project on the built-in model, from this checkout's environment.

@@ -57,7 +57,7 @@ def builtin_digits_keras(*, epochs: int = 25, hidden: int = 64, seed: int = 0) -
     try:
         import keras
     except ImportError as exc:
-        raise SourceError("builtin:digits-keras needs TensorFlow: pip install servegate[tf]") from exc
+        raise SourceError("builtin:digits-keras needs TensorFlow (servegate[tf])") from exc
 
     data = load_digits_split(seed=seed)
     keras.utils.set_random_seed(seed)
