@@ -20,7 +20,7 @@ from rich.table import Table
 from servegate import errors
 from servegate.config import BatchingConfig, TorchServeSettings, home_dir
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 EXIT_CODES: list[tuple[type[errors.ServegateError], int]] = [
@@ -283,9 +283,9 @@ def compilers(
 # ---- pipeline --------------------------------------------------------------------------------
 @app.command("run")
 def run(
-    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file.")] = "builtin:digits",
+    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file; tfserving: builtin:digits-keras | a .keras file.")] = "builtin:digits",
     name: Annotated[str, typer.Option(help="Served (and registered) model name.")] = "digits",
-    target: Annotated[str, typer.Option(help="Serving backend.")] = "torchserve",
+    target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
     p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
     p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = 500.0,
@@ -309,7 +309,6 @@ def run(
     import mlflow
     from pydantic import ValidationError
 
-    from servegate.backends.factory import open_torchserve
     from servegate.config import LoadSettings, ParityThresholds, PipelineConfig, SLOs
     from servegate.pipeline import DeployPipeline
 
@@ -331,14 +330,30 @@ def run(
             raise errors.ConfigError(f"invalid parameters: {exc}") from exc
         if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
             mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "servegate-deploy"))
-        backend = open_torchserve(config.torchserve)
+        backend, unreachable = _open_target(config)
         try:
-            result = DeployPipeline(config, backend, console).run()
+            result = DeployPipeline(config, backend, console, unreachable).run()
         finally:
-            backend.close()
+            if backend is not None:
+                backend.close()
     except errors.ServegateError as exc:
         fail(exc)
     _print_result(result)
+
+
+def _open_target(config: Any) -> tuple[Any, errors.ServerError | None]:
+    """The run's server: TorchServe (started if need be), or TF Serving when one is reachable
+    (otherwise None and the reason, so the run still builds and validates its artifacts)."""
+    if config.target == "tfserving":
+        from servegate.backends.tfserving import open_tfserving
+
+        try:
+            return open_tfserving(), None
+        except errors.ServerNotRunning as exc:
+            return None, exc
+    from servegate.backends.factory import open_torchserve
+
+    return open_torchserve(config.torchserve), None
 
 
 def _print_result(result: Any) -> None:
@@ -355,15 +370,22 @@ def _print_result(result: Any) -> None:
 
 
 @app.command("rollback")
-def rollback_command(name: str, workdir: WorkdirOption = None) -> None:
+def rollback_command(
+    name: str,
+    target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
+    workdir: WorkdirOption = None,
+) -> None:
     """Restore NAME's previous champion: registry alias and server default together."""
-    from servegate.backends.factory import open_torchserve
+    from servegate.config import PipelineConfig
     from servegate.pipeline import rollback
 
     try:
-        backend = open_torchserve(_settings(workdir))
+        config = PipelineConfig(name=name, target=target, torchserve=_settings(workdir))
+        backend, unreachable = _open_target(config)
+        if backend is None:
+            raise unreachable or errors.ServerNotRunning(f"no {target} server")
         try:
-            restored, demoted = rollback(name, backend)
+            restored, demoted = rollback(config, backend)
         finally:
             backend.close()
     except errors.ServegateError as exc:

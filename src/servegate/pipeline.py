@@ -11,15 +11,15 @@ import json
 import shlex
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 from pathlib import Path
 
 import mlflow
 from rich.console import Console
 
-from servegate.backends.torchserve import TorchServeBackend
 from servegate.config import PipelineConfig
-from servegate.errors import ConfigError, GateFailed, PipelineError, ServerError
+from servegate.errors import BackendUnavailable, ConfigError, GateFailed, PipelineError, ServerError
 from servegate.gates.checks import Check, failed
 from servegate.gates.load import LoadResult, load_checks, run_ab
 from servegate.gates.parity import ParityResult, parity_checks, run_parity
@@ -54,7 +54,7 @@ def flat_params(config: PipelineConfig) -> dict[str, str]:
 
 def curl_command(url: str, key_file: str | None, example: list[float]) -> str:
     """A curl that works as pasted; the token is read from the key file, never printed."""
-    body = shlex.quote(json.dumps({"inputs": [round(v, 4) for v in example]}))
+    body = shlex.quote(json.dumps({"instances": [[round(v, 4) for v in example]]}))
     auth = ""
     if key_file:
         read_key = f"python3 -c 'import json;print(json.load(open(\"{key_file}\"))[\"inference\"][\"key\"])'"
@@ -62,16 +62,28 @@ def curl_command(url: str, key_file: str | None, example: list[float]) -> str:
     return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
 
 
-class DeployPipeline:
-    """One run of the pipeline against one TorchServe."""
+TARGETS = ("torchserve", "tfserving")
 
-    def __init__(self, config: PipelineConfig, backend: TorchServeBackend,
-                 console: Console | None = None) -> None:
-        if config.target != "torchserve":
-            raise ConfigError(f"target {config.target!r} is not supported yet (torchserve only)")
+
+class DeployPipeline:
+    """One run of the pipeline against one server (TorchServe or TF Serving).
+
+    ``backend`` is None when no server could be reached: the run then builds and validates the
+    artifacts, logs them, and fails with ``unreachable`` (which says how to provide a server).
+    """
+
+    def __init__(self, config: PipelineConfig, backend: Any | None,
+                 console: Console | None = None, unreachable: ServerError | None = None) -> None:
+        if config.target not in TARGETS:
+            raise ConfigError(f"unknown target {config.target!r}; known: {', '.join(TARGETS)}")
         self.config = config
         self.backend = backend
+        self.unreachable = unreachable
         self.console = console or Console(stderr=True)
+
+    @property
+    def is_tf(self) -> bool:
+        return self.config.target == "tfserving"
 
     def say(self, message: str) -> None:
         self.console.print(f"[bold cyan]servegate[/] {message}")
@@ -80,7 +92,7 @@ class DeployPipeline:
     def source(self) -> tuple[TorchModel, Registry, str]:
         with mlflow.start_run(run_name="source", nested=True):
             self.say(f"source: {self.config.model}")
-            model = load_torch_model(self.config.model)
+            model = self._load_model()
             mlflow.log_params({f"model.{k}": v for k, v in model.params.items()} |
                               {"source": self.config.model})
             if model.metrics:
@@ -95,6 +107,13 @@ class DeployPipeline:
             self.say(f"challenger: {name} v{version}")
             return model, registry, version
 
+    def _load_model(self) -> Any:
+        if self.is_tf:
+            from servegate.sources.keras_import import load_keras_model
+
+            return load_keras_model(self.config.model)
+        return load_torch_model(self.config.model)
+
     @staticmethod
     def _registered_version(uri: str) -> tuple[str, str]:
         """(name, version) of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
@@ -107,12 +126,21 @@ class DeployPipeline:
             raise ConfigError(f"expected models:/NAME/VERSION or models:/NAME@ALIAS, got {uri}")
         return name, version
 
-    def _log_and_register(self, model: TorchModel) -> str:
-        import mlflow.pytorch
+    def _log_and_register(self, model: Any) -> str:
         from mlflow.models import infer_signature
 
         example = model.example_batch(2)
         signature = infer_signature(example, model.reference(example))
+        if self.is_tf:
+            import mlflow.keras
+
+            # mlflow.keras 3.17 fails writing an input example (its directory is not made yet):
+            # the signature carries the input schema.
+            info = mlflow.keras.log_model(model.model, name="model", signature=signature,
+                                          registered_model_name=self.config.name)
+            return str(info.registered_model_version)
+        import mlflow.pytorch
+
         info = mlflow.pytorch.log_model(
             model.module, name="model", input_example=example, signature=signature,
             registered_model_name=self.config.name, serialization_format="pickle",
@@ -125,6 +153,8 @@ class DeployPipeline:
         from servegate.packaging.builder import compile_model
         from servegate.packaging.mar import build_mar, contents_for
 
+        if self.is_tf:
+            return self._package_savedmodel(model, version, workdir)
         with mlflow.start_run(run_name="package", nested=True):
             self.say(f"package: compiler={self.config.compiler}")
             artifact, candidates = compile_model(model, self.config.compiler, workdir / "compile",
@@ -140,6 +170,41 @@ class DeployPipeline:
             mlflow.log_artifact(str(archive), artifact_path="archive")
             uri = f"{mlflow.get_artifact_uri('archive')}/{archive.name}"
             return archive, uri, artifact.backend
+
+    def _package_savedmodel(self, model: Any, version: str, workdir: Path) -> tuple[Path, str, str]:
+        """SavedModel in TF Serving's layout, validated (both loaders, parity); ``compiler``:
+        ``auto``/``savedmodel`` (the reference), ``xla``, or ``tf-trt`` (TensorRT builds only)."""
+        from servegate.packaging.savedmodel import export_savedmodel
+
+        compiler = {"auto": "savedmodel", "eager": "savedmodel"}.get(self.config.compiler,
+                                                                     self.config.compiler)
+        if compiler not in ("savedmodel", "xla", "tf-trt"):
+            raise ConfigError(f"compiler {compiler!r} does not apply to TensorFlow models; "
+                              "use auto, savedmodel, xla or tf-trt")
+        with mlflow.start_run(run_name="package", nested=True):
+            self.say(f"package: SavedModel ({compiler})")
+            if compiler == "tf-trt":
+                from servegate.compilers.tf_trt import trt_unavailable_reason
+
+                if reason := trt_unavailable_reason():
+                    raise BackendUnavailable(f"tf-trt: {reason}")
+            report = export_savedmodel(model, workdir / "savedmodel", self.config.name,
+                                       int(version), jit_compile=compiler == "xla")
+            if compiler == "tf-trt":  # only where TensorFlow is built with TensorRT
+                from servegate.compilers.tf_trt import convert_trt
+
+                converted = workdir / "tf-trt" / self.config.name / version
+                convert_trt(report.path, converted, precision="FP16")
+                report = replace(report, path=converted)
+            mlflow.log_params({"compiler": self.config.compiler, "compiler.chosen": compiler,
+                               "format": "savedmodel"})
+            mlflow.log_metrics({"tf2_max_abs_diff": report.tf2_max_abs_diff,
+                                "tf1_max_abs_diff": report.tf1_max_abs_diff,
+                                "image_max_abs_diff": report.image_max_abs_diff,
+                                "export_seconds": report.seconds})
+            artifact_path = f"savedmodel/{version}"
+            mlflow.log_artifacts(str(report.path), artifact_path=artifact_path)
+            return report.path, f"{mlflow.get_artifact_uri(artifact_path)}", compiler
 
     def _log_candidates(self, candidates: list) -> None:
         from rich.table import Table
@@ -217,10 +282,7 @@ class DeployPipeline:
             return result, checks
 
     def gate_load(self, model: TorchModel, version: str, champion: str | None) -> tuple[list[LoadResult], list[Check]]:
-        state_key = self.backend.client.keys.path
-        samples = [{"inputs": row.tolist()} for row in model.example_batch(32)]
-        common = dict(host=self.backend.client.endpoints.inference, model=self.config.name,
-                      key_file=str(state_key) if state_key else None, samples=samples)
+        common = self._load_target(model)
         with mlflow.start_run(run_name="gate-load", nested=True):
             targets = [(f"challenger v{version}", version)]
             if champion is not None:
@@ -252,6 +314,26 @@ class DeployPipeline:
         except ServerError as exc:
             self.say(f"[red]could not withdraw v{version}: {exc}[/]")
 
+    def _load_target(self, model: Any) -> dict[str, Any]:
+        """How Locust reaches a version on this target (host, token, locustfile, samples)."""
+        rows = model.example_batch(32)
+        if self.is_tf:
+            from servegate._resources import loadtests_dir
+
+            return dict(host=self.backend.client.rest_url, model=self.config.name, key_file=None,
+                        samples=rows.tolist(), locustfile=loadtests_dir() / "tfserving.py",
+                        user_class="TFServingPredictUser")
+        key_file = self.backend.client.keys.path
+        return dict(host=self.backend.client.endpoints.inference, model=self.config.name,
+                    key_file=str(key_file) if key_file else None,
+                    samples=[{"inputs": row.tolist()} for row in rows])
+
+    def _key_file(self) -> str | None:
+        if self.is_tf:
+            return None
+        key_file = self.backend.client.keys.path
+        return str(key_file) if key_file else None
+
     def promote(self, registry: Registry, version: str) -> None:
         name = self.config.name
         self.backend.set_default(name, version)
@@ -280,6 +362,13 @@ class DeployPipeline:
             model, registry, version = self.source()
             archive, archive_uri, compiled_with = self.package(model, version, Path(tmp))
             registry.tag(version, {ARCHIVE_TAG: archive_uri})
+            if self.backend is None:
+                registry.delete_alias(CHALLENGER)
+                registry.tag(version, {"servegate.gate": "not run: no server"})
+                self.say(f"[red]no {cfg.target} server: artifacts built, validated and logged; "
+                         "nothing was deployed[/]")
+                mlflow.set_tag("servegate.decision", "not deployed")
+                raise self.unreachable or ServerError(f"no {cfg.target} server")
             champion = self.deploy(registry, archive, version)
             try:
                 parity, checks = self.gate_parity(model, version, champion, compiled_with)
@@ -300,8 +389,7 @@ class DeployPipeline:
             if decision != "rejected":
                 registry.tag(version, {"servegate.gate": "passed"})
             endpoint = self.backend.endpoint(cfg.name) if serving else ""
-            key_file = self.backend.client.keys.path
-            curl = curl_command(endpoint, str(key_file) if key_file else None,
+            curl = curl_command(endpoint, self._key_file(),
                                 model.example_batch(1)[0].tolist()) if serving else ""
             result = PipelineResult(cfg.name, version, decision, champion, checks, endpoint, curl,
                                     parent.info.run_id)
@@ -320,13 +408,14 @@ class DeployPipeline:
             return result
 
 
-def rollback(name: str, backend: TorchServeBackend) -> tuple[str, str]:
-    """Restore the previous champion: registry alias and server default together."""
+def rollback(config: PipelineConfig, backend: Any) -> tuple[str, str]:
+    """Restore the previous champion of ``config.name``: registry alias and server default
+    together (restored onto the server from its logged artifact if the server lost it)."""
+    name = config.name
     registry = Registry.for_model(name)
     restored, demoted = registry.rollback()
     try:
         if not any(v.version == restored for v in backend.versions(name)):
-            config = PipelineConfig(name=name)
             DeployPipeline(config, backend)._restore(registry, restored)
         backend.set_default(name, restored)
     except ServerError:

@@ -53,9 +53,10 @@ class LoadResult:
 
 
 def run_load(*, label: str, host: str, model: str, version: str | None, key_file: str | None,
-             samples: list[Any], settings: LoadSettings,
-             locustfile: Path | None = None) -> LoadResult:
-    """Run ``loadtests/torchserve.py`` against ``/predictions/{model}[/{version}]``."""
+             samples: list[Any], settings: LoadSettings, locustfile: Path | None = None,
+             user_class: str = "TorchServePredictUser") -> LoadResult:
+    """Run a locustfile's user class (default: ``loadtests/torchserve.py`` against
+    ``/predictions/{model}[/{version}]``) against one version."""
     with tempfile.TemporaryDirectory(prefix="servegate-load-") as tmp:
         samples_file = Path(tmp) / "samples.json"
         samples_file.write_text(json.dumps(samples), encoding="utf-8")
@@ -69,6 +70,7 @@ def run_load(*, label: str, host: str, model: str, version: str | None, key_file
         command = [
             sys.executable, "-m", "servegate.gates.locust_runner",
             "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),
+            "--user-class", user_class,
             "--host", host, "--users", str(settings.users), "--seconds", str(settings.seconds),
             "--out", str(out),
         ]

@@ -4,6 +4,7 @@ reference and against the served champion."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,13 +48,15 @@ class ParityResult:
         return {k: float(v) for k, v in figures.items()}
 
 
-def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel,
+def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel | Any,
                champion_version: str | None) -> ParityResult:
     if model.eval_x is None or model.eval_y is None:
         raise ValueError("the model has no held-out set to gate on")
     x, y = model.eval_x, model.eval_y
     served = served_probabilities(backend, name, version, x)
-    reference = softmax(model.reference(x).astype(np.float64))
+    reference = model.reference(x).astype(np.float64)
+    if not getattr(model, "outputs_are_probabilities", False):
+        reference = softmax(reference)
     diffs = np.abs(served - reference)
     champion_accuracy = None
     if champion_version is not None:

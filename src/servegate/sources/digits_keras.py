@@ -6,7 +6,7 @@ TensorFlow and Keras are imported lazily (servegate imports without them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ class KerasModel:
 
     model: Any  # keras.Model (imported lazily)
     labels: list[str]
+    outputs_are_probabilities: ClassVar[bool] = True
     input_shape: tuple[int, ...] = (64,)
     eval_x: np.ndarray | None = None
     eval_y: np.ndarray | None = None

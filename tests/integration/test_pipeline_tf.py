@@ -1,0 +1,89 @@
+"""`make deploy` with target=tfserving: without a server it builds, validates and logs the
+SavedModel and exits non-zero saying how to provide one; against FakeTFServing (a named fake: real
+HTTP + gRPC with the real protos, SavedModels run in-process) the gates, promotion and rollback run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+TF = ["-P", "target=tfserving", "-P", "model=builtin:digits-keras", "-P", "load_seconds=2",
+      "-P", "load_users=4", "-P", "max_regression_pct=400"]
+SERVER_ENV = ("SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_GRPC", "SERVEGATE_TFSERVING_MODEL_ROOT")
+
+
+def deploy(env: dict[str, str], *params: str) -> subprocess.CompletedProcess[str]:
+    import shlex
+
+    return subprocess.run(["make", "-s", "deploy", f"DEPLOY_ARGS={shlex.join([*TF, *params])}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if k not in SERVER_ENV}
+                          | {"MAKEFLAGS": ""} | env)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path, {"MLFLOW_TRACKING_URI": uri, "SERVEGATE_HOME": str(tmp_path / "home")}
+    mlflow.set_tracking_uri(None)
+
+
+def test_without_a_server_the_artifacts_are_built_and_the_run_fails_saying_how(store) -> None:
+    if shutil.which("tensorflow_model_server"):
+        pytest.skip("tensorflow_model_server is installed: a local server would start")
+    _, env = store
+    result = deploy(env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "no TF Serving reachable" in output and "SERVEGATE_TFSERVING_URL" in output
+    run = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                             filter_string="attributes.run_name = 'package'")[0]
+    files = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "savedmodel/1")}
+    assert "savedmodel/1/saved_model.pb" in files
+    assert run.data.metrics["tf1_max_abs_diff"] <= 1e-5
+    tags = MlflowClient().get_model_version("digits", "1").tags
+    assert tags["servegate.gate"] == "not run: no server"
+
+
+def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path) -> None:
+    from servegate.backends.tfserving import attach
+    from servegate.backends.tfserving_fake import FakeTFServing
+
+    _, env = store
+    root = tmp_path / "models"
+    root.mkdir()
+    with FakeTFServing() as fake:
+        server = {"SERVEGATE_TFSERVING_URL": fake.rest_url, "SERVEGATE_TFSERVING_GRPC": fake.grpc_target,
+                  "SERVEGATE_TFSERVING_MODEL_ROOT": str(root)}
+        first = deploy(env | server)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert "promoted" in first.stdout and "/labels/stable:predict" in first.stdout
+        second = deploy(env | server)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        rejected = deploy(env | server, "-P", "p95_ms=0.001")
+        assert rejected.returncode != 0 and "load.p95_ms" in rejected.stdout + rejected.stderr
+        backend = attach(fake.rest_url, fake.grpc_target, root)
+        try:
+            assert backend.default_version("digits") == "2"
+            assert "3" not in {v.version for v in backend.versions("digits")}
+            rolled = subprocess.run(
+                [str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits", "--target", "tfserving"],
+                capture_output=True, text=True, timeout=300, env=os.environ | env | server)
+            assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+            assert backend.default_version("digits") == "1"
+            answer = backend.predict("digits", {"instances": [[0.0] * 64]})
+            assert len(answer["predictions"][0]["probabilities"]) == 10
+        finally:
+            backend.close()
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == "1"
+    assert client.get_model_version("digits", "3").tags["servegate.gate"] == "failed"
