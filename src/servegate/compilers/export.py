@@ -5,19 +5,28 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from servegate.compilers.base import CompiledArtifact
 from servegate.errors import CompileError
 from servegate.sources.base import TorchModel
 
 
-def export_program(model: TorchModel, max_batch: int):  # -> torch.export.ExportedProgram
-    """torch.export with the batch dimension dynamic in [1, max_batch]."""
+def example_tensors(model: TorchModel) -> tuple:  # -> tuple[torch.Tensor, ...]
+    """The model's real example inputs (every positional input) as tensors."""
     import torch
 
-    example = torch.from_numpy(model.example_batch(2))
-    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs(2))
+
+
+def export_program(model: TorchModel, max_batch: int):  # -> torch.export.ExportedProgram
+    """torch.export with the model's dynamic dimensions (``TorchModel.dynamic_shapes``): the
+    batch in [1, max_batch], and for text models the sequence length too."""
+    import torch
+
     try:
-        return torch.export.export(model.module.eval(), (example,), dynamic_shapes=({0: batch},))
+        return torch.export.export(model.module.eval(), example_tensors(model),
+                                   dynamic_shapes=model.dynamic_shapes(max_batch))
     except Exception as exc:
         raise CompileError(f"torch.export failed: {exc}") from exc
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from servegate.compilers.base import CompiledArtifact
+from servegate.compilers.export import example_tensors
 from servegate.errors import BackendUnavailable, CompileError
 from servegate.sources.base import TorchModel
 
@@ -31,11 +32,9 @@ class OnnxCompiler:
         start = time.perf_counter()
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "model.onnx"
-        example = torch.from_numpy(model.example_batch(2))
-        batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
         try:
-            torch.onnx.export(model.module.eval(), (example,), str(path), dynamo=True,
-                              dynamic_shapes=({0: batch},), external_data=False)
+            torch.onnx.export(model.module.eval(), example_tensors(model), str(path), dynamo=True,
+                              dynamic_shapes=model.dynamic_shapes(max_batch), external_data=False)
         except Exception as exc:
             raise CompileError(f"onnx export failed: {exc}") from exc
         return CompiledArtifact(backend=self.name, format="onnx", path=path,

@@ -90,8 +90,8 @@ def load_predictor(artifact: CompiledArtifact, threads: int):
     return sg_loaders.load(spec, str(artifact.path.parent), threads)
 
 
-def _parity(candidate: Candidate, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None,
-            task: str = "tensor-classification") -> None:
+def _parity(candidate: Candidate, reference: np.ndarray, output: np.ndarray,
+            labels: np.ndarray | None, task: str = "tensor-classification") -> None:
     diff = np.abs(output.astype(np.float64) - reference)
     candidate.max_abs = float(diff.max())
     candidate.max_rel = float((diff / (np.abs(reference) + 1e-6)).max())
@@ -110,6 +110,11 @@ def _parity(candidate: Candidate, reference: np.ndarray, output: np.ndarray, lab
         problems.append(f"cosine {candidate.cosine:.5f} < {limits.min_cosine}")
     if task != "embedding" and candidate.top1 < limits.min_top1:
         problems.append(f"top-1 agreement {candidate.top1:.4f} < {limits.min_top1}")
+    if labels is not None and task != "embedding" and precision_of(candidate.backend) != "fp32":
+        reference_accuracy = float((reference.argmax(-1) == labels).mean())
+        if candidate.accuracy < reference_accuracy - MAX_REDUCED_ACCURACY_DROP:
+            problems.append(f"accuracy {candidate.accuracy:.4f} < reference "
+                            f"{reference_accuracy:.4f} - {MAX_REDUCED_ACCURACY_DROP}")
     if problems:
         candidate.status, candidate.reason = "rejected", "parity: " + "; ".join(problems)
 

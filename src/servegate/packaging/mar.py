@@ -24,7 +24,7 @@ from servegate._resources import handlers_dir
 from servegate.compilers.base import CompiledArtifact
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.errors import PackagingError
-from servegate.packaging.spec import SPEC_FILE, TASK_HANDLERS, ArtifactSpec, InputSpec
+from servegate.packaging.spec import SPEC_FILE, TASK_HANDLERS, ArtifactSpec, InputSpec, TextSpec
 from servegate.sources.base import TorchModel
 
 _ARCHIVER_LOCK = threading.Lock()
@@ -142,19 +142,29 @@ def read_archive_member(archive: Path, member: str) -> bytes:
 def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, version: str,
                  batching: BatchingConfig, limits: RequestLimits | None = None,
                  warmup_rows: int = 2) -> MarContents:
-    """The archive contents of a compiled ``TorchModel``: spec, labels and a real warm-up sample."""
+    """The archive contents of a compiled ``TorchModel``: spec, labels and a real warm-up sample
+    (held-out rows; sentences for a text model, whose tokenizer file ships as an extra file)."""
+    text = None
+    extra_files: tuple[Path, ...] = ()
+    if model.is_text:
+        assert model.tokenizer_file is not None
+        text = TextSpec(tokenizer_file=model.tokenizer_file.name,
+                        max_length=int(model.max_length or TextSpec().max_length))
+        extra_files = (model.tokenizer_file,)
     spec = ArtifactSpec(
         task=model.task,  # type: ignore[arg-type]
         format=artifact.format,
         artifact=artifact.path.name,
         model_class=artifact.model_class,
         model_kwargs=artifact.model_kwargs,
-        input=InputSpec(shape=list(model.input_shape)),
+        input=None if model.is_text else InputSpec(shape=list(model.input_shape)),
+        text=text,
         limits=limits or RequestLimits(),
         compiler=artifact.backend,
     )
     return MarContents(
         name=name, version=version, artifact=artifact.path, spec=spec, batching=batching,
-        model_file=artifact.model_file, labels=model.labels,
+        model_file=artifact.model_file, labels=model.labels if model.task != "embedding" else None,
         warmup={"instances": model.example_batch(warmup_rows).tolist()},
+        extra_files=extra_files,
     )

@@ -12,13 +12,18 @@ SPEC_FILE = "servegate.json"
 ModelFormat = Literal[
     "state_dict", "exported_program", "aoti", "inductor", "torchscript", "onnx", "torch_tensorrt"
 ]
-Task = Literal["tensor-classification", "image-classification"]
+Task = Literal["tensor-classification", "image-classification", "embedding", "text-classification"]
 
 #: The handler module shipped for each task (in ``handlers/``).
 TASK_HANDLERS: dict[str, str] = {
     "tensor-classification": "tensor_classifier",
     "image-classification": "image_classifier",
+    "embedding": "text_handler",
+    "text-classification": "text_handler",
 }
+
+#: Tasks whose requests carry text (tokenised in the worker; ``ArtifactSpec.text`` is set).
+TEXT_TASKS = ("embedding", "text-classification")
 
 
 class InputSpec(BaseModel):
@@ -39,6 +44,17 @@ class ImageSpec(BaseModel):
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
+class TextSpec(BaseModel):
+    """Tokenisation in the worker: the tokenizer file shipped in the archive and the limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokenizer_file: str = "tokenizer.json"
+    max_length: int = Field(default=128, ge=2,
+                            description="truncation, in tokens ([CLS] and [SEP] included)")
+    max_chars: int = Field(default=20_000, ge=1, description="a longer text is refused (413)")
+
+
 class ArtifactSpec(BaseModel):
     """The contract between servegate's packaging and the handlers (read as plain JSON there)."""
 
@@ -52,6 +68,7 @@ class ArtifactSpec(BaseModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec | None = None
     image: ImageSpec | None = None
+    text: TextSpec | None = None
     labels_file: str | None = None
     top_k: int = 3
     outputs_are_probabilities: bool = False

@@ -10,9 +10,18 @@ from servegate.sources.base import TorchModel
 BUILTINS = ("builtin:digits",)
 
 
-def load_torch_model(uri: str) -> TorchModel:
+def load_torch_model(uri: str, *, task: str | None = None,
+                     max_length: int | None = None) -> TorchModel:
     """Resolve a model URI into a ``TorchModel``: ``builtin:digits`` (trained here),
-    ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/PATH``, or a file path."""
+    ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/PATH``, a file path, or
+    ``hf:<dir>`` / ``hf:minilm`` (a local Hugging Face text model; ``task`` ``embedding``, the
+    default, or ``text-classification``; ``max_length`` truncation in tokens)."""
+    if uri.startswith("hf:"):
+        from servegate.sources.hf import import_hf
+
+        return import_hf(uri, task=task or "embedding", max_length=max_length)
+    if task not in (None, "tensor-classification", "image-classification"):
+        raise SourceError(f"task {task!r} applies to hf: models only, not {uri}")
     if uri == "builtin:digits":
         from servegate.sources.digits import builtin_digits
 

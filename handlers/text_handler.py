@@ -1,0 +1,57 @@
+"""TorchServe handler: sentence embeddings (``embedding``) or text classification
+(``text-classification``) from raw text, tokenised in the worker.
+
+Requests carry strings (or ``{"text": ...}`` objects): ``{"inputs": "one"}``,
+``{"inputs": ["a", "b"]}``, ``{"instances": [...]}``, a bare JSON list, or an Open Inference
+Protocol ``BYTES`` tensor. Each request is tokenised on its own (truncated at the archive's
+``max_length`` tokens); the batch is padded to its longest sequence, not to a fixed length.
+Answers: one L2-normalised embedding (a list of floats) per text, or label, probabilities and
+top-k per text.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import sg_codecs
+import sg_text
+from sg_base import BatchingHandler, Features
+from sg_classification import Classifier
+from sg_errors import InvalidInput
+
+
+class TextHandler(BatchingHandler):
+    """Texts -> embeddings or class probabilities; tokenizer and limits from the archive."""
+
+    def configure(self, model_dir: str) -> None:
+        # Each worker has its share of the cores for the model: no tokenizer thread pool beside it.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        text = self.spec.get("text") or {}
+        self.encoder = sg_text.TextEncoder(
+            os.path.join(model_dir, str(text.get("tokenizer_file", "tokenizer.json"))),
+            max_length=int(text.get("max_length", sg_text.DEFAULT_MAX_LENGTH)),
+        )
+        self.max_chars = int(text.get("max_chars", sg_text.DEFAULT_MAX_CHARS))
+        self.embedding = self.spec.get("task") == "embedding"
+        self.classifier = None if self.embedding else Classifier.from_spec(self.spec, model_dir)
+
+    def features(self, envelope: sg_codecs.Envelope) -> Features:
+        if envelope.family == "raw":
+            raise InvalidInput("wrong dtype", "this model takes text in a JSON body, not raw bytes")
+        if envelope.family == "v2" and envelope.meta.get("datatype") != "BYTES":
+            raise InvalidInput("wrong dtype", "this model takes BYTES (strings) in v2 requests")
+        texts = sg_text.request_texts(list(envelope.instances), max_chars=self.max_chars)
+        ids, mask = self.encoder.encode(texts)
+        return Features((ids, mask), len(texts), envelope.single)
+
+    def collate(self, batch: list[Features]) -> tuple[np.ndarray, ...]:
+        """Dynamic padding: every request's tokens padded to the longest of the whole batch."""
+        return sg_text.pad_batch([f.arrays for f in batch], self.encoder.pad_id)
+
+    def outputs(self, output: np.ndarray) -> tuple[list[Any], list[dict[str, Any]]]:
+        if self.classifier is not None:
+            return self.classifier.outputs(output)
+        vectors = output.astype(np.float32, copy=False)
+        return vectors.tolist(), [sg_codecs.v2_tensor("embedding", vectors)]
