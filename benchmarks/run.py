@@ -86,7 +86,7 @@ def _versions() -> dict[str, str]:
 
 
 def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
-            progress: Progress) -> tuple[list[Row], CompilerTable]:
+            progress: Progress) -> tuple[list[Row], CompilerTable, CompilerTable]:
     """Train, package, deploy and load every configuration on one TorchServe; always stop it."""
     from benchmarks.archive import package_minimal
     from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
@@ -94,7 +94,7 @@ def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
     from servegate.packaging.builder import package_model
     from servegate.sources.digits import builtin_digits
 
-    step = progress.add_task("training the digits model", total=11)
+    step = progress.add_task("training the digits model", total=12)
 
     def advance(description: str) -> None:
         progress.update(step, advance=1, description=description)
@@ -103,6 +103,12 @@ def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
     assert model.eval_x is not None and model.model_file is not None
     advance("measuring compilers in process (auto's candidates)")
     compilers = measure_compilers(model)
+    advance("measuring compilers for all-MiniLM-L6-v2 (embedding)")
+    from servegate.sources import load_torch_model
+
+    text_compilers = measure_compilers(load_torch_model("hf:minilm", task="embedding"),
+                                       threads=os.cpu_count() or 1, batch_sizes=(1, 8),
+                                       repeats=15)
     x = model.eval_x[:SAMPLE_ROWS]
     reference = model.reference(x)
     with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp:
@@ -162,7 +168,7 @@ def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
         finally:
             server.stop()
     advance("done")
-    return rows, compilers
+    return rows, compilers, text_compilers
 
 
 def _check_answers(name: str, predict: Callable[[str, Any], Any], x: Any,
@@ -232,7 +238,8 @@ def table(rows: Sequence[Row], report: dict[str, Any]) -> Table:
 
 
 def markdown(rows: Sequence[Row], report: dict[str, Any],
-             compilers: CompilerTable | None = None) -> str:
+             compilers: CompilerTable | None = None,
+             text_compilers: CompilerTable | None = None) -> str:
     m, settings = report["machine"], report["settings"]
     align = ["---" if i in (0, len(COLUMNS) - 1) else "---:" for i in range(len(COLUMNS))]
     lines = [
@@ -253,6 +260,10 @@ def markdown(rows: Sequence[Row], report: dict[str, Any],
     if compilers is not None:
         lines += [f"## Compilers in process (digits MLP, 1 thread, median of 200; auto chose "
                   f"**{compilers.chosen}**)", "", *compiler_markdown(compilers), ""]
+    if text_compilers is not None:
+        lines += ["## Compilers in process (all-MiniLM-L6-v2 embedding, held-out sentences, "
+                  f"{os.cpu_count()} threads; auto chose **{text_compilers.chosen}**)", "",
+                  *compiler_markdown(text_compilers), ""]
     return "\n".join(lines)
 
 
@@ -272,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         load_before = os.getloadavg()[0]
-        rows, compilers = measure(args.seconds, args.users, args.warmup, args.epochs,
-                                  args.out / "raw", progress)
+        rows, compilers, text_compilers = measure(args.seconds, args.users, args.warmup,
+                                                  args.epochs, args.out / "raw", progress)
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -289,12 +300,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "numerator_p95_ms": r.numerator.result.p95_ms,
                          "denominator_p95_ms": r.denominator.result.p95_ms} for r in ratios(rows)]
     report["compilers"] = {"chosen": compilers.chosen, "threads": 1, "rows": compilers.rows()}
+    report["compilers_minilm"] = {"chosen": text_compilers.chosen, "threads": os.cpu_count(),
+                                  "rows": text_compilers.rows()}
     console.print(table(rows, report))
     console.print(Markdown("\n".join(["## Compilers in process (digits MLP, 1 thread, median)",
                                        "", *compiler_markdown(compilers)])))
+    console.print(Markdown("\n".join([
+        "## Compilers in process (all-MiniLM-L6-v2 embedding, held-out sentences, median)", "",
+        *compiler_markdown(text_compilers)])))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    (args.out / "latest.md").write_text(markdown(rows, report, compilers), encoding="utf-8")
+    (args.out / "latest.md").write_text(markdown(rows, report, compilers, text_compilers),
+                                        encoding="utf-8")
     console.print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
     return 0
 
