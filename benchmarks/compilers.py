@@ -40,7 +40,8 @@ class CompilerTable:
 
 
 def measure_compilers(model: TorchModel, *, serving_batch: int = 8, threads: int = 1,
-                      batch_sizes: Sequence[int] = BATCH_SIZES, repeats: int = 200) -> CompilerTable:
+                      batch_sizes: Sequence[int] = BATCH_SIZES,
+                      repeats: int = 200) -> CompilerTable:
     """Compile, parity-check and time every candidate (median of many runs, after warm-up)."""
     with tempfile.TemporaryDirectory(prefix="servegate-bench-compile-") as tmp:
         candidates = evaluate(model, AUTO_CANDIDATES, Path(tmp), max_batch=max(batch_sizes),
