@@ -285,6 +285,8 @@ def compilers(
 def run(
     model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file; tfserving: builtin:digits-keras | a .keras file.")] = "builtin:digits",
     name: Annotated[str, typer.Option(help="Served (and registered) model name.")] = "digits",
+    task: Annotated[str, typer.Option(help="hf: models: embedding | text-classification (auto: the model's default).")] = "auto",
+    max_length: Annotated[int, typer.Option(help="hf: models: truncation in tokens (0: default).")] = 0,
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
     p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
@@ -316,6 +318,7 @@ def run(
         try:
             config = PipelineConfig(
                 model=model, name=name, target=target, compiler=compiler,
+                task=None if task == "auto" else task, max_length=max_length or None,
                 slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
                           max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
                 parity=ParityThresholds(parity_atol=parity_atol, min_top1_agreement=min_top1_agreement,

@@ -94,6 +94,10 @@ class PipelineConfig(_Settings):
     """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here)."""
 
     model: str = "builtin:digits"
+    #: hf: models: ``embedding`` (default) or ``text-classification``; None for the others.
+    task: str | None = None
+    #: hf: models: truncation in tokens (None: the model's default).
+    max_length: int | None = Field(None, ge=8)
     name: str = Field("digits", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
     target: str = "torchserve"
     compiler: str = "auto"

@@ -52,9 +52,10 @@ def flat_params(config: PipelineConfig) -> dict[str, str]:
     return walk("config", config.model_dump(mode="json", exclude={"torchserve"}))
 
 
-def curl_command(url: str, key_file: str | None, example: list[float]) -> str:
+def curl_command(url: str, key_file: str | None, example: list[float] | str) -> str:
     """A curl that works as pasted; the token is read from the key file, never printed."""
-    body = shlex.quote(json.dumps({"instances": [[round(v, 4) for v in example]]}))
+    row: object = example if isinstance(example, str) else [round(v, 4) for v in example]
+    body = shlex.quote(json.dumps({"instances": [row]}))
     auth = ""
     if key_file:
         read_key = f"python3 -c 'import json;print(json.load(open(\"{key_file}\"))[\"inference\"][\"key\"])'"
@@ -112,7 +113,8 @@ class DeployPipeline:
             from servegate.sources.keras_import import load_keras_model
 
             return load_keras_model(self.config.model)
-        return load_torch_model(self.config.model)
+        return load_torch_model(self.config.model, task=self.config.task,
+                                max_length=self.config.max_length)
 
     @staticmethod
     def _registered_version(uri: str) -> tuple[str, str]:
@@ -141,6 +143,14 @@ class DeployPipeline:
             return str(info.registered_model_version)
         import mlflow.pytorch
 
+        if getattr(model, "is_text", False):  # two int64 inputs: token ids and attention mask
+            ids, mask = model.example_inputs(2)
+            signature = infer_signature({"input_ids": ids, "attention_mask": mask},
+                                        model.forward(ids, mask))
+            info = mlflow.pytorch.log_model(model.module, name="model", signature=signature,
+                                            registered_model_name=self.config.name,
+                                            serialization_format="pickle")
+            return str(info.registered_model_version)
         info = mlflow.pytorch.log_model(
             model.module, name="model", input_example=example, signature=signature,
             registered_model_name=self.config.name, serialization_format="pickle",

@@ -83,3 +83,18 @@ def test_reduced_precision_is_gated_on_task_accuracy_not_max_abs() -> None:
                          reference_accuracy=0.955, champion_accuracy=None, abs_diffs=np.zeros(10))
     assert names(parity_checks(worse, thresholds, "reduced")) == {"top1_agreement",
                                                                   "accuracy_vs_reference"}
+
+
+def test_embeddings_are_gated_on_cosine() -> None:
+    thresholds = ParityThresholds(parity_atol=1e-4)
+    good = ParityResult(rows=5, max_abs_diff=1e-6, top1_agreement=float("nan"),
+                        accuracy=float("nan"), reference_accuracy=float("nan"),
+                        champion_accuracy=None, abs_diffs=np.zeros(5), min_cosine=0.99999)
+    assert {c.name for c in parity_checks(good, thresholds)} == {"min_cosine", "max_abs_diff"}
+    assert names(parity_checks(good, thresholds)) == set()
+    assert "accuracy" not in good.metrics() and good.metrics()["min_cosine"] == 0.99999
+    drifted = ParityResult(rows=5, max_abs_diff=0.05, top1_agreement=float("nan"),
+                           accuracy=float("nan"), reference_accuracy=float("nan"),
+                           champion_accuracy=None, abs_diffs=np.zeros(5), min_cosine=0.995)
+    assert names(parity_checks(drifted, thresholds, "fp32")) == {"min_cosine", "max_abs_diff"}
+    assert names(parity_checks(drifted, thresholds, "reduced")) == set()

@@ -21,11 +21,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def served_probabilities(backend: ServingBackend, name: str, version: str | None,
                          x: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """Class probabilities for every row of ``x`` through the standard REST endpoint."""
+    """Class probabilities (or, for embedding models, the vectors) of every row of ``x`` through
+    the standard REST endpoint."""
     rows = []
     for start in range(0, len(x), chunk):
         answer = backend.predict(name, {"instances": x[start:start + chunk].tolist()}, version)
-        rows += [p["probabilities"] for p in answer["predictions"]]
+        rows += [p["probabilities"] if isinstance(p, dict) else p for p in answer["predictions"]]
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -38,6 +39,8 @@ class ParityResult:
     reference_accuracy: float
     champion_accuracy: float | None
     abs_diffs: np.ndarray
+    #: Embedding models: the lowest cosine similarity of a served row to its reference.
+    min_cosine: float | None = None
 
     def metrics(self) -> dict[str, float]:
         figures = {"rows": self.rows, "max_abs_diff": self.max_abs_diff,
@@ -45,13 +48,17 @@ class ParityResult:
                    "reference_accuracy": self.reference_accuracy}
         if self.champion_accuracy is not None:
             figures["champion_accuracy"] = self.champion_accuracy
-        return {k: float(v) for k, v in figures.items()}
+        if self.min_cosine is not None:
+            figures["min_cosine"] = self.min_cosine
+        return {k: float(v) for k, v in figures.items() if v == v}  # NaN: not applicable
 
 
 def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel | Any,
                champion_version: str | None) -> ParityResult:
-    if model.eval_x is None or model.eval_y is None:
+    if model.eval_x is None:
         raise ValueError("the model has no held-out set to gate on")
+    if model.eval_y is None:
+        return _embedding_parity(backend, name, version, model)
     x, y = model.eval_x, model.eval_y
     served = served_probabilities(backend, name, version, x)
     reference = model.reference(x).astype(np.float64)
@@ -78,10 +85,38 @@ def run_parity(backend: ServingBackend, name: str, version: str, model: TorchMod
 REDUCED_PRECISION_MIN_TOP1 = 0.98
 
 
+def _embedding_parity(backend: ServingBackend, name: str, version: str,
+                      model: Any) -> ParityResult:
+    """Embedding models have no labels: served vectors against the reference, by cosine."""
+    x = model.eval_x
+    served = served_probabilities(backend, name, version, x)
+    reference = model.reference(x).astype(np.float64)
+    diffs = np.abs(served - reference)
+    cosine = (served * reference).sum(1) / (
+        np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12)
+    nan = float("nan")
+    return ParityResult(rows=len(x), max_abs_diff=float(diffs.max()),
+                        top1_agreement=nan, accuracy=nan, reference_accuracy=nan,
+                        champion_accuracy=None, abs_diffs=diffs.max(axis=1),
+                        min_cosine=float(cosine.min()))
+
+
+#: Served embeddings must keep this cosine similarity to the reference (FP32 and reduced).
+MIN_EMBEDDING_COSINE = {"fp32": 0.999, "reduced": 0.99}
+
+
 def parity_checks(result: ParityResult, thresholds: ParityThresholds,
                   precision: str = "fp32") -> list[Check]:
     """FP32: served outputs equal the reference within ``parity_atol``. Reduced precision: top-1
-    agreement and task accuracy against the reference instead. Both: accuracy vs the champion."""
+    agreement and task accuracy against the reference instead. Both: accuracy vs the champion.
+    Embeddings: cosine similarity to the reference (and max abs diff for FP32)."""
+    if result.min_cosine is not None:
+        checks = [Check("parity", "min_cosine", result.min_cosine, ">=",
+                        MIN_EMBEDDING_COSINE[precision])]
+        if precision == "fp32":
+            checks.append(Check("parity", "max_abs_diff", result.max_abs_diff, "<=",
+                                thresholds.parity_atol))
+        return checks
     if precision == "fp32":
         checks = [
             Check("parity", "max_abs_diff", result.max_abs_diff, "<=", thresholds.parity_atol),
