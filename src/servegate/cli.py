@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servegate import errors
-from servegate.config import BatchingConfig, TorchServeSettings, home_dir
+from servegate.config import BatchingConfig, TorchServeSettings
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console()

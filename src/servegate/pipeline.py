@@ -12,8 +12,8 @@ import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from rich.console import Console
@@ -291,7 +291,8 @@ class DeployPipeline:
             mlflow.log_dict([c.as_dict() for c in checks], "checks.json")
             return result, checks
 
-    def gate_load(self, model: TorchModel, version: str, champion: str | None) -> tuple[list[LoadResult], list[Check]]:
+    def gate_load(self, model: TorchModel, version: str,
+                  champion: str | None) -> tuple[list[LoadResult], list[Check]]:
         common = self._load_target(model)
         with mlflow.start_run(run_name="gate-load", nested=True):
             targets = [(f"challenger v{version}", version)]

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
+from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-from servegate.backends.torchserve.local import group_processes
 from servegate.config import TorchServeSettings
 
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-from servegate.backends.torchserve.local import group_processes
 from servegate.config import TorchServeSettings
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
+from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe
-from servegate.backends.torchserve.local import group_processes
 from servegate.config import BatchingConfig, TorchServeSettings
 from servegate.errors import ModelNotFound
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from servegate.backends._process import free_port, kill_group
 from servegate.backends.base import VersionInfo
 from servegate.config import home_dir
 from servegate.errors import (
@@ -519,12 +518,6 @@ class TFServingState:
                                 Path(self.model_root), server_root=self.server_root)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def docker_has_image(image: str = DOCKER_IMAGE) -> bool:
     """A Docker engine answers and holds ``image`` (nothing is pulled)."""
     if shutil.which("docker") is None:
@@ -585,7 +578,7 @@ class LocalTFServing:
         if binary is None and not docker_has_image(s.docker_image):
             raise ServerNotRunning(HOW_TO_PROVIDE)
         self.model_root.mkdir(parents=True, exist_ok=True)
-        rest_port, grpc_port = s.rest_port or _free_port(s.host), s.grpc_port or _free_port(s.host)
+        rest_port, grpc_port = s.rest_port or free_port(s.host), s.grpc_port or free_port(s.host)
         if binary is not None:
             # tensorflow_model_server has no bind-address flag: it listens on every interface.
             log = open(self.workdir / "tfserving.log", "ab")  # noqa: SIM115 (the child owns it)
@@ -626,29 +619,9 @@ class LocalTFServing:
         if state.how == "docker":
             subprocess.run(["docker", "stop", state.ident], capture_output=True, timeout=60)
         else:
-            _stop_group(int(state.ident))
+            kill_group(int(state.ident))
         self.state_path.unlink(missing_ok=True)
         return True
-
-
-def _stop_group(pgid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the server's process group, SIGKILL what is left after ``timeout_s``."""
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pgid, os.WNOHANG)[0] == pgid:  # our child: reaped
-                    return
-            except ChildProcessError:  # not our child: poll the group
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    return
-            time.sleep(0.1)
 
 
 def attach(rest_url: str, grpc_target: str | None = None, model_root: Path | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from servegate._resources import loadtests_dir
-from servegate.config import SLOs, LoadSettings
+from servegate.config import LoadSettings, SLOs
 from servegate.errors import PipelineError
 from servegate.gates.checks import Check
 

@@ -79,7 +79,8 @@ def _markdown(report: GateReport, plots: list[Path]) -> str:
         lines.append(f"| {c.gate} | {c.name} | {c.value:.6g} | {c.comparison} {c.threshold:.6g} | "
                      f"{'pass' if c.passed else '**FAIL**'} |")
     if report.load:
-        lines += ["", "## Load", "", "| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors | load-bound |",
+        lines += ["", "## Load", "",
+                  "| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors | load-bound |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in report.load:
             lines.append(f"| {r.label} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "

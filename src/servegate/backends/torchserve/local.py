@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import string
 import subprocess
 import sys
@@ -19,21 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 
 from servegate._resources import serving_configs_dir
+from servegate.backends._process import alive, free_port, kill_group
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.config import TorchServeSettings
 from servegate.errors import ServerError, ServerNotRunning, ServerStartError
 
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -102,7 +94,7 @@ class LocalTorchServe:
             state = ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
         except (FileNotFoundError, ValueError, TypeError):
             return None
-        if not _alive(state.pid) or not _answers(state):
+        if not alive(state.pid) or not _answers(state):
             return None
         return state
 
@@ -187,7 +179,7 @@ class LocalTorchServe:
             state = ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
         except (FileNotFoundError, ValueError, TypeError):
             return False
-        stopped = _kill_group(state.pid, timeout_s)
+        stopped = kill_group(state.pid, timeout_s)
         self.state_path.unlink(missing_ok=True)
         return stopped
 
@@ -209,43 +201,3 @@ def _torchserve_executable() -> str:
     if candidate.exists():
         return str(candidate)
     raise ServerStartError("torchserve is not installed in this environment (pip install servegate[torch])")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def group_processes(pgid: int) -> list[psutil.Process]:
-    """Every live process of the process group (the server's launcher, Java, workers)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-            continue
-    return found
-
-
-def _kill_group(pgid: int, timeout_s: float) -> bool:
-    members = group_processes(pgid)
-    if not members:
-        return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        _, members = psutil.wait_procs(members, timeout=timeout_s if sig == signal.SIGTERM else 5)
-        members = [p for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if not members:
-            break
-    try:  # reap our own child if we started it in this process
-        os.waitpid(pgid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return True
