@@ -35,7 +35,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("pipeline")
     values = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
               "SERVEGATE_HOME": str(home / "servegate")}
-    saved = {k: os.environ.get(k) for k in values}
+    saved = {k: os.environ.get(k) for k in (*values, "MLFLOW_EXPERIMENT_ID")}
     os.environ.update(values)
     mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
     server = LocalTorchServe(TorchServeSettings(workdir=home / "servegate" / "torchserve"))

@@ -38,12 +38,14 @@ def test_keras_file_and_savedmodel_import_with_parity(keras_digits, tmp_path: Pa
     np.testing.assert_allclose(from_savedmodel.reference(x), expected, atol=1e-6)
 
 
-def test_mlflow_keras_model_import(keras_digits, tmp_path: Path) -> None:
+def test_mlflow_keras_model_import(keras_digits, tmp_path: Path, monkeypatch) -> None:
     import mlflow
     import mlflow.keras
 
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # another store's id
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
+        mlflow.set_experiment("keras-import")
         with mlflow.start_run():
             info = mlflow.keras.log_model(keras_digits.model, name="model")
         imported = load_keras_model(info.model_uri)
