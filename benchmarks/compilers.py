@@ -50,6 +50,11 @@ def measure_compilers(model: TorchModel, *, serving_batch: int = 8, threads: int
     return CompilerTable(candidates, chosen.backend, tuple(batch_sizes))
 
 
+def _fmt(value: object, spec: str) -> str:
+    """A figure, or a dash where it does not apply (skipped or rejected candidates)."""
+    return "—" if isinstance(value, float) and math.isnan(value) else spec.format(value)
+
+
 def markdown(table: CompilerTable) -> list[str]:
     sizes = table.batch_sizes
     header = ["backend", "status", *[f"p50 µs b{b}" for b in sizes],
@@ -59,7 +64,7 @@ def markdown(table: CompilerTable) -> list[str]:
     for r in table.rows():
         lines.append("| " + " | ".join([
             str(r["backend"]), str(r["status"]),
-            *[f"{r[f'p50_us_b{b}']:.0f}" for b in sizes],
-            *[f"{r[f'speedup_b{b}']:.2f}x" for b in sizes],
-            f"{r['max_abs']:.2g}", str(r["compile_s"]), str(r["reason"])]) + " |")
+            *[_fmt(r[f"p50_us_b{b}"], "{:.0f}") for b in sizes],
+            *[_fmt(r[f"speedup_b{b}"], "{:.2f}x") for b in sizes],
+            _fmt(r["max_abs"], "{:.2g}"), str(r["compile_s"]), str(r["reason"])]) + " |")
     return lines

@@ -19,7 +19,7 @@ import numpy as np
 from servegate._resources import handlers_dir
 from servegate.compilers import get_compiler
 from servegate.compilers.base import CompiledArtifact
-from servegate.errors import BackendUnavailable, CompileError, ServegateError
+from servegate.errors import BackendUnavailable, CompileError
 from servegate.sources.base import TorchModel
 
 
@@ -149,8 +149,9 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
 
     Every input of the module is fed (one feature array, or token ids + attention mask for text
     models, made from real held-out sentences exactly as the worker makes them)."""
-    x = model.eval_x[:64] if model.eval_x is not None else model.example_batch(64)
-    labels = model.eval_y[:64] if model.eval_y is not None else None
+    rows = min(64, max_batch)  # artifacts accept batches up to max_batch
+    x = model.eval_x[:rows] if model.eval_x is not None else model.example_batch(rows)
+    labels = model.eval_y[:rows] if model.eval_y is not None else None
     inputs = model.model_inputs(x)
     reference = model.forward(*inputs).astype(np.float64)
     results = []
@@ -172,7 +173,7 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
             candidate.status = "passed"
         except BackendUnavailable as exc:
             candidate.status, candidate.reason = "skipped", str(exc)
-        except (CompileError, ServegateError, RuntimeError, ValueError, OSError) as exc:
+        except Exception as exc:  # any failure of one candidate must not stop the others
             candidate.status, candidate.reason = "failed", f"{type(exc).__name__}: {exc}"[:300]
     return results
 
