@@ -165,9 +165,9 @@ class BatchingHandler:
             return []
         try:
             return self._split(self._run(self.collate(batch)), batch)
-        except Exception:
-            if len(batch) == 1:
-                return [self._infer_one(batch[0])]
+        except Exception as exc:
+            if len(batch) == 1:  # nothing to isolate: this request is the culprit
+                return [RequestError(500, "inference failed", f"{type(exc).__name__}: {exc}")]
             return [self._infer_one(f) for f in batch]
 
     def _infer_one(self, feats: Features) -> np.ndarray | RequestError:

@@ -258,7 +258,7 @@ def compilers(
     """Compile, parity-check and time compiler backends in process; print the table."""
     import tempfile
 
-    from servegate.compilers.select import choose, evaluate, parse_compiler_option, table_rows
+    from servegate.compilers.select import candidates_table, choose, evaluate, parse_compiler_option
     from servegate.sources import load_torch_model
 
     try:
@@ -271,13 +271,7 @@ def compilers(
             choose(candidates, batch_size)
     except errors.ServegateError as exc:
         fail(exc)
-    table = Table("backend", "status", *[f"p50 ms b{b}" for b in sizes], "max abs", "cosine",
-                  "top-1", "compile s", "reason")
-    for r in table_rows(candidates, sizes):
-        table.add_row(str(r["backend"]), str(r["status"]), *[f"{r[f'p50_ms_b{b}']:.4f}" for b in sizes],
-                      f"{r['max_abs']:.2g}", f"{r['cosine']:.6f}", f"{r['top1']:.4f}",
-                      str(r["compile_s"]), str(r["reason"]))
-    out.print(table)
+    out.print(candidates_table(candidates, sizes))
 
 
 # ---- pipeline --------------------------------------------------------------------------------

@@ -217,21 +217,11 @@ class DeployPipeline:
             return report.path, f"{mlflow.get_artifact_uri(artifact_path)}", compiler
 
     def _log_candidates(self, candidates: list) -> None:
-        from rich.table import Table
-
-        from servegate.compilers.select import table_rows
+        from servegate.compilers.select import candidates_table, table_rows
 
         sizes = sorted({1, self.config.batching.batch_size})
         rows = table_rows(candidates, sizes)
-        table = Table("backend", "status", *[f"p50 ms b{b}" for b in sizes],
-                      f"rows/s b{sizes[-1]}", "max abs", "cosine", "compile s", "reason",
-                      title="compiler candidates (in process)")
-        for r in rows:
-            table.add_row(str(r["backend"]), str(r["status"]),
-                          *[f"{r[f'p50_ms_b{b}']:.4f}" for b in sizes],
-                          f"{r[f'rows_per_s_b{sizes[-1]}']:.0f}", f"{r['max_abs']:.2g}",
-                          f"{r['cosine']:.6f}", str(r["compile_s"]), str(r["reason"])[:60])
-        self.console.print(table)
+        self.console.print(candidates_table(candidates, sizes))
         mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "compiler_candidates.json")
         for r in rows:
             for b in sizes:
@@ -334,10 +324,8 @@ class DeployPipeline:
             return dict(host=self.backend.client.rest_url, model=self.config.name, key_file=None,
                         samples=rows.tolist(), locustfile=loadtests_dir() / "tfserving.py",
                         user_class="TFServingPredictUser")
-        key_file = self.backend.client.keys.path
         return dict(host=self.backend.client.endpoints.inference, model=self.config.name,
-                    key_file=str(key_file) if key_file else None,
-                    samples=[{"inputs": row.tolist()} for row in rows])
+                    key_file=self._key_file(), samples=[{"inputs": row.tolist()} for row in rows])
 
     def _key_file(self) -> str | None:
         if self.is_tf:

@@ -472,9 +472,6 @@ class TFServingBackend:
             used |= {int(p.name) for p in (self.model_root / name).iterdir() if p.name.isdigit()}
         return max(used, default=0) + 1
 
-    def has_version(self, name: str, version: str) -> bool:
-        return any(v.version == str(version) for v in self.versions(name))
-
 
 def _version_number(version: str | int) -> int:
     try:

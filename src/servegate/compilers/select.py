@@ -201,6 +201,22 @@ def parse_compiler_option(option: str) -> list[str] | None:
     return names if len(names) > 1 else None
 
 
+def candidates_table(candidates: list[Candidate], batch_sizes: Sequence[int]):  # -> rich Table
+    """The candidates as one rich table (printed by ``servegate compilers`` and the pipeline)."""
+    from rich.table import Table
+
+    table = Table("backend", "status", *[f"p50 ms b{b}" for b in batch_sizes],
+                  f"rows/s b{batch_sizes[-1]}", "max abs", "cosine", "top-1", "compile s", "reason",
+                  title="compiler candidates (in process)")
+    for r in table_rows(candidates, batch_sizes):
+        table.add_row(str(r["backend"]), str(r["status"]),
+                      *[f"{r[f'p50_ms_b{b}']:.4f}" for b in batch_sizes],
+                      f"{r[f'rows_per_s_b{batch_sizes[-1]}']:.0f}", f"{r['max_abs']:.2g}",
+                      f"{r['cosine']:.6f}", f"{r['top1']:.4f}", str(r["compile_s"]),
+                      str(r["reason"])[:80])
+    return table
+
+
 def table_rows(candidates: list[Candidate], batch_sizes: Sequence[int]) -> list[dict[str, object]]:
     rows = []
     for c in candidates:

@@ -11,7 +11,7 @@ from typing import Any
 from servegate.backends.base import VersionInfo
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.backends.torchserve.local import ServerState
-from servegate.errors import ConfigError, ModelNotFound
+from servegate.errors import ConfigError
 from servegate.packaging.mar import archive_file_name
 
 
@@ -82,9 +82,3 @@ class TorchServeBackend:
 
     def endpoint(self, name: str, version: str | None = None) -> str:
         return self.client.predict_url(name, version)
-
-    def has_version(self, name: str, version: str) -> bool:
-        try:
-            return any(v.version == version for v in self.versions(name))
-        except ModelNotFound:
-            return False

@@ -121,16 +121,17 @@ class LocalTorchServe:
         }
         config = self.workdir / "config.properties"
         config.write_text(render_config(s, ports, self.model_store), encoding="utf-8")
-        process = subprocess.Popen(
-            [_torchserve_executable(), "--start", "--foreground", "--ncs",
-             "--model-store", str(self.model_store), "--ts-config", str(config)],
-            cwd=self.workdir,
-            env=self._environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=open(self.workdir / "logs" / "stdout.log", "ab"),  # noqa: SIM115 (child owns it)
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.workdir / "logs" / "stdout.log", "ab") as log:  # the child keeps its copy
+            process = subprocess.Popen(
+                [_torchserve_executable(), "--start", "--foreground", "--ncs",
+                 "--model-store", str(self.model_store), "--ts-config", str(config)],
+                cwd=self.workdir,
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         state = ServerState(
             pid=process.pid,
             workdir=str(self.workdir),
