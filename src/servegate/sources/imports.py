@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +44,71 @@ def _finish(module, uri: str, shape_hint: tuple[int, ...] | None) -> TorchModel:
     return model
 
 
-def import_mlflow_model(uri: str) -> TorchModel:
-    """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``runs:/RUN/PATH``."""
+#: Tasks a PyTorch (tensor) model may be imported with; text models carry their own.
+TENSOR_TASKS = (None, "tensor-classification", "image-classification")
+
+
+def _keep_until_exit(prefix: str) -> Path:
+    """A fresh temporary directory removed when the process exits (it must outlive packaging)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def import_text_model(uri: str, registered_task: str, *, task: str | None = None,
+                      max_length: int | None = None) -> TorchModel:
+    """A model logged by ``text_pyfunc.log_text_model``: downloaded next to its tokenizer (kept
+    until the process exits), with the held-out set ``hf:`` imports build for its task."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from servegate.sources.hf import held_out
+    from servegate.sources.text_pyfunc import load_text_model
+    from servegate.sources.topics import topic_sentences
+
+    if task is not None and task != registered_task:
+        raise SourceError(f"{uri} is a registered {registered_task} model; it cannot be imported "
+                          f"with task {task!r} (omit the task or pass {registered_task!r})")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(_keep_until_exit("servegate-import-"))))
+    except (MlflowException, OSError) as exc:
+        raise SourceError(f"cannot download {uri} from MLflow: {exc}") from exc
+    model = load_text_model(local, source_uri=uri)
+    if max_length is not None:
+        model.max_length = int(max_length)
+    data = topic_sentences()
+    if model.task == "text-classification" and model.labels != data.labels:
+        raise SourceError(f"{uri}: no held-out data for labels {model.labels} (the gates need one; "
+                          f"the project's text set has {data.labels})")
+    model.eval_x, model.eval_y = held_out(data, model.task)
+    model.params = {"task": model.task, "max_length": model.max_length,
+                    "dataset": "servegate.topics (templates)"}
+    if model.labels:
+        model.params["labels"] = ",".join(model.labels)
+    return model
+
+
+def import_mlflow_model(uri: str, *, task: str | None = None,
+                        max_length: int | None = None) -> TorchModel:
+    """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``runs:/RUN/PATH``: a PyTorch model,
+    or a text model logged by ``text_pyfunc.log_text_model`` (``task``, when given, must be its
+    task; ``max_length`` overrides its truncation)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from servegate.sources.text_pyfunc import is_text_model
+
     try:
         info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as exc:
+        raise SourceError(f"cannot load {uri} from MLflow: {exc}") from exc
+    if is_text_model(info.metadata):
+        return import_text_model(uri, str(info.metadata["task"]), task=task, max_length=max_length)
+    if task not in TENSOR_TASKS:
+        raise SourceError(f"task {task!r} applies to hf: models only (or a registered servegate "
+                          f"text model), not {uri}")
+    try:
         module = mlflow.pytorch.load_model(uri, map_location="cpu")
     except (MlflowException, OSError) as exc:
         raise SourceError(f"cannot load {uri} from MLflow: {exc}") from exc

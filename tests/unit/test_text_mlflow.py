@@ -1,0 +1,134 @@
+"""Text models in MLflow: registered as a strings-in pyfunc with a signature and an input example,
+answering like the eager model, and importable again from ``models:/`` as a text TorchModel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servegate.errors import SourceError
+from servegate.sources import TorchModel, load_torch_model
+
+SENTENCES = np.array(["The striker scored twice in the cup final.",
+                      "Heavy rain is expected on the coast tonight.",
+                      "Stir in the garlic and simmer for ten minutes.",
+                      "The new phone ships with a faster processor."])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, minilm, minilm_classifier) -> Iterator[dict]:
+    """Both text tasks registered by the pipeline's source step (``minilm`` and ``topics``,
+    version 1) in a fresh SQLite store and artifact folder; yields the models by registered name."""
+    import mlflow
+
+    from servegate.config import PipelineConfig
+    from servegate.pipeline import DeployPipeline
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # another store's id
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        try:
+            mlflow.create_experiment("text-mlflow", artifact_location=(folder / "artifacts").as_uri())
+            mlflow.set_experiment("text-mlflow")
+            models = {"minilm": minilm, "topics": minilm_classifier}
+            for name, model in models.items():
+                pipeline = DeployPipeline(PipelineConfig(model="hf:minilm", task=model.task, name=name),
+                                          backend=None)
+                with mlflow.start_run():
+                    assert pipeline._log_and_register(model) == "1"
+            mlflow.MlflowClient().set_registered_model_alias("topics", "champion", "1")
+            yield models
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("name", ["minilm", "topics"])
+def test_registered_with_string_signature_and_input_example(registry, name: str) -> None:
+    import mlflow
+
+    info = mlflow.models.get_model_info(f"models:/{name}/1")
+    inputs = info.signature.inputs.to_dict()
+    assert inputs == [{"type": "string", "required": True}]
+    assert info.metadata["servegate_text"] is True and info.metadata["task"] == registry[name].task
+    assert info.saved_input_example_info is not None
+    example = mlflow.models.Model.load(f"models:/{name}/1").load_input_example()
+    assert len(example) >= 2 and all(isinstance(s, str) for s in np.asarray(example).reshape(-1))
+    assert set(np.asarray(example).reshape(-1)) <= set(registry[name].eval_x)  # held-out sentences
+
+
+def test_pyfunc_embeddings_match_the_reference(registry) -> None:
+    import mlflow
+
+    model: TorchModel = registry["minilm"]
+    pyfunc = mlflow.pyfunc.load_model("models:/minilm/1")
+    vectors = np.asarray(pyfunc.predict(list(SENTENCES)))
+    expected = model.reference(SENTENCES)
+    assert vectors.dtype == np.float32 and vectors.shape == expected.shape
+    cosines = (vectors * expected).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() >= 0.9999
+
+
+def test_pyfunc_labels_match_the_reference(registry) -> None:
+    import mlflow
+    import pandas as pd
+
+    model: TorchModel = registry["topics"]
+    pyfunc = mlflow.pyfunc.load_model("models:/topics@champion")
+    answer = pyfunc.predict(pd.DataFrame({"text": SENTENCES}))
+    expected = model.reference(SENTENCES).argmax(1)
+    assert list(answer["label"]) == [model.labels[i] for i in expected]
+    assert list(answer["label"]) == ["sports", "weather", "food", "technology"]
+    probabilities = np.stack(answer["probabilities"])
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("uri, name", [("models:/minilm/1", "minilm"),
+                                       ("models:/topics@champion", "topics")])
+def test_import_from_the_registry_gives_a_text_model(registry, uri: str, name: str) -> None:
+    original: TorchModel = registry[name]
+    imported = load_torch_model(uri, task=original.task)
+    assert imported.is_text and imported.task == original.task and imported.labels == original.labels
+    assert imported.max_length == original.max_length and imported.source_uri == uri
+    assert imported.tokenizer_file is not None and imported.tokenizer_file.name == "tokenizer.json"
+    assert imported.tokenizer_file.exists()
+    assert imported.model_file == original.model_file and imported.model_class == original.model_class
+    assert imported.model_kwargs == original.model_kwargs
+    np.testing.assert_array_equal(imported.eval_x, original.eval_x)
+    if original.eval_y is None:
+        assert imported.eval_y is None
+    else:
+        np.testing.assert_array_equal(imported.eval_y, original.eval_y)
+    texts = np.concatenate([SENTENCES, original.eval_x[-1:]])  # and a long paragraph
+    np.testing.assert_allclose(imported.reference(texts), original.reference(texts), atol=1e-5)
+
+
+def test_import_with_another_task_is_refused(registry) -> None:
+    with pytest.raises(SourceError, match="registered embedding model.*'text-classification'"):
+        load_torch_model("models:/minilm/1", task="text-classification")
+    with pytest.raises(SourceError, match="cannot load"):
+        load_torch_model("models:/absent/1")
+
+
+def test_package_from_imported_model(registry, build_archive, tmp_path: Path) -> None:
+    """The imported model packages in state_dict format, with its tokenizer."""
+    from servegate.packaging.mar import read_archive_member
+
+    imported = load_torch_model("models:/minilm/1")
+    archive = build_archive("2", name="minilm", model=imported, store=tmp_path)
+    assert read_archive_member(archive, "tokenizer.json") == imported.tokenizer_file.read_bytes()
+
+
+def test_import_options_and_input_checks(registry) -> None:
+    from servegate.errors import ConfigError
+    from servegate.sources.text_pyfunc import text_outputs
+
+    short = load_torch_model("models:/minilm/1", max_length=32)
+    assert short.max_length == 32 and short.text_encoder().max_length == 32
+    with pytest.raises(ConfigError, match="at least one text"):
+        text_outputs(registry["minilm"], [])
+    with pytest.raises(ConfigError, match="takes strings"):
+        text_outputs(registry["minilm"], ["fine", 3])
