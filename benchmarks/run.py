@@ -1,63 +1,56 @@
-"""``make bench``: our handler vs a documented minimal handler vs Locust's own ceiling, one run.
+"""``make bench``: one run, one table: the digits MLP and all-MiniLM-L6-v2, served and in process.
 
-Every row runs on the same local TorchServe, one worker per model, the same Locust settings and
-the same request bodies (``{"inputs": [64 floats]}`` rows of the digits held-out set). Absolute
-figures on a shared 2-core box are noise: read the ratios. Results go to
-``bench-results/latest.{json,md}``.
+Every served row runs on the same local TorchServe (one worker per model, the worker's own thread
+count), the same Locust settings, and real request bodies: digits held-out rows, and held-out
+texts of exactly 32 tokens for MiniLM (so served batches have the shapes timed in process). The
+in-process tables time every compiler ``auto`` tries at every shape, on the worker's threads.
+Absolute figures on a shared 2-core box are noise: read the ratios, measured side by side.
+Results go to ``bench-results/latest.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import os
 import platform
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from benchmarks import server_cpu
 from benchmarks.compilers import CompilerTable, measure_compilers
 from benchmarks.compilers import markdown as compiler_markdown
-from benchmarks.load import LOAD_BOUND_CORES, REPO, LoadResult, run_locust
+from benchmarks.hardware import matmul_flops_per_s, model_flops
+from benchmarks.load import LOAD_BOUND_CORES, REPO, run_locust
+from benchmarks.report import Row, Target, markdown, targets
+from benchmarks.samples import digits_bodies, sentences_of_length, write_bodies
 
 PREDICT_LOCUSTFILE = REPO / "loadtests" / "torchserve.py"
 PING_LOCUSTFILE = Path(__file__).with_name("locust_ping.py")
 SAMPLE_ROWS = 256
-CHECK_REQUESTS = 20
+CHECK_REQUESTS = 16
+TEXT_TOKENS = 32
+RATE_FRACTION = 0.7  # the batching latency check runs at this fraction of batch 1's peak
 
 
-@dataclass(frozen=True)
-class Row:
-    """One measured configuration."""
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """One planned row: a served model (None: /ping) under saturation or a fixed total rate."""
 
     label: str
-    model: str | None  # the TorchServe model name; None for the /ping row
-    result: LoadResult
-
-
-@dataclass(frozen=True)
-class Ratio:
-    label: str
-    numerator: Row
-    denominator: Row
-
-    @property
-    def value(self) -> float:
-        n, d = self.numerator.result.rps, self.denominator.result.rps
-        return n / d if d else math.nan
-
-    def text(self) -> str:
-        n, d = self.numerator.result, self.denominator.result
-        return f"{self.label}: {self.value:.2f}x req/s (p95 {n.p95_ms:.0f} ms vs {d.p95_ms:.0f} ms)"
+    family: str
+    model: str | None
+    samples: Path | None
+    rate_of: str | None = None  # at RATE_FRACTION of this model's saturated req/s
 
 
 def machine() -> dict[str, Any]:
@@ -77,7 +70,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("torch", "torchserve", "locust"):
+    for package in ("torch", "onnxruntime", "torchserve", "locust"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -85,186 +78,185 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def measure(seconds: int, users: int, warmup: int, epochs: int, raw: Path,
-            progress: Progress) -> tuple[list[Row], CompilerTable, CompilerTable]:
-    """Train, package, deploy and load every configuration on one TorchServe; always stop it."""
-    from benchmarks.archive import package_minimal
-    from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-    from servegate.config import BatchingConfig, TorchServeSettings
-    from servegate.packaging.builder import package_model
-    from servegate.sources.digits import builtin_digits
+def worker_threads() -> int:
+    """What each single worker runs with (``sg_loaders``: (cores - 1) / workers, at least 1)."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
-    step = progress.add_task("training the digits model", total=12)
 
-    def advance(description: str) -> None:
-        progress.update(step, advance=1, description=description)
+class Bench:
+    """Measure everything in one process and one TorchServe; always stop it."""
 
-    model = builtin_digits(epochs=epochs)
-    assert model.eval_x is not None and model.model_file is not None
-    advance("measuring compilers in process (auto's candidates)")
-    compilers = measure_compilers(model)
-    advance("measuring compilers for all-MiniLM-L6-v2 (embedding)")
-    from servegate.sources import load_torch_model
+    def __init__(self, args: argparse.Namespace, work: Path, progress: Progress) -> None:
+        self.args, self.work, self.progress = args, work, progress
+        self.step = progress.add_task("starting", total=None)
+        self.threads = worker_threads()
 
-    text_compilers = measure_compilers(load_torch_model("hf:minilm", task="embedding"),
-                                       threads=os.cpu_count() or 1, batch_sizes=(1, 8),
-                                       repeats=15)
-    x = model.eval_x[:SAMPLE_ROWS]
-    reference = model.reference(x)
-    with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp:
-        work = Path(tmp)
-        samples = work / "samples.json"
-        samples.write_text(json.dumps([{"inputs": row.tolist()} for row in x]), encoding="utf-8")
-        advance("packaging the archives")
-        archives = work / "archives"
-        ours = {
-            "digits_b8": BatchingConfig(batch_size=8, max_batch_delay_ms=5),
-            "digits_b1": BatchingConfig(batch_size=1, max_batch_delay_ms=0),
+    def say(self, description: str) -> None:
+        self.progress.update(self.step, description=description)
+
+    # ---- in process ----------------------------------------------------------------------------
+    def compilers(self) -> tuple[Any, CompilerTable, Any, CompilerTable]:
+        from servegate.sources import load_torch_model
+        from servegate.sources.digits import builtin_digits
+
+        self.say("training the digits model")
+        digits = builtin_digits(epochs=self.args.epochs)
+        self.say(f"digits: compiling and timing auto's candidates ({self.threads} thread)")
+        digits_table = measure_compilers(digits, self.work / "compile-digits",
+                                         title="digits MLP", threads=self.threads)
+        self.say("all-MiniLM-L6-v2: importing")
+        minilm = load_torch_model("hf:minilm", task="embedding")
+        self.say(f"all-MiniLM-L6-v2: compiling and timing auto's candidates ({self.threads} thread)")
+        minilm_table = measure_compilers(minilm, self.work / "compile-minilm",
+                                         title="all-MiniLM-L6-v2 embedding", threads=self.threads,
+                                         batch_sizes=(1, 8), tokens=(TEXT_TOKENS, 128),
+                                         repeats=30, budget_s=self.args.shape_seconds)
+        self.say("all-MiniLM-L6-v2: counting FLOPs; timing a float32 matmul")
+        flops = {shape: model_flops(minilm, shape) for shape in minilm_table.shapes}
+        minilm_table = dataclasses.replace(minilm_table, flops=flops,
+                                           matmul_flops_per_s=matmul_flops_per_s(self.threads))
+        return digits, digits_table, minilm, minilm_table
+
+    # ---- served --------------------------------------------------------------------------------
+    def archives(self, digits: Any, digits_table: CompilerTable, minilm: Any,
+                 minilm_table: CompilerTable) -> dict[str, Path]:
+        from benchmarks.archive import package_minimal
+        from servegate.config import BatchingConfig
+        from servegate.packaging.mar import build_mar, contents_for
+
+        self.say("packaging the archives")
+        store = self.work / "archives"
+        b8 = BatchingConfig(batch_size=8, max_batch_delay_ms=5)
+        b1 = BatchingConfig(batch_size=1, max_batch_delay_ms=0)
+
+        def archive(model: Any, table: CompilerTable, backend: str, name: str,
+                    batching: BatchingConfig) -> Path:
+            artifact = table.candidate(backend).artifact
+            assert artifact is not None, f"{backend} has no artifact"
+            return build_mar(contents_for(model, artifact, name=name, version="1",
+                                          batching=batching), store)
+
+        return {
+            "digits_b8": archive(digits, digits_table, "eager", "digits_b8", b8),
+            "digits_b8_auto": archive(digits, digits_table, digits_table.chosen, "digits_b8_auto", b8),
+            "digits_b1": archive(digits, digits_table, "eager", "digits_b1", b1),
+            "digits_minimal": package_minimal(digits.module, digits.model_file, name="digits_minimal",
+                                              version="1", output_dir=store / "minimal"),
+            "minilm_b8_auto": archive(minilm, minilm_table, minilm_table.chosen, "minilm_b8_auto", b8),
+            "minilm_b1_auto": archive(minilm, minilm_table, minilm_table.chosen, "minilm_b1_auto", b1),
         }
-        marfiles = {name: package_model(model, name=name, version="1", compiler="eager",
-                                        batching=batching, output_dir=archives)
-                    for name, batching in ours.items()}
-        marfiles["digits_b8_chosen"] = package_model(
-            model, name="digits_b8_chosen", version="1", compiler=compilers.chosen,
-            batching=ours["digits_b8"], output_dir=archives)
-        marfiles["digits_minimal"] = package_minimal(model.module, model.model_file,
-                                                     name="digits_minimal", version="1",
-                                                     output_dir=archives / "minimal")
-        advance("starting TorchServe and deploying 3 models")
-        server = LocalTorchServe(TorchServeSettings(workdir=work / "torchserve"))
+
+    def plan(self, digits_table: CompilerTable, minilm_table: CompilerTable,
+             samples: dict[str, Path]) -> list[Load]:
+        d, m = samples["digits"], samples["minilm"]
+        pct = f"{RATE_FRACTION:.0%}"
+        return [
+            Load("ours, batch 8/5ms, eager", "digits", "digits_b8", d),
+            Load(f"ours, batch 8/5ms, {digits_table.chosen} (auto)", "digits", "digits_b8_auto", d),
+            Load("ours, batch 1, eager", "digits", "digits_b1", d),
+            Load("minimal handler (docs), batch 1", "digits", "digits_minimal", d),
+            Load(f"ours, batch 1, eager, at {pct} of its peak", "digits", "digits_b1", d,
+                 rate_of="digits_b1"),
+            Load("ours, batch 8/5ms, eager, same rate", "digits", "digits_b8", d, rate_of="digits_b1"),
+            Load(f"ours, batch 8/5ms, {minilm_table.chosen} (auto)", "MiniLM", "minilm_b8_auto", m),
+            Load(f"ours, batch 1, {minilm_table.chosen} (auto)", "MiniLM", "minilm_b1_auto", m),
+            Load(f"ours, batch 1, at {pct} of its peak", "MiniLM", "minilm_b1_auto", m,
+                 rate_of="minilm_b1_auto"),
+            Load("ours, batch 8/5ms, same rate", "MiniLM", "minilm_b8_auto", m,
+                 rate_of="minilm_b1_auto"),
+            Load("load generator ceiling (/ping)", "Locust", None, None),
+        ]
+
+    def served(self, digits: Any, digits_table: CompilerTable, minilm: Any,
+               minilm_table: CompilerTable, raw: Path) -> list[Row]:
+        from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+        from servegate.config import TorchServeSettings
+
+        marfiles = self.archives(digits, digits_table, minilm, minilm_table)
+        x = digits.eval_x[:SAMPLE_ROWS]
+        texts = sentences_of_length(minilm, TEXT_TOKENS, 64)
+        samples = {
+            "digits": write_bodies(self.work / "digits.json", digits_bodies(x)),
+            "minilm": write_bodies(self.work / "minilm.json", [{"inputs": t} for t in texts]),
+        }
+        self.say(f"starting TorchServe and deploying {len(marfiles)} models")
+        server = LocalTorchServe(TorchServeSettings(workdir=self.work / "torchserve"))
         try:
             state = server.start()
             backend = TorchServeBackend.from_state(state)
             try:
                 for name, mar in marfiles.items():
                     backend.deploy(mar, name, "1", workers=1)
-                advance("checking answers")
+                self.say("checking served answers against in-process references")
                 for name in marfiles:
-                    _check_answers(name, backend.predict, x, reference)
+                    if name.startswith("digits"):
+                        _check_digits(name, backend.predict, x, digits.reference(x))
+                    else:
+                        _check_embeddings(name, backend.predict, texts, minilm.reference(texts))
             finally:
                 backend.close()
-            env = {"SERVEGATE_KEY_FILE": str(state.key_file), "SERVEGATE_SAMPLES": str(samples)}
-            plan: list[tuple[str, str | None, Path]] = [
-                ("ours, batch 8/5ms", "digits_b8", PREDICT_LOCUSTFILE),
-                (f"ours, batch 8/5ms, {compilers.chosen} (auto's choice)", "digits_b8_chosen",
-                 PREDICT_LOCUSTFILE),
-                ("ours, batch 1", "digits_b1", PREDICT_LOCUSTFILE),
-                ("minimal handler, batch 1", "digits_minimal", PREDICT_LOCUSTFILE),
-                ("load generator ceiling (/ping)", None, PING_LOCUSTFILE),
-            ]
-            rows = []
-            for label, model_name, locustfile in plan:
-                row_env = env | {"SERVEGATE_MODEL": model_name or ""}
-                if warmup:  # JIT-warms the Java frontend and the worker; figures discarded
-                    progress.update(step, description=f"warming up {label} ({warmup}s)")
-                    run_locust(locustfile, host=state.inference, users=users, seconds=warmup,
-                               workdir=work / "warmup", env=row_env)
-                advance(f"loading {label} ({users} users, {seconds}s)")
-                result = run_locust(locustfile, host=state.inference, users=users, seconds=seconds,
-                                    workdir=raw / (model_name or "ping"),
-                                    env=row_env)
-                rows.append(Row(label, model_name, result))
-            advance("stopping TorchServe")
+            return self._load_rows(self.plan(digits_table, minilm_table, samples), state, raw)
         finally:
+            self.say("stopping TorchServe")
             server.stop()
-    advance("done")
-    return rows, compilers, text_compilers
+
+    def _load_rows(self, plan: Sequence[Load], state: Any, raw: Path) -> list[Row]:
+        args = self.args
+        rows: list[Row] = []
+        peak: dict[str, float] = {}
+        for i, load in enumerate(plan, 1):
+            env = {"SERVEGATE_KEY_FILE": str(state.key_file), "SERVEGATE_MODEL": load.model or "",
+                   "SERVEGATE_SAMPLES": str(load.samples or "")}
+            rate = None
+            if load.rate_of is not None:
+                rate = RATE_FRACTION * peak[load.rate_of]
+                env["SERVEGATE_USER_RPS"] = f"{rate / args.users:.4f}"
+            locustfile = PING_LOCUSTFILE if load.model is None else PREDICT_LOCUSTFILE
+            name = f"{load.family} {load.label}"
+            if args.warmup:  # JIT-warms the Java frontend and the worker; figures discarded
+                self.say(f"[{i}/{len(plan)}] warming up: {name} ({args.warmup}s)")
+                run_locust(locustfile, host=state.inference, users=args.users, seconds=args.warmup,
+                           workdir=self.work / "warmup", env=env)
+            self.say(f"[{i}/{len(plan)}] loading: {name} ({args.users} users, {args.seconds}s)")
+            before = server_cpu.snapshot(state.pid)
+            result = run_locust(locustfile, host=state.inference, users=args.users,
+                                seconds=args.seconds, workdir=raw / f"{i:02d}-{load.model or 'ping'}",
+                                env=env)
+            cpu = server_cpu.between(before, server_cpu.snapshot(state.pid))
+            if load.model is not None and load.rate_of is None:
+                peak.setdefault(load.model, result.rps)
+            rows.append(Row(load.label, load.family, load.model, rate, result, cpu))
+        return rows
 
 
-def _check_answers(name: str, predict: Callable[[str, Any], Any], x: Any,
-                       reference: Any) -> None:
+def _check_digits(name: str, predict: Callable[[str, Any], Any], x: np.ndarray,
+                  reference: np.ndarray) -> None:
     """A few requests; each top class must match the in-process reference."""
     expected = reference.argmax(axis=-1)
-    for i in range(CHECK_REQUESTS):
-        row = i % len(x)
+    for row in range(CHECK_REQUESTS):
         answer = predict(name, {"inputs": x[row].tolist()})
-        got = _top_class(answer)
+        if isinstance(answer, dict):  # ours: {"outputs": {"label": ...}} for one instance
+            outputs = answer["outputs"]
+            got = int((outputs[0] if isinstance(outputs, list) else outputs)["label"])
+        else:  # the minimal handler: [[10 logits]]
+            logits = answer[0] if isinstance(answer[0], list) else answer
+            got = max(range(len(logits)), key=logits.__getitem__)
         if got != int(expected[row]):
             raise RuntimeError(f"{name}: row {row} answered class {got}, reference "
                                f"{expected[row]}: {str(answer)[:300]}")
 
 
-def _top_class(answer: Any) -> int:
-    """Our handler answers labels; the minimal one answers ``[[10 logits]]``."""
-    if isinstance(answer, dict):  # {"outputs": {"label": ..., ...}} for one instance
-        outputs = answer["outputs"]
-        return int((outputs[0] if isinstance(outputs, list) else outputs)["label"])
-    logits = answer[0] if isinstance(answer[0], list) else answer
-    return max(range(len(logits)), key=logits.__getitem__)
-
-
-def ratios(rows: Sequence[Row]) -> list[Ratio]:
-    by_model = {row.model: row for row in rows}
-    return [
-        Ratio("ours batch8 / minimal", by_model["digits_b8"], by_model["digits_minimal"]),
-        Ratio("ours batch8 / ours batch1", by_model["digits_b8"], by_model["digits_b1"]),
-        Ratio("ours batch8 auto-compiled / minimal", by_model["digits_b8_chosen"],
-              by_model["digits_minimal"]),
-        Ratio("ours batch8 auto-compiled / ours batch8 eager", by_model["digits_b8_chosen"],
-              by_model["digits_b8"]),
-    ]
-
-
-COLUMNS = ("configuration", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-           "Locust CPU µs/req", "Locust cores", "note")
-
-
-def _cells(row: Row) -> list[str]:
-    r = row.result
-    return [row.label, f"{r.rps:,.0f}", f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}",
-            f"{r.error_ratio:.2%}", f"{r.cpu_per_request_s * 1e6:.0f}", f"{r.load_cores:.2f}",
-            "load-bound" if r.load_bound else ""]
-
-
-def _notes(report: dict[str, Any]) -> list[str]:
-    load = report["load_average_1min"]
-    return [f"load-bound = the Locust process used > {LOAD_BOUND_CORES} of a core",
-            f"1-min load average before/after: {load['before']:.2f}/{load['after']:.2f} "
-            "(other processes on these cores make absolute figures noise; read the ratios)"]
-
-
-def table(rows: Sequence[Row], report: dict[str, Any]) -> Table:
-    m, settings = report["machine"], report["settings"]
-    result = Table(title=f"servegate bench {report['date']} — digits MLP, 1 worker, "
-                         f"{settings['users']} users × {settings['seconds']}s — "
-                         f"{m['cores']} cores, {m['cpu_model']}",
-                   caption="\n".join([*(r.text() for r in ratios(rows)), *_notes(report)]))
-    for i, column in enumerate(COLUMNS):
-        result.add_column(column, justify="left" if i in (0, len(COLUMNS) - 1) else "right")
-    for row in rows:
-        bound = row.result.load_bound and row.model is not None
-        result.add_row(*_cells(row), style="bold red" if bound else None)
-    return result
-
-
-def markdown(rows: Sequence[Row], report: dict[str, Any],
-             compilers: CompilerTable | None = None,
-             text_compilers: CompilerTable | None = None) -> str:
-    m, settings = report["machine"], report["settings"]
-    align = ["---" if i in (0, len(COLUMNS) - 1) else "---:" for i in range(len(COLUMNS))]
-    lines = [
-        "# servegate bench",
-        "",
-        f"- date: {report['date']}",
-        f"- machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-        f"- load: Locust FastHttpUser, {settings['users']} users, {settings['seconds']} s per row; "
-        "digits MLP, 1 worker per model, one TorchServe",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join(align) + "|",
-    ]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
-    lines += ["", *(f"- {line}" for line in [*(r.text() for r in ratios(rows)), *_notes(report)]),
-              ""]
-    if compilers is not None:
-        lines += [f"## Compilers in process (digits MLP, 1 thread, median of 200; auto chose "
-                  f"**{compilers.chosen}**)", "", *compiler_markdown(compilers), ""]
-    if text_compilers is not None:
-        lines += ["## Compilers in process (all-MiniLM-L6-v2 embedding, held-out sentences, "
-                  f"{os.cpu_count()} threads; auto chose **{text_compilers.chosen}**)", "",
-                  *compiler_markdown(text_compilers), ""]
-    return "\n".join(lines)
+def _check_embeddings(name: str, predict: Callable[[str, Any], Any], texts: Sequence[str],
+                      reference: np.ndarray, min_cosine: float = 0.99) -> None:
+    """A few requests; each served embedding must point where the in-process one does."""
+    for row in range(CHECK_REQUESTS):
+        answer = predict(name, {"inputs": texts[row]})
+        outputs = answer["outputs"] if isinstance(answer, dict) else answer
+        vector = np.asarray(outputs, dtype=np.float64).reshape(-1)
+        expected = reference[row].astype(np.float64)
+        cosine = vector @ expected / (np.linalg.norm(vector) * np.linalg.norm(expected))
+        if not cosine >= min_cosine:
+            raise RuntimeError(f"{name}: text {row} served cosine {cosine:.4f} < {min_cosine}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,17 +266,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=16, help="Locust users (16)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded load seconds per row (3)")
     parser.add_argument("--epochs", type=int, default=10, help="digits training epochs (10)")
+    parser.add_argument("--shape-seconds", type=float, default=2.0,
+                        help="MiniLM: timing budget per backend and shape (2)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="output dir")
     args = parser.parse_args(argv)
 
     console = Console()
-    if not console.is_terminal:  # make/CI pipes: rich would wrap the table at 80 columns
-        console = Console(width=160)
+    if not console.is_terminal:  # make/CI pipes: rich would wrap the tables at 80 columns
+        console = Console(width=200)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        load_before = os.getloadavg()[0]
-        rows, compilers, text_compilers = measure(args.seconds, args.users, args.warmup,
-                                                  args.epochs, args.out / "raw", progress)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp, \
+            Progress(*columns, console=console, transient=True) as progress:
+        bench = Bench(args, Path(tmp), progress)
+        digits, digits_table, minilm, minilm_table = bench.compilers()
+        rows = bench.served(digits, digits_table, minilm, minilm_table, args.out / "raw")
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -292,26 +288,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_1min": {"before": round(load_before, 2),
                               "after": round(os.getloadavg()[0], 2)},
         "settings": {"seconds": args.seconds, "users": args.users, "warmup_seconds": args.warmup,
-                     "epochs": args.epochs,
+                     "epochs": args.epochs, "worker_threads": bench.threads,
+                     "text_tokens": TEXT_TOKENS, "rate_fraction": RATE_FRACTION,
                      "load_bound_cores": LOAD_BOUND_CORES},
     }
-    report["rows"] = [{"label": r.label, "model": r.model, **r.result.as_dict()} for r in rows]
-    report["ratios"] = [{"label": r.label, "value": r.value,
-                         "numerator_p95_ms": r.numerator.result.p95_ms,
-                         "denominator_p95_ms": r.denominator.result.p95_ms} for r in ratios(rows)]
-    report["compilers"] = {"chosen": compilers.chosen, "threads": 1, "rows": compilers.rows()}
-    report["compilers_minilm"] = {"chosen": text_compilers.chosen, "threads": os.cpu_count(),
-                                  "rows": text_compilers.rows()}
-    console.print(table(rows, report))
-    console.print(Markdown("\n".join(["## Compilers in process (digits MLP, 1 thread, median)",
-                                       "", *compiler_markdown(compilers)])))
-    console.print(Markdown("\n".join([
-        "## Compilers in process (all-MiniLM-L6-v2 embedding, held-out sentences, median)", "",
-        *compiler_markdown(text_compilers)])))
+    found: list[Target] = targets(rows, digits_table, minilm_table, TEXT_TOKENS)
+    report["targets"] = [t.as_dict() for t in found]
+    report["rows"] = [r.as_dict() for r in rows]
+    report["compilers"] = {t.title: {"chosen": t.chosen, "threads": t.threads,
+                                     "matmul_flops_per_s": t.matmul_flops_per_s,
+                                     "flops": {s.label: f for s, f in t.flops.items()},
+                                     "rows": t.rows()}
+                           for t in (digits_table, minilm_table)}
+    text = markdown(report, found, rows, [digits_table, minilm_table], compiler_markdown)
+    console.print(Markdown(text))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    (args.out / "latest.md").write_text(markdown(rows, report, compilers, text_compilers),
-                                        encoding="utf-8")
+    (args.out / "latest.json").write_text(json.dumps(report, indent=1, default=str),
+                                          encoding="utf-8")
+    (args.out / "latest.md").write_text(text, encoding="utf-8")
     console.print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
     return 0
 

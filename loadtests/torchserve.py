@@ -12,6 +12,8 @@ Environment:
   SERVEGATE_KEY_FILE  TorchServe's key_file.json (the inference key is sent as a Bearer token)
   SERVEGATE_SAMPLES   a JSON file holding a list of request bodies, posted round-robin
                       (default: one digits-shaped instance)
+  SERVEGATE_USER_RPS  requests per second per user (Locust's constant_throughput; the total
+                      rate is this times the user count); unset: as fast as each user can
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from locust import FastHttpUser, task
+from locust import FastHttpUser, constant, constant_throughput, task
 
 
 def _inference_key() -> str | None:
@@ -39,8 +41,15 @@ def _samples() -> list[bytes]:
     return [json.dumps(b).encode() for b in bodies]
 
 
+def _wait_time():  # -> a Locust wait_time function
+    rate = float(os.environ.get("SERVEGATE_USER_RPS") or 0)
+    return constant_throughput(rate) if rate > 0 else constant(0)
+
+
 class TorchServePredictUser(FastHttpUser):
-    """Posts samples to /predictions/{name}[/{version}] as fast as it can."""
+    """Posts samples to /predictions/{name}[/{version}], as fast as it can or at a set rate."""
+
+    wait_time = _wait_time()
 
     def on_start(self) -> None:
         name = os.environ["SERVEGATE_MODEL"]

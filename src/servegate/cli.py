@@ -271,7 +271,7 @@ def compilers(
             choose(candidates, batch_size)
     except errors.ServegateError as exc:
         fail(exc)
-    out.print(candidates_table(candidates, sizes))
+    out.print(candidates_table(candidates))
 
 
 # ---- pipeline --------------------------------------------------------------------------------

@@ -214,17 +214,16 @@ class DeployPipeline:
             return report.path, f"{mlflow.get_artifact_uri(artifact_path)}", compiler
 
     def _log_candidates(self, candidates: list) -> None:
-        from servegate.compilers.select import candidates_table, table_rows
+        from servegate.compilers.select import candidates_table, table_rows, timed_shapes
 
-        sizes = sorted({1, self.config.batching.batch_size})
-        rows = table_rows(candidates, sizes)
-        self.console.print(candidates_table(candidates, sizes))
+        rows = table_rows(candidates)
+        self.console.print(candidates_table(candidates))
         mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "compiler_candidates.json")
         for r in rows:
-            for b in sizes:
-                value = r[f"p50_ms_b{b}"]
+            for shape in timed_shapes(candidates):
+                value = r[f"p50_ms_{shape.label}"]
                 if isinstance(value, float) and value == value:
-                    mlflow.log_metric(f"p50_ms_b{b}.{r['backend']}", value)
+                    mlflow.log_metric(f"p50_ms_{shape.label}.{r['backend']}", value)
 
     def deploy(self, registry: Registry, archive: Path, version: str) -> str | None:
         """Serve the challenger beside the champion; return the champion's version (or None)."""

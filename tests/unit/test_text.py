@@ -200,7 +200,7 @@ def test_compilers_take_token_ids_and_mask(minilm, tmp_path: Path) -> None:
     for name in ("export", "onnx"):
         assert by_name[name].status == "passed", by_name[name].reason
         assert by_name[name].cosine >= 0.999 and by_name[name].max_abs < 1e-4
-        assert set(by_name[name].p50_ms) == {1, 8}
+        assert {s.label for s in by_name[name].p50_ms} == {"b1_t32", "b1_t128", "b8_t32", "b8_t128"}
     int8 = by_name["onnx-int8"]
     assert int8.status in ("passed", "rejected") and int8.cosine > 0.95
     assert int8.status == "passed" or "cosine" in int8.reason

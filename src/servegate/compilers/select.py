@@ -1,7 +1,9 @@
-"""``auto``: compile every candidate this machine can run, check parity, measure, keep the fastest.
+"""``auto``: compile every candidate this machine can run, check parity, measure, keep the best.
 
 Each artifact is loaded with the handlers' own loader (``sg_loaders``), so what is measured and
-parity-checked here is what a TorchServe worker runs.
+parity-checked here is what a TorchServe worker runs. Candidates are timed at every shape (batch
+size, and token count for text); the one kept is the one whose worst slowdown against the fastest
+candidate at any shape is smallest, since a served batch ranges from 1 to the batch size.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from servegate._resources import handlers_dir
 from servegate.compilers import get_compiler
 from servegate.compilers.base import CompiledArtifact
+from servegate.compilers.shapes import TEXT_TOKENS, Shape, timing_shapes
 from servegate.errors import BackendUnavailable, CompileError
 from servegate.sources.base import TorchModel
 
@@ -64,8 +67,9 @@ class Candidate:
     reason: str = ""
     artifact: CompiledArtifact | None = None
     compile_seconds: float = 0.0
-    p50_ms: dict[int, float] = field(default_factory=dict)
-    rows_per_s: dict[int, float] = field(default_factory=dict)
+    p50_ms: dict[Shape, float] = field(default_factory=dict)
+    rows_per_s: dict[Shape, float] = field(default_factory=dict)
+    regret: float = float("nan")  # worst p50 / the fastest candidate's p50, over the shapes
     max_abs: float = float("nan")
     max_rel: float = float("nan")
     cosine: float = float("nan")
@@ -119,36 +123,41 @@ def _parity(candidate: Candidate, reference: np.ndarray, output: np.ndarray,
         candidate.status, candidate.reason = "rejected", "parity: " + "; ".join(problems)
 
 
-def _batch_inputs(model: TorchModel, x: np.ndarray, batch: int) -> tuple[np.ndarray, ...]:
-    """The module's inputs for ``batch`` rows of ``x`` (repeated if needed)."""
-    rows = np.resize(x, (batch, *x.shape[1:]))
-    if model.is_text:
-        return model.model_inputs(rows)
-    return (np.ascontiguousarray(rows.astype(np.float32)),)
+def time_call(predict, inputs: tuple[np.ndarray, ...], *, repeats: int,
+              budget_s: float) -> float:
+    """Median seconds of ``predict(*inputs)`` after warm-up: ``repeats`` runs, fewer (at least 5)
+    when they would take longer than ``budget_s``."""
+    start = time.perf_counter()
+    for _ in range(2):
+        predict(*inputs)  # warm-up
+    first = (time.perf_counter() - start) / 2
+    runs = max(5, min(repeats, int(budget_s / first) if first > 0 else repeats))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predict(*inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def _benchmark(candidate: Candidate, predict, model: TorchModel, x: np.ndarray,
-               batch_sizes: Sequence[int], repeats: int) -> None:
-    for batch in batch_sizes:
-        inputs = _batch_inputs(model, x, batch)
-        for _ in range(3):
-            predict(*inputs)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            predict(*inputs)
-            times.append(time.perf_counter() - start)
-        p50 = statistics.median(times)
-        candidate.p50_ms[batch] = p50 * 1e3
-        candidate.rows_per_s[batch] = batch / p50 if p50 else float("inf")
+def _benchmark(candidate: Candidate, predict, model: TorchModel, shapes: Sequence[Shape],
+               repeats: int, budget_s: float) -> None:
+    for shape in shapes:
+        p50 = time_call(predict, model.inputs_at(shape.batch, shape.tokens), repeats=repeats,
+                        budget_s=budget_s)
+        candidate.p50_ms[shape] = p50 * 1e3
+        candidate.rows_per_s[shape] = shape.batch / p50 if p50 else float("inf")
 
 
 def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_batch: int,
-             batch_sizes: Sequence[int] = (1, 8), threads: int = 1, repeats: int = 50) -> list[Candidate]:
-    """Compile, parity-check and time each backend; nothing is chosen yet.
+             batch_sizes: Sequence[int] = (1, 8), tokens: Sequence[int] = TEXT_TOKENS,
+             threads: int = 1, repeats: int = 50, budget_s: float = 1.0) -> list[Candidate]:
+    """Compile, parity-check and time each backend at every shape; nothing is chosen yet.
 
-    Every input of the module is fed (one feature array, or token ids + attention mask for text
-    models, made from real held-out sentences exactly as the worker makes them)."""
+    Parity feeds every input of the module (one feature array, or token ids + attention mask made
+    from real held-out sentences exactly as the worker makes them, padded to the longest).
+    Timing runs at ``timing_shapes`` (``repeats`` runs each, fewer past ``budget_s``)."""
+    shapes = timing_shapes(model, batch_sizes, tokens)
     rows = min(64, max_batch)  # artifacts accept batches up to max_batch
     x = model.eval_x[:rows] if model.eval_x is not None else model.example_batch(rows)
     labels = model.eval_y[:rows] if model.eval_y is not None else None
@@ -169,7 +178,7 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
             _parity(candidate, reference, np.asarray(predict(*inputs)), labels, model.task)
             if candidate.status == "rejected":
                 continue
-            _benchmark(candidate, predict, model, x, batch_sizes, repeats)
+            _benchmark(candidate, predict, model, shapes, repeats, budget_s)
             candidate.status = "passed"
         except BackendUnavailable as exc:
             candidate.status, candidate.reason = "skipped", str(exc)
@@ -179,12 +188,22 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
 
 
 def choose(candidates: list[Candidate], batch_size: int) -> Candidate:
-    """The fastest passing candidate at the serving batch size (ties: the earlier, simpler one)."""
-    usable = [c for c in candidates if c.usable and batch_size in c.rows_per_s]
+    """The passing candidate with the smallest worst-case slowdown against the fastest one at any
+    timed shape (``regret``, set on every passing candidate); ties go to the faster one at the
+    serving batch size, then to the earlier, simpler one."""
+    usable = [c for c in candidates if c.usable and c.p50_ms]
     if not usable:
         reasons = "; ".join(f"{c.backend}: {c.status} {c.reason}" for c in candidates)
         raise CompileError(f"no compiler backend passed: {reasons}")
-    best = max(usable, key=lambda c: c.rows_per_s[batch_size])
+    shapes = set.intersection(*(set(c.p50_ms) for c in usable))
+    fastest = {s: min(c.p50_ms[s] for c in usable) for s in shapes}
+    for c in usable:
+        c.regret = max(c.p50_ms[s] / fastest[s] for s in shapes) if shapes else 1.0
+
+    def at_serving_batch(c: Candidate) -> float:
+        return sum(c.p50_ms[s] for s in shapes if s.batch == batch_size)
+
+    best = min(usable, key=lambda c: (c.regret, at_serving_batch(c)))
     best.status = "chosen"
     return best
 
@@ -201,30 +220,37 @@ def parse_compiler_option(option: str) -> list[str] | None:
     return names if len(names) > 1 else None
 
 
-def candidates_table(candidates: list[Candidate], batch_sizes: Sequence[int]):  # -> rich Table
+def timed_shapes(candidates: Sequence[Candidate]) -> list[Shape]:
+    """Every shape any candidate was timed at, smallest first."""
+    return sorted({shape for c in candidates for shape in c.p50_ms})
+
+
+def candidates_table(candidates: list[Candidate]):  # -> rich Table
     """The candidates as one rich table (printed by ``servegate compilers`` and the pipeline)."""
     from rich.table import Table
 
-    table = Table("backend", "status", *[f"p50 ms b{b}" for b in batch_sizes],
-                  f"rows/s b{batch_sizes[-1]}", "max abs", "cosine", "top-1", "compile s", "reason",
+    shapes = timed_shapes(candidates)
+    table = Table("backend", "status", *[f"p50 ms {s.label}" for s in shapes], "worst vs best",
+                  "max abs", "cosine", "top-1", "compile s", "reason",
                   title="compiler candidates (in process)")
-    for r in table_rows(candidates, batch_sizes):
+    for r in table_rows(candidates):
         table.add_row(str(r["backend"]), str(r["status"]),
-                      *[f"{r[f'p50_ms_b{b}']:.4f}" for b in batch_sizes],
-                      f"{r[f'rows_per_s_b{batch_sizes[-1]}']:.0f}", f"{r['max_abs']:.2g}",
-                      f"{r['cosine']:.6f}", f"{r['top1']:.4f}", str(r["compile_s"]),
-                      str(r["reason"])[:80])
+                      *[f"{r[f'p50_ms_{s.label}']:.4f}" for s in shapes], f"{r['regret']:.2f}x",
+                      f"{r['max_abs']:.2g}", f"{r['cosine']:.6f}", f"{r['top1']:.4f}",
+                      str(r["compile_s"]), str(r["reason"])[:80])
     return table
 
 
-def table_rows(candidates: list[Candidate], batch_sizes: Sequence[int]) -> list[dict[str, object]]:
+def table_rows(candidates: list[Candidate]) -> list[dict[str, object]]:
+    """One flat dict per candidate: figures, and ``p50_ms_<shape>`` / ``rows_per_s_<shape>``."""
     rows = []
     for c in candidates:
         row: dict[str, object] = {"backend": c.backend, "status": c.status, "reason": c.reason,
                                   "compile_s": round(c.compile_seconds, 2), "max_abs": c.max_abs,
-                                  "cosine": c.cosine, "top1": c.top1, "accuracy": c.accuracy}
-        for b in batch_sizes:
-            row[f"p50_ms_b{b}"] = c.p50_ms.get(b, float("nan"))
-            row[f"rows_per_s_b{b}"] = c.rows_per_s.get(b, float("nan"))
+                                  "cosine": c.cosine, "top1": c.top1, "accuracy": c.accuracy,
+                                  "regret": c.regret}
+        for shape in timed_shapes(candidates):
+            row[f"p50_ms_{shape.label}"] = c.p50_ms.get(shape, float("nan"))
+            row[f"rows_per_s_{shape.label}"] = c.rows_per_s.get(shape, float("nan"))
         rows.append(row)
     return rows

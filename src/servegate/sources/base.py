@@ -69,6 +69,27 @@ class TorchModel:
             return self.model_inputs(self.example_batch(rows))
         return (self.example_batch(rows),)
 
+    def inputs_at(self, batch: int, tokens: int | None = None) -> tuple[np.ndarray, ...]:
+        """Module inputs of exactly ``batch`` rows (held-out rows, repeated as needed) and, for a
+        text model, exactly ``tokens`` tokens per row: real held-out text, [CLS] ... [SEP], no
+        padding. This is what compilers are timed on at each shape."""
+        if not self.is_text:
+            rows = self.example_batch(max(1, len(self.eval_x) if self.eval_x is not None else 1))
+            return (np.ascontiguousarray(np.resize(rows, (batch, *rows.shape[1:]))),)
+        sentences = [str(t) for t in np.asarray(self.eval_x).reshape(-1)]
+        limit = int(self.max_length or 128)
+        tokens = limit if tokens is None else tokens
+        if not 2 <= tokens <= limit:
+            raise ValueError(f"tokens must be in [2, {limit}] (max_length), got {tokens}")
+        texts = [" ".join(np.roll(sentences, -i)) for i in range(batch)]
+        ids, mask = self.text_encoder().encode(texts)  # truncated at max_length, ends in [SEP]
+        if int(mask.sum(1).min()) < tokens:
+            raise ValueError(f"the held-out text is shorter than {tokens} tokens")
+        sep = ids[0, int(mask[0].sum()) - 1]
+        ids = np.ascontiguousarray(ids[:, :tokens])
+        ids[:, -1] = sep
+        return ids, np.ones_like(ids)
+
     def dynamic_shapes(self, max_batch: int) -> tuple[dict[int, Any], ...]:
         """torch.export ``dynamic_shapes`` of ``example_inputs``: the batch dimension, and for
         text the sequence dimension too (from 2 tokens, [CLS] [SEP], to ``max_length``)."""

@@ -1,0 +1,220 @@
+"""The bench's figures as targets (ratio, target, met) and as one Markdown page."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from benchmarks.compilers import CompilerTable
+from benchmarks.load import LOAD_BOUND_CORES, LoadResult
+from benchmarks.server_cpu import ServerCpu
+from servegate.compilers.shapes import Shape
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured load row; ``rate`` is the fixed total req/s asked for (None: saturation)."""
+
+    label: str
+    family: str
+    model: str | None
+    rate: float | None
+    result: LoadResult
+    server: ServerCpu
+
+    def server_us_per_request(self) -> tuple[float, float]:
+        """(frontend, workers) CPU µs per request."""
+        n = self.result.requests or 1
+        return self.server.frontend_s / n * 1e6, self.server.workers_s / n * 1e6
+
+    def as_dict(self) -> dict[str, Any]:
+        frontend, workers = self.server_us_per_request()
+        return {"label": self.label, "family": self.family, "model": self.model,
+                "rate": self.rate, **self.result.as_dict(), **asdict(self.server),
+                "frontend_cpu_us_per_request": frontend, "worker_cpu_us_per_request": workers}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure of the issue's table: its value, the target it is held to, and the detail."""
+
+    model: str
+    name: str
+    value: float
+    unit: str  # "x" (a ratio), "" (a fraction) or "#" (a count)
+    target: str
+    met: bool | None  # None: reported, no target
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def cells(self) -> list[str]:
+        spec = {"x": "{:.2f}x", "#": "{:,.0f}"}.get(self.unit, "{:.3g}")
+        value = "—" if math.isnan(self.value) else spec.format(self.value)
+        verdict = {True: "met", False: "**missed**", None: ""}[self.met]
+        return [self.model, self.name, value, self.target, verdict, self.detail]
+
+
+def _row(rows: Sequence[Row], model: str, *, at_rate: bool = False) -> Row:
+    return next(r for r in rows if r.model == model and (r.rate is not None) == at_rate)
+
+
+def _ratio(n: float, d: float) -> float:
+    return n / d if d else math.nan
+
+
+def _served(rows: Sequence[Row], family: str, batched: str, single: str, auto: str,
+            table: CompilerTable, shape: Shape) -> list[Target]:
+    """Serving efficiency of ``auto`` (served / in process at ``shape``) and the batching gain
+    (``batched`` / ``single``: the same artifact at batch 8 and batch 1)."""
+    b8, b1 = _row(rows, batched), _row(rows, single)
+    b1_rate = _row(rows, b1.model or "", at_rate=True)
+    b8_rate = _row(rows, b8.model or "", at_rate=True)
+    served = _row(rows, auto)
+    in_process = table.candidate(table.chosen).rows_per_s[shape]
+    gain = _ratio(b8.result.rps, b1.result.rps)
+    p95 = _ratio(b8_rate.result.p95_ms, b1_rate.result.p95_ms)
+    return [
+        Target(family, f"serving efficiency ({table.chosen}, batch 8)",
+               _ratio(served.result.rps, in_process), "", "≥ 0.85" if family == "MiniLM" else "",
+               served.result.rps / in_process >= 0.85 if family == "MiniLM" else None,
+               f"served {served.result.rps:,.0f} req/s vs in process {in_process:,.0f} rows/s at "
+               f"{shape.label}, {table.threads} thread(s)"),
+        Target(family, "batching gain (batch 8 / batch 1)", gain, "x", "≥ 2x", gain >= 2,
+               f"{b8.result.rps:,.0f} vs {b1.result.rps:,.0f} req/s; p95 {b8.result.p95_ms:.0f} vs "
+               f"{b1.result.p95_ms:.0f} ms"),
+        Target(family, "batching p95 at 70% of batch 1's peak (batch 8 / batch 1)", p95, "x",
+               "≤ 1.2x", p95 <= 1.2,
+               f"{b1_rate.rate:,.0f} req/s asked; p95 {b8_rate.result.p95_ms:.0f} vs "
+               f"{b1_rate.result.p95_ms:.0f} ms; got {b8_rate.result.rps:,.0f} / "
+               f"{b1_rate.result.rps:,.0f} req/s"),
+    ]
+
+
+def _compilers(family: str, table: CompilerTable) -> list[Target]:
+    chosen = table.chosen
+    worst = max(table.versus_best(chosen, s) for s in table.shapes)
+    per_shape = ", ".join(f"{s.label} {table.speedup(chosen, s):.2f}x" for s in table.shapes)
+    found = [Target(family, f"auto's pick ({chosen}) vs the best backend, worst shape", worst, "x",
+                    "≤ 1.05x", worst <= 1.05,
+                    ", ".join(f"{s.label} {table.versus_best(chosen, s):.2f}x" for s in table.shapes))]
+    first = table.shapes[0]
+    speedup = table.speedup(chosen, first)
+    found.append(Target(family, f"compiler speed-up ({chosen} / eager, {first.label})", speedup, "x",
+                        "≥ 1.8x" if family == "MiniLM" else "",
+                        speedup >= 1.8 if family == "MiniLM" else None, per_shape))
+    return found
+
+
+def _hardware(table: CompilerTable, rows: Sequence[Row], text_tokens: int) -> list[Target]:
+    if not table.flops:
+        return []
+    peak = table.matmul_flops_per_s
+    found = []
+    for shape, goal in ((Shape(1, 32), 0.55), (Shape(8, 128), 0.85)):
+        if shape not in table.flops:
+            continue
+        for backend in dict.fromkeys((table.chosen, "eager", "onnx")):
+            value = table.hardware_efficiency(backend, shape)
+            p50 = table.candidate(backend).p50_ms.get(shape, math.nan)
+            gflops = table.flops[shape] / 1e9
+            found.append(Target(
+                "MiniLM", f"hardware efficiency, {backend}, {shape.label}", value, "",
+                f"≥ {goal}", value >= goal if backend == table.chosen else None,
+                f"{gflops:.2f} GFLOP in {p50:.1f} ms = {gflops / p50 * 1e3:.0f} GFLOP/s vs matmul "
+                f"{peak / 1e9:.0f} GFLOP/s ({table.threads} thread(s))"
+                + ("; int8 work counted as its float32 FLOPs" if backend.endswith("int8") else "")))
+    served = _row(rows, "minilm_b8_auto")
+    per_request = table.flops[Shape(8, text_tokens)] / 8
+    value = served.result.rps * per_request / peak
+    found.append(Target("MiniLM", f"hardware efficiency, served ({table.chosen}, b8_t{text_tokens})",
+                        value, "", "", None,
+                        f"{served.result.rps:,.0f} req/s × {per_request / 1e9:.2f} GFLOP"))
+    return found
+
+
+def targets(rows: Sequence[Row], digits: CompilerTable, minilm: CompilerTable,
+            text_tokens: int) -> list[Target]:
+    """Every ratio the issue asks for, in one list (the bench's headline table)."""
+    auto, minimal = _row(rows, "digits_b8_auto"), _row(rows, "digits_minimal")
+    eager = _row(rows, "digits_b8")
+    handler = _ratio(auto.result.rps, minimal.result.rps)
+    ping = next(r for r in rows if r.model is None)
+    bound = [f"{r.family} {r.label}" for r in rows if r.model is not None and r.result.load_bound]
+    return [
+        Target("digits", f"our handler and configuration ({digits.chosen}, batch 8) / minimal",
+               handler, "x", "≥ 3x, p99 ≤", handler >= 3 and auto.result.p99_ms <= minimal.result.p99_ms,
+               f"{auto.result.rps:,.0f} vs {minimal.result.rps:,.0f} req/s; p99 "
+               f"{auto.result.p99_ms:.0f} vs {minimal.result.p99_ms:.0f} ms"),
+        Target("digits", "our handler, eager, batch 8 / minimal",
+               _ratio(eager.result.rps, minimal.result.rps), "x", "", None,
+               f"{eager.result.rps:,.0f} req/s; p99 {eager.result.p99_ms:.0f} ms"),
+        *_served(rows, "digits", "digits_b8", "digits_b1", "digits_b8_auto", digits, Shape(8)),
+        *_compilers("digits", digits),
+        *_served(rows, "MiniLM", "minilm_b8_auto", "minilm_b1_auto", "minilm_b8_auto", minilm,
+                 Shape(8, text_tokens)),
+        *_compilers("MiniLM", minilm),
+        *_hardware(minilm, rows, text_tokens),
+        Target("Locust", "load generator ceiling on /ping (req/s)", ping.result.rps, "#", "", None,
+               f"{ping.result.cpu_per_request_s * 1e6:.0f} µs CPU per request, "
+               f"{ping.result.load_cores:.2f} cores"),
+        Target("Locust", "model rows that were load-bound", float(len(bound)), "#", "0",
+               not bound, "; ".join(bound) or f"none used > {LOAD_BOUND_CORES} of a core"),
+    ]
+
+
+COLUMNS = ("model", "configuration", "req/s", "asked req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+           "frontend µs/req", "worker µs/req", "Locust µs/req", "Locust cores", "note")
+
+
+def _cells(row: Row) -> list[str]:
+    r = row.result
+    frontend, workers = row.server_us_per_request()
+    return [row.family, row.label, f"{r.rps:,.0f}", "" if row.rate is None else f"{row.rate:,.0f}",
+            f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.error_ratio:.2%}",
+            f"{frontend:.0f}", f"{workers:.0f}", f"{r.cpu_per_request_s * 1e6:.0f}",
+            f"{r.load_cores:.2f}", "load-bound" if r.load_bound else ""]
+
+
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]], left: Sequence[int]) -> list[str]:
+    align = ["---" if i in left else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
+            *("| " + " | ".join(cells) + " |" for cells in lines)]
+
+
+def markdown(report: dict[str, Any], found: Sequence[Target], rows: Sequence[Row],
+             tables: Sequence[CompilerTable],
+             compiler_markdown: Callable[[CompilerTable], list[str]]) -> str:
+    m, s = report["machine"], report["settings"]
+    load = report["load_average_1min"]
+    lines = [
+        "# servegate bench", "",
+        f"- date: {report['date']}",
+        f"- machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        f"- load: Locust FastHttpUser, {s['users']} users, {s['seconds']} s per row after "
+        f"{s['warmup_seconds']} s of warm-up; one TorchServe, 1 worker per model, "
+        f"{s['worker_threads']} thread(s) per worker; MiniLM requests are held-out texts of "
+        f"exactly {s['text_tokens']} tokens",
+        f"- 1-min load average before/after: {load['before']:.2f}/{load['after']:.2f}", "",
+        "## Targets", "",
+        *_table(("model", "figure", "value", "target", "", "detail"), [t.cells() for t in found],
+                left=(0, 1, 3, 4, 5)),
+        "", "## Served", "",
+        *_table(COLUMNS, [_cells(r) for r in rows], left=(0, 1, len(COLUMNS) - 1)),
+        "",
+        f"- load-bound: the Locust process used more than {s['load_bound_cores']} of a core.",
+        "- frontend / worker µs/req: CPU time of TorchServe's Java frontend and of its Python "
+        "workers per request during the row (psutil).",
+        "",
+    ]
+    for table in tables:
+        hw = (f"; matmul {table.matmul_flops_per_s / 1e9:.0f} GFLOP/s, FLOPs per shape "
+              + ", ".join(f"{sh.label} {f / 1e9:.2f} G" for sh, f in table.flops.items())
+              if table.flops else "")
+        lines += [f"## Compilers in process: {table.title} ({table.threads} thread(s), median; "
+                  f"auto chose **{table.chosen}**{hw})", "", *compiler_markdown(table), ""]
+    return "\n".join(lines)
