@@ -149,11 +149,16 @@ def package(
     workdir: WorkdirOption = None,
 ) -> None:
     """Build a .mar archive (handlers, model-config.yaml, labels, warm-up sample)."""
+    from pydantic import ValidationError
+
     from servegate.packaging.builder import package_torch_model
 
     try:
-        batching = BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
-                                  min_workers=workers, max_workers=workers)
+        try:
+            batching = BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                                      min_workers=workers, max_workers=workers)
+        except ValidationError as exc:
+            raise errors.ConfigError(f"invalid batching: {exc}") from exc
         target = output_dir or (_settings(workdir).workdir / "model-store")
         with console.status(f"packaging {model}"):
             archive = package_torch_model(model, name=name, version=version, compiler=compiler,
@@ -279,7 +284,7 @@ def compilers(
 def run(
     model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file; tfserving: builtin:digits-keras | a .keras file.")] = "builtin:digits",
     name: Annotated[str, typer.Option(help="Served (and registered) model name.")] = "digits",
-    task: Annotated[str, typer.Option(help="hf: models: embedding | text-classification (auto: the model's default).")] = "auto",
+    task: Annotated[str, typer.Option(help="Text models (hf:, or a registered text model): embedding | text-classification (auto: the model's own).")] = "auto",
     max_length: Annotated[int, typer.Option(help="hf: models: truncation in tokens (0: default).")] = 0,
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",

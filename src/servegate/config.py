@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class _Settings(BaseModel):
@@ -22,6 +22,15 @@ class BatchingConfig(_Settings):
     max_workers: PositiveInt = 1
     response_timeout_s: PositiveInt = 120
     startup_timeout_s: PositiveInt = 120
+
+    @model_validator(mode="after")
+    def _delay_fills_batches(self) -> BatchingConfig:
+        # Measured on TorchServe 0.12: maxBatchDelay 0 is taken as its 100 ms default, so a
+        # lone request waits 100 ms for a batch that never fills.
+        if self.batch_size > 1 and self.max_batch_delay_ms == 0:
+            raise ValueError("max_batch_delay_ms must be at least 1 when batch_size > 1: "
+                             "TorchServe treats 0 as its 100 ms default")
+        return self
 
     def model_config_yaml(self) -> dict[str, int]:
         return {

@@ -180,3 +180,45 @@ def test_image_classifier_decodes_resizes_and_isolates_bad_images(tmp_path: Path
     assert [s for s, _ in replies] == [200, 200, 422, 422]
     np.testing.assert_allclose(replies[0][1]["probabilities"], expected[0].detach().numpy(), atol=1e-5)
     assert replies[1][1]["predictions"][0]["label"] == replies[0][1]["label"]
+
+
+class _MetricsRecorder:
+    """Records what a handler sends to TorchServe's metrics API."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, float]] = []
+
+    def add_time(self, name: str, value: float, idx: object = None, unit: str = "ms") -> None:
+        self.sent.append((name, value))
+
+    def add_metric(self, name: str, value: float, unit: str, idx: object = None,
+                   dimensions: object = None, metric_type: object = None) -> None:
+        self.sent.append((name, value))
+
+
+def test_stage_metrics_are_per_batch_means_sent_once_per_interval(handler: LocalHandler,
+                                                                  digits) -> None:
+    from servegate.harness import HarnessContext
+
+    body = json.dumps({"inputs": digits.eval_x[0].tolist()}).encode()
+    worker = handler.handler
+    recorder = _MetricsRecorder()
+
+    def serve(requests: int) -> None:
+        context = HarnessContext(*handler._context_args, metrics=recorder)
+        worker.handle([{"body": body}] * requests, context)
+
+    worker._stage_means = type(worker._stage_means)()  # as a fresh worker
+    serve(1)  # the first batch reports at once
+    assert [name for name, _ in recorder.sent] == ["PreprocessTime", "InferenceTime",
+                                                   "PostprocessTime", "BatchSize"]
+    assert dict(recorder.sent)["BatchSize"] == 1
+    recorder.sent.clear()
+    serve(2)
+    serve(4)
+    assert recorder.sent == []  # within the interval: accumulated, not sent
+    worker._stage_means.emitted_at -= 2  # the interval has passed
+    serve(6)
+    sent = dict(recorder.sent)
+    assert sent["BatchSize"] == 4.0  # (2 + 4 + 6) / 3 batches
+    assert all(sent[name] >= 0 for name in ("PreprocessTime", "InferenceTime", "PostprocessTime"))

@@ -103,3 +103,12 @@ def test_token_auth_cannot_be_turned_off(tmp_path: Path) -> None:
 
     with pytest.raises(ServerStartError, match="token auth"):
         LocalTorchServe(TorchServeSettings(workdir=tmp_path, token_auth=False)).start()
+
+
+def test_batching_refuses_a_zero_delay_that_torchserve_reads_as_100_ms() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="100 ms default"):
+        BatchingConfig(batch_size=8, max_batch_delay_ms=0)
+    assert BatchingConfig(batch_size=1, max_batch_delay_ms=0).model_config_yaml()["maxBatchDelay"] == 0
+    assert BatchingConfig(batch_size=8, max_batch_delay_ms=1).model_config_yaml()["maxBatchDelay"] == 1
