@@ -1,0 +1,88 @@
+"""``make bench``'s arithmetic: targets from measured rows, on made-up figures (no load here)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.compilers import CompilerTable, markdown as compiler_markdown
+from benchmarks.load import LoadResult
+from benchmarks.report import Row, markdown, targets
+from benchmarks.server_cpu import ServerCpu, between
+from servegate.compilers.select import Candidate
+from servegate.compilers.shapes import Shape
+
+
+def _load(rps: float, p95: float, p99: float | None = None, load_cpu_s: float = 1.0) -> LoadResult:
+    requests = int(rps * 10)
+    return LoadResult(requests=requests, failures=0, rps=rps, p50_ms=p95 / 2, p95_ms=p95,
+                      p99_ms=p99 or p95 * 1.5, load_cpu_s=load_cpu_s, load_window_s=10.0)
+
+
+def _row(model: str | None, rps: float, p95: float, *, family: str = "digits",
+         rate: float | None = None, p99: float | None = None) -> Row:
+    return Row(model or "ping", family, model, rate, _load(rps, p95, p99), ServerCpu(1.0, 2.0))
+
+
+def _table(title: str, shapes: list[Shape], eager_ms: list[float], fast_ms: list[float],
+           flops: dict[Shape, int] | None = None) -> CompilerTable:
+    def candidate(name: str, times: list[float], status: str) -> Candidate:
+        return Candidate(name, status=status, p50_ms=dict(zip(shapes, times, strict=True)),
+                         rows_per_s={s: s.batch / (t / 1e3) for s, t in zip(shapes, times, strict=True)})
+
+    return CompilerTable(title, [candidate("eager", eager_ms, "passed"),
+                                 candidate("onnx", fast_ms, "chosen")], "onnx", 1,
+                         flops=flops or {}, matmul_flops_per_s=100e9 if flops else math.nan)
+
+
+@pytest.fixture
+def measured() -> tuple[list[Row], CompilerTable, CompilerTable]:
+    digits = _table("digits", [Shape(1), Shape(8)], [0.04, 0.05], [0.01, 0.02])
+    text_shapes = [Shape(1, 32), Shape(8, 32), Shape(8, 128)]
+    minilm = _table("minilm", text_shapes, [16.0, 80.0, 300.0], [6.0, 45.0, 220.0],
+                    flops={Shape(1, 32): 680_000_000, Shape(8, 32): 5_440_000_000,
+                           Shape(8, 128): 21_700_000_000})
+    rows = [
+        _row("digits_b8", 2000, 14), _row("digits_b8_auto", 3300, 10, p99=12),
+        _row("digits_b1", 900, 22), _row("digits_minimal", 1000, 18, p99=30),
+        _row("digits_b1", 630, 4, rate=630), _row("digits_b8", 630, 8, rate=630),
+        _row("minilm_b8_auto", 160, 110, family="MiniLM"),
+        _row("minilm_b1_auto", 130, 140, family="MiniLM"),
+        _row("minilm_b1_auto", 91, 130, family="MiniLM", rate=91),
+        _row("minilm_b8_auto", 91, 110, family="MiniLM", rate=91),
+        _row(None, 5000, 3, family="Locust"),
+    ]
+    return rows, digits, minilm
+
+
+def test_targets_are_the_measured_ratios_held_to_the_issue_targets(measured) -> None:
+    rows, digits, minilm = measured
+    found = {(t.model, t.name): t for t in targets(rows, digits, minilm, 32)}
+    handler = found[("digits", "our handler and configuration (onnx, batch 8) / minimal")]
+    assert handler.value == pytest.approx(3.3) and handler.met  # and p99 12 <= 30
+    gain = found[("digits", "batching gain (batch 8 / batch 1)")]
+    assert gain.value == pytest.approx(2000 / 900) and gain.met
+    p95 = found[("digits", "batching p95 at 70% of batch 1's peak (batch 8 / batch 1)")]
+    assert p95.value == pytest.approx(2.0) and p95.met is False
+    efficiency = found[("MiniLM", "serving efficiency (onnx, batch 8)")]
+    assert efficiency.value == pytest.approx(160 / (8 / 0.045)) and efficiency.met is True
+    speedup = found[("MiniLM", "compiler speed-up (onnx / eager, b1_t32)")]
+    assert speedup.value == pytest.approx(16 / 6) and speedup.met
+    hardware = found[("MiniLM", "hardware efficiency, onnx, b8_t128")]
+    assert hardware.value == pytest.approx(21.7e9 / 0.220 / 100e9) and hardware.met is True
+    assert found[("MiniLM", "hardware efficiency, eager, b8_t128")].met is None  # reported only
+    assert found[("Locust", "model rows that were load-bound")].met  # none > 0.8 core
+    text = markdown({"date": "d", "machine": {"cores": 2, "cpu_model": "cpu", "python": "3.11"},
+                     "versions": {"torch": "x"}, "load_average_1min": {"before": 0, "after": 0},
+                     "settings": {"users": 16, "seconds": 10, "warmup_seconds": 3,
+                                  "worker_threads": 1, "text_tokens": 32, "load_bound_cores": 0.8}},
+                    list(found.values()), rows, [digits, minilm], compiler_markdown)
+    assert "| digits | our handler and configuration (onnx, batch 8) / minimal | 3.30x |" in text
+    assert "**missed**" in text and "hw eff. b8_t128" in text
+
+
+def test_server_cpu_counts_a_process_that_started_in_between_whole() -> None:
+    before = {1: ("frontend", 10.0), 2: ("worker", 5.0)}
+    after = {1: ("frontend", 10.5), 2: ("worker", 6.0), 3: ("worker", 0.25)}
+    assert between(before, after) == ServerCpu(frontend_s=0.5, workers_s=1.25)
