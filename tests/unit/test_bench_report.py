@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from benchmarks.compilers import CompilerTable, markdown as compiler_markdown
+from benchmarks.compilers import CompilerTable
+from benchmarks.compilers import markdown as compiler_markdown
 from benchmarks.load import LoadResult
 from benchmarks.report import Row, markdown, targets
 from benchmarks.server_cpu import ServerCpu, between
