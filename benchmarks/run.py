@@ -205,6 +205,14 @@ class Bench:
         args = self.args
         rows: list[Row] = []
         peak: dict[str, float] = {}
+        if args.server_warmup:  # the first row would otherwise pay for the frontend's JIT
+            first = plan[0]
+            self.say(f"warming up TorchServe's frontend ({args.server_warmup}s)")
+            run_locust(PREDICT_LOCUSTFILE, host=state.inference, users=args.users,
+                       seconds=args.server_warmup, workdir=self.work / "warmup",
+                       env={"SERVEGATE_KEY_FILE": str(state.key_file),
+                            "SERVEGATE_MODEL": first.model or "",
+                            "SERVEGATE_SAMPLES": str(first.samples or "")})
         for i, load in enumerate(plan, 1):
             env = {"SERVEGATE_KEY_FILE": str(state.key_file), "SERVEGATE_MODEL": load.model or "",
                    "SERVEGATE_SAMPLES": str(load.samples or "")}
@@ -267,12 +275,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=16, help="Locust users (16)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded load seconds per row (3)")
     parser.add_argument("--epochs", type=int, default=10, help="digits training epochs (10)")
-    parser.add_argument("--delay-ms", type=int, default=5,
-                        help="max batch delay of the batch-8 rows (5, the pipeline's default)")
+    parser.add_argument("--delay-ms", type=int, default=None,
+                        help="max batch delay of the batch-8 rows (default: the pipeline's)")
+    parser.add_argument("--server-warmup", type=int, default=10,
+                        help="discarded load seconds before the first row: the JVM's JIT (10)")
     parser.add_argument("--shape-seconds", type=float, default=2.0,
                         help="MiniLM: timing budget per backend and shape (2)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="output dir")
     args = parser.parse_args(argv)
+    if args.delay_ms is None:
+        from servegate.config import BatchingConfig
+
+        args.delay_ms = BatchingConfig().max_batch_delay_ms
 
     console = Console()
     if not console.is_terminal:  # make/CI pipes: rich would wrap the tables at 80 columns
@@ -292,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "after": round(os.getloadavg()[0], 2)},
         "settings": {"seconds": args.seconds, "users": args.users, "warmup_seconds": args.warmup,
                      "epochs": args.epochs, "worker_threads": bench.threads,
-                     "batch_delay_ms": args.delay_ms,
+                     "batch_delay_ms": args.delay_ms, "server_warmup_seconds": args.server_warmup,
                      "text_tokens": TEXT_TOKENS, "rate_fraction": RATE_FRACTION,
                      "load_bound_cores": LOAD_BOUND_CORES},
     }

@@ -144,7 +144,7 @@ def package(
     output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes [default: the local model store].")] = None,
     compiler: Annotated[str, typer.Option(help="auto | eager | export | aoti | onnx | onnx-int8 | inductor | torch-tensorrt | a comma list")] = "eager",
     batch_size: int = 8,
-    max_batch_delay_ms: int = 5,
+    max_batch_delay_ms: int = 2,
     workers: int = 1,
     workdir: WorkdirOption = None,
 ) -> None:
@@ -300,7 +300,7 @@ def run(
     load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = 8.0,
     load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = 2,
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
-    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 5,
+    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
     report_dir: Annotated[Path | None, typer.Option(envvar="SERVEGATE_REPORT_DIR",
                                                     help="Also copy the gate report here.")] = None,

@@ -17,7 +17,7 @@ class BatchingConfig(_Settings):
     """TorchServe's per-model batching and worker settings (written to model-config.yaml)."""
 
     batch_size: PositiveInt = 8
-    max_batch_delay_ms: int = Field(5, ge=0)
+    max_batch_delay_ms: int = Field(2, ge=0)
     min_workers: PositiveInt = 1
     max_workers: PositiveInt = 1
     response_timeout_s: PositiveInt = 120
