@@ -20,8 +20,9 @@ from rich.table import Table
 from servegate import errors
 from servegate.config import BatchingConfig, TorchServeSettings
 
-console = Console(stderr=True, soft_wrap=True)
-out = Console()
+# Piped (make, CI, mlflow run): rich would fold tables at 80 columns.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 EXIT_CODES: list[tuple[type[errors.ServegateError], int]] = [
     (errors.GateFailed, 1),

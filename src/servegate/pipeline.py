@@ -93,13 +93,19 @@ class DeployPipeline:
     def source(self) -> tuple[TorchModel, Registry, str]:
         with mlflow.start_run(run_name="source", nested=True):
             self.say(f"source: {self.config.model}")
+            registered = None
+            if self.config.model.startswith("models:/"):
+                registered = self._registered_version(self.config.model)
+                if Registry.for_model(registered[0]).version_for_alias(CHAMPION) == registered[1]:
+                    raise PipelineError(f"{registered[0]} v{registered[1]} is already the champion: "
+                                        "nothing to gate (`servegate rollback` moves back)")
             model = self._load_model()
             mlflow.log_params({f"model.{k}": v for k, v in model.params.items()} |
                               {"source": self.config.model})
             if model.metrics:
                 mlflow.log_metrics(model.metrics)
-            if self.config.model.startswith("models:/"):
-                name, version = self._registered_version(self.config.model)
+            if registered is not None:
+                name, version = registered
             else:
                 name, version = self.config.name, self._log_and_register(model)
             registry = Registry.for_model(name)
@@ -238,7 +244,10 @@ class DeployPipeline:
                 self._restore(registry, champion)
             if champion is not None:
                 self.backend.set_default(name, champion)
-            keep = {champion, registry.version_for_alias(PREVIOUS)}
+            if version in served:  # e.g. the previous champion, gated again: serve the new archive
+                self.say(f"deploy: {name} v{version} is served from an earlier archive; replacing it")
+                self.backend.undeploy(name, version)
+            keep = {champion, registry.version_for_alias(PREVIOUS)} - {version}
             self._remove_versions(name, keep=keep)
             self.say(f"deploy: {name} v{version} (no default traffic)")
             self.backend.deploy(archive, name, version, workers=self.config.batching.min_workers)

@@ -221,6 +221,18 @@ def test_rollback_and_rerun_leave_one_server_and_no_orphans(env) -> None:
         served = sorted(v.version for v in backend.versions("digits"))
     assert served == sorted({latest, "1"})  # the champion and the one kept for rollback
 
+    # the previous champion, gated again from the registry: its served copy is replaced
+    regated = deploy("-P", "model=models:/digits/1")
+    assert regated.returncode == 0, regated.stdout[-2000:] + regated.stderr[-2000:]
+    assert "served from an earlier archive; replacing it" in regated.stdout + regated.stderr
+    assert alias("digits", "champion") == "1" and alias("digits", "previous-champion") == latest
+    with backend_of(server) as backend:
+        assert backend.default_version("digits") == "1"
+        assert sorted(v.version for v in backend.versions("digits")) == sorted({latest, "1"})
+    # the champion itself: refused before anything is built
+    same = deploy("-P", "model=models:/digits@champion")
+    assert same.returncode != 0 and "already the champion" in same.stdout + same.stderr
+
 
 def test_promotion_workflow_runs_the_command_this_test_runs() -> None:
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "promote.yml").read_text())

@@ -233,10 +233,14 @@ def candidates_table(candidates: list[Candidate]):  # -> rich Table
     table = Table("backend", "status", *[f"p50 ms {s.label}" for s in shapes], "worst vs best",
                   "max abs", "cosine", "top-1", "compile s", "reason",
                   title="compiler candidates (in process)")
+    def cell(value: object, spec: str) -> str:
+        return "—" if isinstance(value, float) and value != value else spec.format(value)
+
     for r in table_rows(candidates):
         table.add_row(str(r["backend"]), str(r["status"]),
-                      *[f"{r[f'p50_ms_{s.label}']:.4f}" for s in shapes], f"{r['regret']:.2f}x",
-                      f"{r['max_abs']:.2g}", f"{r['cosine']:.6f}", f"{r['top1']:.4f}",
+                      *[cell(r[f"p50_ms_{s.label}"], "{:.4f}") for s in shapes],
+                      cell(r["regret"], "{:.2f}x"), cell(r["max_abs"], "{:.2g}"),
+                      cell(r["cosine"], "{:.6f}"), cell(r["top1"], "{:.4f}"),
                       str(r["compile_s"]), str(r["reason"])[:80])
     return table
 
