@@ -33,6 +33,7 @@ from benchmarks.hardware import matmul_flops_per_s, model_flops
 from benchmarks.load import LOAD_BOUND_CORES, REPO, run_locust
 from benchmarks.report import Row, Target, markdown, targets
 from benchmarks.samples import digits_bodies, sentences_of_length, write_bodies
+from servegate.packaging.builder import worker_threads
 
 PREDICT_LOCUSTFILE = REPO / "loadtests" / "torchserve.py"
 PING_LOCUSTFILE = Path(__file__).with_name("locust_ping.py")
@@ -76,11 +77,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "missing"
     return found
-
-
-def worker_threads() -> int:
-    """What each single worker runs with (``sg_loaders``: (cores - 1) / workers, at least 1)."""
-    return max(1, (os.cpu_count() or 1) - 1)
 
 
 class Bench:

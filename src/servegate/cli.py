@@ -260,20 +260,24 @@ def compilers(
     model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
     backends: Annotated[str, typer.Option(help="auto or a comma list of backends.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="The serving batch size to rank by.")] = 8,
+    task: Annotated[str, typer.Option(help="Text models: embedding | text-classification (auto: the model's own).")] = "auto",
+    threads: Annotated[int, typer.Option(help="Threads to time on (0: as one TorchServe worker runs).")] = 0,
 ) -> None:
-    """Compile, parity-check and time compiler backends in process; print the table."""
+    """Compile, parity-check and time compiler backends in process at every shape; print the
+    table (``auto`` keeps the smallest worst-case slowdown against the fastest)."""
     import tempfile
 
     from servegate.compilers.select import candidates_table, choose, evaluate, parse_compiler_option
+    from servegate.packaging.builder import worker_threads
     from servegate.sources import load_torch_model
 
     try:
         names = parse_compiler_option(backends) or [backends]
-        loaded = load_torch_model(model)
+        loaded = load_torch_model(model, task=None if task == "auto" else task)
         sizes = sorted({1, batch_size})
         with tempfile.TemporaryDirectory() as tmp, console.status("compiling and measuring"):
             candidates = evaluate(loaded, names, Path(tmp), max_batch=batch_size * 8,
-                                  batch_sizes=sizes, threads=os.cpu_count() or 1)
+                                  batch_sizes=sizes, threads=threads or worker_threads())
             choose(candidates, batch_size)
     except errors.ServegateError as exc:
         fail(exc)

@@ -13,6 +13,12 @@ from servegate.packaging.mar import build_mar, contents_for
 from servegate.sources import TorchModel, load_torch_model
 
 
+def worker_threads(workers: int = 1) -> int:
+    """Threads each of ``workers`` workers runs with (``sg_loaders``: one core left to the
+    frontend, the rest shared; at least 1)."""
+    return max(1, ((os.cpu_count() or 1) - 1) // max(1, workers))
+
+
 def compile_model(model: TorchModel, compiler: str, workdir: Path,
                   batching: BatchingConfig) -> tuple[CompiledArtifact, list[Candidate]]:
     """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity."""
@@ -20,7 +26,7 @@ def compile_model(model: TorchModel, compiler: str, workdir: Path,
     names = parse_compiler_option(compiler)
     if names is None:
         return get_compiler(compiler).compile(model, workdir, max_batch=max_batch), []
-    threads = max(1, ((os.cpu_count() or 1) - 1) // batching.max_workers)  # as each worker runs
+    threads = worker_threads(batching.max_workers)  # as each worker runs
     candidates = evaluate(model, names, workdir, max_batch=max_batch, threads=threads,
                           batch_sizes=sorted({1, batching.batch_size}))
     best = choose(candidates, batching.batch_size)
