@@ -290,7 +290,7 @@ def run(
     model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file; tfserving: builtin:digits-keras | a .keras file.")] = "builtin:digits",
     name: Annotated[str, typer.Option(help="Served (and registered) model name.")] = "digits",
     task: Annotated[str, typer.Option(help="Text models (hf:, or a registered text model): embedding | text-classification (auto: the model's own).")] = "auto",
-    max_length: Annotated[int, typer.Option(help="hf: models: truncation in tokens (0: default).")] = 0,
+    max_length: Annotated[int, typer.Option(help="Text models: truncation in tokens (0: the model's own).")] = 0,
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
     p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
