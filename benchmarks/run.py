@@ -201,17 +201,18 @@ class Bench:
         args = self.args
         rows: list[Row] = []
         peak: dict[str, float] = {}
+
+        def locust_env(load: Load) -> dict[str, str]:
+            return {"SERVEGATE_KEY_FILE": str(state.key_file), "SERVEGATE_MODEL": load.model or "",
+                    "SERVEGATE_SAMPLES": str(load.samples or "")}
+
         if args.server_warmup:  # the first row would otherwise pay for the frontend's JIT
-            first = plan[0]
             self.say(f"warming up TorchServe's frontend ({args.server_warmup}s)")
             run_locust(PREDICT_LOCUSTFILE, host=state.inference, users=args.users,
                        seconds=args.server_warmup, workdir=self.work / "warmup",
-                       env={"SERVEGATE_KEY_FILE": str(state.key_file),
-                            "SERVEGATE_MODEL": first.model or "",
-                            "SERVEGATE_SAMPLES": str(first.samples or "")})
+                       env=locust_env(plan[0]))
         for i, load in enumerate(plan, 1):
-            env = {"SERVEGATE_KEY_FILE": str(state.key_file), "SERVEGATE_MODEL": load.model or "",
-                   "SERVEGATE_SAMPLES": str(load.samples or "")}
+            env = locust_env(load)
             rate = None
             if load.rate_of is not None:
                 rate = RATE_FRACTION * peak[load.rate_of]

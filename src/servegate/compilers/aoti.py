@@ -3,11 +3,12 @@ worker, from an ExportedProgram)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from servegate.compilers.base import CompiledArtifact
-from servegate.compilers.export import export_program
+from servegate.compilers.export import ExportCompiler, export_program
 from servegate.errors import CompileError
 from servegate.sources.base import TorchModel
 
@@ -44,11 +45,6 @@ class InductorCompiler:
         return AotiCompiler().unavailable_reason()
 
     def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
-        import torch
-
-        start = time.perf_counter()
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "model.pt2"
-        torch.export.save(export_program(model, max_batch), path)
-        return CompiledArtifact(backend=self.name, format="inductor", path=path,
-                                compile_seconds=time.perf_counter() - start)
+        """The ``export`` artifact, which the worker loads and compiles with torch.compile."""
+        exported = ExportCompiler().compile(model, workdir, max_batch=max_batch)
+        return dataclasses.replace(exported, backend=self.name, format="inductor")
