@@ -287,9 +287,21 @@ def compilers(
 # ---- pipeline --------------------------------------------------------------------------------
 @app.command("run")
 def run(
-    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a file; tfserving: builtin:digits-keras | a .keras file.")] = "builtin:digits",
-    name: Annotated[str, typer.Option(help="Served (and registered) model name.")] = "digits",
-    task: Annotated[str, typer.Option(help="Text models (hf:, or a registered text model): embedding | text-classification (auto: the model's own).")] = "auto",
+    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a .pt2 / torch.save / state_dict file | hf:<dir>; tfserving: builtin:digits-keras | a .keras file | a SavedModel | an MLflow Keras model.")] = "builtin:digits",
+    name: Annotated[str, typer.Option(help="Served and registered model name (default: NAME of models:/NAME, or the built-in's name; required otherwise).")] = "",
+    task: Annotated[str, typer.Option(help="auto | classification | regression | tensor | image-classification | embedding | text-classification (auto: inferred from the model and its data).")] = "auto",
+    eval_data: Annotated[str, typer.Option(help="Held-out data: a path or MLflow artifact URI of .npz (x | x0,x1.. | input names; y) / .csv / .parquet / .jsonl (features + label column; text column for text models). Default: the dataset logged with the model, else its input example (parity only).")] = "",
+    label_column: Annotated[str, typer.Option(help="Label column of tabular eval_data.")] = "label",
+    text_column: Annotated[str, typer.Option(help="Text column of a text model's eval_data.")] = "text",
+    labels: Annotated[str, typer.Option(help="Class names: a file (JSON list/mapping, or one per line) or a comma list (default: the model's own, else indices).")] = "",
+    trust_pickle: Annotated[str, typer.Option(help="Load pickled artifacts (they run code when loaded): true | false.")] = "false",
+    model_class: Annotated[str, typer.Option(help="A state_dict file's class: FILE.py:CLASS.")] = "",
+    model_kwargs: Annotated[str, typer.Option(help="JSON arguments of model_class's constructor.")] = "{}",
+    handler: Annotated[str, typer.Option(help="Your own TorchServe handler file, packaged with ours.")] = "",
+    image_size: Annotated[str, typer.Option(help="image-classification: HEIGHT,WIDTH the worker resizes to.")] = "224,224",
+    image_mode: Annotated[str, typer.Option(help="image-classification: RGB | L.")] = "RGB",
+    image_mean: Annotated[str, typer.Option(help="image-classification: per-channel mean after scaling to [0, 1].")] = "0.485,0.456,0.406",
+    image_std: Annotated[str, typer.Option(help="image-classification: per-channel std.")] = "0.229,0.224,0.225",
     max_length: Annotated[int, typer.Option(help="Text models: truncation in tokens (0: the model's own).")] = 0,
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
@@ -299,8 +311,10 @@ def run(
     max_error_rate: Annotated[float, typer.Option(help="SLO: maximum error ratio.")] = 0.0,
     max_regression_pct: Annotated[float, typer.Option(help="Allowed regression vs the champion (%).")] = 50.0,
     parity_atol: Annotated[float, typer.Option(help="Max |served - reference| of probabilities.")] = 1e-4,
+    parity_rtol: Annotated[float, typer.Option(help="Regression/tensor: max error relative to the reference.")] = 1e-4,
     min_top1_agreement: Annotated[float, typer.Option(help="Min top-1 agreement served vs reference.")] = 0.999,
     max_accuracy_drop: Annotated[float, typer.Option(help="Max accuracy drop vs the champion.")] = 0.01,
+    max_metric_regression: Annotated[float, typer.Option(help="Regression: max relative RMSE/MAE increase vs the champion.")] = 0.05,
     load_users: Annotated[int, typer.Option(help="Locust users.")] = 8,
     load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = 8.0,
     load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = 2,
@@ -309,24 +323,41 @@ def run(
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
     report_dir: Annotated[Path | None, typer.Option(envvar="SERVEGATE_REPORT_DIR",
                                                     help="Also copy the gate report here.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Library logs and warnings on the terminal too.")] = False,
     workdir: WorkdirOption = None,
 ) -> None:
     """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected)."""
-    import mlflow
     from pydantic import ValidationError
 
-    from servegate.config import LoadSettings, ParityThresholds, PipelineConfig, SLOs
-    from servegate.pipeline import DeployPipeline
+    from servegate.config import (
+        ImagePreprocessing,
+        LoadSettings,
+        ParityThresholds,
+        PipelineConfig,
+        SLOs,
+        home_dir,
+    )
+    from servegate.runlog import new_log_path, run_log
 
     try:
         try:
             config = PipelineConfig(
-                model=model, name=name, target=target, compiler=compiler,
+                model=model, name=name or None, target=target, compiler=compiler,
                 task=None if task == "auto" else task, max_length=max_length or None,
+                eval_data=eval_data or None, label_column=label_column, text_column=text_column,
+                labels=labels or None, trust_pickle=trust_pickle,  # type: ignore[arg-type]
+                model_class=model_class or None, model_kwargs=_json_object(model_kwargs, "model_kwargs"),
+                handler=Path(handler).expanduser().resolve() if handler else None,
+                image=ImagePreprocessing(size=_numbers(image_size, int, "image_size"),  # type: ignore[arg-type]
+                                         mode=image_mode,  # type: ignore[arg-type]
+                                         mean=_numbers(image_mean, float, "image_mean"),
+                                         std=_numbers(image_std, float, "image_std")),
                 slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
                           max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
-                parity=ParityThresholds(parity_atol=parity_atol, min_top1_agreement=min_top1_agreement,
-                                        max_accuracy_drop=max_accuracy_drop),
+                parity=ParityThresholds(parity_atol=parity_atol, parity_rtol=parity_rtol,
+                                        min_top1_agreement=min_top1_agreement,
+                                        max_accuracy_drop=max_accuracy_drop,
+                                        max_metric_regression=max_metric_regression),
                 load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
                 batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms),
                 promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
@@ -334,18 +365,61 @@ def run(
                 torchserve=_settings(workdir),
             )
         except ValidationError as exc:
-            raise errors.ConfigError(f"invalid parameters: {exc}") from exc
+            raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
+        log_path = new_log_path(home_dir() / "logs")
+        with run_log(log_path, verbose=verbose):
+            result = _run_pipeline(config, log_path)
+    except errors.ServegateError as exc:
+        fail(exc)
+    _print_result(result)
+
+
+def _run_pipeline(config: Any, log_path: Path) -> Any:
+    """Run the pipeline; an unexpected failure becomes one line naming the log (the traceback
+    goes to the log file; the MLflow run has ended FAILED)."""
+    import logging
+
+    import mlflow
+
+    from servegate.pipeline import DeployPipeline
+
+    console.print(f"[dim]servegate: library logs and warnings go to {log_path} (--verbose shows them)[/]")
+    try:
         if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
             mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "servegate-deploy"))
         backend, unreachable = _open_target(config)
         try:
-            result = DeployPipeline(config, backend, console, unreachable).run()
+            return DeployPipeline(config, backend, console, unreachable).run()
         finally:
             if backend is not None:
                 backend.close()
-    except errors.ServegateError as exc:
-        fail(exc)
-    _print_result(result)
+    except errors.ServegateError:
+        raise
+    except Exception as exc:  # a bug or a library failure: one line here, the traceback in the log
+        logging.getLogger("servegate").error("servegate run failed", exc_info=exc)
+        raise errors.PipelineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                   f" (traceback in {log_path})") from exc
+
+
+def _validation_message(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError as exc:
+        raise errors.ConfigError(f"{option} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise errors.ConfigError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _numbers(text: str, kind: type, option: str) -> list[Any]:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise errors.ConfigError(f"{option} must be a comma list of numbers, got {text!r}") from exc
 
 
 def _open_target(config: Any) -> tuple[Any, errors.ServerError | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -85,8 +86,14 @@ class ParityThresholds(_Settings):
     """Accuracy-gate thresholds: served vs reference, challenger vs champion."""
 
     parity_atol: float = Field(1e-4, ge=0)
+    #: Regression and tensor outputs: largest error relative to the reference (absolute below 1).
+    parity_rtol: float = Field(1e-4, ge=0)
     min_top1_agreement: float = Field(0.999, ge=0, le=1)
     max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    #: Regression: the challenger's RMSE and MAE may exceed the champion's by this fraction.
+    max_metric_regression: float = Field(0.05, ge=0)
+    #: Classification without labels: top-1 agreement required between challenger and champion.
+    min_champion_agreement: float = Field(0.95, ge=0, le=1)
 
 
 class LoadSettings(_Settings):
@@ -99,21 +106,100 @@ class LoadSettings(_Settings):
     rounds: PositiveInt = 2
 
 
+class ImagePreprocessing(_Settings):
+    """An image model's preprocessing, recorded in its archive (``image-classification``)."""
+
+    size: tuple[int, int] = (224, 224)
+    mode: Literal["L", "RGB"] = "RGB"
+    scale: float = 1 / 255
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> ImagePreprocessing:
+        channels = 1 if self.mode == "L" else 3
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"image mean and std need {channels} values for mode {self.mode}")
+        return self
+
+
+MODEL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_\-]*$"
+
+
+def registered_name(model: str) -> str | None:
+    """The registered model name of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    if not model.startswith("models:/"):
+        return None
+    path = model.removeprefix("models:/")
+    return path.split("@", 1)[0] if "@" in path else path.partition("/")[0]
+
+
 class PipelineConfig(_Settings):
     """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here)."""
 
     model: str = "builtin:digits"
-    #: hf: models: ``embedding`` (default) or ``text-classification``; None for the others.
+    #: None infers it (tensor models: from outputs and labels; hf: embedding).
     task: str | None = None
     #: hf: models: truncation in tokens (None: the model's default).
     max_length: int | None = Field(None, ge=8)
-    name: str = Field("digits", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    #: Served and registered name; None takes it from ``models:/NAME`` or ``builtin:NAME``.
+    name: str | None = Field(None, pattern=MODEL_NAME_PATTERN)
     target: str = "torchserve"
     compiler: str = "auto"
+    #: The user's held-out data: a path or MLflow artifact URI (.npz, .csv, .parquet, .jsonl).
+    eval_data: str | None = None
+    label_column: str = "label"
+    text_column: str = "text"
+    #: Allow pickled artifacts (they run code when loaded).
+    trust_pickle: bool = False
+    #: A state_dict file's model class, ``file.py:Class``, and its constructor's arguments.
+    model_class: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: Class names: a file (JSON list / mapping, or one per line) or a comma list.
+    labels: str | None = None
+    #: A user's own TorchServe handler file, packaged with ours.
+    handler: Path | None = None
+    image: ImagePreprocessing = Field(default_factory=ImagePreprocessing)
     slos: SLOs = Field(default_factory=SLOs)
     parity: ParityThresholds = Field(default_factory=ParityThresholds)
     load: LoadSettings = Field(default_factory=LoadSettings)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
     promote: bool = True
     report_dir: Path | None = None
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
+
+    @model_validator(mode="after")
+    def _name_agrees_with_the_registry(self) -> PipelineConfig:
+        registered = registered_name(self.model)
+        if self.name is None:
+            if registered is not None:
+                name = registered
+            elif self.model.startswith("builtin:"):
+                name = self.model.removeprefix("builtin:")
+            else:
+                raise ValueError(f"name is required for model {self.model!r} (the served and "
+                                 "registered model name)")
+            object.__setattr__(self, "name", name)
+        elif registered is not None and registered != self.name:
+            raise ValueError(
+                f"model {self.model} is registered as {registered!r} but name is {self.name!r}: the "
+                f"served name and the registered name must agree (omit name, or pass name={registered})")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """``name``, resolved (never None after validation)."""
+        assert self.name is not None
+        return self.name
+
+    def source_options(self):  # -> servegate.sources.options.SourceOptions
+        """How the model source is read (task, evaluation data, labels, trust...)."""
+        from servegate.sources.options import SourceOptions
+
+        return SourceOptions(
+            task=self.task, max_length=self.max_length, eval_data=self.eval_data,
+            label_column=self.label_column, text_column=self.text_column,
+            trust_pickle=self.trust_pickle, model_class=self.model_class,
+            model_kwargs=dict(self.model_kwargs), labels=self.labels,
+            image=self.image.model_dump(mode="json") if self.task == "image-classification" else {})

@@ -52,10 +52,20 @@ def flat_params(config: PipelineConfig) -> dict[str, str]:
     return walk("config", config.model_dump(mode="json", exclude={"torchserve"}))
 
 
-def curl_command(url: str, key_file: str | None, example: list[float] | str) -> str:
-    """A curl that works as pasted; the token is read from the key file, never printed."""
-    row: object = example if isinstance(example, str) else [round(v, 4) for v in example]
-    body = shlex.quote(json.dumps({"instances": [row]}))
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def curl_command(url: str, key_file: str | None, example: Any) -> str:
+    """A curl that works as pasted; the token is read from the key file, never printed.
+    ``example`` is one request instance (a list, a dict of named inputs, or a string)."""
+    body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
     auth = ""
     if key_file:
         read_key = f"python3 -c 'import json;print(json.load(open(\"{key_file}\"))[\"inference\"][\"key\"])'"
@@ -100,6 +110,11 @@ class DeployPipeline:
                     raise PipelineError(f"{registered[0]} v{registered[1]} is already the champion: "
                                         "nothing to gate (`servegate rollback` moves back)")
             model = self._load_model()
+            note = getattr(model, "eval_note", "")
+            if note:
+                loud = note.startswith("NO EVALUATION DATA")
+                self.say(f"[bold yellow]{note}[/]" if loud else f"source: {note}")
+                mlflow.set_tag("servegate.eval_data", note[:5000])
             mlflow.log_params({f"model.{k}": v for k, v in model.params.items()} |
                               {"source": self.config.model})
             if model.metrics:
@@ -107,7 +122,7 @@ class DeployPipeline:
             if registered is not None:
                 name, version = registered
             else:
-                name, version = self.config.name, self._log_and_register(model)
+                name, version = self.config.model_name, self._log_and_register(model)
             registry = Registry.for_model(name)
             registry.set_alias(CHALLENGER, version)
             mlflow.set_tags({"registered_model": name, "registered_version": version})
@@ -119,8 +134,7 @@ class DeployPipeline:
             from servegate.sources.keras_import import load_keras_model
 
             return load_keras_model(self.config.model)
-        return load_torch_model(self.config.model, task=self.config.task,
-                                max_length=self.config.max_length)
+        return load_torch_model(self.config.model, self.config.source_options())
 
     @staticmethod
     def _registered_version(uri: str) -> tuple[str, str]:
@@ -143,8 +157,8 @@ class DeployPipeline:
             info = log_text_model(model, name="model", registered_model_name=self.config.name)
             return str(info.registered_model_version)
         example = model.example_batch(2)
-        signature = infer_signature(example, model.reference(example))
         if self.is_tf:
+            signature = infer_signature(example, model.reference(example))
             import mlflow.keras
 
             # mlflow.keras 3.17 fails writing an input example (its directory is not made yet):
@@ -152,18 +166,63 @@ class DeployPipeline:
             info = mlflow.keras.log_model(model.model, name="model", signature=signature,
                                           registered_model_name=self.config.name)
             return str(info.registered_model_version)
-        import mlflow.pytorch
+        return self._log_torch_model(model)
 
+    def _log_torch_model(self, model: TorchModel) -> str:
+        """Log (MLflow 3's ExportedProgram format, no pickle) and register a tensor model, with
+        its signature, a two-row input example (a dynamic batch) and its held-out set as a dataset
+        of the run, so that a later import of ``models:/`` gates on the same data."""
+        import mlflow.pytorch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema
+        from mlflow.types import TensorSpec as MlflowTensorSpec
+
+        from servegate.sources.schema import batch_rows
+
+        example = model.model_inputs(batch_rows(model.example_batch(2), 2))
+        outputs = model.forward_all(*example)
+        names = ([s.name for s in model.outputs] if len(model.outputs) == len(outputs)
+                 else [None] * len(outputs))
+        signature = ModelSignature(
+            Schema([MlflowTensorSpec(a.dtype, (-1, *a.shape[1:]), s.name)
+                    for s, a in zip(model.inputs, example, strict=True)]),
+            Schema([MlflowTensorSpec(o.dtype, (-1, *o.shape[1:]), n)
+                    for n, o in zip(names, outputs, strict=True)]))
+        self._log_eval_dataset(model)
         info = mlflow.pytorch.log_model(
-            model.module, name="model", input_example=example, signature=signature,
-            registered_model_name=self.config.name, serialization_format="pickle",
+            model.program.module() if model.program is not None else model.module, name="model",
+            input_example=example if len(example) > 1 else example[0], signature=signature,
+            registered_model_name=self.config.model_name, serialization_format="pt2",
+            metadata={"labels": list(model.labels)} if model.labels else None,
         )
         return str(info.registered_model_version)
+
+    @staticmethod
+    def _log_eval_dataset(model: TorchModel) -> None:
+        """The held-out set as ``eval/eval.npz`` of the run, and an MLflow dataset (context eval)."""
+        import numpy as np
+
+        from servegate.sources.schema import batch_arrays
+
+        if model.eval_x is None:
+            return
+        arrays = dict(zip([s.name for s in model.inputs], batch_arrays(model.eval_x), strict=True))
+        if model.eval_y is not None:
+            arrays["y"] = np.asarray(model.eval_y)
+        with tempfile.TemporaryDirectory(prefix="servegate-eval-") as tmp:
+            path = Path(tmp) / "eval.npz"
+            np.savez(path, **arrays)
+            mlflow.log_artifact(str(path), artifact_path="eval")
+        source = f"{mlflow.get_artifact_uri('eval')}/eval.npz"
+        features = {k: v for k, v in arrays.items() if k != "y"}
+        dataset = mlflow.data.from_numpy(features if len(features) > 1 else next(iter(features.values())),
+                                         targets=arrays.get("y"), source=source, name="held-out")
+        mlflow.log_input(dataset, context="eval")
 
     def package(self, model: TorchModel, version: str, workdir: Path) -> tuple[Path, str, str]:
         """Compile (measuring candidates for ``auto``) and build the archive; return it, its
         MLflow artifact URI and the compiler backend used."""
-        from servegate.packaging.builder import compile_model
+        from servegate.packaging.builder import artifact_max_batch, compile_model
         from servegate.packaging.mar import build_mar, contents_for
 
         if self.is_tf:
@@ -171,11 +230,14 @@ class DeployPipeline:
         with mlflow.start_run(run_name="package", nested=True):
             self.say(f"package: compiler={self.config.compiler}")
             artifact, candidates = compile_model(model, self.config.compiler, workdir / "compile",
-                                                 self.config.batching)
+                                                 self.config.batching, self.config.limits)
             if candidates:
                 self._log_candidates(candidates)
-            contents = contents_for(model, artifact, name=self.config.name, version=version,
-                                    batching=self.config.batching)
+            contents = contents_for(model, artifact, name=self.config.model_name, version=version,
+                                    batching=self.config.batching, limits=self.config.limits,
+                                    max_batch=artifact_max_batch(model, self.config.batching,
+                                                                 self.config.limits),
+                                    handler_file=self.config.handler)
             archive = build_mar(contents, workdir)
             mlflow.log_params({"compiler": self.config.compiler, "compiler.chosen": artifact.backend,
                                "archive": archive.name} | self.config.batching.model_config_yaml())
@@ -280,7 +342,9 @@ class DeployPipeline:
             self.say(f"gate: parity on the held-out set ({backend}, {precision})")
             result = run_parity(self.backend, self.config.name, version, model, champion)
             checks = parity_checks(result, self.config.parity, precision)
-            mlflow.log_params({"compiler": backend, "precision": precision})
+            for note in result.notes():
+                self.say(f"[yellow]{note}[/]")
+            mlflow.log_params({"compiler": backend, "precision": precision, "task": result.task})
             mlflow.log_params(self.config.parity.model_dump())
             mlflow.log_metrics(result.metrics())
             mlflow.log_dict([c.as_dict() for c in checks], "checks.json")
@@ -330,7 +394,13 @@ class DeployPipeline:
                         samples=rows.tolist(), locustfile=loadtests_dir() / "tfserving.py",
                         user_class="TFServingPredictUser")
         return dict(host=self.backend.client.endpoints.inference, model=self.config.name,
-                    key_file=self._key_file(), samples=[{"inputs": row.tolist()} for row in rows])
+                    key_file=self._key_file(),
+                    samples=[{"instances": [row]} for row in model.request_rows(rows)])
+
+    @staticmethod
+    def _example_row(model: Any) -> Any:
+        rows = getattr(model, "request_rows", None)
+        return rows(model.example_batch(1))[0] if rows else model.example_batch(1)[0].tolist()
 
     def _key_file(self) -> str | None:
         if self.is_tf:
@@ -393,11 +463,11 @@ class DeployPipeline:
             if decision != "rejected":
                 registry.tag(version, {"servegate.gate": "passed"})
             endpoint = self.backend.endpoint(cfg.name) if serving else ""
-            curl = curl_command(endpoint, self._key_file(),
-                                model.example_batch(1)[0].tolist()) if serving else ""
+            curl = curl_command(endpoint, self._key_file(), self._example_row(model)) if serving else ""
             result = PipelineResult(cfg.name, version, decision, champion, checks, endpoint, curl,
                                     parent.info.run_id)
-            report = GateReport(cfg.name, version, champion, decision, checks, parity, load, endpoint, curl)
+            report = GateReport(cfg.name, version, champion, decision, checks, parity, load, endpoint, curl,
+                                getattr(model, "eval_note", ""))
             report_dir = Path(tmp) / "report"
             write_report(report, report_dir)
             mlflow.log_artifacts(str(report_dir), artifact_path="report")

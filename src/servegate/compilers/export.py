@@ -20,10 +20,14 @@ def example_tensors(model: TorchModel) -> tuple:  # -> tuple[torch.Tensor, ...]
 
 
 def export_program(model: TorchModel, max_batch: int):  # -> torch.export.ExportedProgram
-    """torch.export with the model's dynamic dimensions (``TorchModel.dynamic_shapes``): the
-    batch in [1, max_batch], and for text models the sequence length too."""
+    """The model's ExportedProgram when its source is one (compiled from directly, not
+    re-exported); else torch.export with the model's dynamic dimensions
+    (``TorchModel.dynamic_shapes``): the batch in [1, max_batch], and for text models the
+    sequence length too."""
     import torch
 
+    if model.program is not None:
+        return model.program
     try:
         return torch.export.export(model.module.eval(), example_tensors(model),
                                    dynamic_shapes=model.dynamic_shapes(max_batch))

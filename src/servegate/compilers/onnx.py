@@ -33,8 +33,12 @@ class OnnxCompiler:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "model.onnx"
         try:
-            torch.onnx.export(model.module.eval(), example_tensors(model), str(path), dynamo=True,
-                              dynamic_shapes=model.dynamic_shapes(max_batch), external_data=False)
+            if model.program is not None:  # already exported, with its own dynamic dimensions
+                torch.onnx.export(model.program, example_tensors(model), str(path), dynamo=True,
+                                  external_data=False)
+            else:
+                torch.onnx.export(model.module.eval(), example_tensors(model), str(path), dynamo=True,
+                                  dynamic_shapes=model.dynamic_shapes(max_batch), external_data=False)
         except Exception as exc:
             raise CompileError(f"onnx export failed: {exc}") from exc
         return CompiledArtifact(backend=self.name, format="onnx", path=path,

@@ -55,7 +55,7 @@ def precision_of(backend: str) -> str:
     return "reduced" if backend.endswith(("int8", "fp16")) else "fp32"
 
 
-def parity_limits(backend: str, task: str = "tensor-classification") -> ParityLimits:
+def parity_limits(backend: str, task: str = "classification") -> ParityLimits:
     table = EMBEDDING_PARITY_LIMITS if task == "embedding" else PARITY_LIMITS
     return table[precision_of(backend)]
 
@@ -94,28 +94,49 @@ def load_predictor(artifact: CompiledArtifact, threads: int):
     return sg_loaders.load(spec, str(artifact.path.parent), threads)
 
 
-def _parity(candidate: Candidate, reference: np.ndarray, output: np.ndarray,
-            labels: np.ndarray | None, task: str = "tensor-classification") -> None:
-    diff = np.abs(output.astype(np.float64) - reference)
+#: Tasks whose first output holds class scores (top-1 and accuracy apply).
+CLASS_TASKS = ("classification", "image-classification", "text-classification")
+
+
+def as_outputs(value: object) -> tuple[np.ndarray, ...]:
+    """A predictor's answer as a tuple of output arrays (one array, or several)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(np.asarray(v) for v in value)
+    return (np.asarray(value),)
+
+
+def flat_rows(outputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Every output of each row side by side, as float64 ``[rows, values]``."""
+    return np.concatenate([o.reshape(len(o), -1).astype(np.float64) for o in outputs], axis=1)
+
+
+def _parity(candidate: Candidate, reference: tuple[np.ndarray, ...], output: tuple[np.ndarray, ...],
+            labels: np.ndarray | None, task: str = "classification") -> None:
+    if len(output) != len(reference):
+        candidate.status, candidate.reason = "rejected", (
+            f"parity: {len(output)} outputs, the reference has {len(reference)}")
+        return
+    a, b = flat_rows(output), flat_rows(reference)
+    diff = np.abs(a - b)
     candidate.max_abs = float(diff.max())
-    candidate.max_rel = float((diff / (np.abs(reference) + 1e-6)).max())
-    a, b = output.reshape(len(output), -1).astype(np.float64), reference.reshape(len(reference), -1)
+    candidate.max_rel = float((diff / (np.abs(b) + 1e-6)).max())
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     candidate.cosine = float(cos.min())
-    if task != "embedding":
-        candidate.top1 = float((output.argmax(-1) == reference.argmax(-1)).mean())
-    if labels is not None:
-        candidate.accuracy = float((output.argmax(-1) == labels).mean())
+    classes = task in CLASS_TASKS
+    if classes:
+        candidate.top1 = float((output[0].argmax(-1) == reference[0].argmax(-1)).mean())
+        if labels is not None:
+            candidate.accuracy = float((output[0].argmax(-1) == labels).mean())
     limits = parity_limits(candidate.backend, task)
     problems = []
     if candidate.max_abs > limits.max_abs:
         problems.append(f"max abs {candidate.max_abs:.3g} > {limits.max_abs:g}")
     if candidate.cosine < limits.min_cosine:
         problems.append(f"cosine {candidate.cosine:.5f} < {limits.min_cosine}")
-    if task != "embedding" and candidate.top1 < limits.min_top1:
+    if classes and candidate.top1 < limits.min_top1:
         problems.append(f"top-1 agreement {candidate.top1:.4f} < {limits.min_top1}")
-    if labels is not None and task != "embedding" and precision_of(candidate.backend) != "fp32":
-        reference_accuracy = float((reference.argmax(-1) == labels).mean())
+    if labels is not None and classes and precision_of(candidate.backend) != "fp32":
+        reference_accuracy = float((reference[0].argmax(-1) == labels).mean())
         if candidate.accuracy < reference_accuracy - MAX_REDUCED_ACCURACY_DROP:
             problems.append(f"accuracy {candidate.accuracy:.4f} < reference "
                             f"{reference_accuracy:.4f} - {MAX_REDUCED_ACCURACY_DROP}")
@@ -162,7 +183,7 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
     x = model.eval_x[:rows] if model.eval_x is not None else model.example_batch(rows)
     labels = model.eval_y[:rows] if model.eval_y is not None else None
     inputs = model.model_inputs(x)
-    reference = model.forward(*inputs).astype(np.float64)
+    reference = model.forward_all(*inputs)
     results = []
     for name in backends:
         candidate = Candidate(name)
@@ -175,7 +196,7 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
             artifact = compiler.compile(model, workdir / name, max_batch=max_batch)
             candidate.artifact, candidate.compile_seconds = artifact, artifact.compile_seconds
             predict = load_predictor(artifact, threads)
-            _parity(candidate, reference, np.asarray(predict(*inputs)), labels, model.task)
+            _parity(candidate, reference, as_outputs(predict(*inputs)), labels, model.task)
             if candidate.status == "rejected":
                 continue
             _benchmark(candidate, predict, model, shapes, repeats, budget_s)

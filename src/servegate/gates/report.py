@@ -23,6 +23,8 @@ class GateReport:
     load: list[LoadResult]
     endpoint: str
     curl: str
+    #: Where the evaluation data came from (and loudly when it was only the input example).
+    eval_note: str = ""
 
 
 def _plots(report: GateReport, out: Path) -> list[Path]:
@@ -87,10 +89,13 @@ def _markdown(report: GateReport, plots: list[Path]) -> str:
                          f"{r.p99_ms:.1f} | {r.error_rate:.2%} | {'yes' if r.load_bound else 'no'} |")
     if report.parity is not None:
         p = report.parity
-        lines += ["", "## Parity", "", f"- rows: {p.rows}", f"- max abs diff: {p.max_abs_diff:.3g}",
-                  f"- top-1 agreement: {p.top1_agreement:.4f}",
-                  f"- accuracy (served): {p.accuracy:.4f}; reference: {p.reference_accuracy:.4f}"
-                  + (f"; champion: {p.champion_accuracy:.4f}" if p.champion_accuracy is not None else "")]
+        lines += ["", "## Parity", "", f"- task: {p.task}", f"- rows: {p.rows}",
+                  f"- max abs diff: {p.max_abs_diff:.3g}"]
+        lines += [f"- {name.replace('_', ' ')}: {value:.4g}" for name, value in p.metrics().items()
+                  if name not in ("rows", "max_abs_diff")]
+        lines += [f"- **{note}**" for note in p.notes()]
+        if report.eval_note:
+            lines += [f"- evaluation data: {report.eval_note}"]
     lines += ["", "## Endpoint", "", f"`{report.endpoint}`", "", "```bash", report.curl, "```", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -19,10 +19,19 @@ def worker_threads(workers: int = 1) -> int:
     return max(1, ((os.cpu_count() or 1) - 1) // max(1, workers))
 
 
-def compile_model(model: TorchModel, compiler: str, workdir: Path,
-                  batching: BatchingConfig) -> tuple[CompiledArtifact, list[Candidate]]:
+def artifact_max_batch(model: TorchModel, batching: BatchingConfig,
+                       limits: RequestLimits | None = None) -> int:
+    """The largest batch a worker can receive: ``batch_size`` requests of at most
+    ``max_instances`` rows each (or the model's own bound, e.g. a fixed-batch ExportedProgram).
+    Artifacts are compiled for it, and the handler splits anything larger."""
+    worker_max = batching.batch_size * (limits or RequestLimits()).max_instances
+    return min(worker_max, model.max_batch) if model.max_batch else worker_max
+
+
+def compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
+                  limits: RequestLimits | None = None) -> tuple[CompiledArtifact, list[Candidate]]:
     """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity."""
-    max_batch = batching.batch_size * 8
+    max_batch = artifact_max_batch(model, batching, limits)
     names = parse_compiler_option(compiler)
     if names is None:
         return get_compiler(compiler).compile(model, workdir, max_batch=max_batch), []
@@ -39,9 +48,9 @@ def package_model(model: TorchModel, *, name: str, version: str, compiler: str,
                   limits: RequestLimits | None = None) -> Path:
     """Compile ``model`` and build its archive into ``output_dir``."""
     with tempfile.TemporaryDirectory(prefix="servegate-compile-") as tmp:
-        artifact, _ = compile_model(model, compiler, Path(tmp), batching)
+        artifact, _ = compile_model(model, compiler, Path(tmp), batching, limits)
         contents = contents_for(model, artifact, name=name, version=version, batching=batching,
-                                limits=limits)
+                                limits=limits, max_batch=artifact_max_batch(model, batching, limits))
         return build_mar(contents, output_dir)
 
 

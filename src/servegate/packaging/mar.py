@@ -24,8 +24,19 @@ from servegate._resources import handlers_dir
 from servegate.compilers.base import CompiledArtifact
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.errors import PackagingError
-from servegate.packaging.spec import SPEC_FILE, TASK_HANDLERS, ArtifactSpec, InputSpec, TextSpec
+from servegate.packaging.spec import (
+    SPEC_FILE,
+    TASK_HANDLERS,
+    ArtifactSpec,
+    ImageSpec,
+    InputSpec,
+    OutputSpec,
+    TextSpec,
+)
 from servegate.sources.base import TorchModel
+
+#: Tasks whose archives carry class names.
+CLASS_TASKS = ("classification", "image-classification", "text-classification")
 
 _ARCHIVER_LOCK = threading.Lock()
 LABELS_FILE = "index_to_name.json"
@@ -51,6 +62,8 @@ class MarContents:
     labels: Sequence[str] | None = None
     warmup: Any | None = None
     extra_files: Sequence[Path] = ()
+    #: A user's own handler module: the archive's entry point, with ours shipped beside it.
+    handler_file: Path | None = None
 
 
 @contextmanager
@@ -120,8 +133,15 @@ def _stage_files(contents: MarContents, files_dir: Path) -> Path:
     source = handlers_dir()
     for module in sorted(source.glob("sg_*.py")):
         shutil.copy2(module, files_dir / module.name)
-    handler = source / f"{TASK_HANDLERS[spec.task]}.py"
-    shutil.copy2(handler, files_dir / handler.name)
+    ours = source / f"{TASK_HANDLERS[spec.task]}.py"
+    shutil.copy2(ours, files_dir / ours.name)
+    handler = contents.handler_file or ours
+    if contents.handler_file is not None:
+        if not handler.is_file() or handler.suffix != ".py":
+            raise PackagingError(f"handler must be a Python file, got {handler}")
+        if (files_dir / handler.name).exists() and handler.name != ours.name:
+            raise PackagingError(f"handler {handler.name} has the name of one of ours; rename it")
+        shutil.copy2(handler, files_dir / handler.name)
     for extra in contents.extra_files:
         shutil.copy2(extra, files_dir / extra.name)
     return files_dir / handler.name
@@ -141,9 +161,12 @@ def read_archive_member(archive: Path, member: str) -> bytes:
 
 def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, version: str,
                  batching: BatchingConfig, limits: RequestLimits | None = None,
-                 warmup_rows: int = 2) -> MarContents:
-    """The archive contents of a compiled ``TorchModel``: spec, labels and a real warm-up sample
-    (held-out rows; sentences for a text model, whose tokenizer file ships as an extra file)."""
+                 warmup_rows: int = 2, max_batch: int | None = None,
+                 handler_file: Path | None = None) -> MarContents:
+    """The archive contents of a compiled ``TorchModel``: spec (inputs, outputs, task, the batch
+    the artifact accepts), labels and a real warm-up sample (held-out rows; sentences for a text
+    model, whose tokenizer file ships as an extra file). ``handler_file``: a user's own handler,
+    shipped as the entry point with ours beside it."""
     text = None
     extra_files: tuple[Path, ...] = ()
     if model.is_text:
@@ -157,14 +180,19 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
         artifact=artifact.path.name,
         model_class=artifact.model_class,
         model_kwargs=artifact.model_kwargs,
-        input=None if model.is_text else InputSpec(shape=list(model.input_shape)),
+        inputs=[] if model.is_text else [InputSpec(name=s.name, shape=list(s.shape), dtype=s.dtype)
+                                         for s in model.inputs],
+        outputs=[OutputSpec(name=s.name, shape=list(s.shape)) for s in model.outputs],
+        max_batch=max_batch,
+        image=ImageSpec(**model.image) if model.task == "image-classification" else None,
         text=text,
         limits=limits or RequestLimits(),
         compiler=artifact.backend,
     )
     return MarContents(
         name=name, version=version, artifact=artifact.path, spec=spec, batching=batching,
-        model_file=artifact.model_file, labels=model.labels if model.task != "embedding" else None,
-        warmup={"instances": model.example_batch(warmup_rows).tolist()},
-        extra_files=extra_files,
+        model_file=artifact.model_file,
+        labels=model.labels if model.task in CLASS_TASKS else None,
+        warmup={"instances": model.request_rows(model.example_batch(warmup_rows))},
+        extra_files=extra_files, handler_file=handler_file,
     )

@@ -12,11 +12,14 @@ SPEC_FILE = "servegate.json"
 ModelFormat = Literal[
     "state_dict", "exported_program", "aoti", "inductor", "torchscript", "onnx", "torch_tensorrt"
 ]
-Task = Literal["tensor-classification", "image-classification", "embedding", "text-classification"]
+Task = Literal["classification", "regression", "tensor", "image-classification", "embedding",
+               "text-classification"]
 
 #: The handler module shipped for each task (in ``handlers/``).
 TASK_HANDLERS: dict[str, str] = {
-    "tensor-classification": "tensor_classifier",
+    "classification": "tensor_handler",
+    "regression": "tensor_handler",
+    "tensor": "tensor_handler",
     "image-classification": "image_classifier",
     "embedding": "text_handler",
     "text-classification": "text_handler",
@@ -27,11 +30,23 @@ TEXT_TASKS = ("embedding", "text-classification")
 
 
 class InputSpec(BaseModel):
+    """One positional input of the model, per instance (``-1``: a dimension of any size)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    name: str = "input"
     shape: list[int] = Field(description="one instance's shape, without the batch dimension")
     dtype: str = "float32"
     allow_non_finite: bool = False
+
+
+class OutputSpec(BaseModel):
+    """One output of the model, per instance (its name keys it in answers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "output"
+    shape: list[int] = Field(default_factory=list)
 
 
 class ImageSpec(BaseModel):
@@ -60,13 +75,16 @@ class ArtifactSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = 2
     task: Task
     format: ModelFormat
     artifact: str
     model_class: str | None = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    input: InputSpec | None = None
+    inputs: list[InputSpec] = Field(default_factory=list)
+    outputs: list[OutputSpec] = Field(default_factory=list)
+    #: The largest batch the artifact accepts; the handler splits larger batches (None: any).
+    max_batch: int | None = None
     image: ImageSpec | None = None
     text: TextSpec | None = None
     labels_file: str | None = None

@@ -3,33 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from servegate.errors import SourceError
-from servegate.sources.base import TorchModel
+from servegate.sources.base import TEXT_TASKS, TorchModel
+from servegate.sources.options import SourceOptions
 
 BUILTINS = ("builtin:digits",)
 
 
-def load_torch_model(uri: str, *, task: str | None = None,
-                     max_length: int | None = None) -> TorchModel:
+def load_torch_model(uri: str, options: SourceOptions | None = None, **fields: Any) -> TorchModel:
     """Resolve a model URI into a ``TorchModel``: ``builtin:digits`` (trained here),
-    ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/PATH``, a file path, or
-    ``hf:<dir>`` / ``hf:minilm`` (a local Hugging Face text model; ``task`` ``embedding``, the
-    default, or ``text-classification``; ``max_length`` truncation in tokens). A text model
-    registered by servegate imports from its MLflow URI with its own task (``task``, if given,
-    must match it)."""
+    ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/PATH``, a file path (``.pt2``,
+    ``torch.save``, or a state_dict with ``model_class``), or ``hf:<dir>`` / ``hf:minilm`` (a
+    local Hugging Face text model). ``options`` (or its fields as keywords: ``task``,
+    ``eval_data``, ``trust_pickle``...) say how; see ``SourceOptions``."""
+    if options is None:
+        options = SourceOptions(**fields)
+    elif fields:
+        raise TypeError("pass either options or its fields, not both")
+    task = None if options.task in (None, "", "auto") else options.task
     if uri.startswith("hf:"):
         from servegate.sources.hf import import_hf
 
-        return import_hf(uri, task=task or "embedding", max_length=max_length)
+        return import_hf(uri, task=task or "embedding", max_length=options.max_length)
     if uri.startswith(("models:/", "runs:/")):
         from servegate.sources.imports import import_mlflow_model
 
-        return import_mlflow_model(uri, task=task, max_length=max_length)
-    from servegate.sources.imports import TENSOR_TASKS
-
-    if task not in TENSOR_TASKS:
-        raise SourceError(f"task {task!r} applies to hf: models only, not {uri}")
+        return import_mlflow_model(uri, options)
+    if task in TEXT_TASKS:
+        raise SourceError(f"task {task!r} applies to text models (hf: or a registered text model), not {uri}")
     if uri == "builtin:digits":
         from servegate.sources.digits import builtin_digits
 
@@ -38,7 +41,7 @@ def load_torch_model(uri: str, *, task: str | None = None,
         raise SourceError(f"unknown built-in model {uri!r}; known: {', '.join(BUILTINS)}")
     from servegate.sources.imports import import_torch_file
 
-    return import_torch_file(Path(uri).expanduser())
+    return import_torch_file(Path(uri).expanduser(), options)
 
 
-__all__ = ["TorchModel", "load_torch_model"]
+__all__ = ["SourceOptions", "TorchModel", "load_torch_model"]

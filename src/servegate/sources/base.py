@@ -8,14 +8,34 @@ from typing import Any
 
 import numpy as np
 
+from servegate.sources.schema import Batch, Rows, TensorSpec, batch_arrays, batch_rows
+
+#: Tasks of tensor models (the handler family serves each without a custom handler).
+TENSOR_TASKS = ("classification", "regression", "tensor", "image-classification")
+#: Tasks of text models (requests carry strings, tokenised in the worker).
+TEXT_TASKS = ("embedding", "text-classification")
+TASKS = TENSOR_TASKS + TEXT_TASKS
+#: Older names still accepted.
+TASK_ALIASES = {"tensor-classification": "classification"}
+
+
+def canonical_task(task: str) -> str:
+    return TASK_ALIASES.get(task, task)
+
 
 @dataclass
 class TorchModel:
     """A PyTorch model ready to compile, package and gate.
 
+    ``inputs``/``outputs`` describe the module's positional inputs and its outputs per instance
+    (from the MLflow signature, the ExportedProgram or the evaluation data; ``input_shape`` alone
+    means one float32 input). ``program`` is set when the source already is a
+    ``torch.export.ExportedProgram``: compilers start from it instead of exporting again.
     ``model_file``/``model_class`` are set when the module's class lives in a self-contained file
     that can ship inside an archive (state_dict format); otherwise the model is exported.
-    ``eval_x``/``eval_y`` are the held-out set the gates use.
+    ``eval_x``/``eval_y`` are the held-out set the gates use: an array (one input, or strings for
+    a text model), or ``Rows`` for several inputs; ``eval_y`` is None when there are no labels.
+    ``eval_note`` says where they came from, and loudly when it is only the input example.
 
     Text models (``task`` ``embedding`` or ``text-classification``) set ``tokenizer_file`` (a
     Hugging Face ``tokenizer.json``, shipped in the archive) and ``max_length`` (truncation, in
@@ -28,54 +48,70 @@ class TorchModel:
     module: Any  # torch.nn.Module (torch is imported lazily)
     input_shape: tuple[int, ...]
     labels: list[str]
-    task: str = "tensor-classification"
+    task: str = "classification"
     model_file: Path | None = None
     model_class: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    eval_x: np.ndarray | None = None
+    eval_x: Batch | None = None
     eval_y: np.ndarray | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     source_uri: str = ""
     tokenizer_file: Path | None = None
     max_length: int | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    program: Any = None  # torch.export.ExportedProgram, when the source is one
+    eval_note: str = ""
+    #: Image models: preprocessing recorded in the archive (size, mode, scale, mean, std).
+    image: dict[str, Any] = field(default_factory=dict)
+    #: The largest batch the artifact may be compiled for (None: the serving maximum).
+    max_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        self.task = canonical_task(self.task)
+        if not self.inputs and not self.is_text:
+            self.inputs = (TensorSpec("input", tuple(self.input_shape), "float32"),)
+        elif self.inputs and not self.input_shape:
+            self.input_shape = tuple(self.inputs[0].shape)
 
     @property
     def is_text(self) -> bool:
         return self.tokenizer_file is not None
 
-    def example_batch(self, rows: int = 2) -> np.ndarray:
+    def example_batch(self, rows: int = 2) -> Batch:
         """A few real rows (held-out data when known) for warm-up, load samples and parity:
-        float32 feature rows, or strings for a text model."""
+        feature rows (``Rows`` for several inputs), or strings for a text model."""
         if self.is_text:
             if self.eval_x is None or not len(self.eval_x):
                 raise ValueError("a text model needs held-out sentences (eval_x)")
             return np.resize(np.asarray(self.eval_x, dtype=str), rows)
         if self.eval_x is not None and len(self.eval_x):
-            return np.ascontiguousarray(self.eval_x[:rows]).astype(np.float32)
+            return batch_rows(self.eval_x[:rows], min(rows, len(self.eval_x)))
         rng = np.random.default_rng(0)
-        return rng.standard_normal((rows, *self.input_shape)).astype(np.float32)
+        arrays = tuple(_random_input(rng, spec, rows) for spec in self.inputs)
+        return arrays[0] if len(arrays) == 1 else Rows(arrays, tuple(s.name for s in self.inputs))
 
     # ---- model inputs --------------------------------------------------------------------------
-    def model_inputs(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    def model_inputs(self, rows: Batch) -> tuple[np.ndarray, ...]:
         """Rows (as requests carry them) -> the module's positional inputs, as numpy arrays."""
         if self.is_text:
             return self.text_encoder().encode([str(t) for t in np.asarray(rows).reshape(-1)])
-        return (np.ascontiguousarray(rows),)
+        arrays = batch_arrays(rows)
+        return tuple(np.ascontiguousarray(a, dtype=spec.dtype)
+                     for a, spec in zip(arrays, self.inputs, strict=True))
 
     def example_inputs(self, rows: int = 2) -> tuple[np.ndarray, ...]:
-        """Real module inputs for export and tracing (float32 rows, or token ids + mask)."""
-        if self.is_text:
-            return self.model_inputs(self.example_batch(rows))
-        return (self.example_batch(rows),)
+        """Real module inputs for export and tracing (feature rows, or token ids + mask)."""
+        return self.model_inputs(self.example_batch(rows))
 
     def inputs_at(self, batch: int, tokens: int | None = None) -> tuple[np.ndarray, ...]:
         """Module inputs of exactly ``batch`` rows (held-out rows, repeated as needed) and, for a
         text model, exactly ``tokens`` tokens per row: real held-out text, [CLS] ... [SEP], no
         padding. This is what compilers are timed on at each shape."""
         if not self.is_text:
-            rows = self.example_batch(max(1, len(self.eval_x) if self.eval_x is not None else 1))
-            return (np.ascontiguousarray(np.resize(rows, (batch, *rows.shape[1:]))),)
+            available = len(self.eval_x) if self.eval_x is not None else 1
+            return self.model_inputs(batch_rows(self.example_batch(max(1, available)), batch))
         sentences = [str(t) for t in np.asarray(self.eval_x).reshape(-1)]
         limit = int(self.max_length or 128)
         tokens = limit if tokens is None else tokens
@@ -91,13 +127,18 @@ class TorchModel:
         return ids, np.ones_like(ids)
 
     def dynamic_shapes(self, max_batch: int) -> tuple[dict[int, Any], ...]:
-        """torch.export ``dynamic_shapes`` of ``example_inputs``: the batch dimension, and for
-        text the sequence dimension too (from 2 tokens, [CLS] [SEP], to ``max_length``)."""
+        """torch.export ``dynamic_shapes`` of ``example_inputs``: the batch dimension (shared by
+        every input), dimensions of any size (``-1``), and for text the sequence dimension."""
         import torch
 
         batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
         if not self.is_text:
-            return ({0: batch},)
+            shapes = []
+            for spec in self.inputs:
+                dims: dict[int, Any] = {0: batch}
+                dims |= {i + 1: torch.export.Dim.AUTO for i, d in enumerate(spec.shape) if d == -1}
+                shapes.append(dims)
+            return tuple(shapes)
         seq = torch.export.Dim("sequence", min=2, max=max(3, int(self.max_length or 512)))
         return ({0: batch, 1: seq}, {0: batch, 1: seq})
 
@@ -115,16 +156,41 @@ class TorchModel:
         return cached
 
     # ---- reference -----------------------------------------------------------------------------
-    def forward(self, *inputs: np.ndarray) -> np.ndarray:
-        """The eager module on numpy inputs."""
+    def forward_all(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every output of the eager module on numpy inputs (a dict's values in order)."""
         import torch
 
         with torch.inference_mode():
             out = self.module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.numpy()
+        if isinstance(out, dict):
+            out = tuple(out.values())
+        if not isinstance(out, (tuple, list)):
+            out = (out,)
+        return tuple(o.detach().float().numpy() if o.is_floating_point() else o.detach().numpy()
+                     for o in out)
 
-    def reference(self, x: np.ndarray) -> np.ndarray:
-        """The in-process output of the eager model (the reference for every parity check)."""
+    def forward(self, *inputs: np.ndarray) -> np.ndarray:
+        """The eager module's first output on numpy inputs."""
+        return self.forward_all(*inputs)[0]
+
+    def reference(self, x: Batch) -> np.ndarray:
+        """The in-process first output of the eager model (the reference of parity checks)."""
         return self.forward(*self.model_inputs(x))
+
+    def reference_outputs(self, x: Batch) -> tuple[np.ndarray, ...]:
+        """Every in-process output of the eager model on rows ``x``."""
+        return self.forward_all(*self.model_inputs(x))
+
+    def request_rows(self, x: Batch) -> list[Any]:
+        """Rows as JSON request instances (lists, dicts of named inputs, or strings)."""
+        return [str(t) for t in np.asarray(x).reshape(-1)] if self.is_text else x.tolist()
+
+
+def _random_input(rng: np.random.Generator, spec: TensorSpec, rows: int) -> np.ndarray:
+    shape = (rows, *(1 if d == -1 else d for d in spec.shape))
+    kind = np.dtype(spec.dtype).kind
+    if kind == "b":
+        return rng.random(shape) < 0.5
+    if kind in "iu":
+        return rng.integers(0, 2, shape).astype(spec.dtype)
+    return rng.standard_normal(shape).astype(spec.dtype)
