@@ -264,10 +264,12 @@ def _state_dict_module(path: Path, options: SourceOptions) -> tuple[Any, Path, s
     model_file = Path(file_part).expanduser().resolve()
     if not file_part or not class_name or model_file.suffix != ".py" or not model_file.is_file():
         raise ConfigError(f"model_class must be FILE.py:CLASS naming an existing file, got {options.model_class!r}")
-    spec = importlib.util.spec_from_file_location(model_file.stem, model_file)
+    # Imported under a private name: a module of the same name elsewhere is left alone.
+    private_name = f"_servegate_model_{model_file.stem}"
+    spec = importlib.util.spec_from_file_location(private_name, model_file)
     assert spec is not None and spec.loader is not None
     module_code = importlib.util.module_from_spec(spec)
-    sys.modules[model_file.stem] = module_code
+    sys.modules[private_name] = module_code
     try:
         spec.loader.exec_module(module_code)
         cls = getattr(module_code, class_name)
