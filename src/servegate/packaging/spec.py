@@ -12,11 +12,15 @@ SPEC_FILE = "servegate.json"
 ModelFormat = Literal[
     "state_dict", "exported_program", "aoti", "inductor", "torchscript", "onnx", "torch_tensorrt"
 ]
-Task = Literal["tensor-classification", "image-classification", "embedding", "text-classification"]
+Task = Literal["classification", "regression", "tensor", "tensor-classification",
+               "image-classification", "embedding", "text-classification"]
 
 #: The handler module shipped for each task (in ``handlers/``).
 TASK_HANDLERS: dict[str, str] = {
-    "tensor-classification": "tensor_classifier",
+    "classification": "tensor_handler",
+    "regression": "tensor_handler",
+    "tensor": "tensor_handler",
+    "tensor-classification": "tensor_handler",
     "image-classification": "image_classifier",
     "embedding": "text_handler",
     "text-classification": "text_handler",
@@ -32,6 +36,19 @@ class InputSpec(BaseModel):
     shape: list[int] = Field(description="one instance's shape, without the batch dimension")
     dtype: str = "float32"
     allow_non_finite: bool = False
+
+
+class TensorInputSpec(InputSpec):
+    """One of the model's positional inputs (schema 2)."""
+
+    name: str
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int] | None = None
 
 
 class ImageSpec(BaseModel):
@@ -67,6 +84,9 @@ class ArtifactSpec(BaseModel):
     model_class: str | None = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec | None = None
+    inputs: list[TensorInputSpec] | None = None
+    outputs: list[OutputSpec] | None = None
+    max_batch: int | None = None
     image: ImageSpec | None = None
     text: TextSpec | None = None
     labels_file: str | None = None
