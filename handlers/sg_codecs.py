@@ -33,6 +33,8 @@ V2_DATATYPES = {
     "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
     "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
+MAX_DIM = 2**31 - 1  # a v2 dimension past this cannot be real (and numpy refuses it)
+MAX_DIMS = 32
 _NP_TO_V2 = {np.dtype(v): k for k, v in V2_DATATYPES.items()}
 
 
@@ -196,6 +198,9 @@ def _v2_tensor(index: int, tensor: dict[str, Any]) -> V2Tensor:
             or not all(type(d) is int and d >= 0 for d in shape)):
         raise BadRequest("invalid v2 tensor",
                          f"{name}: 'shape' must be a non-empty list of non-negative ints")
+    if max(shape) > MAX_DIM or len(shape) > MAX_DIMS:
+        raise InvalidInput("wrong shape", f"{name}: shape {shape[:8]} has over {MAX_DIMS} "
+                                          f"dimensions or one over {MAX_DIM}")
     count = math.prod(shape)  # exact: a product past int64 cannot wrap around to a small size
     if datatype == "BYTES":
         items = data if isinstance(data, list) else [data]
@@ -210,7 +215,10 @@ def _v2_tensor(index: int, tensor: dict[str, Any]) -> V2Tensor:
     array = json_array(data, np.dtype(V2_DATATYPES[datatype]), what=name, flat=True)
     if array.size != count:
         raise InvalidInput("wrong shape", f"{name}: shape {shape} does not match {array.size} elements")
-    return V2Tensor(name, datatype, array.reshape(shape))
+    try:
+        return V2Tensor(name, datatype, array.reshape(shape))
+    except ValueError as exc:
+        raise InvalidInput("wrong shape", f"{name}: cannot reshape to {shape}: {exc}") from exc
 
 
 def _leaves(value: list[Any], depth: int) -> Any:
