@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe
@@ -199,6 +200,68 @@ def test_image_bombs_and_foreign_formats_fail_alone(torchserve, tmp_path: Path) 
         assert [(w["pid"], w["status"]) for w in after] == [(w["pid"], "READY") for w in before]
     finally:
         backend.undeploy("imgs", "1")
+
+
+class _TwoInTwoOut(torch.nn.Module):
+    """Float features [5] + int64 ids [3] -> (score [1], vector [4])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.dense = torch.nn.Linear(5, 4)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, features, ids):
+        vector = self.dense(features) + self.embed(ids).mean(1)
+        return self.head(vector), vector
+
+
+def test_two_input_two_output_export_serves_in_chunks_of_max_batch(torchserve, tmp_path: Path) -> None:
+    """servegate.json schema 2 (inputs, outputs, max_batch) through a real TorchServe: batches of
+    8 requests x 16 rows run in chunks of the export-time bound of 16 rows."""
+    from servegate.packaging.mar import MarContents, build_mar
+    from servegate.packaging.spec import ArtifactSpec, OutputSpec, TensorInputSpec
+
+    _, _, backend = torchserve
+    torch.manual_seed(0)
+    model = _TwoInTwoOut().eval()
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((8, 16, 5)).astype(np.float32)
+    ids = rng.integers(0, 10, (8, 16, 3))
+    batch = torch.export.Dim("batch", min=1, max=16)
+    program = torch.export.export(model, (torch.from_numpy(features[0]), torch.from_numpy(ids[0])),
+                                  dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, tmp_path / "model.pt2")
+    spec = ArtifactSpec(schema_version=2, task="tensor", format="exported_program",
+                        artifact="model.pt2", max_batch=16,
+                        inputs=[TensorInputSpec(name="features", shape=[5]),
+                                TensorInputSpec(name="ids", shape=[3], dtype="int64")],
+                        outputs=[OutputSpec(name="score", shape=[1]),
+                                 OutputSpec(name="vector", shape=[4])])
+    warmup = {"instances": [{"features": features[0, 0].tolist(), "ids": ids[0, 0].tolist()}]}
+    contents = MarContents(name="two", version="1", artifact=tmp_path / "model.pt2", spec=spec,
+                           batching=BatchingConfig(batch_size=8, max_batch_delay_ms=100),
+                           warmup=warmup)
+    backend.deploy(build_mar(contents, tmp_path / "store"), "two", "1")
+    try:
+        bodies = [json.dumps({"instances": [{"features": f, "ids": i} for f, i in
+                                            zip(features[k].tolist(), ids[k].tolist(), strict=True)]}
+                             ).encode() for k in range(8)]
+        bodies.append(json.dumps({"instances": [{"features": [0.0] * 5}]}).encode())
+        results = _post_together(backend, "two", bodies)
+        with torch.inference_mode():
+            score, vector = model(torch.from_numpy(features.reshape(-1, 5)),
+                                  torch.from_numpy(ids.reshape(-1, 3)))
+        for k in range(8):
+            assert results[k].status_code == 200, results[k].text
+            rows = results[k].json()["predictions"]
+            np.testing.assert_allclose([r["score"] for r in rows],
+                                       score.numpy()[k * 16:(k + 1) * 16], atol=1e-5)
+            np.testing.assert_allclose([r["vector"] for r in rows],
+                                       vector.numpy()[k * 16:(k + 1) * 16], atol=1e-5)
+        assert results[8].status_code == 422 and "'ids'" in results[8].json()["detail"]
+    finally:
+        backend.undeploy("two", "1")
 
 
 def test_versions_register_route_and_unregister(torchserve, build_archive, digits) -> None:
