@@ -70,8 +70,9 @@ def _children_cpu() -> float:
 
 
 def run_locust(locustfile: Path, *, host: str, users: int, seconds: int, workdir: Path,
-               env: dict[str, str] | None = None) -> LoadResult:
-    """Run ``locust --headless`` for ``seconds`` and return its aggregated figures.
+               env: dict[str, str] | None = None, names: tuple[str, ...] = ()) -> LoadResult:
+    """Run ``locust --headless`` for ``seconds`` and return its aggregated figures (of the request
+    ``names`` only, when given: e.g. the good requests of a mixed load).
 
     The CPU window starts when Locust logs that all users are spawned (its imports and start-up are
     excluded) and ends when the process exits (exact, from the reaped child's rusage).
@@ -104,7 +105,7 @@ def run_locust(locustfile: Path, *, host: str, users: int, seconds: int, workdir
             process.kill()
             process.wait()
     cpu_total = _children_cpu() - children_before
-    return _read_stats(stats.with_suffix(".json"), log,
+    return _read_stats(stats.with_suffix(".json"), log, names=names,
                        load_cpu_s=cpu_total - cpu_start, load_window_s=t_end - t_start)
 
 
@@ -119,12 +120,16 @@ def percentile(histogram: dict[int, int], count: int, fraction: float) -> float:
     return float("nan")
 
 
-def _read_stats(stats: Path, log: Path, *, load_cpu_s: float, load_window_s: float) -> LoadResult:
-    """Sum Locust's final per-endpoint stats (one entry per name) like its "Aggregated" row."""
+def _read_stats(stats: Path, log: Path, *, load_cpu_s: float, load_window_s: float,
+                names: tuple[str, ...] = ()) -> LoadResult:
+    """Sum Locust's final per-endpoint stats (one entry per name, or those of ``names``) like its
+    "Aggregated" row."""
     if not stats.exists():
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"Locust wrote no stats ({stats}); its log ends with:\n{tail}")
     entries = json.loads(stats.read_text(encoding="utf-8"))
+    if names:
+        entries = [e for e in entries if e["name"] in names]
     if not entries:
         raise RuntimeError(f"Locust recorded no request ({stats})")
     histogram: dict[int, int] = {}
@@ -140,3 +145,9 @@ def _read_stats(stats: Path, log: Path, *, load_cpu_s: float, load_window_s: flo
         p99_ms=percentile(histogram, requests, 0.99),
         load_cpu_s=load_cpu_s, load_window_s=load_window_s,
     )
+
+
+def failures_of(workdir: Path, name: str) -> int:
+    """Failures Locust recorded for the requests called ``name`` in the run written to ``workdir``."""
+    entries = json.loads((workdir / "locust_stats.json").read_text(encoding="utf-8"))
+    return sum(e["num_failures"] for e in entries if e["name"] == name)

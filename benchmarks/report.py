@@ -23,6 +23,8 @@ class Row:
     rate: float | None
     result: LoadResult
     server: ServerCpu
+    bad_every: int | None = None  # 1 request in this many is a bad body; ``result``: the good ones
+    bad_not_4xx: int = 0  # bad bodies answered with anything but their own 4xx
 
     def server_us_per_request(self) -> tuple[float, float]:
         """(frontend, workers) CPU µs per request."""
@@ -59,7 +61,28 @@ class Target:
 
 
 def _row(rows: Sequence[Row], model: str, *, at_rate: bool = False) -> Row:
-    return next(r for r in rows if r.model == model and (r.rate is not None) == at_rate)
+    return next(r for r in rows if r.model == model and (r.rate is not None) == at_rate
+                and r.bad_every is None)
+
+
+def _robustness(rows: Sequence[Row]) -> list[Target]:
+    """Good requests beside bad bodies (1 in N) against the same model's clean row."""
+    mixed = next((r for r in rows if r.bad_every), None)
+    if mixed is None or mixed.model is None:
+        return []
+    clean, good = _row(rows, mixed.model).result, mixed.result
+    label = f"1 in {mixed.bad_every} bodies bad"
+    return [
+        Target(mixed.family, f"{label}: good req/s / clean req/s", _ratio(good.rps, clean.rps), "x",
+               "", None, f"{good.rps:,.0f} good vs {clean.rps:,.0f} clean req/s "
+                         f"({mixed.label} vs {_row(rows, mixed.model).label})"),
+        Target(mixed.family, f"{label}: good p99 / clean p99", _ratio(good.p99_ms, clean.p99_ms),
+               "x", "", None, f"p99 {good.p99_ms:.0f} vs {clean.p99_ms:.0f} ms; p50 "
+                              f"{good.p50_ms:.0f} vs {clean.p50_ms:.0f} ms"),
+        Target(mixed.family, f"{label}: good requests that failed", float(good.failures), "#", "0",
+               good.failures == 0, f"of {good.requests:,} good requests; bad bodies not answered "
+                                   f"with their own 4xx: {mixed.bad_not_4xx}"),
+    ]
 
 
 def _ratio(n: float, d: float) -> float:
@@ -156,6 +179,7 @@ def targets(rows: Sequence[Row], digits: CompilerTable, minilm: CompilerTable,
                f"{eager.result.rps:,.0f} req/s; p99 {eager.result.p99_ms:.0f} ms"),
         *_served(rows, "digits", "digits_b8", "digits_b1", "digits_b8_auto", digits, Shape(8)),
         *_compilers("digits", digits),
+        *_robustness(rows),
         *_served(rows, "MiniLM", "minilm_b8_auto", "minilm_b1_auto", "minilm_b8_auto", minilm,
                  Shape(8, text_tokens)),
         *_compilers("MiniLM", minilm),
@@ -178,7 +202,10 @@ def _cells(row: Row) -> list[str]:
     return [row.family, row.label, f"{r.rps:,.0f}", "" if row.rate is None else f"{row.rate:,.0f}",
             f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.error_ratio:.2%}",
             f"{frontend:.0f}", f"{workers:.0f}", f"{r.cpu_per_request_s * 1e6:.0f}",
-            f"{r.load_cores:.2f}", "load-bound" if r.load_bound else ""]
+            f"{r.load_cores:.2f}",
+            "; ".join(filter(None, ["load-bound" if r.load_bound else "",
+                                    f"good requests only; 1 in {row.bad_every} bad"
+                                    if row.bad_every else ""]))]
 
 
 def _table(header: Sequence[str], lines: Sequence[Sequence[str]], left: Sequence[int]) -> list[str]:

@@ -30,13 +30,15 @@ from benchmarks import server_cpu
 from benchmarks.compilers import CompilerTable, measure_compilers
 from benchmarks.compilers import markdown as compiler_markdown
 from benchmarks.hardware import matmul_flops_per_s, model_flops
-from benchmarks.load import LOAD_BOUND_CORES, REPO, run_locust
+from benchmarks.load import LOAD_BOUND_CORES, REPO, failures_of, run_locust
 from benchmarks.report import Row, Target, markdown, targets
-from benchmarks.samples import digits_bodies, sentences_of_length, write_bodies
+from benchmarks.samples import bad_bodies, digits_bodies, sentences_of_length, write_bodies, write_raw_bodies
 from servegate.packaging.builder import worker_threads
 
 PREDICT_LOCUSTFILE = REPO / "loadtests" / "torchserve.py"
 PING_LOCUSTFILE = Path(__file__).with_name("locust_ping.py")
+MIXED_LOCUSTFILE = Path(__file__).with_name("locust_mixed.py")
+BAD_EVERY = 8  # the robustness row: 1 request in 8 is a body that once killed a batch (issue 11)
 SAMPLE_ROWS = 256
 CHECK_REQUESTS = 16
 TEXT_TOKENS = 32
@@ -52,6 +54,7 @@ class Load:
     model: str | None
     samples: Path | None
     rate_of: str | None = None  # at RATE_FRACTION of this model's saturated req/s
+    bad_every: int | None = None  # 1 request in this many is a bad body (figures: the good ones)
 
 
 def machine() -> dict[str, Any]:
@@ -149,6 +152,8 @@ class Bench:
         b8 = f"batch 8/{self.args.delay_ms}ms"
         return [
             Load(f"ours, {b8}, eager", "digits", "digits_b8", d),
+            Load(f"ours, {b8}, eager, 1 in {BAD_EVERY} bodies bad", "digits", "digits_b8", d,
+                 bad_every=BAD_EVERY),
             Load(f"ours, {b8}, {digits_table.chosen} (auto)", "digits", "digits_b8_auto", d),
             Load("ours, batch 1, eager", "digits", "digits_b1", d),
             Load("minimal handler (docs), batch 1", "digits", "digits_minimal", d),
@@ -176,6 +181,7 @@ class Bench:
             "digits": write_bodies(self.work / "digits.json", digits_bodies(x)),
             "minilm": write_bodies(self.work / "minilm.json", [{"inputs": t} for t in texts]),
         }
+        self.bad_samples = write_raw_bodies(self.work / "bad.json", bad_bodies())
         self.say(f"starting TorchServe and deploying {len(marfiles)} models")
         server = LocalTorchServe(TorchServeSettings(workdir=self.work / "torchserve"))
         try:
@@ -212,27 +218,39 @@ class Bench:
                        seconds=args.server_warmup, workdir=self.work / "warmup",
                        env=locust_env(plan[0]))
         for i, load in enumerate(plan, 1):
-            env = locust_env(load)
-            rate = None
-            if load.rate_of is not None:
-                rate = RATE_FRACTION * peak[load.rate_of]
-                env["SERVEGATE_USER_RPS"] = f"{rate / args.users:.4f}"
-            locustfile = PING_LOCUSTFILE if load.model is None else PREDICT_LOCUSTFILE
-            name = f"{load.family} {load.label}"
-            if args.warmup:  # JIT-warms the Java frontend and the worker; figures discarded
-                self.say(f"[{i}/{len(plan)}] warming up: {name} ({args.warmup}s)")
-                run_locust(locustfile, host=state.inference, users=args.users, seconds=args.warmup,
-                           workdir=self.work / "warmup", env=env)
-            self.say(f"[{i}/{len(plan)}] loading: {name} ({args.users} users, {args.seconds}s)")
-            before = server_cpu.snapshot(state.pid)
-            result = run_locust(locustfile, host=state.inference, users=args.users,
-                                seconds=args.seconds, workdir=raw / f"{i:02d}-{load.model or 'ping'}",
-                                env=env)
-            cpu = server_cpu.between(before, server_cpu.snapshot(state.pid))
-            if load.model is not None and load.rate_of is None:
-                peak.setdefault(load.model, result.rps)
-            rows.append(Row(load.label, load.family, load.model, rate, result, cpu))
+            rows.append(self._load_row(i, len(plan), load, locust_env(load), peak, state, raw))
         return rows
+
+    def _load_row(self, i: int, total: int, load: Load, env: dict[str, str], peak: dict[str, float],
+                  state: Any, raw: Path) -> Row:
+        """One row: optional warm-up, then the measured load (good requests only for a mixed row)."""
+        args = self.args
+        rate = None
+        if load.rate_of is not None:
+            rate = RATE_FRACTION * peak[load.rate_of]
+            env["SERVEGATE_USER_RPS"] = f"{rate / args.users:.4f}"
+        locustfile = PING_LOCUSTFILE if load.model is None else PREDICT_LOCUSTFILE
+        names: tuple[str, ...] = ()
+        if load.bad_every:
+            locustfile, names = MIXED_LOCUSTFILE, ("good",)
+            env |= {"SERVEGATE_BAD_SAMPLES": str(self.bad_samples),
+                    "SERVEGATE_BAD_EVERY": str(load.bad_every)}
+        name = f"{load.family} {load.label}"
+        if args.warmup:  # JIT-warms the Java frontend and the worker; figures discarded
+            self.say(f"[{i}/{total}] warming up: {name} ({args.warmup}s)")
+            run_locust(locustfile, host=state.inference, users=args.users, seconds=args.warmup,
+                       workdir=self.work / "warmup", env=env)
+        self.say(f"[{i}/{total}] loading: {name} ({args.users} users, {args.seconds}s)")
+        workdir = raw / f"{i:02d}-{load.model or 'ping'}{'-mixed' if load.bad_every else ''}"
+        before = server_cpu.snapshot(state.pid)
+        result = run_locust(locustfile, host=state.inference, users=args.users,
+                            seconds=args.seconds, workdir=workdir, env=env, names=names)
+        cpu = server_cpu.between(before, server_cpu.snapshot(state.pid))
+        if load.model is not None and load.rate_of is None and not load.bad_every:
+            peak.setdefault(load.model, result.rps)
+        bad_not_4xx = failures_of(workdir, "bad") if load.bad_every else 0
+        return Row(load.label, load.family, load.model, rate, result, cpu,
+                   bad_every=load.bad_every, bad_not_4xx=bad_not_4xx)
 
 
 def _check_digits(name: str, predict: Callable[[str, Any], Any], x: np.ndarray,

@@ -33,3 +33,35 @@ def write_bodies(path: Path, bodies: list[dict[str, object]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(bodies), encoding="utf-8")
     return path
+
+
+def bad_bodies() -> list[bytes]:
+    """Request bodies that once killed a whole batch (issue 11): each must get its own 4xx."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    png_bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+    return [
+        b"[" * 1000 + b"]" * 1000,
+        b'{"inputs": [' + b"7" * 5000 + b"]}",
+        json.dumps({"inputs": [{"name": "x", "shape": [2**32, 2**32], "datatype": "FP32",
+                                "data": []}]}).encode(),
+        png_bomb,
+        b'{"inputs": "\\ud800"}',
+        json.dumps({"inputs": [True] * 64}).encode(),
+        b"{oops",
+        json.dumps({"instances": [[0.0] * 64] * 65}).encode(),
+    ]
+
+
+def write_raw_bodies(path: Path, bodies: list[bytes]) -> Path:
+    """Raw (not necessarily JSON) bodies, as a JSON list of base64 strings."""
+    import base64
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([base64.b64encode(b).decode() for b in bodies]), encoding="utf-8")
+    return path

@@ -1,19 +1,24 @@
 """The batching handler every servegate task handler builds on.
 
 ``preprocess -> inference -> postprocess`` over a TorchServe batch, with per-request isolation:
-each request is parsed and validated on its own (a bad one gets its own 4xx), the good ones run
-through the model together, and if the batched call fails each request is retried alone so a
-poison input fails only itself. Each stage is timed; the means over the batches of the last
-``METRICS_INTERVAL_S`` go out as TorchServe custom metrics (gauges), at most once per interval:
-every metric is a log line the frontend parses, which cost ~10% of the worker's time per batch.
+each request is parsed and validated on its own inside a guard that turns ANY exception into that
+request's own answer (``sg_errors.as_request_error``: 4xx for what a client can send, 500 only for
+a fault of ours), the good ones run through the model together, and if the batched call fails
+each request is retried alone so a poison input fails only itself. ``handle`` answers every
+request of the batch exactly once, in order, whatever happens. Batches are split into chunks of at
+most the archive's ``max_batch`` rows (the export-time bound of compiled artifacts). Each stage is
+timed; the means over the batches of the last ``METRICS_INTERVAL_S`` go out as TorchServe custom
+metrics (gauges), at most once per interval: every metric is a log line the frontend parses,
+which cost ~10% of the worker's time per batch.
 
 Subclasses implement ``features`` (one request's envelope -> model input rows) and ``outputs``
-(model output rows -> JSON rows and Open Inference Protocol tensors). Nothing here keeps
+(every model output's rows -> JSON rows and Open Inference Protocol tensors). Nothing here keeps
 per-request state on the instance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 import sg_codecs
 import sg_loaders
-from sg_errors import InvalidInput, ModelLoadError, RequestError
+from sg_errors import ModelLoadError, RequestError, as_request_error
 
 SPEC_FILE = "servegate.json"
 METRICS_INTERVAL_S = 1.0
@@ -40,8 +45,8 @@ class Reply:
     body: str
 
     @classmethod
-    def error(cls, exc: RequestError) -> Reply:
-        return cls(exc.status, exc.phrase, exc.body())
+    def error(cls, exc: RequestError, request_id: Any = None) -> Reply:
+        return cls(exc.status, exc.phrase, exc.body(request_id or exc.request_id))
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class BatchingHandler:
         self.spec: dict[str, Any] = {}
         self.model_name = "model"
         self.limits = dict(DEFAULT_LIMITS)
+        self.max_batch: int | None = None
         self._predict: sg_loaders.Predictor | None = None
         self._stage_means = StageMeans()
 
@@ -115,9 +121,11 @@ class BatchingHandler:
         if model_dir not in sys.path:
             sys.path.insert(0, model_dir)
         self.model_name = model_name
-        self.limits = DEFAULT_LIMITS | self.spec.get("limits", {})
+        self.limits = DEFAULT_LIMITS | (self.spec.get("limits") or {})
+        max_batch = self.spec.get("max_batch")
+        self.max_batch = int(max_batch) if max_batch else None
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
-        self._predict = sg_loaders.load(self.spec, model_dir, threads)
+        self._predict = sg_loaders.load_model(self.spec, model_dir, threads)
         self.configure(model_dir)
         self._warm_up(model_dir)
         self.initialized = True
@@ -145,24 +153,42 @@ class BatchingHandler:
             return batch[0].arrays
         return tuple(np.concatenate(parts) for parts in zip(*(f.arrays for f in batch), strict=True))
 
-    def outputs(self, output: np.ndarray) -> tuple[list[Any], list[dict[str, Any]]]:
-        """Model output rows -> (JSON rows, Open Inference Protocol output tensors)."""
+    def outputs(self, outputs: tuple[np.ndarray, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
+        """One request's rows of every model output -> (JSON rows, Open Inference Protocol
+        output tensors)."""
         raise NotImplementedError
 
+    def check_rows(self, rows: int) -> None:
+        """413 when one request carries more rows than ``limits.max_instances``."""
+        sg_codecs.check_rows(rows, int(self.limits["max_instances"]))
+
     # ---- the pipeline ----------------------------------------------------------------------
+    def prepare(self, payload: Any) -> tuple[sg_codecs.Envelope, Features]:
+        """One request's envelope and model inputs; raises for a bad request."""
+        envelope = sg_codecs.parse(payload, max_bytes=int(self.limits["max_body_bytes"]),
+                                   max_instances=int(self.limits["max_instances"]))
+        try:
+            feats = self.features(envelope)
+            self.check_rows(feats.rows)
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # echoed in the error body
+                exc.request_id = envelope.request_id  # type: ignore[attr-defined]
+            raise
+        return envelope, feats
+
     def process(self, payloads: list[Any]) -> tuple[list[Reply], Timings]:
-        """Serve a batch of raw payloads; never raises for a bad request."""
+        """Serve a batch of raw payloads: one reply per payload, in order; never raises."""
         timings = Timings()
         replies: list[Reply | None] = [None] * len(payloads)
         start = time.perf_counter()
         parsed: list[tuple[int, sg_codecs.Envelope, Features]] = []
         for i, payload in enumerate(payloads):
             try:
-                envelope = sg_codecs.parse(payload, max_bytes=int(self.limits["max_body_bytes"]),
-                                           max_instances=int(self.limits["max_instances"]))
-                parsed.append((i, envelope, self.features(envelope)))
-            except RequestError as exc:
-                replies[i] = Reply.error(exc)
+                envelope, feats = self.prepare(payload)
+                parsed.append((i, envelope, feats))
+            except Exception as exc:  # the guard: whatever a request holds, it fails alone
+                replies[i] = Reply.error(as_request_error(exc, "preprocess"),
+                                         getattr(exc, "request_id", None))
         timings.preprocess_ms = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
@@ -172,20 +198,20 @@ class BatchingHandler:
         start = time.perf_counter()
         for (i, envelope, feats), result in zip(parsed, results, strict=True):
             if isinstance(result, RequestError):
-                replies[i] = Reply.error(result)
+                replies[i] = Reply.error(result, envelope.request_id)
                 continue
             try:
                 rows, v2 = self.outputs(result)
                 body = sg_codecs.encode(envelope, rows, v2, self.model_name, feats.single)
                 replies[i] = Reply(200, "OK", body)
-            except RequestError as exc:
-                replies[i] = Reply.error(exc)
-            except Exception as exc:  # a postprocess bug must not fail the other requests
-                replies[i] = Reply.error(RequestError(500, "postprocess failed", repr(exc)))
+            except Exception as exc:  # a postprocess fault must not fail the other requests
+                error = exc if isinstance(exc, RequestError) else RequestError(
+                    500, "postprocess failed", f"{type(exc).__name__}: {exc}"[:500])
+                replies[i] = Reply.error(error, envelope.request_id)
         timings.postprocess_ms = (time.perf_counter() - start) * 1e3
-        return [r for r in replies if r is not None], timings
+        return [r if r is not None else _LOST for r in replies], timings
 
-    def _infer(self, batch: list[Features]) -> list[np.ndarray | RequestError]:
+    def _infer(self, batch: list[Features]) -> list[tuple[np.ndarray, ...] | RequestError]:
         """Run the batch; on failure run each request alone so only the culprit fails."""
         if not batch:
             return []
@@ -193,50 +219,73 @@ class BatchingHandler:
             return self._split(self._run(self.collate(batch)), batch)
         except Exception as exc:
             if len(batch) == 1:  # nothing to isolate: this request is the culprit
-                return [RequestError(500, "inference failed", f"{type(exc).__name__}: {exc}")]
+                return [_inference_error(exc)]
             return [self._infer_one(f) for f in batch]
 
-    def _infer_one(self, feats: Features) -> np.ndarray | RequestError:
+    def _infer_one(self, feats: Features) -> tuple[np.ndarray, ...] | RequestError:
         try:
             return self._split(self._run(self.collate([feats])), [feats])[0]
         except Exception as exc:
-            return RequestError(500, "inference failed", f"{type(exc).__name__}: {exc}")
+            return _inference_error(exc)
 
-    def _run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    def _run(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """Every model output for ``inputs``, in chunks of at most ``max_batch`` rows."""
         assert self._predict is not None, "handler used before setup()"
-        return np.asarray(self._predict(*inputs))
+        rows = inputs[0].shape[0]
+        step = self.max_batch or rows
+        if rows <= step:
+            return tuple(np.asarray(o) for o in self._predict(*inputs))
+        parts = [self._predict(*(a[s:s + step] for a in inputs)) for s in range(0, rows, step)]
+        return tuple(np.concatenate([np.asarray(p[k]) for p in parts])
+                     for k in range(len(parts[0])))
 
     @staticmethod
-    def _split(output: np.ndarray, batch: list[Features]) -> list[np.ndarray]:
+    def _split(outputs: tuple[np.ndarray, ...], batch: list[Features]) -> list[tuple[np.ndarray, ...]]:
+        """Each request's rows of every output."""
         total = sum(f.rows for f in batch)
-        if output.shape[0] != total:
-            raise RuntimeError(f"model returned {output.shape[0]} rows for {total} inputs")
+        if not outputs:
+            raise RuntimeError("the model returned no output")
+        for k, output in enumerate(outputs):
+            if output.ndim == 0 or output.shape[0] != total:
+                got = output.shape[0] if output.ndim else "a scalar"
+                raise RuntimeError(f"model output {k} has {got} rows for {total} inputs")
         bounds = np.cumsum([f.rows for f in batch])[:-1]
-        return list(np.split(output, bounds))
+        per_output = [np.split(output, bounds) for output in outputs]
+        return [tuple(parts) for parts in zip(*per_output, strict=True)]
 
     # ---- TorchServe entry --------------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
-        """TorchServe entry: exactly one response per request, in order."""
+        """TorchServe entry: exactly one response per request, in order, whatever happens."""
+        try:
+            replies, timings = self._handle(data)
+        except Exception as exc:  # a fault of ours: answer every request rather than kill the batch
+            error = RequestError(500, "handler failed", f"{type(exc).__name__}: {exc}"[:500])
+            replies, timings = [Reply.error(error)] * len(data), Timings()
+        out: list[str] = []
+        for i, reply in enumerate(replies):
+            if reply.status != 200:
+                context.set_response_status(reply.status, reply.phrase, idx=i)
+            context.set_response_content_type(i, "application/json")
+            out.append(reply.body)
+        try:
+            self._emit_metrics(context, timings, len(data))
+        except Exception:  # metrics must never cost an answer
+            pass
+        return out
+
+    def _handle(self, data: list[dict[str, Any]]) -> tuple[list[Reply], Timings]:
         payloads: list[Any] = []
         empty: dict[int, Reply] = {}
         for i, request in enumerate(data):
             try:
                 payloads.append(sg_codecs.request_body(request or {}))
-            except RequestError as exc:
-                empty[i] = Reply.error(exc)
+            except Exception as exc:
+                empty[i] = Reply.error(as_request_error(exc))
                 payloads.append(None)
         kept = [i for i in range(len(data)) if i not in empty]
         replies, timings = self.process([payloads[i] for i in kept])
         by_index = dict(zip(kept, replies, strict=True)) | empty
-        out: list[str] = []
-        for i in range(len(data)):
-            reply = by_index[i]
-            if reply.status != 200:
-                context.set_response_status(reply.status, reply.phrase, idx=i)
-            context.set_response_content_type(i, "application/json")
-            out.append(reply.body)
-        self._emit_metrics(context, timings, len(data))
-        return out
+        return [by_index[i] for i in range(len(data))], timings
 
     def _emit_metrics(self, context: Any, timings: Timings, batch_size: int) -> None:
         """Per-batch means of the stage times and the batch size, once per interval."""
@@ -262,21 +311,9 @@ class BatchingHandler:
         self._stage_means = StageMeans(emitted_at=now)
 
 
-def numeric_array(value: Any, dtype: str, *, allow_non_finite: bool = False) -> np.ndarray:
-    """A numeric array from JSON-ish data, or a 422 saying what is wrong."""
-    if isinstance(value, np.ndarray):
-        array = value
-    else:
-        try:
-            array = np.asarray(value)
-        except ValueError as exc:  # ragged nesting
-            raise InvalidInput("wrong shape", f"ragged or irregular input: {exc}") from exc
-    if array.dtype.kind not in "biuf":
-        raise InvalidInput("wrong dtype", f"expected numbers ({dtype}), got {array.dtype.kind!r} data")
-    try:
-        array = array.astype(dtype, copy=False)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidInput("wrong dtype", f"cannot convert to {dtype}: {exc}") from exc
-    if not allow_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput("non-finite input", "NaN or Inf values are not allowed")
-    return array
+def _inference_error(exc: Exception) -> RequestError:
+    return RequestError(500, "inference failed", f"{type(exc).__name__}: {exc}"[:500])
+
+
+_LOST = Reply(500, "Internal Server Error",
+              json.dumps({"error": "lost reply", "detail": "no answer was produced"}))

@@ -1,5 +1,8 @@
 """Load the model an archive records in ``servegate.json`` as a numpy -> numpy callable.
 
+The callable takes the model's positional inputs and returns ALL its outputs, as a tuple of
+batch-first numpy arrays (a tuple/list output in order, a dict output's values in order).
+
 Formats: ``state_dict`` (weights + a model file and class), ``exported_program`` (torch.export),
 ``aoti`` (an AOTInductor package), ``onnx`` (onnxruntime), ``torchscript`` (old artifacts),
 ``inductor`` (torch.compile in the worker), ``torch_tensorrt`` (CUDA only).
@@ -15,7 +18,31 @@ from typing import Any
 import numpy as np
 from sg_errors import ModelLoadError
 
-Predictor = Callable[..., np.ndarray]
+Predictor = Callable[..., tuple[np.ndarray, ...]]
+
+
+def _flatten(out: Any) -> list[Any]:
+    """A model's output(s) as a flat list: tensors, tuples/lists and dicts (values in order)."""
+    if isinstance(out, dict):
+        return [leaf for value in out.values() for leaf in _flatten(value)]
+    if isinstance(out, (tuple, list)):
+        return [leaf for value in out for leaf in _flatten(value)]
+    return [out]
+
+
+def torch_outputs(out: Any) -> tuple[np.ndarray, ...]:
+    """Every output of a torch model as numpy (float16/bfloat16 as float32)."""
+    import torch
+
+    arrays = []
+    for leaf in _flatten(out):
+        if isinstance(leaf, torch.Tensor):
+            if leaf.dtype in (torch.bfloat16,):
+                leaf = leaf.float()
+            arrays.append(leaf.detach().cpu().numpy())
+        else:
+            arrays.append(np.asarray(leaf))
+    return tuple(arrays)
 
 
 def intra_op_threads(spec: dict[str, Any], max_workers: int) -> int:
@@ -32,15 +59,16 @@ def intra_op_threads(spec: dict[str, Any], max_workers: int) -> int:
     return max(1, (cores - 1) // max(1, max_workers))
 
 
-def load(spec: dict[str, Any], model_dir: str, threads: int) -> Predictor:
-    """Load the archive's model; raise ``ModelLoadError`` (with the cause) if it cannot be."""
+def load_model(spec: dict[str, Any], model_dir: str, threads: int) -> Predictor:
+    """Load the archive's model (all its outputs); raise ``ModelLoadError`` (with the cause) if it
+    cannot be."""
     fmt = spec.get("format")
     loader = _LOADERS.get(str(fmt))
     if loader is None:
         raise ModelLoadError(f"unknown model format {fmt!r}; known: {sorted(_LOADERS)}")
-    path = os.path.join(model_dir, spec["artifact"])
+    path = os.path.join(model_dir, str(spec.get("artifact")))
     if not os.path.exists(path):
-        raise ModelLoadError(f"artifact {spec['artifact']!r} is missing from the archive")
+        raise ModelLoadError(f"artifact {spec.get('artifact')!r} is missing from the archive")
     try:
         return loader(spec, path, threads)
     except ModelLoadError:
@@ -49,15 +77,24 @@ def load(spec: dict[str, Any], model_dir: str, threads: int) -> Predictor:
         raise ModelLoadError(f"cannot load {fmt} artifact {spec['artifact']!r}: {exc}") from exc
 
 
+def load(spec: dict[str, Any], model_dir: str, threads: int) -> Callable[..., np.ndarray]:
+    """``load_model`` answering the FIRST output only (servegate's compiler parity checks call
+    this; the handlers use ``load_model``)."""
+    predict = load_model(spec, model_dir, threads)
+
+    def first(*arrays: np.ndarray) -> np.ndarray:
+        return predict(*arrays)[0]
+
+    return first
+
+
 def _torch_predictor(module: Any) -> Predictor:
     import torch
 
-    def predict(*arrays: np.ndarray) -> np.ndarray:
+    def predict(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         with torch.inference_mode():
             out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.detach().cpu().numpy()
+        return torch_outputs(out)
 
     return predict
 
@@ -123,8 +160,8 @@ def _load_onnx(spec: dict[str, Any], path: str, threads: int) -> Predictor:
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
-    def predict(*arrays: np.ndarray) -> np.ndarray:
-        return session.run(None, dict(zip(names, arrays, strict=True)))[0]
+    def predict(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(session.run(None, dict(zip(names, arrays, strict=True))))
 
     return predict
 
@@ -144,10 +181,10 @@ def _load_torch_tensorrt(spec: dict[str, Any], path: str, threads: int) -> Predi
         raise ModelLoadError("torch_tensorrt is not installed in this worker's environment") from exc
     module = torch.export.load(path).module().to("cuda")
 
-    def predict(*arrays: np.ndarray) -> np.ndarray:
+    def predict(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            out = module(*(torch.from_numpy(a).to("cuda") for a in arrays))
-        return (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()
+            out = module(*(torch.from_numpy(np.ascontiguousarray(a)).to("cuda") for a in arrays))
+        return torch_outputs(out)
 
     return predict
 

@@ -81,6 +81,10 @@ def request_texts(instances: Sequence[Any], *, max_chars: int = DEFAULT_MAX_CHAR
                                f"instance {i}: expected a string, got {type(item).__name__}")
         if not item.strip():
             raise InvalidInput("empty text", f"instance {i} is empty")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800"): the tokenizer would raise
+            raise InvalidInput("invalid text", f"instance {i} is not valid Unicode: {exc}") from exc
         if len(item) > max_chars:
             raise PayloadTooLarge("text too long",
                                   f"instance {i} has {len(item)} characters > limit of {max_chars}")

@@ -40,8 +40,11 @@ class TextHandler(BatchingHandler):
     def features(self, envelope: sg_codecs.Envelope) -> Features:
         if envelope.family == "raw":
             raise InvalidInput("wrong dtype", "this model takes text in a JSON body, not raw bytes")
-        if envelope.family == "v2" and envelope.meta.get("datatype") != "BYTES":
-            raise InvalidInput("wrong dtype", "this model takes BYTES (strings) in v2 requests")
+        if envelope.family == "v2" and (envelope.meta.get("datatype") != "BYTES"
+                                        or len(envelope.tensors) != 1):
+            raise InvalidInput("wrong dtype", "this model takes one BYTES tensor (strings) in v2 "
+                                              f"requests, got {len(envelope.tensors)} tensor(s)")
+        self.check_rows(len(envelope))  # before tokenising
         texts = sg_text.request_texts(list(envelope.instances), max_chars=self.max_chars)
         ids, mask = self.encoder.encode(texts)
         return Features((ids, mask), len(texts), envelope.single)
@@ -50,7 +53,8 @@ class TextHandler(BatchingHandler):
         """Dynamic padding: every request's tokens padded to the longest of the whole batch."""
         return sg_text.pad_batch([f.arrays for f in batch], self.encoder.pad_id)
 
-    def outputs(self, output: np.ndarray) -> tuple[list[Any], list[dict[str, Any]]]:
+    def outputs(self, outputs: tuple[np.ndarray, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
+        output = outputs[0]
         if self.classifier is not None:
             return self.classifier.outputs(output)
         vectors = output.astype(np.float32, copy=False)

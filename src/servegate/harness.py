@@ -67,7 +67,8 @@ class LocalHandler:
         sys.path.insert(0, str(self.model_dir))
         module = importlib.import_module(Path(handler_file).stem)
         handler_cls = next(v for v in vars(module).values()
-                           if isinstance(v, type) and v.__module__ == module.__name__)
+                           if isinstance(v, type) and v.__module__ == module.__name__
+                           and callable(getattr(v, "handle", None)))
         self.handler = handler_cls()
         self._context_args = (str(self.model_dir), self.model_name, yaml_config or {})
         self.handler.initialize(HarnessContext(*self._context_args))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe
@@ -57,6 +60,28 @@ def test_requests_without_a_valid_token_are_rejected(served, digits) -> None:
     assert ok.status_code == 200
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """57 bytes of PNG claiming ``width`` x ``height`` pixels (Pillow: a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+# Bodies that once killed a whole batch (issue 11), each with the status it must get alone.
+ISSUE_11 = {
+    b"[" * 1000 + b"]" * 1000: 400,                                    # RecursionError in json
+    b'{"inputs": [' + b"7" * 5000 + b"]}": 400,                        # past int's digit limit
+    json.dumps({"inputs": [{"name": "x", "shape": [2**32, 2**32], "datatype": "FP32",
+                            "data": []}]}).encode(): 422,              # np.prod wrapped to 0
+    _png_header(20000, 20000): 422,                                    # not an image model
+    b'{"inputs": "\\ud800"}': 422,                                     # a lone surrogate
+    json.dumps({"inputs": [True] * 64}).encode(): 422,                 # booleans are not numbers
+    json.dumps({"instances": [[0.5] * 63 + [False]]}).encode(): 422,
+}
+
+
 def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> None:
     _, backend = served
     before = backend.client.describe("batched", "1")[0]["workers"]
@@ -65,23 +90,13 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
            b'{"inputs": [' + b",".join([b"Infinity"] * 64) + b"]}",
            json.dumps({"unknown": []}).encode(), json.dumps({"inputs": ["x"] * 64}).encode(),
            json.dumps({"instances": [[0.0] * 64] * 100}).encode(), b"[[[1]]]",
-           b"[" + b"0.5," * 300_000 + b"0.5]"]  # over the handler's 1 MiB body limit: 413
+           b"[" + b"0.5," * 300_000 + b"0.5]",  # over the handler's 1 MiB body limit: 413
+           *ISSUE_11]
     bodies = [b for pair in zip(good, bad + bad, strict=False) for b in pair] + good[len(bad) * 2:]
-    results: dict[int, httpx.Response] = {}
-    barrier = threading.Barrier(len(bodies))
-    headers = backend.client.keys.header("inference") | {"Content-Type": "application/json"}
-
-    def send(i: int, body: bytes) -> None:
-        with httpx.Client(timeout=60) as client:
-            barrier.wait()
-            results[i] = client.post(backend.endpoint("batched"), content=body, headers=headers)
-
-    threads = [threading.Thread(target=send, args=(i, b)) for i, b in enumerate(bodies)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == len(bodies) >= 24
+    bodies += bad[len(good):]  # every bad body at least once
+    results = _post_together(backend, "batched", bodies)
+    assert len(results) == len(bodies) >= 32
+    assert set(bad) <= set(bodies)
     expected = _probabilities(digits.reference(digits.eval_x[:16]))
     good_index = {b: i for i, b in enumerate(good)}
     for i, body in enumerate(bodies):
@@ -94,10 +109,159 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
             assert 400 <= response.status_code < 500, (body[:80], response.status_code, response.text)
             if len(body) > 1 << 20:
                 assert response.status_code == 413 and "payload too large" in response.text
+            if body in ISSUE_11:
+                assert response.status_code == ISSUE_11[body], (body[:80], response.text)
             error = response.json()
             assert error["error"] and "detail" in error
     after = backend.client.describe("batched", "1")[0]["workers"]
     assert [(w["pid"], w["status"]) for w in after] == [(w["pid"], "READY") for w in before]
+
+
+def test_v2_answers_echo_the_request_id(served, digits) -> None:
+    _, backend = served
+    headers = backend.client.keys.header("inference") | {"Content-Type": "application/json"}
+    tensor = {"name": "x", "shape": [1, 64], "datatype": "FP32", "data": digits.eval_x[0].tolist()}
+    with httpx.Client(timeout=60) as client:
+        ok = client.post(backend.endpoint("batched"), headers=headers,
+                         content=json.dumps({"id": "a1", "inputs": [tensor]}))
+        bad = client.post(backend.endpoint("batched"), headers=headers,
+                          content=json.dumps({"id": "a2", "inputs": [tensor | {"shape": [2, 64]}]}))
+    assert ok.status_code == 200 and ok.json()["id"] == "a1"
+    assert bad.status_code == 422 and bad.json()["id"] == "a2"
+
+
+def _post_together(backend, name: str, bodies: list[bytes]) -> dict[int, httpx.Response]:
+    """Post every body at once (threads behind a barrier), so that batches mix them."""
+    results: dict[int, httpx.Response] = {}
+    barrier = threading.Barrier(len(bodies))
+    headers = backend.client.keys.header("inference") | {"Content-Type": "application/json"}
+
+    def send(i: int, body: bytes) -> None:
+        with httpx.Client(timeout=60) as client:
+            barrier.wait()
+            results[i] = client.post(backend.endpoint(name), content=body, headers=headers)
+
+    threads = [threading.Thread(target=send, args=(i, b)) for i, b in enumerate(bodies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_image_bombs_and_foreign_formats_fail_alone(torchserve, tmp_path: Path) -> None:
+    """An image model, batch 8: decompression bombs, EPS and corrupt PNGs beside good images."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from servegate.packaging.mar import MarContents, build_mar
+    from servegate.packaging.spec import ArtifactSpec, ImageSpec
+
+    _, _, backend = torchserve
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(72, 3)).eval()
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 1, 8, 8)), tmp_path / "cnn.ts")
+    pngs = []
+    for shade in range(0, 240, 30):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((12, 10), shade, np.uint8)).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    spec = ArtifactSpec(task="image-classification", format="torchscript", artifact="cnn.ts",
+                        image=ImageSpec(size=(8, 8), mode="L", mean=[0.5], std=[0.5]))
+    contents = MarContents(name="imgs", version="1", artifact=tmp_path / "cnn.ts", spec=spec,
+                           labels=["a", "b", "c"],
+                           batching=BatchingConfig(batch_size=8, max_batch_delay_ms=50),
+                           warmup={"instances": [{"b64": base64.b64encode(pngs[0]).decode()}]})
+    backend.deploy(build_mar(contents, tmp_path / "store"), "imgs", "1")
+    try:
+        alone = [backend.predict("imgs", {"inputs": base64.b64encode(p).decode()})["outputs"]
+                 for p in pngs]
+        before = backend.client.describe("imgs", "1")[0]["workers"]
+        eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+        bad = {_png_header(20000, 20000): 413, _png_header(7000, 7000): 413,
+               json.dumps({"instances": [{"b64": base64.b64encode(eps).decode()}]}).encode(): 422,
+               _png_header(8, 8) + b"\x00" * 20: 422, eps: 400}
+        bodies = [b for pair in zip(pngs, bad, strict=False) for b in pair] + pngs[len(bad):]
+        results = _post_together(backend, "imgs", bodies)
+        for i, body in enumerate(bodies):
+            if body in bad:
+                assert results[i].status_code == bad[body], (body[:40], results[i].text)
+                assert results[i].json()["error"]
+            else:
+                assert results[i].status_code == 200, results[i].text
+                answer = results[i].json()
+                np.testing.assert_allclose(answer["probabilities"],
+                                           alone[pngs.index(body)]["probabilities"], atol=1e-5)
+        after = backend.client.describe("imgs", "1")[0]["workers"]
+        assert [(w["pid"], w["status"]) for w in after] == [(w["pid"], "READY") for w in before]
+    finally:
+        backend.undeploy("imgs", "1")
+
+
+class _TwoInTwoOut(torch.nn.Module):
+    """Float features [5] + int64 ids [3] -> (score [1], vector [4])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.dense = torch.nn.Linear(5, 4)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, features, ids):
+        vector = self.dense(features) + self.embed(ids).mean(1)
+        return self.head(vector), vector
+
+
+def test_two_input_two_output_export_serves_in_chunks_of_max_batch(torchserve, tmp_path: Path) -> None:
+    """servegate.json schema 2 (inputs, outputs, max_batch) through a real TorchServe: batches of
+    8 requests x 16 rows run in chunks of the export-time bound of 16 rows."""
+    from servegate.packaging.mar import MarContents, build_mar
+    from servegate.packaging.spec import ArtifactSpec, OutputSpec, TensorInputSpec
+
+    _, _, backend = torchserve
+    torch.manual_seed(0)
+    model = _TwoInTwoOut().eval()
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((8, 16, 5)).astype(np.float32)
+    ids = rng.integers(0, 10, (8, 16, 3))
+    batch = torch.export.Dim("batch", min=1, max=16)
+    program = torch.export.export(model, (torch.from_numpy(features[0]), torch.from_numpy(ids[0])),
+                                  dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, tmp_path / "model.pt2")
+    spec = ArtifactSpec(schema_version=2, task="tensor", format="exported_program",
+                        artifact="model.pt2", max_batch=16,
+                        inputs=[TensorInputSpec(name="features", shape=[5]),
+                                TensorInputSpec(name="ids", shape=[3], dtype="int64")],
+                        outputs=[OutputSpec(name="score", shape=[1]),
+                                 OutputSpec(name="vector", shape=[4])])
+    warmup = {"instances": [{"features": features[0, 0].tolist(), "ids": ids[0, 0].tolist()}]}
+    contents = MarContents(name="two", version="1", artifact=tmp_path / "model.pt2", spec=spec,
+                           batching=BatchingConfig(batch_size=8, max_batch_delay_ms=100),
+                           warmup=warmup)
+    backend.deploy(build_mar(contents, tmp_path / "store"), "two", "1")
+    try:
+        bodies = [json.dumps({"instances": [{"features": f, "ids": i} for f, i in
+                                            zip(features[k].tolist(), ids[k].tolist(), strict=True)]}
+                             ).encode() for k in range(8)]
+        bodies.append(json.dumps({"instances": [{"features": [0.0] * 5}]}).encode())
+        results = _post_together(backend, "two", bodies)
+        with torch.inference_mode():
+            score, vector = model(torch.from_numpy(features.reshape(-1, 5)),
+                                  torch.from_numpy(ids.reshape(-1, 3)))
+        for k in range(8):
+            assert results[k].status_code == 200, results[k].text
+            rows = results[k].json()["predictions"]
+            np.testing.assert_allclose([r["score"] for r in rows],
+                                       score.numpy()[k * 16:(k + 1) * 16], atol=1e-5)
+            np.testing.assert_allclose([r["vector"] for r in rows],
+                                       vector.numpy()[k * 16:(k + 1) * 16], atol=1e-5)
+        assert results[8].status_code == 422 and "'ids'" in results[8].json()["detail"]
+    finally:
+        backend.undeploy("two", "1")
 
 
 def test_versions_register_route_and_unregister(torchserve, build_archive, digits) -> None:

@@ -60,7 +60,7 @@ def test_v2_tensor_is_reshaped_with_its_dtype() -> None:
         (b'"just a string"', 400, "unknown envelope"),
         (b'{"instances": 3}', 400, "unknown envelope"),
         (b"[]", 400, "no instances"),
-        (b"[1, 2, 3, 4, 5]", 413, "too many instances"),
+        (b'{"instances": [1, 2, 3, 4, 5]}', 413, "too many instances"),
         (b"[" + b"1," * 600 + b"1]", 413, "payload too large"),
         (b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}', 422,
          "wrong shape"),

@@ -222,3 +222,356 @@ def test_stage_metrics_are_per_batch_means_sent_once_per_interval(handler: Local
     sent = dict(recorder.sent)
     assert sent["BatchSize"] == 4.0  # (2 + 4 + 6) / 3 batches
     assert all(sent[name] >= 0 for name in ("PreprocessTime", "InferenceTime", "PostprocessTime"))
+
+
+# ---- user models: servegate.json schema 2, served without custom handlers ---------------------
+
+USER_MODELS = '''
+import torch
+
+
+class Tabular(torch.nn.Module):
+    def __init__(self, features=13, classes=3):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(features, 16), torch.nn.ReLU(),
+                                       torch.nn.Linear(16, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TwoInTwoOut(torch.nn.Module):
+    """Float features [5] + int64 ids [3] -> (score [1], vector [4])."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.dense = torch.nn.Linear(5, 4)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, features, ids):
+        vector = self.dense(features) + self.embed(ids).mean(1)
+        return self.head(vector), vector
+'''
+
+
+def _user_module(tmp_path: Path):
+    """The user model classes, importable under a name unique to this directory."""
+    import importlib.util
+    import sys
+
+    name = f"user_models_{abs(hash(str(tmp_path)))}"
+    (tmp_path / f"{name}.py").write_text(USER_MODELS)
+    spec = importlib.util.spec_from_file_location(name, tmp_path / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return name, module
+
+
+def _model_dir(tmp_path: Path, spec: dict, module=None, state_dict=None, program=None) -> Path:
+    """An unpacked archive: the artifact written by the test and a hand-written servegate.json."""
+    import torch
+
+    if state_dict is not None:
+        torch.save(state_dict, tmp_path / "model.pt")
+        spec = {"format": "state_dict", "artifact": "model.pt"} | spec
+    if program is not None:
+        torch.export.save(program, tmp_path / "model.pt2")
+        spec = {"format": "exported_program", "artifact": "model.pt2"} | spec
+    (tmp_path / "servegate.json").write_text(json.dumps({"schema_version": 2} | spec))
+    return tmp_path
+
+
+def _handler(model_dir: Path, module: str = "tensor_handler", name: str = "user"):
+    import importlib
+    import sys
+
+    from servegate._resources import handlers_dir
+
+    if str(handlers_dir()) not in sys.path:
+        sys.path.insert(0, str(handlers_dir()))
+    mod = importlib.import_module(module)
+    cls = next(v for v in vars(mod).values()
+               if isinstance(v, type) and v.__module__ == mod.__name__ and hasattr(v, "handle"))
+    handler = cls()
+    handler.setup(str(model_dir), model_name=name)
+    return handler
+
+
+def _serve(handler, bodies: list) -> list[tuple[int, object]]:
+    """One TorchServe batch through ``handle``: (status, parsed JSON) per request."""
+    from servegate.harness import HarnessContext
+
+    context = HarnessContext(".", "user", {})
+    raw = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
+    answers = handler.handle([{"body": b} for b in raw], context)
+    assert len(answers) == len(bodies)
+    return [(context.statuses.get(i, (200, ""))[0], json.loads(a)) for i, a in enumerate(answers)]
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    import torch
+
+    tmp = tmp_path_factory.mktemp("tabular")
+    name, module = _user_module(tmp)
+    torch.manual_seed(0)
+    model = module.Tabular().eval()
+    spec = {"task": "classification", "model_class": f"{name}.Tabular",
+            "model_kwargs": {"features": 13, "classes": 3},
+            "inputs": [{"name": "x", "shape": [13], "dtype": "float32"}],
+            "outputs": [{"name": "logits", "shape": [3]}], "top_k": 2}
+    return _handler(_model_dir(tmp, spec, state_dict=model.state_dict())), model
+
+
+def test_tabular_classifier_answers_every_single_input_form(tabular) -> None:
+    import torch
+
+    handler, model = tabular
+    x = np.random.default_rng(0).standard_normal((4, 13)).astype(np.float32)
+    expected = torch.softmax(model(torch.from_numpy(x)), 1).detach().numpy()
+    replies = _serve(handler, [
+        {"inputs": x[0].tolist()},
+        {"instances": x.tolist()},
+        {"instances": [{"x": row} for row in x.tolist()]},
+        [{"x": row} for row in x[:2].tolist()],
+        x[0].tolist(),
+        {"id": "r1", "inputs": [{"name": "x", "shape": [4, 13], "datatype": "FP32",
+                                 "data": x.reshape(-1).tolist()}]},
+    ])
+    assert [s for s, _ in replies] == [200] * 6
+    np.testing.assert_allclose(replies[0][1]["outputs"]["probabilities"], expected[0], atol=1e-5)
+    for body in (replies[1][1]["predictions"], replies[2][1]["predictions"]):
+        np.testing.assert_allclose([p["probabilities"] for p in body], expected, atol=1e-5)
+        assert [len(p["top_k"]) for p in body] == [2] * 4
+    assert len(replies[3][1]) == 2 and replies[4][1]["label"] == str(expected[0].argmax())
+    v2 = replies[5][1]
+    assert v2["id"] == "r1" and [o["name"] for o in v2["outputs"]] == ["probabilities", "label"]
+
+
+def test_a_wide_single_instance_is_not_too_many_instances(tmp_path: Path) -> None:
+    name, module = _user_module(tmp_path)
+    model = module.Tabular(features=100, classes=2).eval()
+    spec = {"task": "classification", "model_class": f"{name}.Tabular",
+            "model_kwargs": {"features": 100, "classes": 2},
+            "inputs": [{"name": "x", "shape": [100], "dtype": "float32"}],
+            "limits": {"max_instances": 4}}
+    handler = _handler(_model_dir(tmp_path, spec, state_dict=model.state_dict()))
+    replies = _serve(handler, [{"inputs": [0.5] * 100}, [[0.5] * 100] * 5, [0.5] * 100])
+    assert [s for s, _ in replies] == [200, 413, 200]
+    assert replies[1][1]["error"] == "too many instances"
+
+
+def _export(model, *examples, max_batch: int = 64):
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    return torch.export.export(model, tuple(examples),
+                               dynamic_shapes=tuple({0: batch} for _ in examples))
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_regressor_answers_numbers_or_lists(tmp_path: Path, width: int) -> None:
+    import torch
+
+    torch.manual_seed(1)
+    model = torch.nn.Linear(13, width).eval()
+    x = np.random.default_rng(1).standard_normal((3, 13)).astype(np.float32)
+    spec = {"task": "regression", "inputs": [{"name": "x", "shape": [13], "dtype": "float32"}],
+            "outputs": [{"name": "y", "shape": [width]}], "max_batch": 64}
+    program = _export(model, torch.from_numpy(x))
+    handler = _handler(_model_dir(tmp_path, spec, program=program))
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    (s1, one), (s2, many), (s3, v2) = _serve(handler, [
+        {"inputs": x[0].tolist()}, {"instances": x.tolist()},
+        {"inputs": [{"name": "x", "shape": [3, 13], "datatype": "FP32",
+                     "data": x.reshape(-1).tolist()}]}])
+    assert (s1, s2, s3) == (200, 200, 200)
+    if width == 1:
+        assert isinstance(one["outputs"], float)
+        np.testing.assert_allclose(many["predictions"], expected[:, 0], atol=1e-5)
+    else:
+        assert len(one["outputs"]) == 3
+        np.testing.assert_allclose(many["predictions"], expected, atol=1e-5)
+    (tensor,) = v2["outputs"]
+    assert tensor["name"] == "y" and tensor["shape"] == [3, width] and tensor["datatype"] == "FP32"
+
+
+def test_conv_net_on_tensors(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(72, 4)).eval()
+    x = np.random.default_rng(2).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    spec = {"task": "tensor", "inputs": [{"name": "image", "shape": [1, 8, 8], "dtype": "float32"}]}
+    handler = _handler(_model_dir(tmp_path, spec, program=_export(model, torch.from_numpy(x))))
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    replies = _serve(handler, [{"instances": x.tolist()}, {"inputs": x[0].tolist()},
+                               {"instances": x[:, 0].tolist()}])
+    assert [s for s, _ in replies] == [200, 200, 422]
+    np.testing.assert_allclose(replies[0][1]["predictions"], expected, atol=1e-5)
+    np.testing.assert_allclose(replies[1][1]["outputs"], expected[0], atol=1e-5)
+    assert "'image'" in replies[2][1]["detail"] and "[1, 8, 8]" in replies[2][1]["detail"]
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    import torch
+
+    tmp = tmp_path_factory.mktemp("two")
+    name, module = _user_module(tmp)
+    torch.manual_seed(3)
+    model = module.TwoInTwoOut().eval()
+    spec = {"task": "tensor", "model_class": f"{name}.TwoInTwoOut",
+            "inputs": [{"name": "features", "shape": [5], "dtype": "float32"},
+                       {"name": "ids", "shape": [3], "dtype": "int64"}],
+            "outputs": [{"name": "score", "shape": [1]}, {"name": "vector", "shape": [4]}]}
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((4, 5)).astype(np.float32)
+    ids = rng.integers(0, 10, (4, 3))
+    score, vector = (t.detach().numpy() for t in model(torch.from_numpy(features),
+                                                       torch.from_numpy(ids)))
+    handler = _handler(_model_dir(tmp, spec, state_dict=model.state_dict()))
+    return handler, features, ids, score, vector
+
+
+def test_two_inputs_two_outputs_in_every_form(two_inputs) -> None:
+    handler, f, ids, score, vector = two_inputs
+    rows = [{"features": a, "ids": b} for a, b in zip(f.tolist(), ids.tolist(), strict=True)]
+    v2 = {"id": 7, "inputs": [
+        {"name": "ids", "shape": [4, 3], "datatype": "INT64", "data": ids.reshape(-1).tolist()},
+        {"name": "features", "shape": [4, 5], "datatype": "FP32", "data": f.reshape(-1).tolist()}]}
+    by_position = {"inputs": [
+        {"name": "a", "shape": [4, 5], "datatype": "FP32", "data": f.reshape(-1).tolist()},
+        {"name": "b", "shape": [4, 3], "datatype": "INT32", "data": ids.reshape(-1).tolist()}]}
+    replies = _serve(handler, [
+        {"instances": rows},
+        rows,
+        {"inputs": {"features": f.tolist(), "ids": ids.tolist()}},
+        {"inputs": {"features": f[0].tolist(), "ids": ids[0].tolist()}},
+        v2, by_position,
+    ])
+    assert [s for s, _ in replies] == [200] * 6, replies
+    for answer in (replies[0][1]["predictions"], replies[1][1], replies[2][1]["outputs"]):
+        assert [set(a) for a in answer] == [{"score", "vector"}] * 4
+        np.testing.assert_allclose([a["score"] for a in answer], score, atol=1e-5)
+        np.testing.assert_allclose([a["vector"] for a in answer], vector, atol=1e-5)
+    single = replies[3][1]["outputs"]
+    np.testing.assert_allclose(single["vector"], vector[0], atol=1e-5)
+    for answer in (replies[4][1], replies[5][1]):
+        assert [o["name"] for o in answer["outputs"]] == ["score", "vector"]
+        assert answer["outputs"][1]["shape"] == [4, 4]
+        np.testing.assert_allclose(np.reshape(answer["outputs"][1]["data"], (4, 4)), vector,
+                                   atol=1e-5)
+    assert replies[4][1]["id"] == 7
+
+
+def test_two_inputs_errors_name_the_input(two_inputs) -> None:
+    handler, f, ids, *_ = two_inputs
+    row = {"features": f[0].tolist(), "ids": ids[0].tolist()}
+    cases = [
+        ({"instances": [{"features": f[0].tolist()}]}, "'ids'"),                      # missing
+        ({"instances": [row | {"extra": 1}]}, "'extra'"),                             # unknown
+        ({"inputs": {"features": f[:2].tolist(), "ids": ids[:3].tolist()}}, "'ids'"),  # row counts
+        ({"instances": [row | {"ids": [1.5, 2, 3]}]}, "'ids'"),                       # not whole
+        ({"instances": [row | {"ids": [True, 2, 3]}]}, "'ids'"),                      # booleans
+        ({"instances": [row | {"features": [1.0] * 4}]}, "'features'"),               # shape
+        ({"instances": [row | {"features": ["a"] * 5}]}, "'features'"),               # dtype
+        ({"instances": [row | {"ids": [1, 2, 2 ** 70]}]}, "'ids'"),                   # range
+        ({"instances": [f[0].tolist()]}, "'features', 'ids'"),                        # plain values
+        ({"id": "q", "inputs": [{"name": "features", "shape": [1, 5], "datatype": "FP32",
+                                 "data": f[0].tolist()}]}, "'ids'"),                  # v2 missing
+    ]
+    replies = _serve(handler, [body for body, _ in cases] + [{"instances": [row]}])
+    for (status, body), (_, named) in zip(replies[:-1], cases, strict=True):
+        assert status == 422 and named in body["detail"], (status, body)
+    assert replies[-2][1]["id"] == "q"
+    assert replies[-1][0] == 200
+
+
+def test_max_batch_splits_a_collated_batch(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(4)
+    model = torch.nn.Linear(13, 3).eval()
+    example = torch.zeros(4, 13)
+    spec = {"task": "tensor", "inputs": [{"name": "x", "shape": [13], "dtype": "float32"}],
+            "max_batch": 16}
+    program = _export(model, example, max_batch=16)
+    handler = _handler(_model_dir(tmp_path, spec, program=program))
+    x = np.random.default_rng(4).standard_normal((8, 64, 13)).astype(np.float32)
+    replies = _serve(handler, [{"instances": part.tolist()} for part in x])
+    assert [s for s, _ in replies] == [200] * 8
+    served = np.array([body["predictions"] for _, body in replies])
+    np.testing.assert_allclose(served, model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+    handler.max_batch = None  # without chunking the export-time bound refuses 512 rows
+    assert {s for s, _ in _serve(handler, [{"instances": x[0].tolist()}] * 8)} == {500}
+
+
+def test_legacy_schema_1_archive(tmp_path: Path) -> None:
+    import torch
+
+    name, module = _user_module(tmp_path)
+    model = module.Tabular().eval()
+    spec = {"schema_version": 1, "task": "tensor-classification", "model_class": f"{name}.Tabular",
+            "input": {"shape": [13], "dtype": "float32", "allow_non_finite": False}}
+    handler = _handler(_model_dir(tmp_path, spec, state_dict=model.state_dict()))
+    x = np.ones((2, 13), np.float32)
+    expected = torch.softmax(model(torch.from_numpy(x)), 1).detach().numpy()
+    replies = _serve(handler, [{"instances": x.tolist()}, {"instances": [{"input": r} for r in x.tolist()]},
+                               {"inputs": [float("nan")] * 13}])
+    assert [s for s, _ in replies] == [200, 200, 422]
+    for _, body in replies[:2]:
+        np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], expected,
+                                   atol=1e-5)
+
+
+def test_non_finite_outputs_are_null_never_bare_nan(tmp_path: Path) -> None:
+    import torch
+
+    class Log(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x)
+
+    spec = {"task": "regression", "inputs": [{"name": "x", "shape": [2], "dtype": "float32"}]}
+    x = torch.ones(2, 2)
+    handler = _handler(_model_dir(tmp_path, spec, program=_export(Log(), x)))
+    bodies = [b'{"inputs": [-1.0, 0.0]}', b'{"inputs": [{"name": "x", "shape": [1, 2], '
+                                          b'"datatype": "FP32", "data": [1.0, -1.0]}]}']
+    context = __import__("servegate.harness", fromlist=["HarnessContext"]).HarnessContext(".", "u", {})
+    raw = handler.handle([{"body": b} for b in bodies], context)
+    assert context.statuses == {}
+    assert "NaN" not in "".join(raw) and "Infinity" not in "".join(raw)
+    assert json.loads(raw[0]) == {"outputs": [None, None]}
+    assert json.loads(raw[1])["outputs"][0]["data"] == [0.0, None]
+
+
+def test_image_model_takes_preprocessed_tensors(tmp_path: Path) -> None:
+    import base64
+
+    import torch
+    from PIL import Image
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(72, 3)).eval()
+    spec = {"task": "image-classification", "inputs": [{"name": "pixels", "shape": [1, 8, 8]}],
+            "image": {"size": [8, 8], "mode": "L", "mean": [0.5], "std": [0.5]}}
+    handler = _handler(_model_dir(tmp_path, spec, program=_export(model, torch.zeros(2, 1, 8, 8))),
+                       module="image_classifier")
+    x = np.random.default_rng(5).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    expected = torch.softmax(model(torch.from_numpy(x)), 1).detach().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(buffer, format="PNG")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+    replies = _serve(handler, [
+        {"instances": x.tolist()}, {"inputs": x[0].tolist()}, buffer.getvalue(),
+        {"instances": [{"b64": base64.b64encode(eps).decode()}]},
+        {"instances": x[:, 0].tolist()},
+    ])
+    assert [s for s, _ in replies] == [200, 200, 200, 422, 422]
+    np.testing.assert_allclose([p["probabilities"] for p in replies[0][1]["predictions"]], expected,
+                               atol=1e-5)
+    np.testing.assert_allclose(replies[1][1]["outputs"]["probabilities"], expected[0], atol=1e-5)
