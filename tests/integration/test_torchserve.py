@@ -220,7 +220,7 @@ def test_two_input_two_output_export_serves_in_chunks_of_max_batch(torchserve, t
     """servegate.json schema 2 (inputs, outputs, max_batch) through a real TorchServe: batches of
     8 requests x 16 rows run in chunks of the export-time bound of 16 rows."""
     from servegate.packaging.mar import MarContents, build_mar
-    from servegate.packaging.spec import ArtifactSpec, OutputSpec, TensorInputSpec
+    from servegate.packaging.spec import ArtifactSpec, InputSpec, OutputSpec
 
     _, _, backend = torchserve
     torch.manual_seed(0)
@@ -234,8 +234,8 @@ def test_two_input_two_output_export_serves_in_chunks_of_max_batch(torchserve, t
     torch.export.save(program, tmp_path / "model.pt2")
     spec = ArtifactSpec(schema_version=2, task="tensor", format="exported_program",
                         artifact="model.pt2", max_batch=16,
-                        inputs=[TensorInputSpec(name="features", shape=[5]),
-                                TensorInputSpec(name="ids", shape=[3], dtype="int64")],
+                        inputs=[InputSpec(name="features", shape=[5]),
+                                InputSpec(name="ids", shape=[3], dtype="int64")],
                         outputs=[OutputSpec(name="score", shape=[1]),
                                  OutputSpec(name="vector", shape=[4])])
     warmup = {"instances": [{"features": features[0, 0].tolist(), "ids": ids[0, 0].tolist()}]}

@@ -91,8 +91,8 @@ def test_topk_labels_come_from_the_archive(handler: LocalHandler, digits) -> Non
 def _archive_with(tmp_path: Path, digits, artifact: Path, fmt: str, **spec) -> Path:
     contents = MarContents(
         name="digits", version="1", artifact=artifact,
-        spec=ArtifactSpec(task="tensor-classification", format=fmt, artifact=artifact.name,
-                          input=InputSpec(shape=[64]), **spec),
+        spec=ArtifactSpec(task="classification", format=fmt, artifact=artifact.name,
+                          inputs=[InputSpec(shape=[64])], **spec),
         labels=digits.labels, warmup={"instances": digits.eval_x[:2].tolist()},
     )
     return build_mar(contents, tmp_path / "store")

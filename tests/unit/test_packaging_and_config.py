@@ -23,16 +23,17 @@ def test_archive_holds_handlers_spec_config_labels_and_warmup(build_archive) -> 
     archive = build_archive("3", batching=batching)
     assert archive.name == "digits.v3.mar"
     names = set(zipfile.ZipFile(archive).namelist())
-    assert {"tensor_classifier.py", "sg_base.py", "sg_codecs.py", "sg_loaders.py", "sg_errors.py",
+    assert {"tensor_handler.py", "sg_base.py", "sg_codecs.py", "sg_loaders.py", "sg_errors.py",
             "sg_classification.py", "digits_net.py", "model.pt", "servegate.json",
             "model-config.yaml", "index_to_name.json", "warmup.json", "MAR-INF/MANIFEST.json"} <= names
     manifest = json.loads(read_archive_member(archive, "MAR-INF/MANIFEST.json"))
     assert manifest["model"]["modelName"] == "digits"
     assert manifest["model"]["modelVersion"] == "3"
-    assert manifest["model"]["handler"] == "tensor_classifier.py"
+    assert manifest["model"]["handler"] == "tensor_handler.py"
     spec = ArtifactSpec.model_validate_json(read_archive_member(archive, "servegate.json"))
     assert spec.format == "state_dict" and spec.model_class == "digits_net.DigitsMLP"
-    assert spec.input is not None and spec.input.shape == [64]
+    assert [(i.name, i.shape, i.dtype) for i in spec.inputs] == [("input", [64], "float32")]
+    assert spec.max_batch == 4 * 64 and spec.schema_version == 2  # batch_size 4 x 64 rows
     config = yaml.safe_load(read_archive_member(archive, "model-config.yaml"))
     assert config == {"batchSize": 4, "maxBatchDelay": 7, "minWorkers": 1, "maxWorkers": 2,
                       "responseTimeout": 30, "startupTimeout": 60}
@@ -47,8 +48,8 @@ def test_failed_build_leaves_nothing_in_the_store(tmp_path: Path) -> None:
     store.mkdir()
     contents = MarContents(
         name="broken", version="1", artifact=tmp_path / "model.pt",
-        spec=ArtifactSpec(task="tensor-classification", format="state_dict", artifact="model.pt",
-                          input=InputSpec(shape=[4])),
+        spec=ArtifactSpec(task="classification", format="state_dict", artifact="model.pt",
+                          inputs=[InputSpec(shape=[4])]),
     )
     (tmp_path / "model.pt").write_bytes(b"weights")
     with pytest.raises(PackagingError, match="needs the model file"):

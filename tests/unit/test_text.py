@@ -64,7 +64,7 @@ def test_import_errors_say_what_is_wrong(tmp_path: Path) -> None:
         load_torch_model(f"hf:{tmp_path}")
     with pytest.raises(SourceError, match="unknown task"):
         load_torch_model("hf:minilm", task="translation")
-    with pytest.raises(SourceError, match="hf: models only"):
+    with pytest.raises(SourceError, match="applies to text models"):
         load_torch_model("builtin:digits", task="embedding")
 
 
@@ -81,7 +81,7 @@ def test_builtin_encoder_equals_sentence_transformers(minilm) -> None:
 def test_archive_ships_tokenizer_model_file_and_real_warmup(embedding_archive: Path) -> None:
     archive = embedding_archive
     spec = ArtifactSpec.model_validate_json(read_archive_member(archive, "servegate.json"))
-    assert spec.task == "embedding" and spec.format == "state_dict" and spec.input is None
+    assert spec.task == "embedding" and spec.format == "state_dict" and spec.inputs == []
     assert spec.text is not None and spec.text.max_length == 256
     assert spec.model_class == "text_net.SentenceEmbedding"
     tokenizer = json.loads(read_archive_member(archive, "tokenizer.json"))
@@ -220,6 +220,6 @@ def test_tensor_models_keep_their_batching(build_archive, digits) -> None:
     """The text changes leave feature-vector archives as they were (one float input)."""
     archive = build_archive("1", name="digits-check", batching=BatchingConfig(batch_size=4))
     spec = ArtifactSpec.model_validate_json(read_archive_member(archive, "servegate.json"))
-    assert spec.text is None and spec.input is not None and spec.input.shape == [64]
+    assert spec.text is None and [i.shape for i in spec.inputs] == [[64]]
     (ids,) = digits.example_inputs(2)
     assert ids.dtype == np.float32 and ids.shape == (2, 64)

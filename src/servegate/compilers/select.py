@@ -91,7 +91,7 @@ def load_predictor(artifact: CompiledArtifact, threads: int):
     sg_loaders = importlib.import_module("sg_loaders")
     spec = {"format": artifact.format, "artifact": artifact.path.name,
             "model_class": artifact.model_class, "model_kwargs": artifact.model_kwargs}
-    return sg_loaders.load(spec, str(artifact.path.parent), threads)
+    return sg_loaders.load_model(spec, str(artifact.path.parent), threads)
 
 
 #: Tasks whose first output holds class scores (top-1 and accuracy apply).
