@@ -36,6 +36,7 @@ def run_log(path: Path, *, verbose: bool = False) -> Iterator[Path]:
     logging.captureWarnings(True)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         saved.append((logger, list(logger.handlers), logger.propagate, logger.level))

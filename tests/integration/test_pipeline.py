@@ -86,22 +86,20 @@ def last_parent_run():
     return runs[0]
 
 
-def register_shuffled_champion() -> str:
-    """A bad challenger: the champion with its output rows permuted (accuracy collapses)."""
-    import torch
+def register_shuffled_champion(digits) -> str:
+    """A bad challenger of the same kind: the digits network with its output rows rolled
+    (accuracy collapses), logged in MLflow 3's default format as a user would."""
+    import user_models
 
-    module = mlflow.pytorch.load_model("models:/digits@champion")
-    last = module.layers[-1]
-    perm = torch.roll(torch.arange(last.out_features), 3)
-    with torch.no_grad():
-        last.weight.copy_(last.weight[perm])
-        last.bias.copy_(last.bias[perm])
     mlflow.set_experiment("servegate-tests")
-    with mlflow.start_run():
-        example = np.zeros((1, 64), np.float32)
-        info = mlflow.pytorch.log_model(module, name="model", input_example=example,
-                                        registered_model_name="digits", serialization_format="pickle")
-    return str(info.registered_model_version)
+    return user_models.log_pytorch(user_models.shuffled(digits.module), digits.eval_x[:2], "digits")
+
+
+def eval_file(home: Path, digits) -> str:
+    """The user's held-out set for a model registered outside servegate."""
+    path = home / "digits_eval.npz"
+    np.savez(path, x=digits.eval_x, y=digits.eval_y)
+    return str(path)
 
 
 class DefaultEndpointProbe:
@@ -168,11 +166,12 @@ def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits) -> N
 
 
 def test_bad_challenger_is_rejected_while_the_champion_keeps_serving(env, digits) -> None:
-    _, server = env
-    bad_version = register_shuffled_champion()
+    home, server = env
+    bad_version = register_shuffled_champion(digits)
     with backend_of(server) as backend:
         with DefaultEndpointProbe(backend, {"inputs": digits.eval_x[0].tolist()}) as probe:
-            result = deploy("-P", f"model=models:/digits/{bad_version}")
+            result = deploy("-P", f"model=models:/digits/{bad_version}",
+                            "-P", f"eval_data={eval_file(home, digits)}")
         assert result.returncode != 0
         assert "accuracy_vs_champion" in result.stdout + result.stderr
         assert probe.statuses and set(probe.statuses) == {200}

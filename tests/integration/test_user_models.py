@@ -1,0 +1,131 @@
+"""Users' own models through `make deploy`: each logged with `mlflow.pytorch.log_model` (MLflow 3's
+default ExportedProgram format) by the test, imported by `models:/` with its own eval_data, gated
+and promoted on a real TorchServe; one re-gated against a worse challenger of the same kind and
+rejected on the metric of its task. None of these models ships with the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import user_models
+from mlflow import MlflowClient
+from test_pipeline import ROOT, alias, backend_of, deploy
+
+from servegate.backends._process import group_processes
+from servegate.backends.torchserve import LocalTorchServe
+from servegate.config import TorchServeSettings
+
+pytestmark = pytest.mark.integration
+# One short load phase per target: these runs check the path, not the server's speed.
+QUICK = ["-P", "load_rounds=1"]
+
+
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory: pytest.TempPathFactory):
+    """An MLflow store, a servegate home and a TorchServe of this module's own."""
+    home = tmp_path_factory.mktemp("user-models")
+    values = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db", "SERVEGATE_HOME": str(home / "servegate")}
+    saved = {k: os.environ.get(k) for k in (*values, "MLFLOW_EXPERIMENT_ID")}
+    os.environ.update(values)
+    mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("user-training")
+    server = LocalTorchServe(TorchServeSettings(workdir=home / "servegate" / "torchserve"))
+    try:
+        yield home, server
+    finally:
+        recorded = server.state()
+        server.stop()
+        if recorded is not None:
+            assert group_processes(recorded.pid) == []
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        mlflow.set_tracking_uri(None)
+
+
+def _ok(result) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "promoted" in result.stdout, output[-4000:]
+    return output
+
+
+def test_tabular_classifier_with_13_features_and_csv_eval_data(user_env) -> None:
+    home, server = user_env
+    wine = user_models.wine_classifier()
+    version = user_models.log_pytorch(wine.module, wine.x_test[:4], "wine")
+    frame = pd.DataFrame(wine.x_test, columns=[f"f{i}" for i in range(13)])
+    frame["cultivar"] = np.array(["barolo", "grignolino", "barbera"])[wine.y_test]
+    frame.to_csv(home / "wine_eval.csv", index=False)
+    output = _ok(deploy("-P", f"model=models:/wine/{version}", "-P", f"eval_data={home / 'wine_eval.csv'}",
+                        "-P", "label_column=cultivar", "-P", "labels=barolo,grignolino,barbera", *QUICK))
+    assert "gate: parity" in output and "evaluation data:" in output
+    assert alias("wine", "champion") == version
+    with backend_of(server) as backend:
+        answer = backend.predict("wine", {"instances": wine.x_test[:2].tolist()})
+    assert [p["label"] for p in answer["predictions"]] == [
+        ["barolo", "grignolino", "barbera"][int(i)]
+        for i in wine.module(__import__("torch").from_numpy(wine.x_test[:2])).argmax(1)]
+    report = (Path(os.environ["SERVEGATE_HOME"]) / "logs").glob("run-*.log")
+    assert list(report), "the run writes library logs to its own file"
+
+
+def test_regressor_promoted_then_a_worse_one_rejected_on_rmse(user_env) -> None:
+    home, server = user_env
+    trained = user_models.diabetes_regressor()
+    np.savez(home / "diabetes_eval.npz", x=trained.x_test, y=trained.y_test)
+    eval_data = f"eval_data={home / 'diabetes_eval.npz'}"
+    version = user_models.log_pytorch(trained.module, trained.x_test[:4], "diabetes")
+    _ok(deploy("-P", f"model=models:/diabetes/{version}", "-P", eval_data, *QUICK))
+    with backend_of(server) as backend:
+        value = backend.predict("diabetes", {"instances": trained.x_test[:1].tolist()})["predictions"][0]
+    assert isinstance(value, float)
+
+    worse = user_models.log_pytorch(user_models.shuffled(trained.module), trained.x_test[:4], "diabetes")
+    rejected = deploy("-P", f"model=models:/diabetes/{worse}", "-P", eval_data, *QUICK)
+    assert rejected.returncode != 0, (rejected.stdout + rejected.stderr)[-4000:]
+    assert "rmse_vs_champion" in rejected.stdout + rejected.stderr
+    assert alias("diabetes", "champion") == version
+    tags = MlflowClient().get_model_version("diabetes", worse).tags
+    assert tags["servegate.gate"] == "failed" and "rmse_vs_champion" in tags["servegate.failed_checks"]
+    with backend_of(server) as backend:
+        assert backend.default_version("diabetes") == version
+
+
+def test_convolutional_image_model_fed_tensors(user_env) -> None:
+    home, server = user_env
+    trained = user_models.digit_images_convnet()
+    np.savez(home / "images_eval.npz", x=trained.x_test, y=trained.y_test)
+    version = user_models.log_pytorch(trained.module, trained.x_test[:4], "glyphs")
+    _ok(deploy("-P", f"model=models:/glyphs/{version}", "-P", f"eval_data={home / 'images_eval.npz'}", *QUICK))
+    with backend_of(server) as backend:
+        answer = backend.predict("glyphs", {"instances": trained.x_test[:3].tolist()})
+    assert [p["label"] for p in answer["predictions"]] == [str(int(y)) for y in trained.module(
+        __import__("torch").from_numpy(trained.x_test[:3])).argmax(1)]
+
+
+def test_model_with_two_tensor_inputs(user_env) -> None:
+    home, server = user_env
+    trained = user_models.two_input_classifier()
+    np.savez(home / "two_eval.npz", **trained.x_test, y=trained.y_test)
+    example = {k: v[:4] for k, v in trained.x_test.items()}
+    version = user_models.log_pytorch(trained.module, example, "blend")
+    _ok(deploy("-P", f"model=models:/blend/{version}", "-P", f"eval_data={home / 'two_eval.npz'}", *QUICK))
+    row = {"features": trained.x_test["features"][0].tolist(), "category": int(trained.x_test["category"][0])}
+    with backend_of(server) as backend:
+        answer = backend.predict("blend", {"instances": [row]})
+    assert answer["predictions"][0]["label"] in {"0", "1", "2"}
+
+
+def test_the_served_name_must_be_the_registered_one(user_env) -> None:
+    result = deploy("-P", "model=models:/wine/1", "-P", "name=other")
+    assert result.returncode != 0
+    assert "registered as 'wine' but name is 'other'" in result.stdout + result.stderr
+    assert ROOT.exists()
