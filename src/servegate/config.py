@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 
 class _Settings(BaseModel):
@@ -50,6 +50,17 @@ class RequestLimits(_Settings):
     max_instances: PositiveInt = 64
 
 
+#: Room for the HTTP envelope around a body the handler accepts (headers are not counted by
+#: TorchServe's limit; multipart/KServe wrappers add a little).
+ENVELOPE_MARGIN_BYTES = 16 << 10
+
+
+def server_request_size(limits: RequestLimits | None = None) -> int:
+    """TorchServe's ``max_request_size``: the handler's body limit plus a small margin, so that
+    an oversized body is refused by the frontend instead of being buffered 8x over."""
+    return (limits or RequestLimits()).max_body_bytes + ENVELOPE_MARGIN_BYTES
+
+
 def home_dir() -> Path:
     """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
     return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()
@@ -65,8 +76,9 @@ class TorchServeSettings(_Settings):
     metrics_port: int = Field(0, ge=0, le=65535)
     token_auth: bool = True
     ready_timeout_s: float = 180.0
-    # TorchServe's default request size limit is 6.5 MB; ours is set explicitly.
-    max_request_size: PositiveInt = 8 << 20
+    # TorchServe's default request size limit is 6.5 MB; ours follows the handlers' body limit
+    # (RequestLimits.max_body_bytes) plus an envelope margin.
+    max_request_size: PositiveInt = Field(default_factory=server_request_size)
 
 
 class SLOs(_Settings):
@@ -107,7 +119,7 @@ class PipelineConfig(_Settings):
     task: str | None = None
     #: hf: models: truncation in tokens (None: the model's default).
     max_length: int | None = Field(None, ge=8)
-    name: str = Field("digits", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    name: str = "digits"
     target: str = "torchserve"
     compiler: str = "auto"
     slos: SLOs = Field(default_factory=SLOs)
@@ -117,3 +129,14 @@ class PipelineConfig(_Settings):
     promote: bool = True
     report_dir: Path | None = None
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        from servegate.errors import ConfigError
+        from servegate.naming import validate_name
+
+        try:
+            return validate_name(name)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None

@@ -10,6 +10,7 @@ import numpy as np
 
 from servegate.backends.base import ServingBackend
 from servegate.config import ParityThresholds
+from servegate.errors import SourceError
 from servegate.gates.checks import Check
 from servegate.sources.base import TorchModel
 
@@ -56,7 +57,7 @@ class ParityResult:
 def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel | Any,
                champion_version: str | None) -> ParityResult:
     if model.eval_x is None:
-        raise ValueError("the model has no held-out set to gate on")
+        raise SourceError("the model has no held-out set to gate on")
     if model.eval_y is None:
         return _embedding_parity(backend, name, version, model)
     x, y = model.eval_x, model.eval_y
