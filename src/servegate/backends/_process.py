@@ -67,8 +67,10 @@ def identity(pid: int) -> dict[str, object]:
 
 def identity_mismatch(pid: int, create_time: float | None, cmdline: list[str] | None) -> str | None:
     """Why the live process ``pid`` is NOT the one recorded (None when it is, or when no process
-    has that pid any more). A live pid recorded without identity (an older state file) never
-    matches: it cannot be told apart from a reused pid."""
+    has that pid any more). The start time must match; the command line too once recorded (it
+    is recorded when the server answers, after any ``exec`` of a wrapper script). A live pid
+    recorded without a start time (an older state file) never matches: it cannot be told apart
+    from a reused pid."""
     try:
         process = psutil.Process(pid)
         actual_time, actual_cmd = process.create_time(), process.cmdline()
@@ -76,12 +78,13 @@ def identity_mismatch(pid: int, create_time: float | None, cmdline: list[str] | 
         return None
     except psutil.AccessDenied:
         return f"pid {pid} belongs to another user"
-    if create_time is None or cmdline is None:
+    if create_time is None:
         return (f"pid {pid} is alive ({' '.join(actual_cmd)[:120]!r}) but the state file records "
-                "no start time or command line to check it against")
-    if abs(actual_time - create_time) > 0.01 or actual_cmd != list(cmdline):
+                "no start time to check it against")
+    if abs(actual_time - create_time) > 0.01 or (cmdline is not None and actual_cmd != list(cmdline)):
+        recorded = " ".join(cmdline)[:120] if cmdline is not None else "?"
         return (f"pid {pid} is now {' '.join(actual_cmd)[:120]!r} started at {actual_time:.2f}, "
-                f"not the recorded {' '.join(cmdline)[:120]!r} started at {create_time:.2f}")
+                f"not the recorded {recorded!r} started at {create_time:.2f}")
     return None
 
 

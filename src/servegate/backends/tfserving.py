@@ -611,7 +611,7 @@ class LocalTFServing:
         """Reuse the recorded server, or start one (binary first, then Docker), or raise
         ``ServerNotRunning`` saying how to provide one."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with server_lock(self.workdir, wait_s=self.settings.ready_timeout_s + 30):
+        with server_lock(self.workdir, wait_s=self.settings.ready_timeout_s):
             return self._start()
 
     def _start(self) -> TFServingState:
@@ -640,8 +640,7 @@ class LocalTFServing:
                 recorded = {"create_time": None, "cmdline": None}
             state = TFServingState("binary", str(process.pid), f"http://{s.host}:{rest_port}",
                                    grpc_target, str(self.model_root), str(self.model_root),
-                                   create_time=recorded["create_time"],  # type: ignore[arg-type]
-                                   cmdline=recorded["cmdline"])  # type: ignore[arg-type]
+                                   create_time=recorded["create_time"])  # type: ignore[arg-type]
         else:
             command = ["docker", "run", "-d", "--rm", "--name", f"servegate-tfserving-{rest_port}",
                        "-p", f"{s.host}:{rest_port}:8501", "-p", f"{s.host}:{grpc_port}:8500",
@@ -661,6 +660,9 @@ class LocalTFServing:
                     raise ServerStartError(f"TF Serving did not answer within "
                                            f"{s.ready_timeout_s:.0f}s; see {self.workdir}")
                 time.sleep(0.3)
+        if state.how == "binary":  # the command line once it answers (after a wrapper's exec)
+            state = replace(state, cmdline=identity(int(state.ident))["cmdline"])  # type: ignore[arg-type]
+            self.state_path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         return state
 
     def binary_command(self, binary: str, grpc_port: int,
@@ -686,7 +688,7 @@ class LocalTFServing:
         state file; otherwise nothing is killed and ``.stale`` says why."""
         if not self.state_path.exists():
             return StopOutcome(False)
-        with server_lock(self.workdir, wait_s=self.settings.ready_timeout_s + 30):
+        with server_lock(self.workdir, wait_s=self.settings.ready_timeout_s):
             state = self._recorded()
             outcome = StopOutcome(False)
             if state is not None and state.how == "docker":

@@ -13,7 +13,7 @@ import string
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -123,7 +123,7 @@ class LocalTorchServe:
         return state
 
     def _lock(self):  # one start/stop per directory; a second one waits, bounded, then Busy
-        return server_lock(self.workdir, wait_s=self.settings.ready_timeout_s + 30)
+        return server_lock(self.workdir, wait_s=self.settings.ready_timeout_s)
 
     def start(self) -> ServerState:
         """Start TorchServe (or return the one already running here) and wait until it answers."""
@@ -164,7 +164,7 @@ class LocalTorchServe:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        try:
+        try:  # the start time now; the command line once it answers (after any exec)
             recorded = identity(process.pid)
         except Exception:  # it died at once: _wait_up reports its exit code
             recorded = {"create_time": None, "cmdline": None}
@@ -177,7 +177,6 @@ class LocalTorchServe:
             metrics=f"http://{s.host}:{ports['metrics']}",
             key_file=str(self.workdir / KEY_FILE),
             create_time=recorded["create_time"],  # type: ignore[arg-type]
-            cmdline=recorded["cmdline"],  # type: ignore[arg-type]
         )
         self.state_path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         try:
@@ -185,6 +184,8 @@ class LocalTorchServe:
         except ServerStartError:
             self.stop()
             raise
+        state = replace(state, cmdline=identity(process.pid)["cmdline"])  # type: ignore[arg-type]
+        self.state_path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         return state
 
     def _environment(self) -> dict[str, str]:
