@@ -338,13 +338,20 @@ class DeployPipeline:
             return results, checks
 
     def _withdraw(self, version: str) -> None:
-        """A step failed after deploy: take the challenger off the server unless it is the default."""
+        """A step failed after deploy: take the challenger off the server unless it is the
+        default; a first deployment's challenger (the default only because it is the sole
+        version, not the registry's champion) goes too."""
         name = self.config.name
         try:
-            for info in self.backend.versions(name):
-                if info.version == version and not info.is_default:
+            served = self.backend.versions(name)
+            for info in served:
+                if info.version != version:
+                    continue
+                if not info.is_default or (
+                        len(served) == 1
+                        and Registry.for_model(name).version_for_alias(CHAMPION) != version):
                     self.backend.undeploy(name, version)
-        except ServerError as exc:
+        except (ServerError, PipelineError) as exc:  # PipelineError: the registry failing
             self.say(f"[red]could not withdraw v{version}: {exc}[/]")
 
     def _load_target(self, model: Any) -> dict[str, Any]:

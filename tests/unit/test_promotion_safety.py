@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from servegate.cli import app, exit_code
@@ -472,7 +472,7 @@ def test_every_entry_point_validates_names_and_versions(tmp_path: Path) -> None:
         TFServingClient.model_path("../x")
     with pytest.raises(ConfigError):
         TFServingBackend(TFServingClient("http://h", "h:1"), tmp_path)._place(tmp_path, "../x", 1)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="invalid model name"):
         PipelineConfig(name="a/../b")
 
 
