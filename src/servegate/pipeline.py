@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 from rich.console import Console
@@ -503,7 +503,8 @@ def rollback(config: PipelineConfig, backend: Any,
         registry = Registry.for_model(name)
         pending = pending_move(registry)
         if pending is not None:
-            prefer = "finish" if pending.kind == "rollback" else "revert"
+            prefer: Literal["finish", "revert"] = ("finish" if pending.kind == "rollback"
+                                                    else "revert")
             repair(registry, backend, name, pipeline.say, prefer=prefer)
             champion = registry.version_for_alias(CHAMPION)
             if champion is None:
