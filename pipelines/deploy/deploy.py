@@ -15,11 +15,11 @@ def _main() -> None:
         import servegate  # noqa: F401
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from servegate.cli import app
+    from servegate.cli import main
 
     # MLflow passes int parameters declared as float as e.g. "8.0": accept both.
     argv = [a[:-2] if a.endswith(".0") and a[:-2].lstrip("-").isdigit() else a for a in sys.argv[1:]]
-    app(["run", *argv])
+    main(["run", *argv])
 
 
 if __name__ == "__main__":

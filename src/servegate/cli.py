@@ -1,8 +1,10 @@
 """The ``servegate`` command line: parse, call, print.
 
-Exit codes scripts can rely on: 0 success, 1 a gate failed (the challenger was rejected),
-2 usage error, 3 no server (not running / unreachable), 4 the server refused a request,
-5 invalid configuration or input, 6 packaging or compile failure, 7 any other servegate error.
+Exit codes scripts can rely on: 0 success, 1 a gate failed (the challenger was rejected) and
+nothing else, 2 usage error, 3 no server (not running / unreachable), 4 the server refused a
+request, 5 invalid configuration or input, 6 packaging or compile failure, 7 any other error
+(the MLflow registry failing, an internal error), 8 busy (another run or server start holds the
+lock; the message names it), 130 / 143 interrupted by SIGINT / SIGTERM (after the cleanup).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ EXIT_CODES: list[tuple[type[errors.ServegateError], int]] = [
     (errors.SourceError, 5),
     (errors.PackagingError, 6),
     (errors.CompileError, 6),
+    (errors.Busy, 8),
     (errors.ServegateError, 7),
 ]
+#: Anything that is not a ServegateError (a bug): never 1, which means "a gate failed".
+INTERNAL_ERROR = 7
 
 app = typer.Typer(help="Take a model to a gated deployment on TorchServe.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -49,8 +54,14 @@ WorkdirOption = Annotated[
 ]
 
 
+def exit_code(exc: errors.ServegateError) -> int:
+    if isinstance(exc, errors.Interrupted):
+        return exc.exit_code
+    return next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+
+
 def fail(exc: errors.ServegateError) -> NoReturn:
-    code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+    code = exit_code(exc)
     console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code)
 
@@ -60,6 +71,15 @@ def _settings(workdir: Path | None, **overrides: Any) -> TorchServeSettings:
     if workdir is not None:
         values["workdir"] = workdir
     return TorchServeSettings(**values)
+
+
+def _valid(name: str, version: str | None = None) -> None:
+    """Every entry point checks names and versions the same way (``servegate.naming``)."""
+    from servegate.naming import validate_name, validate_version
+
+    validate_name(name)
+    if version is not None:
+        validate_version(version)
 
 
 def _running_backend(workdir: Path | None):  # -> TorchServeBackend
@@ -101,7 +121,14 @@ def serve_stop(workdir: WorkdirOption = None) -> None:
     from servegate.backends.torchserve import LocalTorchServe
 
     server = LocalTorchServe(_settings(workdir))
-    if server.stop():
+    try:
+        outcome = server.stop()
+    except errors.ServegateError as exc:
+        fail(exc)
+    if outcome.stale:
+        out.print(f"stale state file in {server.workdir} removed: {outcome.stale}; "
+                  "nothing was killed")
+    elif outcome:
         out.print(f"stopped TorchServe in {server.workdir}")
     else:
         out.print(f"no TorchServe was running in {server.workdir}")
@@ -155,6 +182,7 @@ def package(
     from servegate.packaging.builder import package_torch_model
 
     try:
+        _valid(name, version)
         try:
             batching = BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
                                       min_workers=workers, max_workers=workers)
@@ -180,6 +208,7 @@ def models_register(
 ) -> None:
     """Serve an archive as a new version; returns once it has READY workers."""
     try:
+        _valid(name, version)
         backend = _running_backend(workdir)
         with console.status(f"registering {name} v{version}"):
             backend.deploy(archive, name, version, workers=workers)
@@ -192,6 +221,7 @@ def models_register(
 def models_list(name: str, workdir: WorkdirOption = None) -> None:
     """The served versions of NAME."""
     try:
+        _valid(name)
         versions = _running_backend(workdir).versions(name)
     except errors.ServegateError as exc:
         fail(exc)
@@ -202,6 +232,7 @@ def models_list(name: str, workdir: WorkdirOption = None) -> None:
 def models_default(name: str, version: str, workdir: WorkdirOption = None) -> None:
     """Route NAME's default endpoint to VERSION."""
     try:
+        _valid(name, version)
         _running_backend(workdir).set_default(name, version)
     except errors.ServegateError as exc:
         fail(exc)
@@ -212,6 +243,7 @@ def models_default(name: str, version: str, workdir: WorkdirOption = None) -> No
 def models_unregister(name: str, version: str, workdir: WorkdirOption = None) -> None:
     """Stop serving VERSION of NAME."""
     try:
+        _valid(name, version)
         _running_backend(workdir).undeploy(name, version)
     except errors.ServegateError as exc:
         fail(exc)
@@ -222,6 +254,7 @@ def models_unregister(name: str, version: str, workdir: WorkdirOption = None) ->
 def models_scale(name: str, version: str, workers: int, workdir: WorkdirOption = None) -> None:
     """Set the worker count of VERSION of NAME."""
     try:
+        _valid(name, version)
         _running_backend(workdir).client.scale(name, version, min_workers=workers)
     except errors.ServegateError as exc:
         fail(exc)
@@ -239,6 +272,7 @@ def predict(
 ) -> None:
     """Send one request to NAME's standard endpoint (token from the key file) and print the answer."""
     try:
+        _valid(name, version)
         if (data is None) == (file is None):
             raise errors.ConfigError("give exactly one of --data or --file")
         if file is not None:
@@ -461,12 +495,13 @@ def rollback_command(
     from servegate.pipeline import rollback
 
     try:
+        _valid(name)
         config = PipelineConfig(name=name, target=target, torchserve=_settings(workdir))
         backend, unreachable = _open_target(config)
         if backend is None:
             raise unreachable or errors.ServerNotRunning(f"no {target} server")
         try:
-            restored, demoted = rollback(config, backend)
+            restored, demoted = rollback(config, backend, console)
         finally:
             backend.close()
     except errors.ServegateError as exc:
@@ -474,8 +509,23 @@ def rollback_command(
     out.print(f"{name}: champion is v{restored} again (v{demoted} kept as previous-champion)")
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script: SIGTERM/SIGINT become ``Interrupted`` (cleanup, then 143/130), and
+    an unexpected exception exits 7 with its traceback, never 1 (1 means a gate failed)."""
+    import traceback
+
+    from servegate.interrupts import signals_as_errors
+
+    try:
+        with signals_as_errors():
+            app(args=argv)
+    except errors.ServegateError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(exit_code(exc))
+    except Exception:  # noqa: BLE001 (a bug: say so, with the traceback)
+        traceback.print_exc()
+        console.print("[bold red]internal error[/] (a bug in servegate; the traceback is above)")
+        sys.exit(INTERNAL_ERROR)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 
 class _Settings(BaseModel):
@@ -51,6 +51,17 @@ class RequestLimits(_Settings):
     max_instances: PositiveInt = 64
 
 
+#: Room for the HTTP envelope around a body the handler accepts (headers are not counted by
+#: TorchServe's limit; multipart/KServe wrappers add a little).
+ENVELOPE_MARGIN_BYTES = 16 << 10
+
+
+def server_request_size(limits: RequestLimits | None = None) -> int:
+    """TorchServe's ``max_request_size``: the handler's body limit plus a small margin, so that
+    an oversized body is refused by the frontend instead of being buffered 8x over."""
+    return (limits or RequestLimits()).max_body_bytes + ENVELOPE_MARGIN_BYTES
+
+
 def home_dir() -> Path:
     """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
     return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()
@@ -66,8 +77,9 @@ class TorchServeSettings(_Settings):
     metrics_port: int = Field(0, ge=0, le=65535)
     token_auth: bool = True
     ready_timeout_s: float = 180.0
-    # TorchServe's default request size limit is 6.5 MB; ours is set explicitly.
-    max_request_size: PositiveInt = 8 << 20
+    # TorchServe's default request size limit is 6.5 MB; ours follows the handlers' body limit
+    # (RequestLimits.max_body_bytes) plus an envelope margin.
+    max_request_size: PositiveInt = Field(default_factory=server_request_size)
 
 
 class SLOs(_Settings):
@@ -123,9 +135,6 @@ class ImagePreprocessing(_Settings):
         return self
 
 
-MODEL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_\-]*$"
-
-
 def registered_name(model: str) -> str | None:
     """The registered model name of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
     if not model.startswith("models:/"):
@@ -143,7 +152,7 @@ class PipelineConfig(_Settings):
     #: hf: models: truncation in tokens (None: the model's default).
     max_length: int | None = Field(None, ge=8)
     #: Served and registered name; None takes it from ``models:/NAME`` or ``builtin:NAME``.
-    name: str | None = Field(None, pattern=MODEL_NAME_PATTERN)
+    name: str | None = None
     target: str = "torchserve"
     compiler: str = "auto"
     #: The user's held-out data: a path or MLflow artifact URI (.npz, .csv, .parquet, .jsonl).
@@ -169,6 +178,19 @@ class PipelineConfig(_Settings):
     report_dir: Path | None = None
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
 
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str | None) -> str | None:
+        from servegate.errors import ConfigError
+        from servegate.naming import validate_name
+
+        if name is None:
+            return None
+        try:
+            return validate_name(name)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _name_agrees_with_the_registry(self) -> PipelineConfig:
         registered = registered_name(self.model)
@@ -180,7 +202,13 @@ class PipelineConfig(_Settings):
             else:
                 raise ValueError(f"name is required for model {self.model!r} (the served and "
                                  "registered model name)")
-            object.__setattr__(self, "name", name)
+            from servegate.errors import ConfigError
+            from servegate.naming import validate_name
+
+            try:
+                object.__setattr__(self, "name", validate_name(name))
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         elif registered is not None and registered != self.name:
             raise ValueError(
                 f"model {self.model} is registered as {registered!r} but name is {self.name!r}: the "

@@ -16,7 +16,11 @@ are translated at the boundary with ``raise ... from exc`` so that the cause is 
     │       ├── AuthError           rejected credentials (missing/expired token)
     │       └── ModelNotFound       no such model or version
     ├── GateFailed                  a gate ran and the challenger failed it (carries the checks)
-    └── PipelineError               a pipeline step failed for another reason
+    ├── PipelineError               a pipeline step failed for another reason
+    │   ├── RegistryError           the MLflow registry failed (outage, permission): not "absent"
+    │   └── IntegrityError          an artifact does not match the hash recorded when it was built
+    ├── Busy                        another process holds the lock (names the holder)
+    └── Interrupted                 SIGTERM / SIGINT arrived; cleanup ran (exit 128 + signal)
 """
 
 from __future__ import annotations
@@ -91,3 +95,36 @@ class GateFailed(ServegateError):
 
 class PipelineError(ServegateError):
     """A pipeline step failed for a reason other than a gate."""
+
+
+class RegistryError(PipelineError):
+    """The MLflow registry answered with an error other than "not found" (its cause attached)."""
+
+
+class IntegrityError(PipelineError):
+    """An artifact's hash differs from the one recorded when it was built."""
+
+
+class Busy(ServegateError):
+    """Another process holds the lock of a model name or a server directory.
+
+    ``holder`` is what that process recorded (pid, host, started, command) when it took the lock.
+    """
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+class Interrupted(ServegateError):
+    """A signal (SIGTERM from a cancelled CI job, SIGINT from Ctrl-C) stopped the work.
+
+    ``exit_code`` follows the shell convention: 128 + the signal number (130, 143).
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -13,18 +13,29 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 from rich.console import Console
 
 from servegate.config import PipelineConfig
-from servegate.errors import BackendUnavailable, ConfigError, GateFailed, PipelineError, ServerError
+from servegate.errors import (
+    BackendUnavailable,
+    ConfigError,
+    GateFailed,
+    Interrupted,
+    PipelineError,
+    ServerError,
+)
 from servegate.gates.checks import Check, failed
 from servegate.gates.load import LoadResult, load_checks, run_ab
 from servegate.gates.parity import ParityResult, parity_checks, run_parity
 from servegate.gates.report import GateReport, write_report
-from servegate.registry import ARCHIVE_TAG, CHALLENGER, CHAMPION, PREVIOUS, Registry
+from servegate.integrity import artifact_sha256, verify_artifact
+from servegate.interrupts import signals_as_errors
+from servegate.locks import model_lock
+from servegate.promotion import move_champion, repair
+from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG, CHALLENGER, CHAMPION, PREVIOUS, Registry
 from servegate.sources import TorchModel, load_torch_model
 
 
@@ -91,6 +102,8 @@ class DeployPipeline:
         self.backend = backend
         self.unreachable = unreachable
         self.console = console or Console(stderr=True)
+        #: Set once this run has put its challenger on the server (cleanup withdraws it).
+        self._deployed_challenger = False
 
     @property
     def is_tf(self) -> bool:
@@ -305,6 +318,10 @@ class DeployPipeline:
                 self.say(f"deploy: restoring champion v{champion} on the server")
                 self._restore(registry, champion)
             if champion is not None:
+                default = next((v.version for v in self.backend.versions(name) if v.is_default), None)
+                if default not in (None, champion):
+                    self.say(f"[yellow]deploy: the server's default was v{default}, the registry's "
+                             f"champion is v{champion}: the server follows the registry[/]")
                 self.backend.set_default(name, champion)
             if version in served:  # e.g. the previous champion, gated again: serve the new archive
                 self.say(f"deploy: {name} v{version} is served from an earlier archive; replacing it")
@@ -312,17 +329,27 @@ class DeployPipeline:
             keep = {champion, registry.version_for_alias(PREVIOUS)} - {version}
             self._remove_versions(name, keep=keep)
             self.say(f"deploy: {name} v{version} (no default traffic)")
+            self._deployed_challenger = True
             self.backend.deploy(archive, name, version, workers=self.config.batching.min_workers)
             mlflow.log_params({"champion": champion or "none", "challenger": version,
                                "endpoint": self.backend.endpoint(name, version)})
             return champion
 
     def _restore(self, registry: Registry, version: str) -> None:
-        uri = registry.tags(version).get(ARCHIVE_TAG)
+        """Serve ``version`` again from its logged archive, once its sha256 matches the one
+        recorded when it was built (``servegate.archive_sha256``)."""
+        tags = registry.tags(version)
+        uri = tags.get(ARCHIVE_TAG)
         if not uri:
             raise PipelineError(f"{registry.name} v{version} has no archive to restore ({ARCHIVE_TAG})")
+        expected = tags.get(ARCHIVE_SHA256_TAG)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+            if expected:
+                verify_artifact(local, expected, f"{registry.name} v{version} ({uri})")
+            else:
+                self.say(f"[yellow]restore: {registry.name} v{version} has no {ARCHIVE_SHA256_TAG} "
+                         "(built before hashes were recorded): restored unchecked[/]")
             self.backend.deploy(local, self.config.name, version,
                                 workers=self.config.batching.min_workers)
 
@@ -375,13 +402,20 @@ class DeployPipeline:
             return results, checks
 
     def _withdraw(self, version: str) -> None:
-        """A step failed after deploy: take the challenger off the server unless it is the default."""
+        """A step failed after deploy: take the challenger off the server unless it is the
+        default; a first deployment's challenger (the default only because it is the sole
+        version, not the registry's champion) goes too."""
         name = self.config.name
         try:
-            for info in self.backend.versions(name):
-                if info.version == version and not info.is_default:
+            served = self.backend.versions(name)
+            for info in served:
+                if info.version != version:
+                    continue
+                if not info.is_default or (
+                        len(served) == 1
+                        and Registry.for_model(name).version_for_alias(CHAMPION) != version):
                     self.backend.undeploy(name, version)
-        except ServerError as exc:
+        except (ServerError, PipelineError) as exc:  # PipelineError: the registry failing
             self.say(f"[red]could not withdraw v{version}: {exc}[/]")
 
     def _load_target(self, model: Any) -> dict[str, Any]:
@@ -409,9 +443,10 @@ class DeployPipeline:
         return str(key_file) if key_file else None
 
     def promote(self, registry: Registry, version: str) -> None:
+        """Registry first, then the server default, crash-safe (``servegate.promotion``)."""
         name = self.config.name
-        self.backend.set_default(name, version)
-        previous = registry.promote(version)
+        previous = move_champion(registry, self.backend, name, version, kind="promotion").source
+        previous = None if previous == version else previous
         self._remove_versions(name, keep={version, previous})
         self.say(f"promote: {name} v{version} is the champion"
                  + (f" (v{previous} kept for rollback)" if previous else ""))
@@ -429,27 +464,65 @@ class DeployPipeline:
 
     # ---- the chain --------------------------------------------------------------------------
     def run(self) -> PipelineResult:
+        """The whole chain, holding the model name's lock; SIGTERM/SIGINT run the cleanup of a
+        failed gate (challenger withdrawn, MLflow run ended KILLED, temp files removed) and
+        raise ``Interrupted``."""
         cfg = self.config
-        with mlflow.start_run(run_name=f"deploy-{cfg.name}") as parent, \
+        with model_lock(cfg.name), signals_as_errors(), \
+                mlflow.start_run(run_name=f"deploy-{cfg.name}") as parent, \
                 tempfile.TemporaryDirectory(prefix="servegate-run-") as tmp:
-            mlflow.log_params(flat_params(cfg))
-            model, registry, version = self.source()
-            archive, archive_uri, compiled_with = self.package(model, version, Path(tmp))
-            registry.tag(version, {ARCHIVE_TAG: archive_uri})
-            if self.backend is None:
-                registry.delete_alias(CHALLENGER)
-                registry.tag(version, {"servegate.gate": "not run: no server"})
-                self.say(f"[red]no {cfg.target} server: artifacts built, validated and logged; "
-                         "nothing was deployed[/]")
-                mlflow.set_tag("servegate.decision", "not deployed")
-                raise self.unreachable or ServerError(f"no {cfg.target} server")
-            champion = self.deploy(registry, archive, version)
             try:
-                parity, checks = self.gate_parity(model, version, champion, compiled_with)
-                load, load_gate_checks = self.gate_load(model, version, champion)
-            except Exception:
-                self._withdraw(version)
+                return self._run(parent, Path(tmp))
+            except Interrupted as exc:
+                self._interrupted(exc)
                 raise
+
+    def _interrupted(self, exc: Interrupted) -> None:
+        """Cleanup after a signal: the challenger leaves the server, its registry alias goes,
+        the MLflow run ends KILLED. Best effort: what cannot be done now the next run does."""
+        self.say(f"[red]{exc}: cleaning up[/]")
+        version = getattr(self, "_challenger", None)
+        try:
+            if version is not None:
+                if self._deployed_challenger and self.backend is not None:
+                    self._withdraw(version)
+                registry = Registry.for_model(self.config.name)
+                if registry.version_for_alias(CHALLENGER) == version:
+                    registry.delete_alias(CHALLENGER)
+                if registry.version_for_alias(CHAMPION) != version:
+                    registry.tag(version, {"servegate.gate": f"interrupted ({exc})"})
+        except Exception as cleanup:  # noqa: BLE001 (report, then end the run anyway)
+            self.say(f"[red]cleanup after {exc} incomplete: {cleanup}[/]")
+        mlflow.set_tag("servegate.decision", "interrupted")
+        mlflow.end_run("KILLED")
+
+    def _repair(self) -> None:
+        """Finish or revert a promotion (or rollback) that a hard kill interrupted."""
+        if self.backend is None:
+            return
+        registry = Registry.for_model(self.config.name)
+        repair(registry, self.backend, self.config.name, self.say, prefer="finish")
+
+    def _run(self, parent: Any, tmp: Path) -> PipelineResult:
+        cfg = self.config
+        mlflow.log_params(flat_params(cfg))
+        self._repair()
+        model, registry, version = self.source()
+        self._challenger = version
+        archive, archive_uri, compiled_with = self.package(model, version, tmp)
+        registry.tag(version, {ARCHIVE_TAG: archive_uri,
+                               ARCHIVE_SHA256_TAG: artifact_sha256(archive)})
+        if self.backend is None:
+            registry.delete_alias(CHALLENGER)
+            registry.tag(version, {"servegate.gate": "not run: no server"})
+            self.say(f"[red]no {cfg.target} server: artifacts built, validated and logged; "
+                     "nothing was deployed[/]")
+            mlflow.set_tag("servegate.decision", "not deployed")
+            raise self.unreachable or ServerError(f"no {cfg.target} server")
+        try:  # any failure (or signal) from here on takes a non-default challenger off again
+            champion = self.deploy(registry, archive, version)
+            parity, checks = self.gate_parity(model, version, champion, compiled_with)
+            load, load_gate_checks = self.gate_load(model, version, champion)
             checks += load_gate_checks
             registry.tag(version, {f"servegate.{c.gate}.{c.name}": f"{c.value:.6g}" for c in checks})
             if failed(checks):
@@ -460,40 +533,58 @@ class DeployPipeline:
                 decision, serving = "promoted", version
             else:
                 decision, serving = "passed, not promoted", champion
-            if decision != "rejected":
-                registry.tag(version, {"servegate.gate": "passed"})
-            endpoint = self.backend.endpoint(cfg.name) if serving else ""
-            curl = curl_command(endpoint, self._key_file(), self._example_row(model)) if serving else ""
-            result = PipelineResult(cfg.name, version, decision, champion, checks, endpoint, curl,
-                                    parent.info.run_id)
-            report = GateReport(cfg.name, version, champion, decision, checks, parity, load, endpoint, curl,
-                                getattr(model, "eval_note", ""))
-            report_dir = Path(tmp) / "report"
-            write_report(report, report_dir)
-            mlflow.log_artifacts(str(report_dir), artifact_path="report")
-            if cfg.report_dir is not None:
-                shutil.copytree(report_dir, cfg.report_dir, dirs_exist_ok=True)
-            mlflow.log_metric("promoted", 1.0 if decision == "promoted" else 0.0)
-            mlflow.set_tag("servegate.decision", decision)
-            if decision == "rejected":
-                raise GateFailed(
-                    f"{cfg.name} v{version} rejected: "
-                    + "; ".join(c.describe() for c in failed(checks)), checks)
-            return result
+        except Exception:
+            if self._deployed_challenger:
+                self._withdraw(version)
+            raise
+        if decision != "rejected":
+            registry.tag(version, {"servegate.gate": "passed"})
+        endpoint = self.backend.endpoint(cfg.name) if serving else ""
+        curl = curl_command(endpoint, self._key_file(), self._example_row(model)) if serving else ""
+        result = PipelineResult(cfg.name, version, decision, champion, checks, endpoint, curl,
+                                parent.info.run_id)
+        report = GateReport(cfg.name, version, champion, decision, checks, parity, load, endpoint, curl,
+                            getattr(model, "eval_note", ""))
+        report_dir = tmp / "report"
+        write_report(report, report_dir)
+        mlflow.log_artifacts(str(report_dir), artifact_path="report")
+        if cfg.report_dir is not None:
+            shutil.copytree(report_dir, cfg.report_dir, dirs_exist_ok=True)
+        mlflow.log_metric("promoted", 1.0 if decision == "promoted" else 0.0)
+        mlflow.set_tag("servegate.decision", decision)
+        if decision == "rejected":
+            raise GateFailed(
+                f"{cfg.name} v{version} rejected: "
+                + "; ".join(c.describe() for c in failed(checks)), checks)
+        return result
 
 
-def rollback(config: PipelineConfig, backend: Any) -> tuple[str, str]:
+def rollback(config: PipelineConfig, backend: Any,
+             console: Console | None = None) -> tuple[str, str]:
     """Restore the previous champion of ``config.name``: registry alias and server default
-    together (restored onto the server from its logged artifact if the server lost it)."""
+    together (restored onto the server from its logged artifact, hash-checked, if the server
+    lost it), under the model name's lock. An interrupted promotion is reverted instead (that
+    IS the rollback); an interrupted rollback is finished."""
+    from servegate.promotion import pending_move
+
     name = config.name
-    registry = Registry.for_model(name)
-    restored, demoted = registry.rollback()
-    try:
+    pipeline = DeployPipeline(config, backend, console)
+    with model_lock(name), signals_as_errors():
+        registry = Registry.for_model(name)
+        pending = pending_move(registry)
+        if pending is not None:
+            prefer: Literal["finish", "revert"] = ("finish" if pending.kind == "rollback"
+                                                    else "revert")
+            repair(registry, backend, name, pipeline.say, prefer=prefer)
+            champion = registry.version_for_alias(CHAMPION)
+            if champion is None:
+                raise PipelineError(f"{name} has no champion after the repair")
+            return champion, pending.target if prefer == "revert" else (pending.source or "none")
+        restored = registry.version_for_alias(PREVIOUS)
+        demoted = registry.version_for_alias(CHAMPION)
+        if restored is None or demoted is None:
+            raise PipelineError(f"{name} has no previous champion to roll back to")
         if not any(v.version == restored for v in backend.versions(name)):
-            DeployPipeline(config, backend)._restore(registry, restored)
-        backend.set_default(name, restored)
-    except ServerError:
-        registry.set_alias(CHAMPION, demoted)  # keep registry and server in agreement
-        registry.set_alias(PREVIOUS, restored)
-        raise
-    return restored, demoted
+            pipeline._restore(registry, restored)
+        move_champion(registry, backend, name, restored, kind="rollback")
+        return restored, demoted

@@ -117,5 +117,5 @@ def test_timing_shapes_cross_batches_with_token_counts(digits, minilm) -> None:
     assert {vocab.id_to_token(int(i)) for i in ids[:, 0]} == {"[CLS]"}
     assert {vocab.id_to_token(int(i)) for i in ids[:, -1]} == {"[SEP]"}
     assert "[PAD]" not in {vocab.id_to_token(int(i)) for i in ids.reshape(-1)}
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(ConfigError, match="max_length"):
         minilm.inputs_at(1, 10_000)

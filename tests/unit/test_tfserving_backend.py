@@ -300,7 +300,7 @@ def test_local_server_flags(tmp_path: Path) -> None:
     assert "--batching_parameters_file=/models/batching.config" in flags
     assert "--xla_cpu_compilation_enabled=true" in flags
     assert (tmp_path / "models" / "batching.config").read_text().startswith("max_batch_size")
-    assert local.state() is None and local.stop() is False
+    assert local.state() is None and not local.stop()
 
 
 def test_local_server_from_a_binary_on_path(monkeypatch, models, tmp_path: Path) -> None:

@@ -36,7 +36,14 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from servegate.backends._process import free_port, kill_group
+from servegate.backends._process import (
+    StopOutcome,
+    free_port,
+    identity,
+    identity_mismatch,
+    minimal_environment,
+    stop_recorded,
+)
 from servegate.backends.base import VersionInfo
 from servegate.config import home_dir
 from servegate.errors import (
@@ -47,6 +54,8 @@ from servegate.errors import (
     ServerRequestError,
     ServerStartError,
 )
+from servegate.locks import server_lock
+from servegate.naming import segment, validate_name
 from servegate.packaging.tfserving_config import (
     CANARY,
     PROMETHEUS_PATH,
@@ -143,9 +152,9 @@ class TFServingClient:
     def model_path(name: str, version: str | int | None = None, label: str | None = None) -> str:
         if version is not None and label is not None:
             raise ConfigError("give a version or a label, not both")
-        suffix = (f"/versions/{version}" if version is not None else
-                  f"/labels/{label}" if label is not None else "")
-        return f"/v1/models/{name}{suffix}"
+        suffix = (f"/versions/{_version_number(version)}" if version is not None else
+                  f"/labels/{segment(label)}" if label is not None else "")
+        return f"/v1/models/{segment(validate_name(name))}{suffix}"
 
     def _rest(self, method: str, path: str, action: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -340,7 +349,7 @@ class TFServingBackend:
     # ---- ServingBackend -----------------------------------------------------------------------
     def _place(self, artifact: Path, name: str, version: int) -> None:
         """Copy the SavedModel into ``<root>/<name>/<version>`` via a hidden temp dir + rename."""
-        target = self.model_root / name / str(version)
+        target = self.model_root / validate_name(name) / str(_version_number(version))
         artifact = Path(artifact).resolve()
         if not (artifact / "saved_model.pb").is_file():
             raise ConfigError(f"{artifact} is not a SavedModel directory (no saved_model.pb)")
@@ -497,6 +506,15 @@ class TFServingSettings:
     xla: bool = True
     docker_image: str = DOCKER_IMAGE
     ready_timeout_s: float = 120.0
+    #: Explicit opt-in: serve gRPC from a binary on TCP ``grpc_port`` of EVERY interface
+    #: (tensorflow_model_server has no bind-address flag), which exposes the unauthenticated
+    #: ModelService (HandleReloadConfigRequest can load or unload any model) and
+    #: PredictionService to the network. Off: gRPC listens on a Unix socket in the workdir.
+    grpc_tcp_all_interfaces: bool = False
+
+
+#: Unix socket paths are limited to 107 bytes (sun_path).
+MAX_SOCKET_PATH = 100
 
 
 @dataclass(frozen=True)
@@ -509,6 +527,9 @@ class TFServingState:
     grpc_target: str
     model_root: str
     server_root: str
+    #: A binary's start time and command line, checked before it is signalled.
+    create_time: float | None = None
+    cmdline: list[str] | None = None
 
     def backend(self) -> TFServingBackend:
         return TFServingBackend(TFServingClient(self.rest_url, self.grpc_target),
@@ -539,21 +560,44 @@ class LocalTFServing:
     def state_path(self) -> Path:
         return self.workdir / "server.json"
 
-    def state(self) -> TFServingState | None:
+    def _recorded(self) -> TFServingState | None:
         try:
-            state = TFServingState(**json.loads(self.state_path.read_text(encoding="utf-8")))
+            return TFServingState(**json.loads(self.state_path.read_text(encoding="utf-8")))
         except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+    def state(self) -> TFServingState | None:
+        state = self._recorded()
+        if state is None:
+            return None
+        if state.how == "binary" and identity_mismatch(int(state.ident), state.create_time,
+                                                       state.cmdline) is not None:
             return None
         with TFServingClient(state.rest_url, state.grpc_target) as client:
             return state if client.ping() else None
 
-    def flags(self, grpc_port: int, rest_port: int, root: str) -> list[str]:
+    def grpc_socket_path(self) -> Path:
+        """Where a binary's gRPC listens: ``<workdir>/run/grpc.sock`` (a 0700 directory), or a
+        private temporary directory when that path is too long for a Unix socket."""
+        run = self.workdir / "run"
+        if len(str(run / "grpc.sock")) > MAX_SOCKET_PATH:
+            run = Path(tempfile.mkdtemp(prefix="servegate-tfs-"))
+        run.mkdir(parents=True, exist_ok=True)
+        run.chmod(0o700)
+        return run / "grpc.sock"
+
+    def flags(self, grpc_port: int, rest_port: int, root: str,
+              grpc_socket: str | None = None) -> list[str]:
+        """The server's command line; with ``grpc_socket``, gRPC listens only on that Unix
+        socket (``--port=0`` disables its TCP listener)."""
         s = self.settings
         files = write_server_configs(
             self.model_root,
             batching=batching_parameters(max_batch_size=s.max_batch_size,
                                          batch_timeout_ms=s.batch_timeout_ms))
-        flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+        grpc = ([f"--port={grpc_port}"] if grpc_socket is None else
+                ["--port=0", f"--grpc_socket_path={grpc_socket}"])
+        flags = [*grpc, f"--rest_api_port={rest_port}",
                  *files.server_flags(lambda p: f"{root}/{Path(p).name}"),
                  "--model_config_file_poll_wait_seconds=0", "--file_system_poll_wait_seconds=1",
                  "--enable_model_warmup=true"]
@@ -566,6 +610,11 @@ class LocalTFServing:
     def start(self) -> TFServingState:
         """Reuse the recorded server, or start one (binary first, then Docker), or raise
         ``ServerNotRunning`` saying how to provide one."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with server_lock(self.workdir, wait_s=self.settings.ready_timeout_s):
+            return self._start()
+
+    def _start(self) -> TFServingState:
         running = self.state()
         if running is not None:
             return running
@@ -577,15 +626,21 @@ class LocalTFServing:
         self.model_root.mkdir(parents=True, exist_ok=True)
         rest_port, grpc_port = s.rest_port or free_port(s.host), s.grpc_port or free_port(s.host)
         if binary is not None:
-            # tensorflow_model_server has no bind-address flag: it listens on every interface.
+            # tensorflow_model_server has no bind-address flag: TCP listeners take every
+            # interface. gRPC (whose ModelService reloads the model config, unauthenticated)
+            # therefore goes to a private Unix socket unless TCP was asked for explicitly.
+            command, grpc_target = self.binary_command(binary, grpc_port, rest_port)
             log = open(self.workdir / "tfserving.log", "ab")  # noqa: SIM115 (the child owns it)
-            process = subprocess.Popen([binary, *self.flags(grpc_port, rest_port,
-                                                            str(self.model_root))],
-                                       cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(command, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, env=self._environment())
+            try:
+                recorded = identity(process.pid)
+            except Exception:  # it died at once: the readiness wait reports it
+                recorded = {"create_time": None, "cmdline": None}
             state = TFServingState("binary", str(process.pid), f"http://{s.host}:{rest_port}",
-                                   f"{s.host}:{grpc_port}", str(self.model_root),
-                                   str(self.model_root))
+                                   grpc_target, str(self.model_root), str(self.model_root),
+                                   create_time=recorded["create_time"])  # type: ignore[arg-type]
         else:
             command = ["docker", "run", "-d", "--rm", "--name", f"servegate-tfserving-{rest_port}",
                        "-p", f"{s.host}:{rest_port}:8501", "-p", f"{s.host}:{grpc_port}:8500",
@@ -605,20 +660,45 @@ class LocalTFServing:
                     raise ServerStartError(f"TF Serving did not answer within "
                                            f"{s.ready_timeout_s:.0f}s; see {self.workdir}")
                 time.sleep(0.3)
+        if state.how == "binary":  # the command line once it answers (after a wrapper's exec)
+            state = replace(state, cmdline=identity(int(state.ident))["cmdline"])  # type: ignore[arg-type]
+            self.state_path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         return state
 
-    def stop(self) -> bool:
-        """Stop the recorded server (process group or container); True if one was recorded."""
-        try:
-            state = TFServingState(**json.loads(self.state_path.read_text(encoding="utf-8")))
-        except (FileNotFoundError, ValueError, TypeError):
-            return False
-        if state.how == "docker":
-            subprocess.run(["docker", "stop", state.ident], capture_output=True, timeout=60)
-        else:
-            kill_group(int(state.ident))
-        self.state_path.unlink(missing_ok=True)
-        return True
+    def binary_command(self, binary: str, grpc_port: int,
+                       rest_port: int) -> tuple[list[str], str]:
+        """``tensorflow_model_server``'s command line and the gRPC target to reach it."""
+        if self.settings.grpc_tcp_all_interfaces:
+            return ([binary, *self.flags(grpc_port, rest_port, str(self.model_root))],
+                    f"{self.settings.host}:{grpc_port}")
+        socket_path = self.grpc_socket_path()
+        socket_path.unlink(missing_ok=True)
+        return ([binary, *self.flags(0, rest_port, str(self.model_root), str(socket_path))],
+                f"unix:{socket_path}")
+
+    def _environment(self) -> dict[str, str]:
+        """No MLflow, cloud or other credentials reach the server."""
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return minimal_environment({"TMPDIR": str(tmp), "TEMP": str(tmp)})
+
+    def stop(self) -> StopOutcome:
+        """Stop the recorded server (process group or container); truthy if one was stopped.
+        A binary's pid is signalled only while its start time and command line match the
+        state file; otherwise nothing is killed and ``.stale`` says why."""
+        if not self.state_path.exists():
+            return StopOutcome(False)
+        with server_lock(self.workdir, wait_s=self.settings.ready_timeout_s):
+            state = self._recorded()
+            outcome = StopOutcome(False)
+            if state is not None and state.how == "docker":
+                subprocess.run(["docker", "stop", state.ident], capture_output=True, timeout=60)
+                outcome = StopOutcome(True)
+            elif state is not None:
+                stopped, stale = stop_recorded(int(state.ident), state.create_time, state.cmdline)
+                outcome = StopOutcome(stopped or stale is None, stale)
+            self.state_path.unlink(missing_ok=True)
+            return outcome
 
 
 def attach(rest_url: str, grpc_target: str | None = None, model_root: Path | None = None,

@@ -59,8 +59,11 @@ class FakeTFServing:
     answer until ``stop()``. Also a context manager."""
 
     def __init__(self, *, load_delay_s: float = 0.0, host: str = "127.0.0.1", rest_port: int = 0,
-                 grpc_port: int = 0) -> None:
+                 grpc_port: int = 0, grpc_socket_path: str | None = None) -> None:
+        """``grpc_port`` 0 picks a free port, unless ``grpc_socket_path`` is given: then, like
+        ``tensorflow_model_server --port=0 --grpc_socket_path=P``, gRPC listens on P only."""
         self.load_delay_s = load_delay_s
+        self.grpc_socket_path = grpc_socket_path
         self.host = host
         self.ports = (rest_port, grpc_port)
         self.versions: dict[str, dict[int, _Version]] = {}
@@ -88,9 +91,13 @@ class FakeTFServing:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, self._grpc)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction_service,
                                                                             self._grpc)
-        port = self._grpc.add_insecure_port(f"{self.host}:{self.ports[1]}")
+        if self.grpc_socket_path:
+            self._grpc.add_insecure_port(f"unix:{self.grpc_socket_path}")
+            self.grpc_target = f"unix:{self.grpc_socket_path}"
+        if not self.grpc_socket_path or self.ports[1]:
+            port = self._grpc.add_insecure_port(f"{self.host}:{self.ports[1]}")
+            self.grpc_target = f"{self.host}:{port}"
         self._grpc.start()
-        self.grpc_target = f"{self.host}:{port}"
         return self
 
     def stop(self) -> None:
@@ -455,8 +462,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8500)
     parser.add_argument("--rest_api_port", type=int, default=8501)
     parser.add_argument("--model_config_file", default="")
+    parser.add_argument("--grpc_socket_path", default="")
     args, _ = parser.parse_known_args(argv)
-    fake = FakeTFServing(host="127.0.0.1", rest_port=args.rest_api_port, grpc_port=args.port)
+    fake = FakeTFServing(host="127.0.0.1", rest_port=args.rest_api_port, grpc_port=args.port,
+                         grpc_socket_path=args.grpc_socket_path or None)
     if args.model_config_file and Path(args.model_config_file).exists():
         config = text_format.Parse(Path(args.model_config_file).read_text(encoding="utf-8"),
                                    model_server_config_pb2.ModelServerConfig())

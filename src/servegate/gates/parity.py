@@ -19,6 +19,7 @@ import numpy as np
 
 from servegate.backends.base import ServingBackend
 from servegate.config import ParityThresholds
+from servegate.errors import SourceError
 from servegate.gates.checks import Check
 from servegate.sources.base import TorchModel
 
@@ -123,7 +124,7 @@ def run_parity(backend: ServingBackend, name: str, version: str, model: TorchMod
                champion_version: str | None) -> ParityResult:
     """The held-out rows through the challenger (and the champion), against the reference."""
     if model.eval_x is None:
-        raise ValueError("the model has no held-out set to gate on")
+        raise SourceError("the model has no held-out set to gate on")
     task = _task(model)
     if task == "embedding" or (task == "text-classification" and model.eval_y is None
                                and not model.labels):

@@ -45,8 +45,11 @@ MODEL_CONFIG_FILE = "model-config.yaml"
 
 
 def archive_file_name(name: str, version: str) -> str:
-    """The model-store file name of one version (several versions live side by side)."""
-    return f"{name}.v{version}.mar"
+    """The model-store file name of one version (several versions live side by side); the name
+    and version are validated, so the file stays inside the store."""
+    from servegate.naming import validate_name, validate_version
+
+    return f"{validate_name(name)}.v{validate_version(version)}.mar"
 
 
 @dataclass(frozen=True)

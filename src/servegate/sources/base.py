@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from servegate.errors import ConfigError, SourceError
 from servegate.sources.schema import Batch, Rows, TensorSpec, batch_arrays, batch_rows
 
 #: Tasks of tensor models (the handler family serves each without a custom handler).
@@ -84,7 +85,7 @@ class TorchModel:
         feature rows (``Rows`` for several inputs), or strings for a text model."""
         if self.is_text:
             if self.eval_x is None or not len(self.eval_x):
-                raise ValueError("a text model needs held-out sentences (eval_x)")
+                raise SourceError("a text model needs held-out sentences (eval_x)")
             return np.resize(np.asarray(self.eval_x, dtype=str), rows)
         if self.eval_x is not None and len(self.eval_x):
             return batch_rows(self.eval_x[:rows], min(rows, len(self.eval_x)))
@@ -116,11 +117,11 @@ class TorchModel:
         limit = int(self.max_length or 128)
         tokens = limit if tokens is None else tokens
         if not 2 <= tokens <= limit:
-            raise ValueError(f"tokens must be in [2, {limit}] (max_length), got {tokens}")
+            raise ConfigError(f"tokens must be in [2, {limit}] (max_length), got {tokens}")
         texts = [" ".join(np.roll(sentences, -i)) for i in range(batch)]
         ids, mask = self.text_encoder().encode(texts)  # truncated at max_length, ends in [SEP]
         if int(mask.sum(1).min()) < tokens:
-            raise ValueError(f"the held-out text is shorter than {tokens} tokens")
+            raise SourceError(f"the held-out text is shorter than {tokens} tokens")
         sep = ids[0, int(mask[0].sum()) - 1]
         ids = np.ascontiguousarray(ids[:, :tokens])
         ids[:, -1] = sep
@@ -145,7 +146,7 @@ class TorchModel:
     def text_encoder(self):  # -> sg_text.TextEncoder (the handlers' own tokenisation)
         """The worker's tokenisation (``handlers/sg_text.py``), so references match serving."""
         if self.tokenizer_file is None:
-            raise ValueError("not a text model: no tokenizer_file")
+            raise SourceError("not a text model: no tokenizer_file")
         cached = getattr(self, "_text_encoder", None)
         if cached is None:
             from servegate._resources import handler_module

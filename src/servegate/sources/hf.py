@@ -130,7 +130,10 @@ def load_embedding_module(model_dir: Path, implementation: Implementation = "aut
             raise SourceError(f"{model_dir}: model_type {config.get('model_type')!r} is not a "
                               "plain BERT; the built-in encoder cannot run it "
                               "(install transformers)")
-        encoder = BertEncoder(**bert_config)
+        try:
+            encoder = BertEncoder(**bert_config)
+        except ValueError as exc:  # text_net imports torch only: its checks raise ValueError
+            raise SourceError(f"{model_dir}: {exc}") from exc
         weights = _load_weights(model_dir)
         if any(k.startswith("bert.") for k in weights):  # saved from a BertFor... head model
             weights = {k.removeprefix("bert."): v for k, v in weights.items()

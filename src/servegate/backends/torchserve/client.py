@@ -23,6 +23,7 @@ from servegate.errors import (
     ServerRequestError,
     ServerStartError,
 )
+from servegate.naming import segment, validate_name, validate_version
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -60,6 +61,12 @@ def raise_for_status(response: httpx.Response, action: str) -> None:
     raise ServerRequestError(action, status=status, server_message=message)
 
 
+def _model_path(name: str, version: str | None = None) -> str:
+    """``/models/NAME[/VERSION]``, validated and quoted."""
+    path = f"/models/{segment(validate_name(name))}"
+    return path + (f"/{segment(validate_version(version))}" if version else "")
+
+
 class TorchServeClient:
     """Management + inference calls against one TorchServe."""
 
@@ -81,8 +88,9 @@ class TorchServeClient:
 
     # ---- transport ---------------------------------------------------------------------------
     def _request(self, method: str, url: str, kind: KeyKind, action: str, **kwargs: Any) -> httpx.Response:
+        caller_headers = dict(kwargs.pop("headers", None) or {})  # kept for the retry too
         for attempt in (1, 2):
-            headers = self.keys.header(kind) | kwargs.pop("headers", {})
+            headers = self.keys.header(kind) | caller_headers
             try:
                 response = self._http.request(method, url, headers=headers, **kwargs)
             except httpx.TransportError as exc:
@@ -118,19 +126,21 @@ class TorchServeClient:
               timeout_s: int = 300) -> None:
         params = {"min_worker": min_workers, "max_worker": max_workers or min_workers,
                   "synchronous": "true"}
-        self._management("PUT", f"/models/{name}/{version}", f"scale {name} v{version}",
+        self._management("PUT", _model_path(name, version), f"scale {name} v{version}",
                          params=params, timeout=timeout_s)
 
     def set_default(self, name: str, version: str) -> None:
-        self._management("PUT", f"/models/{name}/{version}/set-default",
+        self._management("PUT", f"{_model_path(name, version)}/set-default",
                          f"make {name} v{version} the default")
 
     def unregister(self, name: str, version: str) -> None:
-        self._management("DELETE", f"/models/{name}/{version}", f"unregister {name} v{version}")
+        self._management("DELETE", _model_path(name, version), f"unregister {name} v{version}")
 
     def describe(self, name: str, version: str | None = "all") -> list[dict[str, Any]]:
         """Describe ``version`` of ``name`` ("all" versions; None: the default one)."""
-        path = f"/models/{name}" + (f"/{version}" if version else "")
+        path = _model_path(name, version if version and version != "all" else None)
+        if version == "all":
+            path += "/all"
         response = self._management("GET", path, f"describe {name}")
         body = response.json()
         return body if isinstance(body, list) else [body]
@@ -187,8 +197,8 @@ class TorchServeClient:
 
     # ---- inference ---------------------------------------------------------------------------
     def predict_url(self, name: str, version: str | None = None) -> str:
-        suffix = f"/{version}" if version else ""
-        return f"{self.endpoints.inference}/predictions/{name}{suffix}"
+        suffix = f"/{segment(validate_version(version))}" if version else ""
+        return f"{self.endpoints.inference}/predictions/{segment(validate_name(name))}{suffix}"
 
     def predict_raw(self, name: str, body: bytes, version: str | None = None,
                     content_type: str = "application/json") -> httpx.Response:

@@ -13,19 +13,30 @@ import string
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
 
 from servegate._resources import serving_configs_dir
-from servegate.backends._process import alive, free_port, kill_group
+from servegate.backends._process import (
+    StopOutcome,
+    alive,
+    free_port,
+    identity,
+    identity_mismatch,
+    minimal_environment,
+    stop_recorded,
+)
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.config import TorchServeSettings
 from servegate.errors import ServerError, ServerNotRunning, ServerStartError
+from servegate.locks import server_lock
 
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
+#: Answers (embeddings of a full batch as JSON) may be larger than requests.
+MAX_RESPONSE_SIZE = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,10 @@ class ServerState:
     management: str
     metrics: str
     key_file: str | None
+    #: The launcher's start time and command line, checked before anything is signalled
+    #: (None in state files written before they were recorded).
+    create_time: float | None = None
+    cmdline: list[str] | None = None
 
     @property
     def endpoints(self) -> Endpoints:
@@ -67,6 +82,7 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         metrics_config=templates / "metrics.yaml",
         job_queue_size=100,
         max_request_size=settings.max_request_size,
+        max_response_size=MAX_RESPONSE_SIZE,
         log4j_config=templates / "log4j2.xml",
     )
 
@@ -88,18 +104,34 @@ class LocalTorchServe:
     def state_path(self) -> Path:
         return self.workdir / STATE_FILE
 
-    def state(self) -> ServerState | None:
-        """The recorded state if that server is alive and answers, else None."""
+    def _recorded(self) -> ServerState | None:
         try:
-            state = ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
+            return ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
         except (FileNotFoundError, ValueError, TypeError):
             return None
-        if not alive(state.pid) or not _answers(state):
+
+    def state(self) -> ServerState | None:
+        """The recorded state if that server is alive, still the process we started, and
+        answers; else None."""
+        state = self._recorded()
+        if state is None or not alive(state.pid):
+            return None
+        if identity_mismatch(state.pid, state.create_time, state.cmdline) is not None:
+            return None
+        if not _answers(state):
             return None
         return state
 
+    def _lock(self):  # one start/stop per directory; a second one waits, bounded, then Busy
+        return server_lock(self.workdir, wait_s=self.settings.ready_timeout_s)
+
     def start(self) -> ServerState:
         """Start TorchServe (or return the one already running here) and wait until it answers."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            return self._start()
+
+    def _start(self) -> ServerState:
         running = self.state()
         if running is not None:
             return running
@@ -132,6 +164,10 @@ class LocalTorchServe:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        try:  # the start time now; the command line once it answers (after any exec)
+            recorded = identity(process.pid)
+        except Exception:  # it died at once: _wait_up reports its exit code
+            recorded = {"create_time": None, "cmdline": None}
         state = ServerState(
             pid=process.pid,
             workdir=str(self.workdir),
@@ -140,6 +176,7 @@ class LocalTorchServe:
             management=f"http://{s.host}:{ports['management']}",
             metrics=f"http://{s.host}:{ports['metrics']}",
             key_file=str(self.workdir / KEY_FILE),
+            create_time=recorded["create_time"],  # type: ignore[arg-type]
         )
         self.state_path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         try:
@@ -147,18 +184,20 @@ class LocalTorchServe:
         except ServerStartError:
             self.stop()
             raise
+        state = replace(state, cmdline=identity(process.pid)["cmdline"])  # type: ignore[arg-type]
+        self.state_path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         return state
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """A minimal environment: no MLflow, cloud or other credentials reach the server or
+        its workers (``_process.minimal_environment``)."""
         tmp = str(self.workdir / "tmp")
-        env.update(
-            LOG_LOCATION=str(self.workdir / "logs"),
-            METRICS_LOCATION=str(self.workdir / "logs"),
-            TEMP=tmp, TMPDIR=tmp,
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        )
-        return env
+        return minimal_environment({
+            "LOG_LOCATION": str(self.workdir / "logs"),
+            "METRICS_LOCATION": str(self.workdir / "logs"),
+            "TEMP": tmp, "TMPDIR": tmp,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        })
 
     def _wait_up(self, state: ServerState, process: subprocess.Popen[bytes]) -> None:
         """Up = the key file exists and the management API answers an authorised call."""
@@ -174,15 +213,23 @@ class LocalTorchServe:
             time.sleep(0.3)
         raise ServerStartError(f"TorchServe did not answer within {self.settings.ready_timeout_s}s")
 
-    def stop(self, timeout_s: float = 30.0) -> bool:
-        """Stop the server and every process of its group; True if one was running."""
-        try:
-            state = ServerState(**json.loads(self.state_path.read_text(encoding="utf-8")))
-        except (FileNotFoundError, ValueError, TypeError):
-            return False
-        stopped = kill_group(state.pid, timeout_s)
-        self.state_path.unlink(missing_ok=True)
-        return stopped
+    def stop(self, timeout_s: float = 30.0) -> StopOutcome:
+        """Stop the server and every process of its group; truthy if one was running.
+
+        The recorded pid is signalled only while its start time and command line match
+        ``server.json``; otherwise the state file is stale (the pid was reused): it is removed,
+        nothing is killed, and ``.stale`` says why.
+        """
+        if not self.state_path.exists():
+            return StopOutcome(False)
+        with self._lock():
+            state = self._recorded()
+            if state is None:
+                self.state_path.unlink(missing_ok=True)
+                return StopOutcome(False)
+            stopped, stale = stop_recorded(state.pid, state.create_time, state.cmdline, timeout_s)
+            self.state_path.unlink(missing_ok=True)
+            return StopOutcome(stopped, stale)
 
 
 def _answers(state: ServerState) -> bool:

@@ -1,0 +1,166 @@
+"""Issue 11 against a real TorchServe and MLflow on SQLite: SIGTERM during a run, a promotion
+SIGKILLed between its registry and server steps, and the server's environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from servegate.backends._process import group_processes
+from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+from servegate.config import TorchServeSettings
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--compiler", "eager", "--load-seconds", "2", "--load-users", "2", "--load-rounds", "1",
+        "--max-regression-pct", "400"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("safety")
+    values = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+              "SERVEGATE_HOME": str(home / "servegate"), "TMPDIR": str(home / "tmp"),
+              # this checkout's code in the subprocesses, whatever is installed
+              "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
+                                                        str(ROOT / "src")) if p)}
+    (home / "tmp").mkdir()
+    saved = {k: os.environ.get(k) for k in (*values, "MLFLOW_EXPERIMENT_ID")}
+    os.environ.update(values)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
+    server = LocalTorchServe(TorchServeSettings(workdir=home / "servegate" / "torchserve"))
+    try:
+        yield home, server
+    finally:
+        recorded = server.state()
+        server.stop()
+        if recorded is not None:
+            assert group_processes(recorded.pid) == []
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        mlflow.set_tracking_uri(None)
+
+
+def servegate_run(*args: str, wrapper: str | None = None) -> subprocess.Popen[str]:
+    code = (wrapper or "") + "\nfrom servegate.cli import main\nimport sys\nmain(['run', *sys.argv[1:]])\n"
+    return subprocess.Popen([sys.executable, "-c", code, *FAST, *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def alias(name: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias("digits", name).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def backend_of(server: LocalTorchServe) -> TorchServeBackend:
+    state = server.state()
+    assert state is not None
+    return TorchServeBackend.from_state(state)
+
+
+def test_sigterm_during_a_run_cleans_up(env) -> None:
+    home, server = env
+    first = servegate_run()
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert alias("champion") == "1"
+    run = servegate_run()
+    assert run.stdout is not None
+    seen = []
+    for line in run.stdout:  # wait until the challenger is on the server and under gate
+        seen.append(line)
+        if "gate: load" in line:
+            break
+    else:
+        pytest.fail("".join(seen)[-3000:])
+    time.sleep(1)
+    run.send_signal(signal.SIGTERM)  # a cancelled CI job
+    rest, _ = run.communicate(timeout=180)
+    output = "".join(seen) + rest
+    assert run.returncode == 143, output[-3000:]
+    assert "interrupted by SIGTERM" in output
+    with backend_of(server) as backend:
+        assert [v.version for v in backend.versions("digits")] == ["1"]  # challenger withdrawn
+        assert backend.default_version("digits") == "1"
+    assert alias("champion") == "1" and alias("challenger") is None
+    parent = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                                filter_string="attributes.run_name = 'deploy-digits'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert parent.info.status == "KILLED"
+    assert not list((home / "tmp").glob("servegate-*")), "temp files left behind"
+
+
+KILL_AT_PROMOTION = """
+import os, signal
+from servegate.backends.torchserve.deployer import TorchServeBackend
+from servegate.promotion import pending_move
+from servegate.registry import Registry
+
+set_default = TorchServeBackend.set_default
+
+def killed_between_steps(self, name, version):
+    if pending_move(Registry.for_model(name)) is not None:  # the promotion's server step
+        os.kill(os.getpid(), signal.SIGKILL)
+    set_default(self, name, version)
+
+TorchServeBackend.set_default = killed_between_steps
+"""
+
+
+def test_a_promotion_killed_between_its_steps_is_repaired_by_the_next_run(env) -> None:
+    _, server = env
+    champion = alias("champion")
+    killed = servegate_run(wrapper=KILL_AT_PROMOTION)
+    out, _ = killed.communicate(timeout=600)
+    assert killed.returncode == -signal.SIGKILL, out[-3000:]
+    promoted = alias("champion")
+    assert promoted != champion  # the registry moved first ...
+    with backend_of(server) as backend:
+        assert backend.default_version("digits") == champion  # ... the server never did
+    tags = MlflowClient().get_registered_model("digits").tags
+    assert tags["servegate.promotion"].startswith("in-progress kind=promotion")
+
+    after = servegate_run()
+    out, _ = after.communicate(timeout=600)
+    assert after.returncode == 0, out[-3000:]
+    assert f"interrupted promotion of digits (v{champion} -> v{promoted}) finished" in out
+    tags = MlflowClient().get_registered_model("digits").tags
+    assert tags["servegate.promotion"].startswith("done")
+    with backend_of(server) as backend:
+        assert backend.default_version("digits") == alias("champion")
+    repaired = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                                  filter_string="attributes.run_name = 'deploy-digits'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert "finished" in repaired.data.tags["servegate.promotion_repair"]
+
+
+def test_no_secret_reaches_torchserve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {"MLFLOW_TRACKING_TOKEN": "tok-1", "AWS_SECRET_ACCESS_KEY": "aws-2",
+               "GOOGLE_APPLICATION_CREDENTIALS": "/g-3", "SOME_SERVICE_PASSWORD": "pw-4"}
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    server = LocalTorchServe(TorchServeSettings(workdir=tmp_path / "ts"))
+    state = server.start()
+    try:
+        processes = group_processes(state.pid)
+        assert any("java" in " ".join(p.cmdline()) for p in processes)  # the frontend too
+        for process in processes:
+            environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+            for key, value in secrets.items():
+                assert key.encode() not in environ and value.encode() not in environ, process
+    finally:
+        assert server.stop()
