@@ -107,6 +107,10 @@ class PipelineConfig(_Settings):
     task: str | None = None
     #: hf: models: truncation in tokens (None: the model's default).
     max_length: int | None = Field(None, ge=8)
+    #: The user's held-out data (path or MLflow artifact URI) the gates run on.
+    eval_data: str | None = None
+    #: The label column of tabular eval_data.
+    label_column: str = "label"
     name: str = Field("digits", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
     target: str = "torchserve"
     compiler: str = "auto"

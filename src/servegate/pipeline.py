@@ -118,7 +118,8 @@ class DeployPipeline:
         if self.is_tf:
             from servegate.sources.keras_import import load_keras_model
 
-            return load_keras_model(self.config.model)
+            return load_keras_model(self.config.model, eval_data=self.config.eval_data,
+                                    label_column=self.config.label_column, task=self.config.task)
         return load_torch_model(self.config.model, task=self.config.task,
                                 max_length=self.config.max_length)
 
