@@ -135,7 +135,8 @@ def test_regressor_from_npz(wine_files, outputs: int) -> None:
                              task=None if outputs == 1 else "regression")
     assert model.task == "regression" and model.output_kind == "values" and model.labels == []
     assert model.reference(model.eval_x).shape == (len(model.eval_x), outputs)
-    error = model.reference(model.eval_x) - np.asarray(model.eval_y, np.float64).reshape(len(model.eval_x), -1)
+    target = np.asarray(model.eval_y, np.float64).reshape(len(model.eval_x), -1)
+    error = model.reference(model.eval_x) - target
     assert model.metrics["mae"] == pytest.approx(float(np.abs(error).mean()), rel=1e-6)
     assert model.metrics["rmse"] == pytest.approx(float(np.sqrt((error ** 2).mean())), rel=1e-6)
 

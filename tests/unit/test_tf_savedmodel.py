@@ -184,8 +184,13 @@ def test_tf_trt_says_this_tensorflow_has_no_tensorrt(exported, tmp_path: Path) -
 # ---- users' Keras models: 13 features (classifier, logits, regressor), an RGB image model ----------
 @pytest.fixture(scope="module")
 def user_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KerasModel]:
-    from tiny_keras_models import (save_image_model, save_wine_classifier, save_wine_regressor,
-                                   wine_csv, wine_npz)
+    from tiny_keras_models import (
+        save_image_model,
+        save_wine_classifier,
+        save_wine_regressor,
+        wine_csv,
+        wine_npz,
+    )
 
     from servegate.sources.keras_import import load_keras_model
 

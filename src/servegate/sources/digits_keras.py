@@ -13,7 +13,6 @@ import numpy as np
 from servegate.errors import SourceError
 from servegate.sources.digits import DIGIT_LABELS, load_digits_split
 
-
 #: What a Keras model's single output holds.
 OUTPUT_KINDS = ("probabilities", "logits", "sigmoid", "values")
 KERAS_TASKS = ("classification", "regression")

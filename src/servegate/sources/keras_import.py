@@ -128,7 +128,8 @@ def keras_schema(keras_model: Any, uri: str):  # -> ModelSchema
     shape = tuple(-1 if d is None else int(d) for d in inputs[0].shape[1:])
     dtype = np.dtype(str(getattr(inputs[0].dtype, "name", inputs[0].dtype))).name
     if dtype not in INPUT_DTYPES:
-        raise SourceError(f"{uri}: input dtype {dtype} cannot be served; supported: {', '.join(INPUT_DTYPES)}")
+        raise SourceError(f"{uri}: input dtype {dtype} cannot be served; "
+                          f"supported: {', '.join(INPUT_DTYPES)}")
     if not shape:
         raise SourceError(f"{uri}: the model takes scalars per row; expected a vector or an image")
     return ModelSchema((TensorSpec("inputs", shape, dtype),))
