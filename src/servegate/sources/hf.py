@@ -331,7 +331,7 @@ def _import_classifier(uri: str, model_dir: Path, labels: list[str], length: int
                        start: float) -> TorchModel:
     if data is None:
         raise needs_eval_data(uri, labels)
-    eval_y = class_indices(data, labels)
+    eval_x, eval_y = np.asarray(data.x, dtype=str), class_indices(data, labels)
     module, bert_config, used = load_classifier_module(model_dir, len(labels), implementation)
     config = _read_json(model_dir / "config.json")
     model = TorchModel(
@@ -339,7 +339,7 @@ def _import_classifier(uri: str, model_dir: Path, labels: list[str], length: int
         model_file=MODEL_FILE if bert_config else None,
         model_class="text_net.BertSequenceClassifier" if bert_config else None,
         model_kwargs={"classes": len(labels), **bert_config} if bert_config else {},
-        eval_x=np.asarray(data.x, dtype=str), eval_y=eval_y,
+        eval_x=eval_x, eval_y=eval_y,
         tokenizer_file=model_dir / "tokenizer.json", max_length=length, source_uri=uri,
         params={"model_dir": str(model_dir), "task": "text-classification", "max_length": length,
                 "implementation": used, "hidden_size": int(config.get("hidden_size", 0)),
@@ -347,7 +347,7 @@ def _import_classifier(uri: str, model_dir: Path, labels: list[str], length: int
                 "head": "checkpoint", "labels": ",".join(labels), "dataset": data.source,
                 "test_rows": len(data)},
     )
-    logits = reference_in_chunks(model, model.eval_x)
+    logits = reference_in_chunks(model, eval_x)
     model.metrics["accuracy"] = float((logits.argmax(1) == eval_y).mean())
     model.metrics["import_seconds"] = time.perf_counter() - start
     return model
@@ -416,13 +416,13 @@ def import_hf(uri: str, *, task: str | None = None, max_length: int | None = Non
     model.labels = list(topics.labels)
     model.model_class = "text_net.TextClassifier" if bert_config else None
     model.model_kwargs = {"classes": len(topics.labels), **bert_config} if bert_config else {}
-    model.params |= {"train_rows": len(topics.x_train), "test_rows": len(model.eval_x),
+    model.params |= {"train_rows": len(topics.x_train), "test_rows": len(eval_x),
                      "labels": ",".join(topics.labels), "head": "topics",
                      "train_dataset": "servegate.topics (templates)"}
     with torch.inference_mode():
         train_logits = head(torch.from_numpy(features)).numpy()
     model.metrics["train_accuracy"] = float((train_logits.argmax(1) == topics.y_train).mean())
-    test_logits = reference_in_chunks(model, model.eval_x)
-    model.metrics["accuracy"] = float((test_logits.argmax(1) == model.eval_y).mean())
+    test_logits = reference_in_chunks(model, eval_x)
+    model.metrics["accuracy"] = float((test_logits.argmax(1) == eval_y).mean())
     model.metrics["import_seconds"] = time.perf_counter() - start
     return model
