@@ -294,3 +294,23 @@ def test_user_classifier_refuses_wrong_or_missing_eval_data(user_dir: Path, tmp_
     # the encoder alone is still an embedding model (mean pooling), gated on the user's texts
     embedding = import_hf(f"hf:{user_dir}", task="embedding", eval_data=str(unlabelled))
     assert embedding.task == "embedding" and embedding.eval_y is None and len(embedding.eval_x) == 2
+
+
+def test_user_classifier_archive_serves_its_labels(user_dir: Path, build_archive, tmp_path: Path) -> None:
+    """The .mar ships BertSequenceClassifier as a state_dict (eager) and answers with id2label's
+    names and the softmax of the checkpoint's logits."""
+    from tiny_text_models import SENTIMENT, write_eval_texts
+
+    from servegate.sources.hf import import_hf
+
+    model = import_hf(f"hf:{user_dir}", eval_data=str(write_eval_texts(tmp_path / "eval.csv", SENTIMENT)))
+    archive = build_archive("1", name="sentiment", model=model, store=tmp_path)
+    with LocalHandler(archive) as local:
+        (status, body), = local.batch([json.dumps({"instances": model.eval_x.tolist()}).encode()])
+    assert status == 200
+    logits = model.reference(model.eval_x)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    probabilities = np.array([p["probabilities"] for p in body["predictions"]])
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert [p["label"] for p in body["predictions"]] == [SENTIMENT[i] for i in logits.argmax(1)]
