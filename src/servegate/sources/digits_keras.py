@@ -56,8 +56,9 @@ class KerasModel:
         shape = tuple(1 if d == -1 else d for d in self.input_shape)
         return np.random.default_rng(0).random((rows, *shape)).astype(self.input_dtype)
 
-    def outputs(self, x: np.ndarray) -> np.ndarray:
-        """The Keras model's own output on ``x`` (float32)."""
+    def raw_outputs(self, x: np.ndarray) -> np.ndarray:
+        """The Keras model's own output on ``x``, float32 ``[rows, values]`` (not named
+        ``outputs``: the gates read ``outputs`` as a model's output specs)."""
         out = self.model(np.ascontiguousarray(x, dtype=self.input_dtype), training=False)
         out = np.asarray(out, dtype=np.float32)
         return out.reshape(len(out), -1)
@@ -65,7 +66,7 @@ class KerasModel:
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The parity reference: class probabilities (logits when ``output_kind`` is
         ``logits``; a sigmoid's two-class probabilities) or regression values ``[rows, k]``."""
-        out = self.outputs(x)
+        out = self.raw_outputs(x)
         if self.output_kind == "sigmoid":
             return np.concatenate([1.0 - out, out], axis=1)
         return out

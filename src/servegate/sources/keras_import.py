@@ -201,7 +201,7 @@ def with_eval_data(keras_model: Any, uri: str, eval_data: str, *, label_column: 
     model = KerasModel(model=keras_model, labels=[], input_shape=spec.shape, input_dtype=spec.dtype,
                        image_shape=_image_shape(spec.shape, spec.dtype), eval_x=x, source_uri=uri)
     try:
-        out = model.outputs(x[:256])
+        out = model.raw_outputs(x[:256])
     except Exception as exc:  # Keras/TensorFlow raise many kinds
         raise SourceError(f"{uri}: the model fails on the eval_data rows: {exc}") from exc
     chosen = infer_keras_task(out, labels, given=task, class_names=class_names)
