@@ -145,8 +145,11 @@ class DeployPipeline:
     def _load_model(self) -> Any:
         if self.is_tf:
             from servegate.sources.keras_import import load_keras_model
+            from servegate.sources.options import read_labels
 
-            return load_keras_model(self.config.model)
+            return load_keras_model(self.config.model, eval_data=self.config.eval_data,
+                                    label_column=self.config.label_column, task=self.config.task,
+                                    class_names=read_labels(self.config.labels))
         return load_torch_model(self.config.model, self.config.source_options())
 
     @staticmethod

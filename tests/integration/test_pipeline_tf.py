@@ -87,3 +87,56 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("digits", "champion").version) == "1"
     assert client.get_model_version("digits", "3").tags["servegate.gate"] == "failed"
+
+
+def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path, monkeypatch) -> None:
+    """A user's own .keras classifier of 13 features, gated on the user's CSV (eval_data) on the
+    fake TF Serving: parity and load gates, promotion; then a 13-feature regressor without a
+    server: its SavedModel (values, no image signature) is built, validated and logged."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from tiny_keras_models import save_wine_classifier, save_wine_regressor, wine_csv, wine_npz
+
+    from servegate.backends.tfserving import attach
+    from servegate.backends.tfserving_fake import FakeTFServing
+    from servegate.config import LoadSettings, PipelineConfig, SLOs
+    from servegate.errors import ServerError
+    from servegate.pipeline import DeployPipeline
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
+    mlflow.set_experiment("servegate-deploy")
+    model_file = save_wine_classifier(tmp_path / "wine.keras", epochs=10)
+    eval_csv = wine_csv(tmp_path / "wine.csv")
+    root = tmp_path / "models"
+    root.mkdir()
+    config = PipelineConfig(model=str(model_file), name="wine", target="tfserving",
+                            eval_data=str(eval_csv), load=LoadSettings(users=4, seconds=2),
+                            slos=SLOs(max_regression_pct=400))
+    with FakeTFServing() as fake:
+        backend = attach(fake.rest_url, fake.grpc_target, root)
+        try:
+            result = DeployPipeline(config, backend).run()
+            assert result.decision == "promoted", result.checks
+            assert {c.name for c in result.checks} >= {"max_abs_diff", "top1_agreement", "p95_ms"}
+            answer = backend.predict("wine", {"instances": [[13.0] * 13]})
+            prediction = answer["predictions"][0]
+            assert len(prediction["probabilities"]) == 3 and prediction["labels"][0] in {"0", "1", "2"}
+        finally:
+            backend.close()
+    run = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                             filter_string="attributes.run_name = 'source'")[0]
+    assert run.data.params["model.dataset"] == str(eval_csv)
+    assert run.data.metrics["accuracy"] > 0.8
+
+    regressor = save_wine_regressor(tmp_path / "alcohol.keras", outputs=2, epochs=5)
+    no_server = config.model_copy(update={"model": str(regressor), "name": "alcohol",
+                                          "eval_data": str(wine_npz(tmp_path / "two.npz", outputs=2))})
+    with pytest.raises(ServerError):
+        DeployPipeline(no_server, backend=None).run()
+    package = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                                 filter_string="attributes.run_name = 'package'",
+                                 order_by=["attributes.start_time DESC"])[0]
+    assert package.data.metrics["tf1_max_abs_diff"] <= 1e-5
+    assert MlflowClient().get_model_version("alcohol", "1").tags["servegate.gate"] == "not run: no server"

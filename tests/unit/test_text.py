@@ -223,3 +223,95 @@ def test_tensor_models_keep_their_batching(build_archive, digits) -> None:
     assert spec.text is None and [i.shape for i in spec.inputs] == [[64]]
     (ids,) = digits.example_inputs(2)
     assert ids.dtype == np.float32 and ids.shape == (2, 64)
+
+
+# ---- a user's own fine-tuned classifier (tiny random-init BertForSequenceClassification) ----------
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_text_models import save_tiny_bert_classifier
+
+    return save_tiny_bert_classifier(tmp_path_factory.mktemp("sentiment"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_user_classifier_with_its_labels_and_eval_texts(user_dir: Path, tmp_path: Path,
+                                                        suffix: str) -> None:
+    from tiny_text_models import SENTIMENT, TEXTS, transformers_logits, write_eval_texts
+
+    from servegate.sources.eval_data import read_table, texts_from
+    from servegate.sources.hf import import_hf
+
+    path = write_eval_texts(tmp_path / f"eval{suffix}", SENTIMENT)
+    data = texts_from(read_table(str(path)), text_column="text")
+    model = import_hf(f"hf:{user_dir}", eval_data=data)
+    assert model.task == "text-classification" and model.labels == SENTIMENT
+    assert model.model_class == "text_net.BertSequenceClassifier"
+    assert model.model_kwargs["classes"] == 3 and model.model_kwargs["hidden_size"] == 32
+    assert list(model.eval_x) == TEXTS and list(model.eval_y) == [i % 3 for i in range(len(TEXTS))]
+    assert model.params["head"] == "checkpoint" and model.params["dataset"] == str(path)
+    assert "train_accuracy" not in model.metrics  # nothing is trained
+    ids, mask = model.model_inputs(model.eval_x)
+    assert mask.sum(1).min() < mask.shape[1]  # padding is exercised
+    logits = model.reference(model.eval_x)
+    np.testing.assert_allclose(logits, transformers_logits(user_dir, ids, mask), atol=1e-5)
+    assert model.metrics["accuracy"] == pytest.approx(float((logits.argmax(1) == model.eval_y).mean()))
+    # integer class indices are labels too, and a path is read with label_column
+    indices = write_eval_texts(tmp_path / f"indices{suffix}", [2, 0, 1])
+    by_index = import_hf(f"hf:{user_dir}", eval_data=str(indices))
+    assert list(by_index.eval_y[:3]) == [2, 0, 1]
+
+
+def test_user_classifier_through_transformers(user_dir: Path, tmp_path: Path) -> None:
+    from tiny_text_models import SENTIMENT, write_eval_texts
+
+    from servegate.sources.hf import import_hf
+
+    eval_path = str(write_eval_texts(tmp_path / "eval.csv", SENTIMENT))
+    builtin = import_hf(f"hf:{user_dir}", eval_data=eval_path)
+    other = import_hf(f"hf:{user_dir}", eval_data=eval_path, implementation="transformers")
+    assert other.model_class is None and other.labels == SENTIMENT  # pickled, exported to serve
+    np.testing.assert_allclose(other.reference(builtin.eval_x), builtin.reference(builtin.eval_x),
+                               atol=1e-5)
+
+
+def test_user_classifier_refuses_wrong_or_missing_eval_data(user_dir: Path, tmp_path: Path) -> None:
+    from tiny_text_models import write_eval_texts
+
+    from servegate.errors import ConfigError
+    from servegate.sources.hf import import_hf
+
+    with pytest.raises(SourceError, match=r"own labels \['negative', 'neutral', 'positive'\].*eval_data="):
+        import_hf(f"hf:{user_dir}")
+    wrong = write_eval_texts(tmp_path / "topics.csv", ["sports", "weather"])
+    with pytest.raises(ConfigError, match=r"labels \['sports', 'weather'\] are not the model's class names"):
+        import_hf(f"hf:{user_dir}", eval_data=str(wrong))
+    outside = write_eval_texts(tmp_path / "outside.csv", [0, 3])
+    with pytest.raises(ConfigError, match=r"indices \[3\] are outside the model's 3 classes"):
+        import_hf(f"hf:{user_dir}", eval_data=str(outside))
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("text\nfine\ngood\n")
+    with pytest.raises(ConfigError, match="no label column"):
+        import_hf(f"hf:{user_dir}", eval_data=str(unlabelled))
+    # the encoder alone is still an embedding model (mean pooling), gated on the user's texts
+    embedding = import_hf(f"hf:{user_dir}", task="embedding", eval_data=str(unlabelled))
+    assert embedding.task == "embedding" and embedding.eval_y is None and len(embedding.eval_x) == 2
+
+
+def test_user_classifier_archive_serves_its_labels(user_dir: Path, build_archive, tmp_path: Path) -> None:
+    """The .mar ships BertSequenceClassifier as a state_dict (eager) and answers with id2label's
+    names and the softmax of the checkpoint's logits."""
+    from tiny_text_models import SENTIMENT, write_eval_texts
+
+    from servegate.sources.hf import import_hf
+
+    model = import_hf(f"hf:{user_dir}", eval_data=str(write_eval_texts(tmp_path / "eval.csv", SENTIMENT)))
+    archive = build_archive("1", name="sentiment", model=model, store=tmp_path)
+    with LocalHandler(archive) as local:
+        (status, body), = local.batch([json.dumps({"instances": model.eval_x.tolist()}).encode()])
+    assert status == 200
+    logits = model.reference(model.eval_x)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    probabilities = np.array([p["probabilities"] for p in body["predictions"]])
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert [p["label"] for p in body["predictions"]] == [SENTIMENT[i] for i in logits.argmax(1)]

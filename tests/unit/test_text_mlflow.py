@@ -132,3 +132,63 @@ def test_import_options_and_input_checks(registry) -> None:
         text_outputs(registry["minilm"], [])
     with pytest.raises(ConfigError, match="takes strings"):
         text_outputs(registry["minilm"], ["fine", 3])
+
+
+# ---- a user's own classifier: registered with its labels, imported back with the user's texts -----
+@pytest.fixture(scope="module")
+def user_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    import mlflow
+    from tiny_text_models import SENTIMENT, save_tiny_bert_classifier, write_eval_texts
+
+    from servegate.sources.hf import import_hf
+    from servegate.sources.text_pyfunc import log_text_model
+
+    folder = tmp_path_factory.mktemp("user-mlflow")
+    eval_path = write_eval_texts(folder / "eval.jsonl", SENTIMENT)
+    model = import_hf(f"hf:{save_tiny_bert_classifier(folder / 'sentiment')}", eval_data=str(eval_path))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        try:
+            mlflow.create_experiment("user-text", artifact_location=(folder / "artifacts").as_uri())
+            mlflow.set_experiment("user-text")
+            with mlflow.start_run():
+                info = log_text_model(model, registered_model_name="sentiment")
+            assert str(info.registered_model_version) == "1"
+            yield {"model": model, "eval": eval_path}
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+def test_user_classifier_pyfunc_answers_with_its_labels(user_registry) -> None:
+    import mlflow
+
+    model: TorchModel = user_registry["model"]
+    info = mlflow.models.get_model_info("models:/sentiment/1")
+    assert info.metadata["head"] == "checkpoint" and info.metadata["labels"] == model.labels
+    answer = mlflow.pyfunc.load_model("models:/sentiment/1").predict(list(model.eval_x))
+    expected = model.reference(model.eval_x)
+    assert list(answer["label"]) == [model.labels[i] for i in expected.argmax(1)]
+    probabilities = np.stack(answer["probabilities"])
+    shifted = np.exp(expected - expected.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities, shifted / shifted.sum(1, keepdims=True), atol=1e-5)
+
+
+def test_user_classifier_imports_back_with_task_labels_and_eval_data(user_registry) -> None:
+    from servegate.sources.eval_data import read_table, texts_from
+    from servegate.sources.text_pyfunc import import_registered_text_model
+
+    original: TorchModel = user_registry["model"]
+    data = texts_from(read_table(str(user_registry["eval"])))
+    imported = import_registered_text_model("models:/sentiment/1", "text-classification", eval_data=data)
+    assert imported.task == "text-classification" and imported.labels == original.labels
+    assert imported.model_class == "text_net.BertSequenceClassifier"
+    assert imported.model_kwargs == original.model_kwargs and imported.params["head"] == "checkpoint"
+    np.testing.assert_array_equal(imported.eval_y, original.eval_y)
+    np.testing.assert_allclose(imported.reference(imported.eval_x), original.reference(original.eval_x),
+                               atol=1e-6)
+    assert imported.metrics["accuracy"] == pytest.approx(original.metrics["accuracy"])
+    with pytest.raises(SourceError, match="need your held-out texts.*eval_data"):
+        import_registered_text_model("models:/sentiment/1", "text-classification")
+    with pytest.raises(SourceError, match="registered text-classification model"):
+        import_registered_text_model("models:/sentiment/1", "text-classification", task="embedding")

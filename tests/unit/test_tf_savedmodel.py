@@ -18,6 +18,7 @@ from servegate.packaging import savedmodel  # noqa: E402
 from servegate.packaging.savedmodel import (  # noqa: E402
     IMAGE_KEY,
     INPUT_KEY,
+    OUTPUT_KEYS,
     SERVING_DEFAULT,
     SERVING_IMAGES,
     export_savedmodel,
@@ -178,3 +179,90 @@ def test_tf_trt_says_this_tensorflow_has_no_tensorrt(exported, tmp_path: Path) -
                         calibration_rows=np.zeros((16, 64), np.float32))
         assert "nvcr.io/nvidia/tensorflow" in str(info.value)
     assert not (tmp_path / "FP32").exists()
+
+
+# ---- users' Keras models: 13 features (classifier, logits, regressor), an RGB image model ----------
+@pytest.fixture(scope="module")
+def user_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KerasModel]:
+    from tiny_keras_models import (
+        save_image_model,
+        save_wine_classifier,
+        save_wine_regressor,
+        wine_csv,
+        wine_npz,
+    )
+
+    from servegate.sources.keras_import import load_keras_model
+
+    folder = tmp_path_factory.mktemp("user-keras")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "images.npz", x=rng.random((10, 6, 6, 3), dtype=np.float32),
+             y=rng.integers(0, 4, 10))
+    csv, npz = str(wine_csv(folder / "wine.csv")), str(wine_npz(folder / "two.npz", outputs=2))
+    return {
+        "classifier": load_keras_model(str(save_wine_classifier(folder / "c.keras", epochs=5)),
+                                       eval_data=csv),
+        "logits": load_keras_model(str(save_wine_classifier(folder / "l.keras", logits=True, epochs=5)),
+                                   eval_data=csv, class_names=["barolo", "grignolino", "barbera"]),
+        "regressor": load_keras_model(str(save_wine_regressor(folder / "r.keras", outputs=2, epochs=5)),
+                                      eval_data=npz),
+        "image": load_keras_model(str(save_image_model(folder / "i.keras")),
+                                  eval_data=str(folder / "images.npz")),
+    }
+
+
+@pytest.mark.parametrize("kind", ["classifier", "logits"])
+def test_tabular_classifier_export_without_image_signature(user_models, kind: str,
+                                                           tmp_path: Path) -> None:
+    model = user_models[kind]
+    report = export_savedmodel(model, tmp_path, "wine", 1)
+    assert max(report.tf1_max_abs_diff, report.tf2_max_abs_diff) <= 1e-5
+    assert report.top1_agreement == 1.0 and np.isnan(report.image_max_abs_diff)
+    assert report.warmup_records == 1
+    meta = _signatures(report.path)
+    assert set(meta) == {SERVING_DEFAULT}
+    assert [d.size for d in meta[SERVING_DEFAULT].inputs[INPUT_KEY].tensor_shape.dim] == [-1, 13]
+    x = model.eval_x
+    tf1 = run_tf1(report.path, SERVING_DEFAULT, {INPUT_KEY: x})
+    tf2 = run_tf2(report.path, SERVING_DEFAULT, {INPUT_KEY: x})
+    assert set(tf1) == set(OUTPUT_KEYS)
+    expected = model.probabilities(x)  # the softmax of a logits model, in the graph
+    for out in (tf1, tf2):
+        np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+        np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, atol=1e-5)
+    labels = np.asarray(model.labels)[expected.argmax(1)]
+    assert [s.decode() for s in tf1["labels"][:, 0]] == list(labels)
+
+
+def test_regressor_export_serves_values(user_models, tmp_path: Path) -> None:
+    model = user_models["regressor"]
+    report = export_savedmodel(model, tmp_path, "alcohol", 1, jit_compile=True)
+    assert max(report.tf1_max_abs_diff, report.tf2_max_abs_diff) <= 1e-5
+    assert np.isnan(report.top1_agreement) and np.isnan(report.image_max_abs_diff)
+    assert set(_signatures(report.path)) == {SERVING_DEFAULT}
+    tf1 = run_tf1(report.path, SERVING_DEFAULT, {INPUT_KEY: model.eval_x})
+    assert set(tf1) == {"values"} and tf1["values"].shape == (len(model.eval_x), 2)
+    np.testing.assert_allclose(tf1["values"], model.reference(model.eval_x), atol=1e-5)
+
+
+def test_image_model_gets_the_image_signature(user_models, tmp_path: Path) -> None:
+    model = user_models["image"]
+    assert model.image_shape == (6, 6, 3)
+    report = export_savedmodel(model, tmp_path, "rgb", 1)
+    assert report.image_max_abs_diff <= 1e-5 and report.warmup_records == 2
+    meta = _signatures(report.path)
+    assert [d.size for d in meta[SERVING_DEFAULT].inputs[INPUT_KEY].tensor_shape.dim] == [-1, 6, 6, 3]
+    x = model.eval_x[:3]
+    out = run_tf1(report.path, SERVING_IMAGES,
+                  {IMAGE_KEY: np.asarray(to_png_bytes(x, (6, 6, 3)), dtype=object)})
+    np.testing.assert_allclose(out["probabilities"], model.probabilities(png_reference_rows(x)),
+                               atol=1e-5)
+
+
+def _signatures(path: Path) -> dict:
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+    return {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}

@@ -24,11 +24,16 @@ class XlaCheck:
     compile_seconds: float
 
 
-def forward_function(keras_model: Any, input_dim: int, *, jit_compile: bool) -> Any:
-    """``keras_model`` (probabilities out) as a ``tf.function`` over ``[None, input_dim]``."""
+def forward_function(keras_model: Any, input_shape: int | tuple[int, ...], *, jit_compile: bool,
+                     dtype: str = "float32") -> Any:
+    """``keras_model``'s output (float32) as a ``tf.function`` over ``[None, *input_shape]``
+    (``-1``: any size) of ``dtype``."""
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([None, input_dim], tf.float32, name="inputs")],
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    dims = [None, *(None if d == -1 else int(d) for d in shape)]
+
+    @tf.function(input_signature=[tf.TensorSpec(dims, tf.as_dtype(dtype), name="inputs")],
                  jit_compile=jit_compile, autograph=False)
     def forward(inputs: Any) -> Any:
         return tf.cast(keras_model(inputs, training=False), tf.float32)
@@ -36,17 +41,19 @@ def forward_function(keras_model: Any, input_dim: int, *, jit_compile: bool) -> 
     return forward
 
 
-def check_xla(keras_model: Any, x: np.ndarray, *, atol: float = 1e-5) -> XlaCheck:
-    """Compile the forward pass with XLA and compare it with the Keras model on ``x``."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    forward = forward_function(keras_model, x.shape[1], jit_compile=True)
+def check_xla(keras_model: Any, x: np.ndarray, *, atol: float = 1e-5,
+              dtype: str = "float32") -> XlaCheck:
+    """Compile the forward pass with XLA and compare it with the Keras model on ``x`` (rows of
+    the model's input, as ``dtype``)."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    forward = forward_function(keras_model, x.shape[1:], jit_compile=True, dtype=x.dtype.name)
     start = time.perf_counter()
     try:
         compiled = np.asarray(forward(x))
     except Exception as exc:  # XLA reports unsupported ops and build failures as many types
         raise CompileError(f"XLA compilation failed: {exc}") from exc
     seconds = time.perf_counter() - start
-    reference = np.asarray(keras_model(x, training=False))
+    reference = np.asarray(keras_model(x, training=False), dtype=np.float32)
     diff = float(np.abs(compiled - reference).max())
     if not diff <= atol:
         raise CompileError(f"XLA output differs from the Keras model: max abs diff {diff:.3g} "

@@ -2,13 +2,17 @@
 
 Pre- and post-processing live INSIDE the serving signatures, so a client sends what it has:
 
-* ``serving_default``: ``inputs`` float32 ``[None, 64]`` in [0, 1];
-* ``serving_images``: ``image_bytes`` string ``[None]``: encoded PNG/JPEG/GIF/BMP images (base64 in
-  REST's ``{"b64": ...}``), decoded to grayscale, resized to 8x8 (area) and scaled to [0, 1] in the
-  graph (bright pixels are ink, like sklearn's digits);
+* ``serving_default``: ``inputs`` ``[None, *row shape]`` of the model's input dtype (the digits
+  model: float32 ``[None, 64]`` in [0, 1]);
+* ``serving_images`` (image models only: 2-D/3-D inputs, and the digits model's flattened 8x8):
+  ``image_bytes`` string ``[None]``: encoded PNG/JPEG/GIF/BMP images (base64 in REST's
+  ``{"b64": ...}``), decoded to the model's channels, resized to its height x width (area) and
+  scaled to [0, 1] in the graph (for digits: bright pixels are ink, like sklearn's digits).
 
-both return ``probabilities`` ``[None, 10]``, the top-k ``classes`` (int64), their ``scores`` and
-their ``labels`` (strings, from a lookup table in the graph).
+They return, for a classifier: ``probabilities`` ``[None, classes]`` (the softmax of a logits
+model; ``[1 - p, p]`` of a one-column sigmoid), the top-k ``classes`` (int64), their ``scores`` and
+their ``labels`` (strings, from a lookup table in the graph); for a regressor: ``values``
+``[None, outputs]``.
 
 The archive is written by ``keras.export.ExportArchive`` (a hand-written ``tf.Module`` around a
 Keras 3 model loads in TF2 but fails in the TF1 session loader TF Serving uses), together with
@@ -38,7 +42,9 @@ SERVING_IMAGES = "serving_images"
 INPUT_KEY = "inputs"
 IMAGE_KEY = "image_bytes"
 OUTPUT_KEYS = ("probabilities", "classes", "scores", "labels")
+REGRESSION_KEYS = ("values",)
 IMAGE_SIDE = 8
+DIGITS_IMAGE = (IMAGE_SIDE, IMAGE_SIDE, 1)
 WARMUP_FILE = "tf_serving_warmup_requests"
 SERVE_TAG = "serve"
 
@@ -52,8 +58,8 @@ class ExportReport:
     version: int
     tf2_max_abs_diff: float
     tf1_max_abs_diff: float
-    image_max_abs_diff: float
-    top1_agreement: float
+    image_max_abs_diff: float  # NaN: no image signature (not an image model)
+    top1_agreement: float  # NaN: a regressor
     warmup_records: int
     jit_compile: bool
     seconds: float
@@ -63,12 +69,13 @@ def version_dir(base: Path, name: str, version: int | str) -> Path:
     return Path(base) / name / str(version)
 
 
-def to_png_bytes(rows: np.ndarray) -> list[bytes]:
-    """Digits rows ([N, 64] in [0, 1]) as 8x8 grayscale PNGs, the image signature's input."""
+def to_png_bytes(rows: np.ndarray, image_shape: tuple[int, int, int] = DIGITS_IMAGE) -> list[bytes]:
+    """Rows in [0, 1] (digits: [N, 64]) as PNGs of ``image_shape`` (height, width, channels), the
+    image signature's input."""
     import tensorflow as tf
 
     pixels = np.clip(np.rint(np.asarray(rows, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return [tf.io.encode_png(p.reshape(IMAGE_SIDE, IMAGE_SIDE, 1)).numpy() for p in pixels]
+    return [tf.io.encode_png(p.reshape(image_shape)).numpy() for p in pixels]
 
 
 def png_reference_rows(rows: np.ndarray) -> np.ndarray:
@@ -77,50 +84,68 @@ def png_reference_rows(rows: np.ndarray) -> np.ndarray:
     return (pixels.astype(np.float32) / np.float32(255.0)).astype(np.float32)
 
 
+def _signature_dims(model: KerasModel) -> list[int | None]:
+    return [None, *(None if d == -1 else int(d) for d in model.input_shape)]
+
+
 def _build_archive(model: KerasModel, path: Path, *, top_k: int, jit_compile: bool) -> None:
     import keras
     import tensorflow as tf
 
     from servegate.compilers.tf_xla import forward_function
 
-    (input_dim,) = model.input_shape
-    if input_dim != IMAGE_SIDE * IMAGE_SIDE:
-        raise PackagingError(f"the digits signatures need 64 inputs, the model takes {input_dim}")
-    k = min(top_k, len(model.labels))
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.range(len(model.labels), dtype=tf.int64), tf.constant(model.labels, tf.string)),
-        default_value="<unknown>",
-    )
-    forward = forward_function(model.model, input_dim, jit_compile=jit_compile)
+    forward = forward_function(model.model, model.input_shape, jit_compile=jit_compile,
+                               dtype=model.input_dtype)
+    archive = keras.export.ExportArchive()
+    archive.track(model.model)
+    if model.task == "regression":
+        def postprocess(out: Any) -> dict[str, Any]:
+            return {"values": tf.reshape(out, [tf.shape(out)[0], -1])}
+    else:
+        k = min(top_k, len(model.labels))
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.range(len(model.labels), dtype=tf.int64), tf.constant(model.labels, tf.string)),
+            default_value="<unknown>",
+        )
+        archive.track(table)
 
-    def postprocess(probabilities: Any) -> dict[str, Any]:
-        scores, classes = tf.math.top_k(probabilities, k=k)
-        classes = tf.cast(classes, tf.int64)
-        return {"probabilities": probabilities, "classes": classes, "scores": scores,
-                "labels": table.lookup(classes)}
-
-    def decode(data: Any) -> Any:
-        image = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
-        image = tf.cast(image, tf.float32) / 255.0
-        image = tf.image.resize(image, [IMAGE_SIDE, IMAGE_SIDE], method="area")
-        return tf.reshape(image, [IMAGE_SIDE * IMAGE_SIDE])
+        def postprocess(out: Any) -> dict[str, Any]:
+            if model.output_kind == "logits":
+                probabilities = tf.nn.softmax(out, axis=-1)
+            elif model.output_kind == "sigmoid":
+                p = tf.reshape(out, [-1, 1])
+                probabilities = tf.concat([1.0 - p, p], axis=1)
+            else:
+                probabilities = out
+            scores, classes = tf.math.top_k(probabilities, k=k)
+            classes = tf.cast(classes, tf.int64)
+            return {"probabilities": probabilities, "classes": classes, "scores": scores,
+                    "labels": table.lookup(classes)}
 
     def serve(inputs: Any) -> dict[str, Any]:
         return postprocess(forward(inputs))
 
-    def serve_images(image_bytes: Any) -> dict[str, Any]:
-        rows = tf.map_fn(decode, image_bytes,
-                         fn_output_signature=tf.TensorSpec([input_dim], tf.float32))
-        return postprocess(forward(rows))
+    archive.add_endpoint(SERVING_DEFAULT, serve, input_signature=[
+        tf.TensorSpec(_signature_dims(model), tf.as_dtype(model.input_dtype), INPUT_KEY)])
+    if model.image_shape is not None:
+        height, width, channels = model.image_shape
+        row_shape = [int(d) for d in model.input_shape]
 
-    archive = keras.export.ExportArchive()
-    archive.track(model.model)
-    archive.track(table)
-    archive.add_endpoint(SERVING_DEFAULT, serve,
-                         input_signature=[tf.TensorSpec([None, input_dim], tf.float32, INPUT_KEY)])
-    archive.add_endpoint(SERVING_IMAGES, serve_images,
-                         input_signature=[tf.TensorSpec([None], tf.string, IMAGE_KEY)])
+        def decode(data: Any) -> Any:
+            image = tf.io.decode_image(data, channels=channels, dtype=tf.uint8,
+                                       expand_animations=False)
+            image = tf.cast(image, tf.float32) / 255.0
+            image = tf.image.resize(image, [height, width], method="area")
+            return tf.cast(tf.reshape(image, row_shape), tf.as_dtype(model.input_dtype))
+
+        def serve_images(image_bytes: Any) -> dict[str, Any]:
+            rows = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec(
+                row_shape, tf.as_dtype(model.input_dtype)))
+            return postprocess(forward(rows))
+
+        archive.add_endpoint(SERVING_IMAGES, serve_images,
+                             input_signature=[tf.TensorSpec([None], tf.string, IMAGE_KEY)])
     archive.write_out(str(path), verbose=False)
 
 
@@ -140,17 +165,19 @@ def predict_request(name: str, signature: str, inputs: dict[str, Any],
     return request
 
 
-def write_warmup(path: Path, name: str, rows: np.ndarray) -> int:
+def write_warmup(path: Path, name: str, rows: np.ndarray,
+                 image_shape: tuple[int, int, int] | None = DIGITS_IMAGE) -> int:
     """``assets.extra/tf_serving_warmup_requests``: PredictionLogs replayed by TF Serving at load,
-    one per signature (floats and PNG bytes of the same rows). Returns the record count."""
+    one per signature (the rows, and PNG bytes of the same rows for an image model). Returns the
+    record count."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    requests = [
-        predict_request(name, SERVING_DEFAULT, {INPUT_KEY: np.asarray(rows, dtype=np.float32)}),
-        predict_request(name, SERVING_IMAGES,
-                        {IMAGE_KEY: np.asarray(to_png_bytes(rows), dtype=object)}),
-    ]
+    rows = np.asarray(rows)
+    requests = [predict_request(name, SERVING_DEFAULT, {INPUT_KEY: rows})]
+    if image_shape is not None:
+        requests.append(predict_request(
+            name, SERVING_IMAGES, {IMAGE_KEY: np.asarray(to_png_bytes(rows, image_shape), dtype=object)}))
     target = Path(path) / "assets.extra" / WARMUP_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(target)) as writer:
@@ -195,27 +222,38 @@ def run_tf2(path: Path, signature: str, feeds: dict[str, Any]) -> dict[str, np.n
 def validate(path: Path, model: KerasModel, name: str, *, atol: float = 1e-5,
              rows: int = 64) -> dict[str, float]:
     """Check an export: both loaders, parity with Keras on held-out rows, labels consistent with
-    classes, the image signature, and every warm-up request (as the server replays them)."""
+    classes, the image signature (image models), and every warm-up request (as the server
+    replays them)."""
     import tensorflow as tf
 
     x = model.example_batch(rows)
-    reference = model.reference(x)
+    key = "values" if model.task == "regression" else "probabilities"
+    reference = model.reference(x) if model.task == "regression" else model.probabilities(x)
     tf2 = run_tf2(path, SERVING_DEFAULT, {INPUT_KEY: x})
     tf1 = run_tf1(path, SERVING_DEFAULT, {INPUT_KEY: x})
-    images = run_tf1(path, SERVING_IMAGES, {IMAGE_KEY: np.asarray(to_png_bytes(x), dtype=object)})
-    image_reference = model.reference(png_reference_rows(x))
+    nan = float("nan")
     figures = {
-        "tf2_max_abs_diff": float(np.abs(tf2["probabilities"] - reference).max()),
-        "tf1_max_abs_diff": float(np.abs(tf1["probabilities"] - reference).max()),
-        "image_max_abs_diff": float(np.abs(images["probabilities"] - image_reference).max()),
-        "top1_agreement": float((tf1["classes"][:, 0] == reference.argmax(-1)).mean()),
+        "tf2_max_abs_diff": float(np.abs(tf2[key] - reference).max()),
+        "tf1_max_abs_diff": float(np.abs(tf1[key] - reference).max()),
+        "image_max_abs_diff": nan,
+        "top1_agreement": nan,
     }
-    for key, diff in figures.items():
-        if key.endswith("diff") and not diff <= atol:
-            raise PackagingError(f"{path}: {key} {diff:.3g} > {atol:g} against the Keras model")
-    expected = np.asarray(model.labels, dtype=object)[tf1["classes"]]
-    if not (tf1["labels"].astype(str) == expected.astype(str)).all():
-        raise PackagingError(f"{path}: the labels output does not match the classes output")
+    if model.image_shape is not None:
+        images = run_tf1(path, SERVING_IMAGES, {IMAGE_KEY: np.asarray(
+            to_png_bytes(x, model.image_shape), dtype=object)})
+        quantised = png_reference_rows(x).astype(model.input_dtype)
+        image_reference = (model.reference(quantised) if model.task == "regression"
+                           else model.probabilities(quantised))
+        figures["image_max_abs_diff"] = float(np.abs(images[key] - image_reference).max())
+    for figure, diff in figures.items():
+        checked = figure != "image_max_abs_diff" or model.image_shape is not None
+        if figure.endswith("diff") and checked and not diff <= atol:  # NaN fails too
+            raise PackagingError(f"{path}: {figure} {diff:.3g} > {atol:g} against the Keras model")
+    if model.task != "regression":
+        figures["top1_agreement"] = float((tf1["classes"][:, 0] == reference.argmax(-1)).mean())
+        expected = np.asarray(model.labels, dtype=object)[tf1["classes"]]
+        if not (tf1["labels"].astype(str) == expected.astype(str)).all():
+            raise PackagingError(f"{path}: the labels output does not match the classes output")
     loaded = tf.saved_model.load(str(path))
     for log in read_warmup(path):
         request = log.predict_log.request
@@ -244,13 +282,13 @@ def export_savedmodel(model: KerasModel, base: Path, name: str, version: int, *,
     if jit_compile:
         from servegate.compilers.tf_xla import check_xla
 
-        check_xla(model.model, model.example_batch(64), atol=atol)
+        check_xla(model.model, model.example_batch(64), atol=atol, dtype=model.input_dtype)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".incoming-{version}-"))
     staging.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user reads it
     try:
         _build_archive(model, staging, top_k=top_k, jit_compile=jit_compile)
-        records = write_warmup(staging, name, model.example_batch(warmup_rows))
+        records = write_warmup(staging, name, model.example_batch(warmup_rows), model.image_shape)
         figures = validate(staging, model, name, atol=atol)
         _place(staging, target)
     except PackagingError:

@@ -26,7 +26,8 @@ def load_torch_model(uri: str, options: SourceOptions | None = None, **fields: A
     if uri.startswith("hf:"):
         from servegate.sources.hf import import_hf
 
-        return import_hf(uri, task=task or "embedding", max_length=options.max_length)
+        return import_hf(uri, task=task, max_length=options.max_length, eval_data=options.eval_data,
+                         label_column=options.label_column)
     if uri.startswith(("models:/", "runs:/")):
         from servegate.sources.imports import import_mlflow_model
 

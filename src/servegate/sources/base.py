@@ -118,7 +118,9 @@ class TorchModel:
         tokens = limit if tokens is None else tokens
         if not 2 <= tokens <= limit:
             raise ConfigError(f"tokens must be in [2, {limit}] (max_length), got {tokens}")
-        texts = [" ".join(np.roll(sentences, -i)) for i in range(batch)]
+        # Each row joins every sentence (rolled), repeated until it is long enough to truncate.
+        repeat = 1 + tokens // max(1, sum(len(s.split()) for s in sentences))
+        texts = [" ".join(np.tile(np.roll(sentences, -i), repeat)) for i in range(batch)]
         ids, mask = self.text_encoder().encode(texts)  # truncated at max_length, ends in [SEP]
         if int(mask.sum(1).min()) < tokens:
             raise SourceError(f"the held-out text is shorter than {tokens} tokens")

@@ -228,10 +228,13 @@ def texts_from(table: RawTable, *, text_column: str = "text") -> EvalData:
 
 def labels_as_indices(labels: np.ndarray, names: list[str], source: str) -> np.ndarray:
     """Class labels as indices into ``names``: integers as they are, strings looked up by name."""
-    if labels.dtype.kind in "iu":
-        return labels.astype(np.int64)
-    if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
-        return labels.astype(np.int64)
+    if labels.dtype.kind in "iuf":
+        if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+            raise ConfigError(f"eval_data {source}: class labels must be integers or class names")
+        indices = labels.astype(np.int64)
+        if names and (indices.min() < 0 or indices.max() >= len(names)):
+            raise ConfigError(f"eval_data {source}: label indices outside 0..{len(names) - 1}")
+        return indices
     values = [str(v) for v in labels.tolist()]
     unknown = sorted(set(values) - set(names))
     if not names or unknown:

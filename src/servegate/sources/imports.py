@@ -124,7 +124,12 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
     except (MlflowException, OSError) as exc:
         raise SourceError(f"cannot load {uri} from MLflow: {exc}") from exc
     if is_text_model(info.metadata):
-        return import_text_model(uri, str(info.metadata["task"]), options)
+        from servegate.sources.text_pyfunc import import_registered_text_model
+
+        task = None if options.task in (None, "", "auto") else options.task
+        return import_registered_text_model(uri, str(info.metadata["task"]), task=task,
+                                            max_length=options.max_length, eval_data=options.eval_data,
+                                            label_column=options.label_column)
     if "pytorch" not in info.flavors:
         raise SourceError(f"{uri} is not a PyTorch model (flavors: {', '.join(sorted(info.flavors))}); "
                           "Keras models deploy with target=tfserving")
@@ -186,40 +191,6 @@ def _input_example(local: Path, schema: ModelSchema | None) -> tuple[np.ndarray,
     if hasattr(example, "to_numpy"):  # a DataFrame example of a column signature
         return (example.to_numpy(dtype=np.float32),)
     return (np.asarray(example),)
-
-
-def import_text_model(uri: str, registered_task: str, options: SourceOptions) -> TorchModel:
-    """A model logged by ``text_pyfunc.log_text_model``, downloaded next to its tokenizer (kept
-    until the process exits), with the held-out set ``hf:`` imports build for its task."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from servegate.sources.hf import held_out
-    from servegate.sources.text_pyfunc import load_text_model
-    from servegate.sources.topics import topic_sentences
-
-    task = options.task if options.task not in (None, "", "auto") else None
-    if task is not None and task != registered_task:
-        raise SourceError(f"{uri} is a registered {registered_task} model; it cannot be imported "
-                          f"with task {task!r} (omit the task or pass {registered_task!r})")
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(_keep_until_exit("servegate-import-"))))
-    except (MlflowException, OSError) as exc:
-        raise SourceError(f"cannot download {uri} from MLflow: {exc}") from exc
-    model = load_text_model(local, source_uri=uri)
-    if options.max_length is not None:
-        model.max_length = int(options.max_length)
-    data = topic_sentences()
-    if model.task == "text-classification" and model.labels != data.labels:
-        raise SourceError(f"{uri}: no held-out data for labels {model.labels} (the gates need one; "
-                          f"the project's text set has {data.labels})")
-    model.eval_x, model.eval_y = held_out(data, model.task)
-    model.params = {"task": model.task, "max_length": model.max_length,
-                    "dataset": "servegate.topics (templates)"}
-    if model.labels:
-        model.params["labels"] = ",".join(model.labels)
-    return model
 
 
 # ---- files ------------------------------------------------------------------------------------

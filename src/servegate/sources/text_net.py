@@ -6,7 +6,11 @@ imports torch only.
 checkpoint (all-MiniLM-L6-v2) loads into it without ``transformers``. ``SentenceEmbedding`` wraps
 any encoder (this one or a ``transformers`` model) with mean pooling over the attention mask and
 L2 normalisation, INSIDE the module, so every exported artifact returns finished embeddings.
-``TextClassifier`` adds a linear head on those embeddings.
+``TextClassifier`` adds a linear head on those embeddings. ``BertSequenceClassifier`` is a user's
+own fine-tuned BERT classifier (Hugging Face's ``BertForSequenceClassification``: encoder, pooler
+``tanh(dense([CLS]))``, ``classifier`` linear), parameter names as in its checkpoint (``bert.*``,
+``bert.pooler.*``, ``classifier.*``). ``SequenceClassifierLogits`` wraps any ``transformers``
+sequence-classification model to return its logits tensor.
 
 Inputs everywhere: ``input_ids`` and ``attention_mask``, int64, ``[batch, sequence]``.
 """
@@ -175,3 +179,44 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.embedding(input_ids, attention_mask))
+
+
+class _Pooler(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+
+
+class BertWithPooler(BertEncoder):
+    """``BertEncoder`` plus BERT's pooler (``pooler.dense``); forward still gives hidden states."""
+
+    def __init__(self, **bert_config: Any) -> None:
+        super().__init__(**bert_config)
+        self.pooler = _Pooler(self.embeddings.word_embeddings.embedding_dim)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pooler.dense(hidden[:, 0]))
+
+
+class BertSequenceClassifier(nn.Module):
+    """``BertForSequenceClassification`` (single-label): ``(input_ids, attention_mask)`` -> logits
+    ``[batch, classes]`` (dropout is the identity at inference)."""
+
+    def __init__(self, classes: int = 2, **bert_config: Any) -> None:
+        super().__init__()
+        self.bert = BertWithPooler(**bert_config)
+        self.classifier = nn.Linear(self.bert.embeddings.word_embeddings.embedding_dim, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.bert.pool(self.bert(input_ids, attention_mask)))
+
+
+class SequenceClassifierLogits(nn.Module):
+    """A ``transformers`` ``...ForSequenceClassification`` model returning its logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]

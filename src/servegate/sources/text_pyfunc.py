@@ -14,11 +14,15 @@ lives in ``text_net.py``, else the whole pickled module), ``tokenizer.json`` and
 ``text_model.json`` (task, max_length, labels, format, model class and kwargs). The same fields,
 with ``servegate_text: true``, are the MLflow model's ``metadata``, which is how an import
 (``models:/``, ``runs:/``) recognises such a model; ``load_text_model`` rebuilds the
-``TorchModel`` from a downloaded copy. Loading needs servegate importable: it runs the model.
+``TorchModel`` from a downloaded copy, and ``import_registered_text_model`` imports one from its
+MLflow URI with the held-out set its task and head allow (``head``: ``checkpoint`` for a user's own
+classifier, gated only on the user's ``eval_data``; ``topics`` for the project's demo head). Loading
+needs servegate importable: it runs the model.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -32,6 +36,7 @@ import pandas as pd
 
 from servegate.errors import ConfigError, SourceError
 from servegate.sources.base import TorchModel
+from servegate.sources.eval_data import EvalData
 from servegate.sources.hf import MODEL_FILE, reference_in_chunks
 
 TEXT_MARKER = "servegate_text"
@@ -47,6 +52,8 @@ def text_config(model: TorchModel) -> dict[str, Any]:
         "task": model.task, "max_length": int(model.max_length or 128), "labels": list(model.labels),
         "format": "state_dict" if model.model_class else "pickle",
         "model_class": model.model_class, "model_kwargs": dict(model.model_kwargs),
+        # where a classifier's head came from: "checkpoint" (the user's own) or "topics" (demo)
+        "head": model.params.get("head"),
     }
 
 
@@ -100,6 +107,7 @@ def build_text_model(config: Mapping[str, Any], weights: Path, tokenizer: Path, 
         model_class=config["model_class"] if state_dict else None,
         model_kwargs=dict(config["model_kwargs"]) if state_dict else {},
         tokenizer_file=tokenizer, max_length=int(config["max_length"]), source_uri=source_uri,
+        params={"head": config["head"]} if config.get("head") else {},
     )
 
 
@@ -166,3 +174,60 @@ def load_text_model(model_dir: Path, *, source_uri: str = "") -> TorchModel:
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         raise SourceError(f"{source_uri or model_dir} is not a loadable servegate text model: "
                           f"{exc}") from exc
+
+
+def _keep_until_exit(prefix: str) -> Path:
+    """A fresh temporary directory removed when the process exits (it must outlive packaging)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def import_registered_text_model(uri: str, registered_task: str, *, task: str | None = None,
+                                 max_length: int | None = None,
+                                 eval_data: EvalData | str | None = None,
+                                 label_column: str = "label") -> TorchModel:
+    """A model logged by ``log_text_model`` (``models:/``, ``runs:/``): downloaded next to its
+    tokenizer (kept until the process exits), with its task and labels, gated on ``eval_data``
+    (an ``EvalData`` or a path/URI of texts and labels) when given. Without it, the project's
+    topic set gates embedding models and the topic demo head only; a classifier with its own
+    labels then raises a ``SourceError`` saying how to pass eval_data."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from servegate.sources.hf import class_indices, held_out, needs_eval_data, text_eval_data
+    from servegate.sources.topics import TOPIC_LABELS, topic_sentences
+
+    if task is not None and task != registered_task:
+        raise SourceError(f"{uri} is a registered {registered_task} model; it cannot be imported "
+                          f"with task {task!r} (omit the task or pass {registered_task!r})")
+    data = text_eval_data(eval_data, label_column=label_column)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(_keep_until_exit("servegate-import-"))))
+    except (MlflowException, OSError) as exc:
+        raise SourceError(f"cannot download {uri} from MLflow: {exc}") from exc
+    model = load_text_model(local, source_uri=uri)
+    if max_length is not None:
+        model.max_length = int(max_length)
+    head = model.params.get("head")
+    if data is not None:
+        model.eval_x = np.asarray(data.x, dtype=str)
+        model.eval_y = (class_indices(data, model.labels)
+                        if model.task == "text-classification" else None)
+        dataset = data.source
+    else:
+        topics_head = head == "topics" or (head is None and model.labels == TOPIC_LABELS)
+        if model.task == "text-classification" and not topics_head:
+            raise needs_eval_data(uri, model.labels)
+        model.eval_x, model.eval_y = held_out(topic_sentences(), model.task)
+        dataset = "servegate.topics (templates)"
+    model.params = {"task": model.task, "max_length": model.max_length, "dataset": dataset}
+    if head:
+        model.params["head"] = head
+    if model.labels:
+        model.params["labels"] = ",".join(model.labels)
+    if model.eval_y is not None:
+        logits = reference_in_chunks(model, model.eval_x)
+        model.metrics["accuracy"] = float((logits.argmax(1) == model.eval_y).mean())
+    return model
