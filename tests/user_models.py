@@ -107,7 +107,8 @@ def diabetes_regressor(epochs: int = 300) -> Trained:
     scale = float(y_tr.std())
     torch.manual_seed(0)
     target = torch.from_numpy((y_tr / scale).astype(np.float32)).unsqueeze(1)
-    module = _fit(DiabetesRegressor(), (torch.from_numpy(x_tr),), target, nn.functional.mse_loss, epochs=epochs)
+    module = _fit(DiabetesRegressor(), (torch.from_numpy(x_tr),), target, nn.functional.mse_loss,
+                  epochs=epochs)
     return Trained(module, x_te, (y_te / scale).astype(np.float32), x_tr)
 
 
@@ -118,8 +119,8 @@ def digit_images_convnet(epochs: int = 60) -> Trained:
     x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     x_tr, x_te, y_tr, y_te = _split(x, y)
     torch.manual_seed(0)
-    module = _fit(TinyConvNet(), (torch.from_numpy(x_tr),), torch.from_numpy(y_tr), nn.functional.cross_entropy,
-                  epochs=epochs)
+    module = _fit(TinyConvNet(), (torch.from_numpy(x_tr),), torch.from_numpy(y_tr),
+                  nn.functional.cross_entropy, epochs=epochs)
     return Trained(module, x_te, y_te.astype(np.int64), x_tr)
 
 

@@ -104,7 +104,8 @@ def test_convolutional_image_model_fed_tensors(user_env) -> None:
     trained = user_models.digit_images_convnet()
     np.savez(home / "images_eval.npz", x=trained.x_test, y=trained.y_test)
     version = user_models.log_pytorch(trained.module, trained.x_test[:4], "glyphs")
-    _ok(deploy("-P", f"model=models:/glyphs/{version}", "-P", f"eval_data={home / 'images_eval.npz'}", *QUICK))
+    _ok(deploy("-P", f"model=models:/glyphs/{version}", "-P", f"eval_data={home / 'images_eval.npz'}",
+               *QUICK))
     with backend_of(server) as backend:
         answer = backend.predict("glyphs", {"instances": trained.x_test[:3].tolist()})
     assert [p["label"] for p in answer["predictions"]] == [str(int(y)) for y in trained.module(

@@ -67,7 +67,8 @@ def test_table_columns_and_label_column(tmp_path: Path, frame: pd.DataFrame, suf
 def test_shape_and_dtype_mismatches_name_the_input(tmp_path: Path, frame: pd.DataFrame) -> None:
     frame["extra"] = 1.0
     frame.to_csv(tmp_path / "wide.csv", index=False)
-    with pytest.raises(ConfigError, match=r"input input has rows of shape \[4\], the model takes input: float32\[3\]"):
+    with pytest.raises(ConfigError,
+                       match=r"input input has rows of shape \[4\], the model takes input: float32\[3\]"):
         conform(read_table(str(tmp_path / "wide.csv")), TABULAR)
     frame.assign(extra="x").to_csv(tmp_path / "text.csv", index=False)
     with pytest.raises(ConfigError, match="must be numeric"):

@@ -46,7 +46,8 @@ def test_mlflow_default_pt2_imports_with_the_users_eval_data(tracking, wine, tmp
                              eval_data=_csv(tmp_path, wine.x_test, wine.y_test))
     assert model.program is not None  # compiled from directly, not re-exported
     assert model.task == "classification" and model.input_shape == (13,)
-    assert model.labels == ["0", "1", "2"] and model.eval_y is not None and len(model.eval_y) == len(wine.y_test)
+    assert model.labels == ["0", "1", "2"] and model.eval_y is not None
+    assert len(model.eval_y) == len(wine.y_test)
     expected = wine.module(torch.from_numpy(wine.x_test)).detach().numpy()
     np.testing.assert_allclose(model.reference(model.eval_x), expected, atol=1e-5)
     assert model.metrics["accuracy"] > 0.8

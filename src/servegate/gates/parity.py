@@ -154,7 +154,8 @@ def run_parity(backend: ServingBackend, name: str, version: str, model: TorchMod
         target = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         rmse, mae = _errors(_flat(served), target)
         reference_rmse, _ = _errors(flat_reference, target)
-        champion_rmse, champion_mae = _errors(_flat(champion), target) if champion is not None else (None, None)
+        champion_rmse, champion_mae = (_errors(_flat(champion), target) if champion is not None
+                                       else (None, None))
         return ParityResult(**common, top1_agreement=nan, accuracy=nan, reference_accuracy=nan,
                             champion_accuracy=None, rmse=rmse, mae=mae, reference_rmse=reference_rmse,
                             champion_rmse=champion_rmse, champion_mae=champion_mae)
@@ -250,5 +251,6 @@ def _value_checks(result: ParityResult, thresholds: ParityThresholds, precision:
     if result.rmse is not None and result.champion_rmse is not None and result.champion_mae is not None:
         allowed = 1 + thresholds.max_metric_regression
         checks.append(Check("parity", "rmse_vs_champion", result.rmse, "<=", result.champion_rmse * allowed))
-        checks.append(Check("parity", "mae_vs_champion", result.mae or 0.0, "<=", result.champion_mae * allowed))
+        checks.append(Check("parity", "mae_vs_champion", result.mae or 0.0, "<=",
+                            result.champion_mae * allowed))
     return checks

@@ -149,7 +149,8 @@ def conform(table: RawTable, schema: ModelSchema, *, feature_columns: list[str] 
     """Match ``table`` to the model's inputs: select and order the arrays, reshape tabular
     features to the input's shape, check shapes and dtypes; a ``ConfigError`` names the mismatch."""
     arrays = _select_inputs(table, schema, feature_columns)
-    checked = tuple(_conform_input(a, spec, table.source) for a, spec in zip(arrays, schema.inputs, strict=True))
+    checked = tuple(_conform_input(a, spec, table.source)
+                    for a, spec in zip(arrays, schema.inputs, strict=True))
     rows = {len(a) for a in checked}
     if len(rows) > 1:
         raise ConfigError(f"eval_data {table.source}: inputs have different row counts {sorted(rows)}")
@@ -160,7 +161,8 @@ def conform(table: RawTable, schema: ModelSchema, *, feature_columns: list[str] 
     return EvalData(x, labels, table.source)
 
 
-def _select_inputs(table: RawTable, schema: ModelSchema, feature_columns: list[str] | None) -> list[np.ndarray]:
+def _select_inputs(table: RawTable, schema: ModelSchema,
+                   feature_columns: list[str] | None) -> list[np.ndarray]:
     names = schema.input_names
     arrays = table.arrays
     if len(names) > 1 or not table.tabular:
@@ -175,7 +177,8 @@ def _select_inputs(table: RawTable, schema: ModelSchema, feature_columns: list[s
             return list(arrays.values())
         raise ConfigError(
             f"eval_data {table.source} has {sorted(arrays)}; the model takes {len(names)} input(s) "
-            f"{schema.describe()}: name them {names}" + (f" or {positional}" if len(names) > 1 else " or 'x'"))
+            f"{schema.describe()}: name them {names}"
+            + (f" or {positional}" if len(names) > 1 else " or 'x'"))
     # one input from a table: its feature columns, in the signature's order when it names them
     if feature_columns:
         missing = [c for c in feature_columns if c not in arrays]
@@ -232,8 +235,10 @@ def labels_as_indices(labels: np.ndarray, names: list[str], source: str) -> np.n
         if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
             raise ConfigError(f"eval_data {source}: class labels must be integers or class names")
         indices = labels.astype(np.int64)
-        if names and (indices.min() < 0 or indices.max() >= len(names)):
-            raise ConfigError(f"eval_data {source}: label indices outside 0..{len(names) - 1}")
+        outside = sorted({int(i) for i in indices if not 0 <= i < len(names)}) if names else []
+        if outside:
+            raise ConfigError(f"eval_data {source}: class indices {outside[:5]} are outside the "
+                              f"model's {len(names)} classes")
         return indices
     values = [str(v) for v in labels.tolist()]
     unknown = sorted(set(values) - set(names))

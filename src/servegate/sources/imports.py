@@ -17,8 +17,8 @@ import os
 import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,8 @@ def _state_dict_module(path: Path, options: SourceOptions) -> tuple[Any, Path, s
     file_part, _, class_name = str(options.model_class).rpartition(":")
     model_file = Path(file_part).expanduser().resolve()
     if not file_part or not class_name or model_file.suffix != ".py" or not model_file.is_file():
-        raise ConfigError(f"model_class must be FILE.py:CLASS naming an existing file, got {options.model_class!r}")
+        raise ConfigError("model_class must be FILE.py:CLASS naming an existing file, "
+                          f"got {options.model_class!r}")
     # Imported under a private name: a module of the same name elsewhere is left alone.
     private_name = f"_servegate_model_{model_file.stem}"
     spec = importlib.util.spec_from_file_location(private_name, model_file)
@@ -247,7 +248,8 @@ def _state_dict_module(path: Path, options: SourceOptions) -> tuple[Any, Path, s
         module = cls(**options.model_kwargs)
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
-        raise SourceError(f"cannot build {class_name} from {model_file} with the weights in {path}: {exc}") from exc
+        raise SourceError(f"cannot build {class_name} from {model_file} with the weights in {path}: "
+                          f"{exc}") from exc
     return module, model_file, f"{model_file.stem}.{class_name}"
 
 
