@@ -130,3 +130,23 @@ def test_the_served_name_must_be_the_registered_one(user_env) -> None:
     assert result.returncode != 0
     assert "registered as 'wine' but name is 'other'" in result.stdout + result.stderr
     assert ROOT.exists()
+
+
+def test_text_classifier_with_labels_of_its_own(user_env) -> None:
+    """A user's fine-tuned BERT-family checkpoint saved as a Hugging Face directory, gated on the
+    user's own texts (.jsonl with label names), not on the project's topic set."""
+    from tiny_text_models import SENTIMENT, TEXTS, save_tiny_bert_classifier, write_eval_texts
+
+    home, server = user_env
+    folder = save_tiny_bert_classifier(home / "sentiment-model")
+    texts = write_eval_texts(home / "reviews.jsonl", SENTIMENT)
+    output = _ok(deploy("-P", f"model=hf:{folder}", "-P", "name=sentiment", "-P", f"eval_data={texts}",
+                        *QUICK))
+    assert "text-classification" in output or "sentiment" in output
+    with backend_of(server) as backend:
+        answer = backend.predict("sentiment", {"instances": TEXTS[:2]})
+    assert {p["label"] for p in answer["predictions"]} <= set(SENTIMENT)
+    version = alias("sentiment", "champion")
+    assert version is not None
+    tags = MlflowClient().get_model_version("sentiment", version).tags
+    assert tags["servegate.gate"] == "passed"
