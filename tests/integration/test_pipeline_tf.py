@@ -50,7 +50,7 @@ def test_without_a_server_the_artifacts_are_built_and_the_run_fails_saying_how(s
     files = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "savedmodel/1")}
     assert "savedmodel/1/saved_model.pb" in files
     assert run.data.metrics["tf1_max_abs_diff"] <= 1e-5
-    tags = MlflowClient().get_model_version("digits", "1").tags
+    tags = MlflowClient().get_model_version("digits-keras", "1").tags
     assert tags["servegate.gate"] == "not run: no server"
 
 
@@ -73,20 +73,20 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
         assert rejected.returncode != 0 and "load.p95_ms" in rejected.stdout + rejected.stderr
         backend = attach(fake.rest_url, fake.grpc_target, root)
         try:
-            assert backend.default_version("digits") == "2"
-            assert "3" not in {v.version for v in backend.versions("digits")}
+            assert backend.default_version("digits-keras") == "2"
+            assert "3" not in {v.version for v in backend.versions("digits-keras")}
             rolled = subprocess.run(
-                [str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits", "--target", "tfserving"],
+                [str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits-keras", "--target", "tfserving"],
                 capture_output=True, text=True, timeout=300, env=os.environ | env | server)
             assert rolled.returncode == 0, rolled.stdout + rolled.stderr
-            assert backend.default_version("digits") == "1"
-            answer = backend.predict("digits", {"instances": [[0.0] * 64]})
+            assert backend.default_version("digits-keras") == "1"
+            answer = backend.predict("digits-keras", {"instances": [[0.0] * 64]})
             assert len(answer["predictions"][0]["probabilities"]) == 10
         finally:
             backend.close()
     client = MlflowClient()
-    assert str(client.get_model_version_by_alias("digits", "champion").version) == "1"
-    assert client.get_model_version("digits", "3").tags["servegate.gate"] == "failed"
+    assert str(client.get_model_version_by_alias("digits-keras", "champion").version) == "1"
+    assert client.get_model_version("digits-keras", "3").tags["servegate.gate"] == "failed"
 
 
 def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path, monkeypatch) -> None:

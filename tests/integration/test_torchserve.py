@@ -107,8 +107,9 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
             np.testing.assert_allclose(probs, expected[good_index[body]], atol=1e-5)
         else:
             assert 400 <= response.status_code < 500, (body[:80], response.status_code, response.text)
-            if len(body) > 1 << 20:
-                assert response.status_code == 413 and "payload too large" in response.text
+            if len(body) > 1 << 20:  # refused by the frontend: max_request_size follows the handler's limit
+                assert response.status_code == 413
+                continue
             if body in ISSUE_11:
                 assert response.status_code == ISSUE_11[body], (body[:80], response.text)
             error = response.json()
