@@ -29,3 +29,4 @@ def torchserve(tmp_path_factory: pytest.TempPathFactory):
         backend.close()
         server.stop()
         assert group_processes(state.pid) == [], "TorchServe processes left behind"
+

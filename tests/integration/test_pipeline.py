@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from pipeline_env import pipeline_home
 
-from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-from servegate.config import TorchServeSettings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,26 +31,8 @@ FAST = ["-P", "load_seconds=3", "-P", "load_users=4", "-P", "max_regression_pct=
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     """An MLflow store and a servegate home of our own; the server is stopped afterwards."""
-    home = tmp_path_factory.mktemp("pipeline")
-    values = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
-              "SERVEGATE_HOME": str(home / "servegate")}
-    saved = {k: os.environ.get(k) for k in (*values, "MLFLOW_EXPERIMENT_ID")}
-    os.environ.update(values)
-    mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
-    server = LocalTorchServe(TorchServeSettings(workdir=home / "servegate" / "torchserve"))
-    try:
+    with pipeline_home(tmp_path_factory.mktemp("pipeline")) as (home, server):
         yield home, server
-    finally:
-        recorded = server.state()
-        server.stop()
-        if recorded is not None:
-            assert group_processes(recorded.pid) == []
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        mlflow.set_tracking_uri(None)
 
 
 def deploy(*params: str, report_dir: Path | None = None,

@@ -76,7 +76,8 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
             assert backend.default_version("digits-keras") == "2"
             assert "3" not in {v.version for v in backend.versions("digits-keras")}
             rolled = subprocess.run(
-                [str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits-keras", "--target", "tfserving"],
+                [str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits-keras",
+                 "--target", "tfserving"],
                 capture_output=True, text=True, timeout=300, env=os.environ | env | server)
             assert rolled.returncode == 0, rolled.stdout + rolled.stderr
             assert backend.default_version("digits-keras") == "1"

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from pipeline_env import pipeline_home
 
 from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
@@ -27,30 +28,11 @@ FAST = ["--compiler", "eager", "--load-seconds", "2", "--load-users", "2", "--lo
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("safety")
-    values = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
-              "SERVEGATE_HOME": str(home / "servegate"), "TMPDIR": str(home / "tmp"),
-              # this checkout's code in the subprocesses, whatever is installed
-              "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
-                                                        str(ROOT / "src")) if p)}
     (home / "tmp").mkdir()
-    saved = {k: os.environ.get(k) for k in (*values, "MLFLOW_EXPERIMENT_ID")}
-    os.environ.update(values)
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
-    server = LocalTorchServe(TorchServeSettings(workdir=home / "servegate" / "torchserve"))
-    try:
+    # this checkout's code in the subprocesses, whatever is installed
+    pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT / "src")) if p)
+    with pipeline_home(home, TMPDIR=str(home / "tmp"), PYTHONPATH=pythonpath) as (home, server):
         yield home, server
-    finally:
-        recorded = server.state()
-        server.stop()
-        if recorded is not None:
-            assert group_processes(recorded.pid) == []
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        mlflow.set_tracking_uri(None)
 
 
 def servegate_run(*args: str, wrapper: str | None = None) -> subprocess.Popen[str]:

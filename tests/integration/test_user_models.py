@@ -14,11 +14,8 @@ import pandas as pd
 import pytest
 import user_models
 from mlflow import MlflowClient
+from pipeline_env import pipeline_home
 from test_pipeline import ROOT, alias, backend_of, deploy
-
-from servegate.backends._process import group_processes
-from servegate.backends.torchserve import LocalTorchServe
-from servegate.config import TorchServeSettings
 
 pytestmark = pytest.mark.integration
 # One short load phase per target: these runs check the path, not the server's speed.
@@ -28,26 +25,9 @@ QUICK = ["-P", "load_rounds=1"]
 @pytest.fixture(scope="module")
 def user_env(tmp_path_factory: pytest.TempPathFactory):
     """An MLflow store, a servegate home and a TorchServe of this module's own."""
-    home = tmp_path_factory.mktemp("user-models")
-    values = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db", "SERVEGATE_HOME": str(home / "servegate")}
-    saved = {k: os.environ.get(k) for k in (*values, "MLFLOW_EXPERIMENT_ID")}
-    os.environ.update(values)
-    mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment("user-training")
-    server = LocalTorchServe(TorchServeSettings(workdir=home / "servegate" / "torchserve"))
-    try:
+    with pipeline_home(tmp_path_factory.mktemp("user-models")) as (home, server):
+        mlflow.set_experiment("user-training")
         yield home, server
-    finally:
-        recorded = server.state()
-        server.stop()
-        if recorded is not None:
-            assert group_processes(recorded.pid) == []
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        mlflow.set_tracking_uri(None)
 
 
 def _ok(result) -> str:

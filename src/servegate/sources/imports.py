@@ -55,7 +55,7 @@ PICKLE_REFUSED = ("{what} is pickled: loading it runs code from the file. Pass t
                   "mlflow.pytorch.log_model(model, name=..., input_example=...))")
 
 
-def _keep_until_exit(prefix: str) -> Path:
+def keep_until_exit(prefix: str) -> Path:
     """A fresh temporary directory removed when the process exits (it must outlive packaging)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
@@ -135,7 +135,7 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
                           "Keras models deploy with target=tfserving")
     try:
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(_keep_until_exit("servegate-import-"))))
+            artifact_uri=uri, dst_path=str(keep_until_exit("servegate-import-"))))
     except (MlflowException, OSError) as exc:
         raise SourceError(f"cannot download {uri} from MLflow: {exc}") from exc
     flavor = info.flavors["pytorch"]

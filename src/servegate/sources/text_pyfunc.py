@@ -22,7 +22,6 @@ needs servegate importable: it runs the model.
 
 from __future__ import annotations
 
-import atexit
 import json
 import shutil
 import tempfile
@@ -38,6 +37,7 @@ from servegate.errors import ConfigError, SourceError
 from servegate.sources.base import TorchModel
 from servegate.sources.eval_data import EvalData
 from servegate.sources.hf import MODEL_FILE, reference_in_chunks
+from servegate.sources.imports import keep_until_exit
 
 TEXT_MARKER = "servegate_text"
 CONFIG_FILE = "text_model.json"
@@ -176,13 +176,6 @@ def load_text_model(model_dir: Path, *, source_uri: str = "") -> TorchModel:
                           f"{exc}") from exc
 
 
-def _keep_until_exit(prefix: str) -> Path:
-    """A fresh temporary directory removed when the process exits (it must outlive packaging)."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
-
-
 def import_registered_text_model(uri: str, registered_task: str, *, task: str | None = None,
                                  max_length: int | None = None,
                                  eval_data: EvalData | str | None = None,
@@ -204,7 +197,7 @@ def import_registered_text_model(uri: str, registered_task: str, *, task: str | 
     data = text_eval_data(eval_data, label_column=label_column)
     try:
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(_keep_until_exit("servegate-import-"))))
+            artifact_uri=uri, dst_path=str(keep_until_exit("servegate-import-"))))
     except (MlflowException, OSError) as exc:
         raise SourceError(f"cannot download {uri} from MLflow: {exc}") from exc
     model = load_text_model(local, source_uri=uri)
