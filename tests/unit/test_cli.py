@@ -48,3 +48,29 @@ def test_package_builds_an_archive(tmp_path: Path) -> None:
                                  "--output-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d.v2.mar").is_file()
+
+
+def test_an_unexpected_failure_is_one_line_naming_the_run_log(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No raw traceback reaches the user: one line with the log's path, the traceback in the log."""
+    from servegate import pipeline
+
+    def broken(self):
+        raise RuntimeError("something deep\nwith a second line")
+
+    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setattr(pipeline.DeployPipeline, "run", broken)
+    monkeypatch.setattr("servegate.cli._open_target", lambda config: (None, None))
+    result = runner.invoke(app, ["run", "--model", "builtin:digits"])
+    assert result.exit_code == 7, result.output
+    assert "RuntimeError: something deep" in result.output and "Traceback" not in result.output
+    logs = list((tmp_path / "home" / "logs").glob("run-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in result.output.replace("\n", "")
+    assert "Traceback" in logs[0].read_text() and "with a second line" in logs[0].read_text()
+
+
+def test_run_refuses_a_name_other_than_the_registered_one() -> None:
+    result = runner.invoke(app, ["run", "--model", "models:/tabular/2", "--name", "other"])
+    assert result.exit_code == 5
+    assert "registered as 'tabular' but name is 'other'" in result.output

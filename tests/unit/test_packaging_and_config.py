@@ -113,3 +113,28 @@ def test_batching_refuses_a_zero_delay_that_torchserve_reads_as_100_ms() -> None
         BatchingConfig(batch_size=8, max_batch_delay_ms=0)
     assert BatchingConfig(batch_size=1, max_batch_delay_ms=0).model_config_yaml()["maxBatchDelay"] == 0
     assert BatchingConfig(batch_size=8, max_batch_delay_ms=1).model_config_yaml()["maxBatchDelay"] == 1
+
+
+def test_a_users_handler_is_the_entry_point_with_ours_beside_it(digits, tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    from servegate.compilers import get_compiler
+    from servegate.packaging.mar import build_mar, contents_for
+
+    handler = tmp_path / "my_handler.py"
+    handler.write_text("from tensor_handler import TensorHandler\n\n\nclass Mine(TensorHandler):\n    pass\n")
+    artifact = get_compiler("eager").compile(digits, tmp_path / "compiled", max_batch=8)
+    contents = contents_for(digits, artifact, name="d", version="1", batching=BatchingConfig(),
+                            handler_file=handler)
+    archive = build_mar(contents, tmp_path / "store")
+    with zipfile.ZipFile(archive) as zf:
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+        names = set(zf.namelist())
+    assert manifest["model"]["handler"] == "my_handler.py"
+    assert {"my_handler.py", "tensor_handler.py", "sg_base.py"} <= names
+    clash = tmp_path / "sg_base.py"
+    clash.write_text("")
+    with pytest.raises(PackagingError, match="has the name of one of ours"):
+        build_mar(contents_for(digits, artifact, name="d", version="2", batching=BatchingConfig(),
+                               handler_file=clash), tmp_path / "store")

@@ -35,10 +35,11 @@ class OnnxCompiler:
         try:
             if model.program is not None:  # already exported, with its own dynamic dimensions
                 torch.onnx.export(model.program, example_tensors(model), str(path), dynamo=True,
-                                  external_data=False)
+                                  external_data=False, verbose=False)
             else:
                 torch.onnx.export(model.module.eval(), example_tensors(model), str(path), dynamo=True,
-                                  dynamic_shapes=model.dynamic_shapes(max_batch), external_data=False)
+                                  dynamic_shapes=model.dynamic_shapes(max_batch), external_data=False,
+                                  verbose=False)
         except Exception as exc:
             raise CompileError(f"onnx export failed: {exc}") from exc
         return CompiledArtifact(backend=self.name, format="onnx", path=path,
