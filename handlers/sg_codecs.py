@@ -98,11 +98,28 @@ def _check_size(size: int, max_bytes: int) -> None:
         raise PayloadTooLarge("payload too large", f"{size} bytes > limit of {max_bytes} bytes")
 
 
+#: Nesting deeper than this is refused (400) whatever the interpreter's recursion limit, which
+#: libraries in the same process raise (torch.export does): numpy arrays have at most 64 dims.
+MAX_JSON_DEPTH = 64
+
+
+def _leading_depth(value: Any) -> int:
+    """Nesting depth along the first element of each level (iterative, stops past the limit)."""
+    depth = 0
+    while depth <= MAX_JSON_DEPTH and isinstance(value, (list, dict)) and value:
+        depth += 1
+        value = value[0] if isinstance(value, list) else next(iter(value.values()))
+    return depth
+
+
 def load_json(text: bytes | str) -> Any:
     """``json.loads`` whose every failure is a 400: malformed, nested too deeply, or a number
     past Python's digit limit."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        if _leading_depth(value) > MAX_JSON_DEPTH:
+            raise BadRequest("malformed JSON", f"nested more than {MAX_JSON_DEPTH} levels deep")
+        return value
     except RecursionError as exc:
         raise BadRequest("malformed JSON", "nested too deeply") from exc
     except UnicodeError as exc:

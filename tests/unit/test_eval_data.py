@@ -110,6 +110,7 @@ def test_mlflow_artifact_uri_is_downloaded(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("eval-data")  # not an experiment id cached from another store
     try:
         np.savez(tmp_path / "eval.npz", x=np.ones((2, 3)), y=np.array([0, 1]))
         with mlflow.start_run() as run:
