@@ -206,7 +206,7 @@ class DeployPipeline:
                     for n, o in zip(names, outputs, strict=True)]))
         self._log_eval_dataset(model)
         info = mlflow.pytorch.log_model(
-            model.program.module() if model.program is not None else model.module, name="model",
+            model.module, name="model",
             input_example=example if len(example) > 1 else example[0], signature=signature,
             registered_model_name=self.config.model_name, serialization_format="pt2",
             metadata={"labels": list(model.labels)} if model.labels else None,

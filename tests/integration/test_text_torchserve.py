@@ -4,11 +4,10 @@ real batches, served embeddings equal to the in-process ones (eager and ONNX arc
 from __future__ import annotations
 
 import json
-import threading
 
-import httpx
 import numpy as np
 import pytest
+from posting import post_together
 
 from servegate.config import BatchingConfig
 
@@ -57,20 +56,7 @@ def _concurrent_requests_batch_with_padding_and_bad_inputs(backend, name: str, m
            json.dumps({"inputs": "x" * 20_001}).encode(),
            b'{"inputs": "\\ud800 a lone surrogate"}']  # once a TypeError in tokenizers: 503
     bodies = [json.dumps({"inputs": t}).encode() for t in texts] + bad
-    results: dict[int, httpx.Response] = {}
-    barrier = threading.Barrier(len(bodies))
-    headers = backend.client.keys.header("inference") | {"Content-Type": "application/json"}
-
-    def send(i: int, body: bytes) -> None:
-        with httpx.Client(timeout=120) as client:
-            barrier.wait()
-            results[i] = client.post(backend.endpoint(name), content=body, headers=headers)
-
-    threads = [threading.Thread(target=send, args=(i, b)) for i, b in enumerate(bodies)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = post_together(backend, name, bodies, timeout=120)
     reference = minilm.reference(np.array(texts))
     served = np.array([results[i].json()["outputs"] for i in range(len(texts))])
     assert all(results[i].status_code == 200 for i in range(len(texts)))

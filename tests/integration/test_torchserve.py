@@ -7,7 +7,6 @@ import os
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from posting import post_together
 
 from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe
@@ -94,7 +94,7 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
            *ISSUE_11]
     bodies = [b for pair in zip(good, bad + bad, strict=False) for b in pair] + good[len(bad) * 2:]
     bodies += bad[len(good):]  # every bad body at least once
-    results = _post_together(backend, "batched", bodies)
+    results = post_together(backend, "batched", bodies)
     assert len(results) == len(bodies) >= 32
     assert set(bad) <= set(bodies)
     expected = _probabilities(digits.reference(digits.eval_x[:16]))
@@ -129,25 +129,6 @@ def test_v2_answers_echo_the_request_id(served, digits) -> None:
                           content=json.dumps({"id": "a2", "inputs": [tensor | {"shape": [2, 64]}]}))
     assert ok.status_code == 200 and ok.json()["id"] == "a1"
     assert bad.status_code == 422 and bad.json()["id"] == "a2"
-
-
-def _post_together(backend, name: str, bodies: list[bytes]) -> dict[int, httpx.Response]:
-    """Post every body at once (threads behind a barrier), so that batches mix them."""
-    results: dict[int, httpx.Response] = {}
-    barrier = threading.Barrier(len(bodies))
-    headers = backend.client.keys.header("inference") | {"Content-Type": "application/json"}
-
-    def send(i: int, body: bytes) -> None:
-        with httpx.Client(timeout=60) as client:
-            barrier.wait()
-            results[i] = client.post(backend.endpoint(name), content=body, headers=headers)
-
-    threads = [threading.Thread(target=send, args=(i, b)) for i, b in enumerate(bodies)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 def test_image_bombs_and_foreign_formats_fail_alone(torchserve, tmp_path: Path) -> None:
@@ -187,7 +168,7 @@ def test_image_bombs_and_foreign_formats_fail_alone(torchserve, tmp_path: Path) 
                json.dumps({"instances": [{"b64": base64.b64encode(eps).decode()}]}).encode(): 422,
                _png_header(8, 8) + b"\x00" * 20: 422, eps: 400}
         bodies = [b for pair in zip(pngs, bad, strict=False) for b in pair] + pngs[len(bad):]
-        results = _post_together(backend, "imgs", bodies)
+        results = post_together(backend, "imgs", bodies)
         for i, body in enumerate(bodies):
             if body in bad:
                 assert results[i].status_code == bad[body], (body[:40], results[i].text)
@@ -249,7 +230,7 @@ def test_two_input_two_output_export_serves_in_chunks_of_max_batch(torchserve, t
                                             zip(features[k].tolist(), ids[k].tolist(), strict=True)]}
                              ).encode() for k in range(8)]
         bodies.append(json.dumps({"instances": [{"features": [0.0] * 5}]}).encode())
-        results = _post_together(backend, "two", bodies)
+        results = post_together(backend, "two", bodies)
         with torch.inference_mode():
             score, vector = model(torch.from_numpy(features.reshape(-1, 5)),
                                   torch.from_numpy(ids.reshape(-1, 3)))

@@ -88,7 +88,7 @@ class TorchModel:
                 raise SourceError("a text model needs held-out sentences (eval_x)")
             return np.resize(np.asarray(self.eval_x, dtype=str), rows)
         if self.eval_x is not None and len(self.eval_x):
-            return batch_rows(self.eval_x[:rows], min(rows, len(self.eval_x)))
+            return self.eval_x[:rows]
         rng = np.random.default_rng(0)
         arrays = tuple(_random_input(rng, spec, rows) for spec in self.inputs)
         return arrays[0] if len(arrays) == 1 else Rows(arrays, tuple(s.name for s in self.inputs))

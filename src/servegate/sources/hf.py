@@ -128,6 +128,20 @@ def _load_weights(model_dir: Path) -> dict[str, Any]:
                       "or pytorch_model.bin")
 
 
+def _from_transformers(auto_class: str, model_dir: Path, config: dict[str, Any]):  # -> nn.Module
+    """``transformers.<auto_class>.from_pretrained(model_dir)``, with errors that say what failed."""
+    if importlib.util.find_spec("transformers") is None:
+        raise SourceError(f"{model_dir}: needs the transformers package (model_type "
+                          f"{config.get('model_type')!r})")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        return getattr(transformers, auto_class).from_pretrained(str(model_dir))
+    except Exception as exc:  # transformers raises many kinds
+        raise SourceError(f"transformers cannot load {model_dir} as {auto_class}: {exc}") from exc
+
+
 def load_embedding_module(model_dir: Path, implementation: Implementation = "auto"):
     """``(SentenceEmbedding, bert_config or None, implementation used)`` for ``model_dir``."""
     from servegate.sources.text_net import BertEncoder, SentenceEmbedding
@@ -135,7 +149,6 @@ def load_embedding_module(model_dir: Path, implementation: Implementation = "aut
     _check_pooling(model_dir)
     config = _read_json(model_dir / "config.json")
     bert_config = _builtin_config(config)
-    has_transformers = importlib.util.find_spec("transformers") is not None
     if implementation == "auto":
         implementation = "builtin" if bert_config is not None else "transformers"
     if implementation == "builtin":
@@ -155,16 +168,7 @@ def load_embedding_module(model_dir: Path, implementation: Implementation = "aut
         if missing:
             raise SourceError(f"{model_dir}: weights missing for the encoder: {missing[:5]}")
         return SentenceEmbedding(encoder).eval(), bert_config, "builtin"
-    if not has_transformers:
-        raise SourceError(f"{model_dir}: needs the transformers package (model_type "
-                          f"{config.get('model_type')!r})")
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        encoder = transformers.AutoModel.from_pretrained(str(model_dir))
-    except Exception as exc:  # transformers raises many kinds
-        raise SourceError(f"transformers cannot load {model_dir}: {exc}") from exc
+    encoder = _from_transformers("AutoModel", model_dir, config)
     return SentenceEmbedding(encoder).eval(), None, "transformers"
 
 
@@ -283,17 +287,7 @@ def load_classifier_module(model_dir: Path, classes: int, implementation: Implem
                               f"with {classes} classes (missing {missing[:5]}, unexpected "
                               f"{unused[:5]})")
         return module.eval(), bert_config, "builtin"
-    if importlib.util.find_spec("transformers") is None:
-        raise SourceError(f"{model_dir}: needs the transformers package (model_type "
-                          f"{config.get('model_type')!r})")
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-    except Exception as exc:  # transformers raises many kinds
-        raise SourceError(f"transformers cannot load {model_dir} as a sequence classifier: "
-                          f"{exc}") from exc
+    model = _from_transformers("AutoModelForSequenceClassification", model_dir, config)
     return SequenceClassifierLogits(model).eval(), None, "transformers"
 
 
