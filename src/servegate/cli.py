@@ -101,15 +101,30 @@ def serve_start(
     inference_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
     management_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
     metrics_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+    allow_url: Annotated[list[str] | None, typer.Option(
+        "--allow-url", help="Also register archives from URLs under this prefix (repeatable), e.g. "
+        "an mlflow server's artifacts: http://MLFLOW/api/2.0/mlflow-artifacts/artifacts/ "
+        "(`allowed_urls` admits archives under it only).")] = None,
+    allow_mlflow_artifacts: Annotated[bool, typer.Option(
+        "--allow-mlflow-artifacts", help="--allow-url for the artifacts of $MLFLOW_TRACKING_URI.")] = False,
+    token_expiration_min: Annotated[float | None, typer.Option(
+        help="Minutes a key lives (TorchServe: 60); clients given the keys need longer than a run.")] = None,
 ) -> None:
     """Start TorchServe on 127.0.0.1 with token auth (or show the one already running)."""
     from servegate.backends.torchserve import LocalTorchServe
 
     try:
+        prefixes = list(allow_url or [])
+        if allow_mlflow_artifacts:
+            from servegate.artifact_urls import artifacts_prefix
+
+            prefixes.append(artifacts_prefix(os.environ.get("MLFLOW_TRACKING_URI", "")))
         with console.status("starting TorchServe"):
             state = LocalTorchServe(_settings(workdir, inference_port=inference_port,
                                               management_port=management_port,
-                                              metrics_port=metrics_port)).start()
+                                              metrics_port=metrics_port,
+                                              allowed_url_prefixes=tuple(prefixes) or None,
+                                              token_expiration_min=token_expiration_min)).start()
     except errors.ServegateError as exc:
         fail(exc)
     _print_state(state)
@@ -355,6 +370,7 @@ def run(
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
+    server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
     report_dir: Annotated[Path | None, typer.Option(envvar="SERVEGATE_REPORT_DIR",
                                                     help="Also copy the gate report here.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs and warnings on the terminal too.")] = False,
@@ -370,6 +386,7 @@ def run(
         PipelineConfig,
         SLOs,
         home_dir,
+        server_mode,
     )
     from servegate.runlog import new_log_path, run_log
 
@@ -397,6 +414,7 @@ def run(
                 promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
                 report_dir=report_dir,
                 torchserve=_settings(workdir),
+                server=server_mode(server or None),
             )
         except ValidationError as exc:
             raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
@@ -457,18 +475,10 @@ def _numbers(text: str, kind: type, option: str) -> list[Any]:
 
 
 def _open_target(config: Any) -> tuple[Any, errors.ServerError | None]:
-    """The run's server: TorchServe (started if need be), or TF Serving when one is reachable
-    (otherwise None and the reason, so the run still builds and validates its artifacts)."""
-    if config.target == "tfserving":
-        from servegate.backends.tfserving import open_tfserving
+    """The run's server (``servegate.backends.factory.open_backend``)."""
+    from servegate.backends.factory import open_backend
 
-        try:
-            return open_tfserving(), None
-        except errors.ServerNotRunning as exc:
-            return None, exc
-    from servegate.backends.factory import open_torchserve
-
-    return open_torchserve(config.torchserve), None
+    return open_backend(config)
 
 
 def _print_result(result: Any) -> None:
@@ -488,15 +498,17 @@ def _print_result(result: Any) -> None:
 def rollback_command(
     name: str,
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
+    server: Annotated[str, typer.Option(help="auto | attach | local (empty: $SERVEGATE_SERVER, else auto).")] = "",
     workdir: WorkdirOption = None,
 ) -> None:
     """Restore NAME's previous champion: registry alias and server default together."""
-    from servegate.config import PipelineConfig
+    from servegate.config import PipelineConfig, server_mode
     from servegate.pipeline import rollback
 
     try:
         _valid(name)
-        config = PipelineConfig(name=name, target=target, torchserve=_settings(workdir))
+        config = PipelineConfig(name=name, target=target, torchserve=_settings(workdir),
+                                server=server_mode(server or None))
         backend, unreachable = _open_target(config)
         if backend is None:
             raise unreachable or errors.ServerNotRunning(f"no {target} server")

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 
 class _Settings(BaseModel):
@@ -80,6 +88,88 @@ class TorchServeSettings(_Settings):
     # TorchServe's default request size limit is 6.5 MB; ours follows the handlers' body limit
     # (RequestLimits.max_body_bytes) plus an envelope margin.
     max_request_size: PositiveInt = Field(default_factory=server_request_size)
+    #: URL prefixes the server may register archives from besides its model store, e.g. an
+    #: ``mlflow server``'s artifacts (``allowed_urls``: archives under these prefixes only).
+    allowed_url_prefixes: tuple[str, ...] = ()
+    #: Minutes a management/inference key lives (TorchServe's default: 60). A long-lived server
+    #: whose clients are given its keys needs longer than the longest run.
+    token_expiration_min: float | None = Field(None, gt=0)
+
+
+#: ``auto``: attach when a server is configured, else start a local one; ``attach``: a configured
+#: server or a clear error (never a throwaway server); ``local``: always the local server.
+ServerMode = Literal["auto", "attach", "local"]
+SERVER_MODE_ENV = "SERVEGATE_SERVER"
+
+
+def server_mode(explicit: str | None = None) -> ServerMode:
+    """``explicit``, else ``$SERVEGATE_SERVER``, else ``auto``."""
+    from servegate.errors import ConfigError
+
+    mode = explicit or os.environ.get(SERVER_MODE_ENV) or "auto"
+    if mode not in ("auto", "attach", "local"):
+        raise ConfigError(f"server must be auto, attach or local, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def attach_refused(server: str, needed: str) -> str:
+    """Why ``server=attach`` will not start a local server, and what to set instead."""
+    return (f"server=attach ({SERVER_MODE_ENV}=attach, as the promotion workflow runs): refusing "
+            f"to start a local {server} that would live only as long as this machine, and promote "
+            f"onto it; set {needed} to the long-lived server")
+
+
+class TorchServeAttach(_Settings):
+    """A TorchServe started elsewhere, from ``SERVEGATE_TORCHSERVE_*``: its URLs; its keys as
+    the server's key file (a shared filesystem) or that file's content (a secret); and a model
+    store to copy archives into, else archives are registered by URL."""
+
+    management_url: str
+    inference_url: str
+    metrics_url: str = ""
+    key_file: Path | None = None
+    keys: SecretStr | None = None
+    model_store: Path | None = None
+
+    PREFIX: ClassVar[str] = "SERVEGATE_TORCHSERVE_"
+    KEYS_ENV: ClassVar[str] = "SERVEGATE_TORCHSERVE_KEYS"
+
+    @classmethod
+    def from_env(cls) -> TorchServeAttach | None:
+        """The attached server, or None when ``SERVEGATE_TORCHSERVE_MANAGEMENT_URL`` is unset."""
+        from servegate.errors import ConfigError
+
+        env = {k.removeprefix(cls.PREFIX).lower(): v for k, v in os.environ.items()
+               if k.startswith(cls.PREFIX) and v}
+        if "management_url" not in env:
+            return None
+        if "inference_url" not in env:
+            raise ConfigError(f"attaching to TorchServe needs {cls.PREFIX}INFERENCE_URL too")
+        if "key_file" in env and "keys" in env:
+            raise ConfigError(f"give {cls.PREFIX}KEY_FILE or {cls.KEYS_ENV}, not both")
+        known = {k for k in cls.model_fields}
+        return cls(**{k: v for k, v in env.items() if k in known})
+
+
+class TFServingAttach(_Settings):
+    """A TF Serving started elsewhere, from ``SERVEGATE_TFSERVING_*``: REST URL, gRPC target
+    and the model root it reads (a directory, or a URI TensorFlow's filesystems write: gs://,
+    s3:// with tensorflow-io, hdfs://) as this process sees it and as the server sees it."""
+
+    url: str
+    grpc: str | None = None
+    model_root: str | None = None
+    server_root: str | None = None
+
+    PREFIX: ClassVar[str] = "SERVEGATE_TFSERVING_"
+
+    @classmethod
+    def from_env(cls) -> TFServingAttach | None:
+        env = {k.removeprefix(cls.PREFIX).lower(): v for k, v in os.environ.items()
+               if k.startswith(cls.PREFIX) and v}
+        if "url" not in env:
+            return None
+        return cls(**{k: v for k, v in env.items() if k in cls.model_fields})
 
 
 class SLOs(_Settings):
@@ -177,6 +267,9 @@ class PipelineConfig(_Settings):
     promote: bool = True
     report_dir: Path | None = None
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
+    #: Which server the run uses (``server_mode``): a run that must promote where production is
+    #: says ``attach``.
+    server: ServerMode = Field(default_factory=server_mode)
 
     @field_validator("name")
     @classmethod

@@ -29,6 +29,7 @@ from servegate.errors import (
 )
 from servegate.gates.checks import Check, failed
 from servegate.gates.load import LoadResult, load_checks, run_ab
+from servegate.gates.network import NetworkProbe, probe
 from servegate.gates.parity import ParityResult, parity_checks, run_parity
 from servegate.gates.report import GateReport, write_report
 from servegate.integrity import artifact_sha256, verify_artifact
@@ -73,14 +74,12 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def curl_command(url: str, key_file: str | None, example: Any) -> str:
-    """A curl that works as pasted; the token is read from the key file, never printed.
-    ``example`` is one request instance (a list, a dict of named inputs, or a string)."""
+def curl_command(url: str, key_shell: str | None, example: Any) -> str:
+    """A curl that works as pasted; the token comes from ``key_shell`` (a shell expression
+    reading it where the server's keys are), never printed. ``example`` is one request
+    instance (a list, a dict of named inputs, or a string)."""
     body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
-    auth = ""
-    if key_file:
-        read_key = f"python3 -c 'import json;print(json.load(open(\"{key_file}\"))[\"inference\"][\"key\"])'"
-        auth = f'-H "Authorization: Bearer $({read_key})" '
+    auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
     return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
 
 
@@ -104,6 +103,9 @@ class DeployPipeline:
         self.console = console or Console(stderr=True)
         #: Set once this run has put its challenger on the server (cleanup withdraws it).
         self._deployed_challenger = False
+        #: The round trip to the server measured before the load phases, and load warnings.
+        self.network: NetworkProbe | None = None
+        self.load_notes: list[str] = []
 
     @property
     def is_tf(self) -> bool:
@@ -229,6 +231,9 @@ class DeployPipeline:
             path = Path(tmp) / "eval.npz"
             np.savez(path, **arrays)
             mlflow.log_artifact(str(path), artifact_path="eval")
+        from servegate.sources.artifact_source import register_artifact_source
+
+        register_artifact_source()  # the source may be an mlflow server's artifact proxy
         source = f"{mlflow.get_artifact_uri('eval')}/eval.npz"
         features = {k: v for k, v in arrays.items() if k != "y"}
         dataset = mlflow.data.from_numpy(features if len(features) > 1 else next(iter(features.values())),
@@ -309,7 +314,7 @@ class DeployPipeline:
                 if isinstance(value, float) and value == value:
                     mlflow.log_metric(f"p50_ms_{shape.label}.{r['backend']}", value)
 
-    def deploy(self, registry: Registry, archive: Path, version: str) -> str | None:
+    def deploy(self, registry: Registry, archive: Path, archive_uri: str, version: str) -> str | None:
         """Serve the challenger beside the champion; return the champion's version (or None)."""
         name = self.config.name
         with mlflow.start_run(run_name="deploy", nested=True):
@@ -333,8 +338,10 @@ class DeployPipeline:
             self._remove_versions(name, keep=keep)
             self.say(f"deploy: {name} v{version} (no default traffic)")
             self._deployed_challenger = True
-            self.backend.deploy(archive, name, version, workers=self.config.batching.min_workers)
+            self.backend.deploy(archive, name, version, workers=self.config.batching.min_workers,
+                                source_uri=archive_uri)
             mlflow.log_params({"champion": champion or "none", "challenger": version,
+                               "server": self.backend.access().where,
                                "endpoint": self.backend.endpoint(name, version)})
             return champion
 
@@ -354,7 +361,7 @@ class DeployPipeline:
                 self.say(f"[yellow]restore: {registry.name} v{version} has no {ARCHIVE_SHA256_TAG} "
                          "(built before hashes were recorded): restored unchecked[/]")
             self.backend.deploy(local, self.config.name, version,
-                                workers=self.config.batching.min_workers)
+                                workers=self.config.batching.min_workers, source_uri=uri)
 
     def _remove_versions(self, name: str, keep: set[str | None]) -> None:
         """Unregister served versions that are neither kept nor the default (orphans)."""
@@ -384,6 +391,14 @@ class DeployPipeline:
                   champion: str | None) -> tuple[list[LoadResult], list[Check]]:
         common = self._load_target(model)
         with mlflow.start_run(run_name="gate-load", nested=True):
+            self.network = probe(self.backend.ping, common["host"])
+            self.say(f"gate: {self.network.describe()}")
+            if note := self.network.note(self.config.slos.p95_ms):
+                self.load_notes.append(note)
+                self.say(f"[yellow]{note}[/]")
+            mlflow.log_params({"load.origin": self.network.origin,
+                               "load.target": self.network.target})
+            mlflow.log_metrics(self.network.metrics())
             targets = [(f"challenger v{version}", version)]
             if champion is not None:
                 targets.insert(0, (f"champion v{champion}", champion))
@@ -424,26 +439,20 @@ class DeployPipeline:
     def _load_target(self, model: Any) -> dict[str, Any]:
         """How Locust reaches a version on this target (host, token, locustfile, samples)."""
         rows = model.example_batch(32)
+        access = self.backend.access()
+        common = dict(host=access.inference_url, model=self.config.name,
+                      inference_key=access.inference_key)
         if self.is_tf:
             from servegate._resources import loadtests_dir
 
-            return dict(host=self.backend.client.rest_url, model=self.config.name, key_file=None,
-                        samples=rows.tolist(), locustfile=loadtests_dir() / "tfserving.py",
-                        user_class="TFServingPredictUser")
-        return dict(host=self.backend.client.endpoints.inference, model=self.config.name,
-                    key_file=self._key_file(),
-                    samples=[{"instances": [row]} for row in model.request_rows(rows)])
+            return common | dict(samples=rows.tolist(), locustfile=loadtests_dir() / "tfserving.py",
+                                 user_class="TFServingPredictUser")
+        return common | dict(samples=[{"instances": [row]} for row in model.request_rows(rows)])
 
     @staticmethod
     def _example_row(model: Any) -> Any:
         rows = getattr(model, "request_rows", None)
         return rows(model.example_batch(1))[0] if rows else model.example_batch(1)[0].tolist()
-
-    def _key_file(self) -> str | None:
-        if self.is_tf:
-            return None
-        key_file = self.backend.client.keys.path
-        return str(key_file) if key_file else None
 
     def promote(self, registry: Registry, version: str) -> None:
         """Registry first, then the server default, crash-safe (``servegate.promotion``)."""
@@ -523,7 +532,7 @@ class DeployPipeline:
             mlflow.set_tag("servegate.decision", "not deployed")
             raise self.unreachable or ServerError(f"no {cfg.target} server")
         try:  # any failure (or signal) from here on takes a non-default challenger off again
-            champion = self.deploy(registry, archive, version)
+            champion = self.deploy(registry, archive, archive_uri, version)
             parity, checks = self.gate_parity(model, version, champion, compiled_with)
             load, load_gate_checks = self.gate_load(model, version, champion)
             checks += load_gate_checks
@@ -543,11 +552,13 @@ class DeployPipeline:
         if decision != "rejected":
             registry.tag(version, {"servegate.gate": "passed"})
         endpoint = self.backend.endpoint(cfg.name) if serving else ""
-        curl = curl_command(endpoint, self._key_file(), self._example_row(model)) if serving else ""
+        curl = (curl_command(endpoint, self.backend.access().key_shell, self._example_row(model))
+                if serving else "")
         result = PipelineResult(cfg.name, version, decision, champion, checks, endpoint, curl,
                                 parent.info.run_id)
         report = GateReport(cfg.name, version, champion, decision, checks, parity, load, endpoint, curl,
-                            getattr(model, "eval_note", ""))
+                            getattr(model, "eval_note", ""), server=self.backend.access().where,
+                            network=self.network, load_notes=tuple(self.load_notes))
         report_dir = tmp / "report"
         write_report(report, report_dir)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")

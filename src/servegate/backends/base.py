@@ -18,15 +18,31 @@ class VersionInfo:
     workers: int
 
 
+@dataclass(frozen=True)
+class ServerAccess:
+    """How clients other than the backend reach the server's inference API (Locust, curl)."""
+
+    #: Base URL of the inference API (TorchServe's inference address, TF Serving's REST URL).
+    inference_url: str
+    #: The key sent as a Bearer token, or None without token auth. Never logged.
+    inference_key: str | None
+    #: A shell expression printing that key (for a curl shown to a person), or None.
+    key_shell: str | None
+    #: For people: which server, attached or local, and how archives reach it.
+    where: str
+
+
 @runtime_checkable
 class ServingBackend(Protocol):
     """Deploy versions, route the default, predict. Every method raises ``ServerError`` subclasses."""
 
     kind: str
 
-    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1) -> None:
-        """Serve ``artifact`` as a NEW version of ``name`` that takes no default traffic yet
-        (unless it is the first version); return once it answers predictions."""
+    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
+               source_uri: str | None = None) -> None:
+        """Serve ``artifact`` (logged at the artifact URI ``source_uri``, from which a server
+        on another host fetches it) as a NEW version of ``name`` that takes no default traffic
+        yet (unless it is the first version); return once it answers predictions."""
 
     def set_default(self, name: str, version: str) -> None:
         """Route the default endpoint of ``name`` to ``version``."""
@@ -42,3 +58,9 @@ class ServingBackend(Protocol):
 
     def endpoint(self, name: str, version: str | None = None) -> str:
         """The standard REST URL of the default (or one) version."""
+
+    def ping(self) -> bool:
+        """One cheap round trip to the server (True when it answered)."""
+
+    def access(self) -> ServerAccess:
+        """How Locust and a person's curl reach the inference API."""

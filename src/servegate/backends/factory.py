@@ -1,27 +1,62 @@
-"""Open the serving backend a pipeline run targets: attach to a given server, or start a local one."""
+"""Open the server a pipeline run targets: attach to a configured one, or start a local one.
+
+``server`` mode (``PipelineConfig.server``): ``auto`` attaches when ``SERVEGATE_TORCHSERVE_*`` /
+``SERVEGATE_TFSERVING_*`` name a server and starts a local one otherwise; ``attach`` refuses to
+start anything (a promotion workflow must promote where production is, never onto a server that
+lives as long as its runner); ``local`` ignores the attach variables.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import Any
 
-from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-from servegate.config import TorchServeSettings
-from servegate.errors import ConfigError
+from servegate.config import (
+    PipelineConfig,
+    ServerMode,
+    TorchServeAttach,
+    TorchServeSettings,
+    attach_refused,
+)
+from servegate.errors import ConfigError, ServerError, ServerNotRunning
 
 
-def open_torchserve(settings: TorchServeSettings) -> TorchServeBackend:
-    """Attach when ``SERVEGATE_TORCHSERVE_MANAGEMENT_URL`` is set (with ``..._INFERENCE_URL``,
-    ``..._KEY_FILE`` and ``..._MODEL_STORE``); otherwise start (or reuse) the local server."""
-    management = os.environ.get("SERVEGATE_TORCHSERVE_MANAGEMENT_URL")
-    if management:
+def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> Any:
+    """A ``TorchServeBackend``: the attached server, or the local one (started if need be)."""
+    from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+    from servegate.backends.torchserve.keys import StaticKeys
+
+    attach = TorchServeAttach.from_env() if mode != "local" else None
+    if attach is not None:
+        keys: Any = attach.key_file
+        if attach.keys is not None:
+            keys = StaticKeys(attach.keys.get_secret_value(), TorchServeAttach.KEYS_ENV)
+        backend = TorchServeBackend.attach(attach.inference_url, attach.management_url, keys=keys,
+                                           model_store=attach.model_store,
+                                           metrics_url=attach.metrics_url)
+        try:  # both APIs and both keys, checked before anything is built
+            backend.client.health()
+            backend.client.list_models()
+        except ServerError:
+            backend.close()
+            raise
+        return backend
+    if mode == "attach":
+        raise ConfigError(attach_refused(
+            "TorchServe", f"{TorchServeAttach.PREFIX}MANAGEMENT_URL, ..._INFERENCE_URL and "
+                          f"{TorchServeAttach.KEYS_ENV} (its key_file.json content) or ..._KEY_FILE"))
+    return TorchServeBackend.from_state(LocalTorchServe(settings).start())
+
+
+def open_backend(config: PipelineConfig) -> tuple[Any | None, ServerError | None]:
+    """The run's server; for TF Serving, None and the reason when none can be reached (the run
+    then still builds and validates its artifacts). A refused ``attach`` is an error."""
+    if config.target == "tfserving":
+        from servegate.backends.tfserving import open_tfserving
+
         try:
-            inference = os.environ["SERVEGATE_TORCHSERVE_INFERENCE_URL"]
-            store = Path(os.environ["SERVEGATE_TORCHSERVE_MODEL_STORE"])
-        except KeyError as exc:
-            raise ConfigError(f"attaching to TorchServe needs {exc.args[0]}") from exc
-        key_file = os.environ.get("SERVEGATE_TORCHSERVE_KEY_FILE")
-        return TorchServeBackend.attach(inference, management, key_file=Path(key_file) if key_file else None,
-                                        model_store=store)
-    state = LocalTorchServe(settings).start()
-    return TorchServeBackend.from_state(state)
+            return open_tfserving(mode=config.server), None
+        except ServerNotRunning as exc:
+            if config.server == "attach":
+                raise
+            return None, exc
+    return open_torchserve(config.torchserve, config.server), None

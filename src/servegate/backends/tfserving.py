@@ -44,8 +44,8 @@ from servegate.backends._process import (
     minimal_environment,
     stop_recorded,
 )
-from servegate.backends.base import VersionInfo
-from servegate.config import home_dir
+from servegate.backends.base import ServerAccess, VersionInfo
+from servegate.config import ServerMode, TFServingAttach, attach_refused, home_dir
 from servegate.errors import (
     ConfigError,
     ModelNotFound,
@@ -371,7 +371,8 @@ class TFServingBackend:
             shutil.rmtree(staging, ignore_errors=True)
             raise ConfigError(f"cannot place {artifact} as {target}: {exc}") from exc
 
-    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1) -> None:
+    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
+               source_uri: str | None = None) -> None:
         """Serve a NEW version: placed atomically, loaded, AVAILABLE, then labelled ``canary``
         (``stable`` if it is the model's first version). The stable route is untouched."""
         number = _version_number(version)
@@ -470,6 +471,13 @@ class TFServingBackend:
     def endpoint(self, name: str, version: str | None = None) -> str:
         route_version, label = self._route(name, version)
         return self.client.predict_url(name, route_version, label)
+
+    def ping(self) -> bool:
+        return self.client.ping()
+
+    def access(self) -> ServerAccess:
+        return ServerAccess(inference_url=self.client.rest_url, inference_key=None, key_shell=None,
+                            where=f"TF Serving at {self.client.rest_url} (models under {self.server_root})")
 
     def next_version(self, name: str) -> int:
         """A version number never used for ``name`` here: above the configured, served and
@@ -718,11 +726,15 @@ def attach(rest_url: str, grpc_target: str | None = None, model_root: Path | Non
     return backend
 
 
-def open_tfserving(settings: TFServingSettings | None = None) -> TFServingBackend:
-    """Attach when ``SERVEGATE_TFSERVING_URL`` is set; otherwise start (or reuse) a local server."""
-    url = os.environ.get(ENV_URL)
-    if url:
-        root = os.environ.get(ENV_MODEL_ROOT)
-        return attach(url, os.environ.get(ENV_GRPC), Path(root) if root else None,
-                      os.environ.get(ENV_SERVER_ROOT))
+def open_tfserving(settings: TFServingSettings | None = None,
+                   mode: ServerMode = "auto") -> TFServingBackend:
+    """Attach when ``SERVEGATE_TFSERVING_URL`` is set (``mode`` not ``local``); otherwise start
+    (or reuse) a local server, unless ``mode`` is ``attach`` (then ``ConfigError``)."""
+    configured = TFServingAttach.from_env() if mode != "local" else None
+    if configured is not None:
+        return attach(configured.url, configured.grpc,
+                      Path(configured.model_root) if configured.model_root else None,
+                      configured.server_root)
+    if mode == "attach":
+        raise ConfigError(attach_refused("TF Serving", f"{ENV_URL}, {ENV_GRPC} and {ENV_MODEL_ROOT}"))
     return LocalTFServing(settings).start().backend()

@@ -52,21 +52,28 @@ class LoadResult:
         }.items()}
 
 
-def run_load(*, label: str, host: str, model: str, version: str | None, key_file: str | None,
+def run_load(*, label: str, host: str, model: str, version: str | None, inference_key: str | None,
              samples: list[Any], settings: LoadSettings, locustfile: Path | None = None,
              user_class: str = "TorchServePredictUser") -> LoadResult:
     """Run a locustfile's user class (default: ``loadtests/torchserve.py`` against
-    ``/predictions/{model}[/{version}]``) against one version."""
+    ``/predictions/{model}[/{version}]``) against one version; ``inference_key`` reaches the
+    Locust process in a key file only this user can read, never on its command line."""
     with tempfile.TemporaryDirectory(prefix="servegate-load-") as tmp:
         samples_file = Path(tmp) / "samples.json"
         samples_file.write_text(json.dumps(samples), encoding="utf-8")
+        key_file = ""
+        if inference_key:
+            key_path = Path(tmp) / "key_file.json"
+            key_path.touch(mode=0o600)
+            key_path.write_text(json.dumps({"inference": {"key": inference_key}}), encoding="utf-8")
+            key_file = str(key_path)
         out = Path(tmp) / "figures.json"
         env = dict(os.environ)
         # The runner imports servegate: reach it however this process did (installed or src/).
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.update(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
-                   SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file or "")
+                   SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file)
         command = [
             sys.executable, "-m", "servegate.gates.locust_runner",
             "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),

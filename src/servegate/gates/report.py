@@ -9,6 +9,7 @@ from pathlib import Path
 
 from servegate.gates.checks import Check
 from servegate.gates.load import LoadResult
+from servegate.gates.network import NetworkProbe
 from servegate.gates.parity import ParityResult
 
 
@@ -25,6 +26,12 @@ class GateReport:
     curl: str
     #: Where the evaluation data came from (and loudly when it was only the input example).
     eval_note: str = ""
+    #: Which server the run deployed to (attached or local, how archives reached it).
+    server: str = ""
+    #: Where the load came from and the round trip to the server, measured before the phases.
+    network: NetworkProbe | None = None
+    #: Warnings about the load measurement (a long round trip against the SLO).
+    load_notes: tuple[str, ...] = ()
 
 
 def _plots(report: GateReport, out: Path) -> list[Path]:
@@ -80,9 +87,14 @@ def _markdown(report: GateReport, plots: list[Path]) -> str:
     for c in report.checks:
         lines.append(f"| {c.gate} | {c.name} | {c.value:.6g} | {c.comparison} {c.threshold:.6g} | "
                      f"{'pass' if c.passed else '**FAIL**'} |")
+    if report.server:
+        lines += ["", f"Server: {report.server}"]
     if report.load:
-        lines += ["", "## Load", "",
-                  "| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors | load-bound |",
+        lines += ["", "## Load", ""]
+        if report.network is not None:
+            lines += [report.network.describe().capitalize() + ".", ""]
+        lines += [f"**{note}**" for note in report.load_notes] + ([""] if report.load_notes else [])
+        lines += ["| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors | load-bound |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in report.load:
             lines.append(f"| {r.label} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "

@@ -256,6 +256,9 @@ def dataset_from_run(run_id: str, *, label_column: str = "label") -> RawTable | 
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from servegate.sources.artifact_source import register_artifact_source
+
+    register_artifact_source()
     try:
         inputs = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
     except MlflowException as exc:

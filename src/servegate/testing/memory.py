@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from servegate.backends.base import VersionInfo
+from servegate.backends.base import ServerAccess, VersionInfo
 from servegate.errors import ModelNotFound, ServerRequestError
 
 
@@ -40,10 +40,12 @@ class MemoryBackend:
             self.hooks[method](*args)
 
     # ---- ServingBackend ---------------------------------------------------------------------------
-    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1) -> None:
+    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
+               source_uri: str | None = None) -> None:
         self._hook("deploy", name, version)
         model = self._load().setdefault(name, {"versions": {}, "default": None})
-        model["versions"][version] = {"artifact": str(artifact), "workers": workers}
+        model["versions"][version] = {"artifact": str(artifact), "workers": workers,
+                                      "source_uri": source_uri}
         if model["default"] is None:
             model["default"] = version
         self._save()
@@ -86,6 +88,13 @@ class MemoryBackend:
 
     def endpoint(self, name: str, version: str | None = None) -> str:
         return f"memory://{name}" + (f"/{version}" if version else "")
+
+    def ping(self) -> bool:
+        return True
+
+    def access(self) -> ServerAccess:
+        return ServerAccess(inference_url="memory://", inference_key=None, key_shell=None,
+                            where="in memory")
 
     def close(self) -> None:
         pass

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from servegate.backends.base import VersionInfo
-from servegate.backends.torchserve.keys import KeyFile, KeyKind
+from servegate.backends.torchserve.keys import KeyFile, KeyKind, Keys
 from servegate.errors import (
     AuthError,
     ModelNotFound,
@@ -72,9 +72,10 @@ class TorchServeClient:
 
     kind = "torchserve"
 
-    def __init__(self, endpoints: Endpoints, key_file: Path | None, *, timeout: float = 120.0) -> None:
+    def __init__(self, endpoints: Endpoints, keys: Keys | Path | None, *,
+                 timeout: float = 120.0) -> None:
         self.endpoints = endpoints
-        self.keys = KeyFile(key_file)
+        self.keys: Keys = keys if keys is not None and not isinstance(keys, Path) else KeyFile(keys)
         self._http = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
@@ -97,8 +98,14 @@ class TorchServeClient:
                 raise ServerNotRunning(f"{action}: TorchServe unreachable at {url}: {exc}") from exc
             try:
                 raise_for_status(response, action)
-            except AuthError:
-                if attempt == 2 or self.keys.path is None or kind == "API":
+            except AuthError as exc:
+                if not self.keys.refreshable and self.keys.key(kind) is not None:
+                    raise AuthError(
+                        f"{action}: TorchServe refused the {kind} key given to servegate (keys "
+                        "given as content are never refreshed: give the server's current key_file.json, "
+                        "and run long-lived servers with a token_expiration_min longer than a run)",
+                        status=exc.status, server_message=exc.server_message) from exc
+                if attempt == 2 or kind == "API" or self.keys.key("API") is None:
                     raise
                 self.refresh_key(kind)  # expired token: ask for a new one, retry once
                 continue
@@ -217,11 +224,16 @@ class TorchServeClient:
         )
         return response.json()
 
+    def health(self) -> None:
+        """``/ping`` with the inference key (token auth covers it); raises why it failed."""
+        self._request("GET", f"{self.endpoints.inference}/ping", "inference", "ping", timeout=5)
+
     def ping(self) -> bool:
         try:
-            return self._http.get(f"{self.endpoints.inference}/ping", timeout=5).is_success
-        except httpx.TransportError:
+            self.health()
+        except (ServerNotRunning, ServerRequestError):
             return False
+        return True
 
     def metrics_text(self) -> str:
         try:

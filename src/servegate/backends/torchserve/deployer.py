@@ -2,42 +2,41 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from servegate.backends.base import VersionInfo
+from servegate.backends.base import ServerAccess, VersionInfo
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
+from servegate.backends.torchserve.delivery import ArchiveDelivery, ArtifactUrl, ModelStoreCopy
+from servegate.backends.torchserve.keys import Keys
 from servegate.backends.torchserve.local import ServerState
-from servegate.errors import ConfigError
-from servegate.packaging.mar import archive_file_name
 
 
 class TorchServeBackend:
-    """Deploy archives into a TorchServe whose model store we can write to."""
+    """Deploy archives into a TorchServe: through its model store, or by URL."""
 
     kind = "torchserve"
 
-    def __init__(self, client: TorchServeClient, model_store: Path, *, ready_timeout_s: float = 180) -> None:
+    def __init__(self, client: TorchServeClient, delivery: ArchiveDelivery | Path, *,
+                 ready_timeout_s: float = 180, attached: bool = False) -> None:
         self.client = client
-        self.model_store = Path(model_store)
+        self.delivery = ModelStoreCopy(delivery) if isinstance(delivery, Path) else delivery
         self.ready_timeout_s = ready_timeout_s
+        self.attached = attached
 
     @classmethod
     def from_state(cls, state: ServerState) -> TorchServeBackend:
         return cls(state.client(), Path(state.model_store))
 
     @classmethod
-    def attach(cls, inference_url: str, management_url: str, *, key_file: Path | None,
-               model_store: Path, metrics_url: str = "") -> TorchServeBackend:
-        """A TorchServe started elsewhere: its URLs, its key file and its model store."""
-        if not model_store.is_dir():
-            raise ConfigError(f"model store {model_store} is not a directory")
+    def attach(cls, inference_url: str, management_url: str, *, keys: Keys | Path | None,
+               model_store: Path | None = None, metrics_url: str = "") -> TorchServeBackend:
+        """A TorchServe started elsewhere: its URLs and keys; archives are copied into
+        ``model_store`` when given (a shared filesystem), else registered by URL."""
         endpoints = Endpoints(inference_url.rstrip("/"), management_url.rstrip("/"),
                               metrics_url.rstrip("/"))
-        return cls(TorchServeClient(endpoints, key_file), model_store)
+        delivery: ArchiveDelivery = ModelStoreCopy(model_store) if model_store else ArtifactUrl()
+        return cls(TorchServeClient(endpoints, keys), delivery, attached=True)
 
     def close(self) -> None:
         self.client.close()
@@ -48,22 +47,22 @@ class TorchServeBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _place_archive(self, artifact: Path, name: str, version: str) -> str:
-        """Put the archive into the model store atomically; return its store file name."""
-        file_name = archive_file_name(name, version)
-        target = self.model_store / file_name
-        if artifact.resolve() == target.resolve():
-            return file_name
-        with tempfile.NamedTemporaryFile(dir=self.model_store, prefix=".incoming-", delete=False) as tmp:
-            with open(artifact, "rb") as src:
-                shutil.copyfileobj(src, tmp)
-        os.replace(tmp.name, target)
-        return file_name
-
-    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1) -> None:
-        file_name = self._place_archive(artifact, name, version)
-        self.client.register(file_name, initial_workers=workers)
+    def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
+               source_uri: str | None = None) -> None:
+        url = self.delivery.locate(Path(artifact), name, version, source_uri)
+        self.client.register(url, initial_workers=workers)
         self.client.wait_ready(name, version, min_ready=workers, timeout_s=self.ready_timeout_s)
+
+    def ping(self) -> bool:
+        return self.client.ping()
+
+    def access(self) -> ServerAccess:
+        return ServerAccess(
+            inference_url=self.client.endpoints.inference,
+            inference_key=self.client.keys.key("inference"),
+            key_shell=self.client.keys.shell_expression("inference"),
+            where=("attached to " if self.attached else "local server at ")
+            + self.client.endpoints.management + f" (archives {self.delivery.description})")
 
     def set_default(self, name: str, version: str) -> None:
         self.client.set_default(name, version)

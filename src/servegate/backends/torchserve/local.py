@@ -77,19 +77,29 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         grpc_inference_port=ports["grpc_inference"],
         grpc_management_port=ports["grpc_management"],
         model_store=store,
-        # allowed_urls is a list of regular expressions: only archives of our model store.
-        allowed_urls=f"file://{_regex_escape(str(store))}/[^/]+\\\\.mar",
+        allowed_urls=allowed_urls(settings, store),
         metrics_config=templates / "metrics.yaml",
         job_queue_size=100,
         max_request_size=settings.max_request_size,
         max_response_size=MAX_RESPONSE_SIZE,
         log4j_config=templates / "log4j2.xml",
-    )
+    ) + (f"token_expiration_min={settings.token_expiration_min:g}\n"
+         if settings.token_expiration_min else "")
+
+
+def allowed_urls(settings: TorchServeSettings, store: Path) -> str:
+    """``allowed_urls`` as written in ``config.properties`` (a Java properties file, so every
+    backslash doubled): archives of the model store, and under each allowed URL prefix."""
+    from servegate.artifact_urls import allowed_url_pattern
+
+    patterns = [f"file://{_regex_escape(str(store))}/[^/]+\\.mar"]
+    patterns += [allowed_url_pattern(prefix) for prefix in settings.allowed_url_prefixes]
+    return ",".join(p.replace("\\", "\\\\") for p in patterns)
 
 
 def _regex_escape(path: str) -> str:
     # Escape only what a file path can hold that is special in a Java regex.
-    return "".join("\\\\" + c if c in ".+*?^$()[]{}|" else c for c in path)
+    return "".join("\\" + c if c in ".+*?^$()[]{}|" else c for c in path)
 
 
 class LocalTorchServe:
