@@ -18,6 +18,7 @@ from typing import Any, Literal
 import mlflow
 from rich.console import Console
 
+from servegate.choices import TARGETS
 from servegate.config import PipelineConfig
 from servegate.errors import (
     BackendUnavailable,
@@ -81,9 +82,6 @@ def curl_command(url: str, key_shell: str | None, example: Any) -> str:
     body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
     auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
     return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
-
-
-TARGETS = ("torchserve", "tfserving")
 
 
 class DeployPipeline:

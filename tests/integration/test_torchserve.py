@@ -268,7 +268,7 @@ def test_attach_by_url_and_key_file_and_scale_workers(served, digits) -> None:
     from servegate.backends.torchserve import TorchServeBackend
 
     state, _ = served
-    with TorchServeBackend.attach(state.inference, state.management, key_file=Path(state.key_file),
+    with TorchServeBackend.attach(state.inference, state.management, keys=Path(state.key_file),
                                   model_store=Path(state.model_store)) as attached:
         assert "batched" in attached.client.list_models()
         attached.client.scale("batched", "1", min_workers=2)

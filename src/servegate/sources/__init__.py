@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from servegate.choices import TEXT_TASKS
 from servegate.errors import SourceError
-from servegate.sources.base import TEXT_TASKS, TorchModel
+from servegate.sources.base import TorchModel
 from servegate.sources.options import SourceOptions
 
 BUILTINS = ("builtin:digits",)

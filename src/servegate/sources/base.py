@@ -8,16 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from servegate.choices import TASK_ALIASES
 from servegate.errors import ConfigError, SourceError
 from servegate.sources.schema import Batch, Rows, TensorSpec, batch_arrays, batch_rows
-
-#: Tasks of tensor models (the handler family serves each without a custom handler).
-TENSOR_TASKS = ("classification", "regression", "tensor", "image-classification")
-#: Tasks of text models (requests carry strings, tokenised in the worker).
-TEXT_TASKS = ("embedding", "text-classification")
-TASKS = TENSOR_TASKS + TEXT_TASKS
-#: Older names still accepted.
-TASK_ALIASES = {"tensor-classification": "classification"}
 
 
 def canonical_task(task: str) -> str:

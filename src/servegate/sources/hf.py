@@ -37,12 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from servegate.choices import TEXT_TASKS
 from servegate.errors import ConfigError, SourceError
 from servegate.sources.base import TorchModel
 from servegate.sources.eval_data import EvalData, labels_as_indices, read_table, texts_from
 from servegate.sources.topics import TextSplit, paragraphs, topic_sentences
 
-TEXT_TASKS = ("embedding", "text-classification")
 PACKAGED_NAMES = ("minilm", "all-minilm-l6-v2")
 MODEL_FILE = Path(__file__).with_name("text_net.py")
 Implementation = Literal["auto", "builtin", "transformers"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from servegate.choices import TENSOR_TASKS
 from servegate.errors import ConfigError
-from servegate.sources.base import TENSOR_TASKS, canonical_task
+from servegate.sources.base import canonical_task
 
 
 def infer_task(outputs: tuple[np.ndarray, ...], labels: np.ndarray | None, *,
