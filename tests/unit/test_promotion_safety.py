@@ -273,13 +273,12 @@ def test_a_second_run_on_the_same_name_is_refused_naming_the_holder(
         assert info.value.holder["pid"] == holder.pid
         message = str(info.value)
         assert f"pid {holder.pid}" in message and "holder-cmd" in message and "started" in message
-        # the CLI: exit 8, the holder named, nothing started (attach mode: no server is touched)
-        (tmp_path / "store").mkdir()
-        monkeypatch.setenv("SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "http://127.0.0.1:9")
-        monkeypatch.setenv("SERVEGATE_TORCHSERVE_INFERENCE_URL", "http://127.0.0.1:9")
-        monkeypatch.setenv("SERVEGATE_TORCHSERVE_MODEL_STORE", str(tmp_path / "store"))
+        # the CLI: exit 8, the holder named, nothing deployed on its server
+        server = MemoryBackend()
+        monkeypatch.setattr("servegate.cli._open_target", lambda config: (server, None))
         result = runner.invoke(app, ["run", "--name", "digits"])
         assert result.exit_code == 8, result.output
+        assert [c for c in server.calls if c[0] != "versions"] == []
         assert f"pid {holder.pid}" in result.output
         # another name is not blocked by it
         with pytest.raises(Busy):
@@ -375,7 +374,8 @@ def test_an_mlflow_outage_during_the_champion_lookup_stops_the_run(
     monkeypatch.setattr(registry.client, "get_model_version_by_alias", outage)
     mlflow.set_experiment("t")
     with pytest.raises(RegistryError, match="Service Unavailable"):
-        DeployPipeline(PipelineConfig(name="digits"), backend).deploy(registry, Path("/x"), "2")
+        DeployPipeline(PipelineConfig(name="digits"), backend).deploy(
+            registry, Path("/x"), "runs:/x/archive/digits.v2.mar", "2")
     assert [v.version for v in backend.versions("digits")] == ["1"]  # nothing deployed
 
 

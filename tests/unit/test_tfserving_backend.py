@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_serving")
 
-from servegate.backends import tfserving  # noqa: E402
+from servegate.backends import model_root, tfserving  # noqa: E402
 from servegate.backends.base import ServingBackend  # noqa: E402
 from servegate.backends.tfserving import (  # noqa: E402
     HOW_TO_PROVIDE,
@@ -142,7 +142,7 @@ def test_deploy_places_versions_atomically_and_immutably(backend, models, monkey
         seen.append(sorted(os.listdir(Path(dst).parent)))
         return real_rename(src, dst)
 
-    monkeypatch.setattr(tfserving.os, "rename", watching_rename)
+    monkeypatch.setattr(model_root.os, "rename", watching_rename)
     backend.deploy(v1, "digits", "1")
     assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].startswith(".incoming-1-")
     assert sorted(os.listdir(backend.model_root / "digits")) == ["1"]
@@ -153,6 +153,35 @@ def test_deploy_places_versions_atomically_and_immutably(backend, models, monkey
         backend.deploy(v1.parent, "digits", "4")
     with pytest.raises(ConfigError, match="integers"):
         backend.deploy(v1, "digits", "v5")
+
+
+def test_a_model_root_on_another_filesystem_is_written_through_tensorflow(
+        fake: FakeTFServing, models, tmp_path: Path) -> None:
+    """No shared directory: the runner writes the root as a URI (here file://, the same code
+    path as gs:// or s3://), the server reads it under its own name for it (server_root)."""
+    champion, v1 = models["1"]
+    _, v2 = models["2"]
+    shared = tmp_path / "bucket" / "models"
+    client = TFServingClient(fake.rest_url, fake.grpc_target)
+    with TFServingBackend(client, f"file://{shared}", server_root=str(shared),
+                          ready_timeout_s=30) as remote:
+        assert isinstance(remote.root, model_root.GfileRoot) and remote.model_root is None
+        remote.deploy(v1, "digits", "1")
+        remote.deploy(v2, "digits", "2")
+        assert sorted(os.listdir(shared / "digits")) == ["1", "2"]
+        assert remote.entry("digits") == ModelEntry("digits", f"{shared}/digits", (1, 2),
+                                                    {STABLE: 1, CANARY: 2})
+        assert "labels/stable" in remote.endpoint("digits")
+        assert remote.next_version("digits") == 3
+        with pytest.raises(ConfigError, match="immutable"):
+            remote.deploy(v2, "digits", "1")
+        remote.set_default("digits", "2")
+        remote.undeploy("digits", "1")
+        assert [v.version for v in remote.versions("digits")] == ["2"]
+    # the state lives beside the models, where the next runner reads it
+    with TFServingBackend(TFServingClient(fake.rest_url, fake.grpc_target), f"file://{shared}",
+                          server_root=str(shared)) as again:
+        assert again.default_version("digits") == "2"
 
 
 def test_a_server_that_lost_our_versions_gets_them_back(models, tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ grpc, TensorFlow and tensorflow-serving-api are imported lazily.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -45,6 +44,7 @@ from servegate.backends._process import (
     stop_recorded,
 )
 from servegate.backends.base import ServerAccess, VersionInfo
+from servegate.backends.model_root import LocalRoot, open_model_root
 from servegate.config import ServerMode, TFServingAttach, attach_refused, home_dir
 from servegate.errors import (
     ConfigError,
@@ -63,8 +63,8 @@ from servegate.packaging.tfserving_config import (
     ModelEntry,
     batching_parameters,
     model_server_config,
-    read_models_config,
-    write_models_config,
+    models_config_text,
+    parse_models_config,
     write_server_configs,
 )
 
@@ -72,6 +72,7 @@ ENV_URL = "SERVEGATE_TFSERVING_URL"
 ENV_GRPC = "SERVEGATE_TFSERVING_GRPC"
 ENV_MODEL_ROOT = "SERVEGATE_TFSERVING_MODEL_ROOT"
 ENV_SERVER_ROOT = "SERVEGATE_TFSERVING_SERVER_ROOT"
+MODELS_CONFIG = "models.config"
 BINARY = "tensorflow_model_server"
 DOCKER_IMAGE = "tensorflow/serving"
 CONTAINER_ROOT = "/models"
@@ -303,11 +304,13 @@ class TFServingBackend:
 
     kind = "tfserving"
 
-    def __init__(self, client: TFServingClient, model_root: Path, *, server_root: str | None = None,
-                 ready_timeout_s: float = 120.0) -> None:
+    def __init__(self, client: TFServingClient, model_root: str | Path, *,
+                 server_root: str | None = None, ready_timeout_s: float = 120.0) -> None:
         self.client = client
-        self.model_root = Path(model_root).resolve()
-        self.server_root = (server_root or str(self.model_root)).rstrip("/")
+        self.root = open_model_root(model_root)
+        #: The root as a local path (None when it is a remote filesystem's URI).
+        self.model_root = self.root.path if isinstance(self.root, LocalRoot) else None
+        self.server_root = (server_root or self.root.location).rstrip("/")
         self.ready_timeout_s = ready_timeout_s
 
     def close(self) -> None:
@@ -319,13 +322,10 @@ class TFServingBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def config_path(self) -> Path:
-        return self.model_root / "models.config"
-
     # ---- desired state ------------------------------------------------------------------------
     def entries(self) -> dict[str, ModelEntry]:
-        return {e.name: e for e in read_models_config(self.config_path)}
+        text = self.root.read_text(MODELS_CONFIG)
+        return {} if text is None else {e.name: e for e in parse_models_config(text, MODELS_CONFIG)}
 
     def entry(self, name: str) -> ModelEntry | None:
         return self.entries().get(name)
@@ -340,7 +340,7 @@ class TFServingBackend:
             entries.pop(entry.name, None)
         ordered = sorted(entries.values(), key=lambda e: e.name)
         self.client.reload_config(ordered)
-        write_models_config(self.config_path, ordered)
+        self.root.write_text(MODELS_CONFIG, models_config_text(ordered))
 
     def labels(self, name: str) -> dict[str, int]:
         entry = self.entry(name)
@@ -348,28 +348,22 @@ class TFServingBackend:
 
     # ---- ServingBackend -----------------------------------------------------------------------
     def _place(self, artifact: Path, name: str, version: int) -> None:
-        """Copy the SavedModel into ``<root>/<name>/<version>`` via a hidden temp dir + rename."""
-        target = self.model_root / validate_name(name) / str(_version_number(version))
+        """Put the SavedModel at ``<root>/<name>/<version>`` (a local root: via a hidden temp
+        dir + rename; a remote one: copied in place, loaded only once models.config names it)."""
+        relative = f"{validate_name(name)}/{_version_number(version)}"
         artifact = Path(artifact).resolve()
-        if not (artifact / "saved_model.pb").is_file():
+        graph = "saved_model.pb"
+        if not (artifact / graph).is_file():
             raise ConfigError(f"{artifact} is not a SavedModel directory (no saved_model.pb)")
-        if target.exists():
-            if artifact == target.resolve():
-                return
-            graph = "saved_model.pb"
-            if (target / graph).read_bytes() != (artifact / graph).read_bytes():
-                raise ConfigError(f"{target} already holds another SavedModel: versions are "
-                                  "immutable, deploy a new version number")
+        if self.model_root is not None and (self.model_root / relative).resolve() == artifact:
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".incoming-{version}-"))
-        try:
-            shutil.copytree(artifact, staging, dirs_exist_ok=True)
-            staging.chmod(0o755)
-            os.rename(staging, target)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ConfigError(f"cannot place {artifact} as {target}: {exc}") from exc
+        existing = self.root.read_bytes(f"{relative}/{graph}")
+        if existing is not None:
+            if existing != (artifact / graph).read_bytes():
+                raise ConfigError(f"{self.root.location}/{relative} already holds another "
+                                  "SavedModel: versions are immutable, deploy a new version number")
+            return
+        self.root.put_tree(artifact, relative)
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
                source_uri: str | None = None) -> None:
@@ -485,8 +479,7 @@ class TFServingBackend:
         entry = self.entry(name)
         used = set(entry.versions if entry else ())
         used |= {int(v.version) for v in self.versions(name)}
-        if (self.model_root / name).is_dir():
-            used |= {int(p.name) for p in (self.model_root / name).iterdir() if p.name.isdigit()}
+        used |= {int(n) for n in self.root.list_dir(validate_name(name)) if n.isdigit()}
         return max(used, default=0) + 1
 
 
@@ -709,10 +702,12 @@ class LocalTFServing:
             return outcome
 
 
-def attach(rest_url: str, grpc_target: str | None = None, model_root: Path | None = None,
+def attach(rest_url: str, grpc_target: str | None = None, model_root: str | Path | None = None,
            server_root: str | None = None) -> TFServingBackend:
     """A TF Serving started elsewhere: REST URL, gRPC target (default: REST host, port 8500) and
-    the directory it reads models from (``models.config`` there records what is deployed)."""
+    where it reads models from: a directory, or a URI of a filesystem TensorFlow writes (gs://,
+    s3://, hdfs://) for a server on another host (``models.config`` there records what is
+    deployed)."""
     if grpc_target is None:
         grpc_target = f"{urlsplit(rest_url).hostname}:8500"
     if model_root is None:
@@ -732,8 +727,7 @@ def open_tfserving(settings: TFServingSettings | None = None,
     (or reuse) a local server, unless ``mode`` is ``attach`` (then ``ConfigError``)."""
     configured = TFServingAttach.from_env() if mode != "local" else None
     if configured is not None:
-        return attach(configured.url, configured.grpc,
-                      Path(configured.model_root) if configured.model_root else None,
+        return attach(configured.url, configured.grpc, configured.model_root,
                       configured.server_root)
     if mode == "attach":
         raise ConfigError(attach_refused("TF Serving", f"{ENV_URL}, {ENV_GRPC} and {ENV_MODEL_ROOT}"))

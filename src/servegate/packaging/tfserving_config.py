@@ -130,15 +130,31 @@ def read_text_proto(path: Path, message_type: type[M]) -> M:
 
 def read_models_config(path: Path) -> list[ModelEntry]:
     """The entries of a ``models.config`` file (none if the file does not exist)."""
-    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
-
     if not Path(path).exists():
         return []
-    return model_entries(read_text_proto(path, ModelServerConfig))
+    return parse_models_config(Path(path).read_text(encoding="utf-8"), str(path))
 
 
 def write_models_config(path: Path, entries: Iterable[ModelEntry]) -> Path:
     return write_text_proto(model_server_config(entries), path)
+
+
+def models_config_text(entries: Iterable[ModelEntry]) -> str:
+    """``models.config`` serving exactly ``entries``, in protobuf text format."""
+    from google.protobuf import text_format
+
+    return str(text_format.MessageToString(model_server_config(entries)))
+
+
+def parse_models_config(text: str, source: str) -> list[ModelEntry]:
+    """The entries of ``models.config`` text read from ``source``."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+    try:
+        return model_entries(text_format.Parse(text, ModelServerConfig()))
+    except text_format.ParseError as exc:
+        raise ConfigError(f"cannot read ModelServerConfig from {source}: {exc}") from exc
 
 
 @dataclass(frozen=True)
