@@ -37,8 +37,9 @@ def env(tmp_path_factory: pytest.TempPathFactory):
 
 def deploy(*params: str, report_dir: Path | None = None,
            compiler: str = "eager") -> subprocess.CompletedProcess[str]:
-    """`make deploy DEPLOY_ARGS=...`, exactly as .github/workflows/promote.yml runs it
-    (``eager`` unless asked: ``auto`` compiles every candidate, ~40 s here)."""
+    """`make deploy DEPLOY_ARGS=...`, the promotion workflow's command on a local server (the
+    workflow itself, attached to a separate server, runs in test_remote_production.py);
+    ``eager`` unless asked: ``auto`` compiles every candidate, ~40 s here."""
     args = ["make", "-s", "deploy",
             f"DEPLOY_ARGS={shlex.join([*FAST, '-P', f'compiler={compiler}', *params])}"]
     if report_dir is not None:
