@@ -475,10 +475,10 @@ def _numbers(text: str, kind: type, option: str) -> list[Any]:
 
 
 def _open_target(config: Any) -> tuple[Any, errors.ServerError | None]:
-    """The run's server (``servegate.backends.factory.open_backend``)."""
-    from servegate.backends.factory import open_backend
+    """The run's server, as its target opens it."""
+    from servegate.targets import get_target
 
-    return open_backend(config)
+    return get_target(config.target).open_backend(config)
 
 
 def _print_result(result: Any) -> None:

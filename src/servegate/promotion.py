@@ -26,7 +26,14 @@ import mlflow
 
 from servegate.errors import PipelineError
 from servegate.interrupts import critical
-from servegate.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from servegate.registry import (
+    ARCHIVE_SHA256_TAG,
+    ARCHIVE_TAG,
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    Registry,
+)
 
 PROMOTION_TAG = "servegate.promotion"
 REPAIR_RUN_TAG = "servegate.promotion_repair"
@@ -173,3 +180,99 @@ def repair(registry: Registry, backend: Any, name: str, say: Say, *,
             mlflow.set_tag(REPAIR_RUN_TAG, message)
         say(f"[yellow]repair: {message}[/]")
         return outcome
+
+
+# ---- the decisions the pipeline and `servegate rollback` take on a model's versions ------------
+def promote(registry: Registry, backend: Any, name: str, version: str, say: Say) -> None:
+    """Registry first, then the server default, crash-safe; versions other than the new
+    champion and the one kept for rollback leave the server."""
+    previous = move_champion(registry, backend, name, version, kind="promotion").source
+    previous = None if previous == version else previous
+    remove_orphans(backend, name, {version, previous}, say)
+    say(f"promote: {name} v{version} is the champion"
+        + (f" (v{previous} kept for rollback)" if previous else ""))
+
+
+def reject(registry: Registry, backend: Any, name: str, version: str, failures: str,
+           say: Say) -> None:
+    """The challenger leaves the server and its alias; its version records why."""
+    if any(v.version == version for v in backend.versions(name)):
+        backend.undeploy(name, version)
+    registry.delete_alias(CHALLENGER)
+    registry.tag(version, {"servegate.gate": "failed", "servegate.failed_checks": failures})
+    say(f"reject: {name} v{version} removed from the server; the champion is untouched")
+
+
+def withdraw(registry: Registry, backend: Any, name: str, version: str, say: Say) -> None:
+    """A step failed after deploy: take the challenger off the server unless it is the
+    default; a first deployment's challenger (the default only because it is the sole
+    version, not the registry's champion) goes too. Best effort: a failure is reported."""
+    from servegate.errors import ServerError
+
+    try:
+        served = backend.versions(name)
+        for info in served:
+            if info.version != version:
+                continue
+            if not info.is_default or (len(served) == 1
+                                       and registry.version_for_alias(CHAMPION) != version):
+                backend.undeploy(name, version)
+    except (ServerError, PipelineError) as exc:  # PipelineError: the registry failing
+        say(f"[red]could not withdraw v{version}: {exc}[/]")
+
+
+def remove_orphans(backend: Any, name: str, keep: set[str | None], say: Say) -> None:
+    """Unregister served versions that are neither kept nor the default."""
+    for info in backend.versions(name):
+        if info.version not in keep and not info.is_default:
+            say(f"deploy: removing orphaned version v{info.version}")
+            backend.undeploy(name, info.version)
+
+
+def restore(registry: Registry, backend: Any, name: str, version: str, workers: int,
+            say: Say) -> None:
+    """Serve ``version`` again from its logged artifact, once its sha256 matches the one
+    recorded when it was built (``servegate.archive_sha256``); a server on another host fetches
+    it from the artifact store itself."""
+    import tempfile
+    from pathlib import Path
+
+    from servegate.integrity import verify_artifact
+
+    tags = registry.tags(version)
+    uri = tags.get(ARCHIVE_TAG)
+    if not uri:
+        raise PipelineError(f"{name} v{version} has no archive to restore ({ARCHIVE_TAG})")
+    expected = tags.get(ARCHIVE_SHA256_TAG)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+        if expected:
+            verify_artifact(local, expected, f"{name} v{version} ({uri})")
+        else:
+            say(f"[yellow]restore: {name} v{version} has no {ARCHIVE_SHA256_TAG} (built before "
+                "hashes were recorded): restored unchecked[/]")
+        backend.deploy(local, name, version, workers=workers, source_uri=uri)
+
+
+def rollback(registry: Registry, backend: Any, name: str, workers: int,
+             say: Say) -> tuple[str, str]:
+    """The previous champion back (restored onto the server from its artifact if the server
+    lost it): registry alias and server default together; return (restored, demoted). An
+    interrupted promotion is reverted instead (that IS the rollback); an interrupted rollback
+    is finished. The caller holds the model name's lock."""
+    pending = pending_move(registry)
+    if pending is not None:
+        prefer: Literal["finish", "revert"] = "finish" if pending.kind == "rollback" else "revert"
+        repair(registry, backend, name, say, prefer=prefer)
+        champion = registry.version_for_alias(CHAMPION)
+        if champion is None:
+            raise PipelineError(f"{name} has no champion after the repair")
+        return champion, pending.target if prefer == "revert" else (pending.source or "none")
+    restored = registry.version_for_alias(PREVIOUS)
+    demoted = registry.version_for_alias(CHAMPION)
+    if restored is None or demoted is None:
+        raise PipelineError(f"{name} has no previous champion to roll back to")
+    if not any(v.version == restored for v in backend.versions(name)):
+        restore(registry, backend, name, restored, workers, say)
+    move_champion(registry, backend, name, restored, kind="rollback")
+    return restored, demoted

@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILA
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from servegate import promotion
 from servegate.cli import app, exit_code
 from servegate.config import PipelineConfig, TorchServeSettings
 from servegate.errors import (
@@ -34,6 +35,7 @@ from servegate.errors import (
 from servegate.pipeline import DeployPipeline, rollback
 from servegate.promotion import PROMOTION_TAG, REPAIR_RUN_TAG, move_champion, pending_move, repair
 from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG, CHAMPION, PREVIOUS, Registry
+from servegate.targets import Built
 from servegate.testing import MemoryBackend
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -108,6 +110,7 @@ from pathlib import Path
 import mlflow
 from servegate.promotion import move_champion
 from servegate.registry import Registry
+from servegate.targets import Built
 from servegate.testing import MemoryBackend
 
 backend = MemoryBackend(Path(sys.argv[1]))
@@ -204,11 +207,11 @@ def test_sigterm_during_a_run_withdraws_the_challenger_and_ends_the_run_killed(
         registry.set_alias("challenger", "2")
         return object(), registry, "2"
 
-    def package(self, model, version, workdir):
+    def build(self, model, registry, version, workdir):
         temp_dirs.append(workdir)
         archive = workdir / "digits.v2.mar"
         archive.write_bytes(b"archive")
-        return archive, "file:///nowhere/digits.v2.mar", "eager"
+        return Built(archive, "file:///nowhere/digits.v2.mar", "eager", "fp32")
 
     def gate_parity(self, *args):  # the challenger is on the server: a CI job is cancelled
         os.kill(os.getpid(), signal.SIGTERM)
@@ -216,7 +219,7 @@ def test_sigterm_during_a_run_withdraws_the_challenger_and_ends_the_run_killed(
         raise AssertionError("SIGTERM did not interrupt the run")
 
     monkeypatch.setattr(DeployPipeline, "source", source)
-    monkeypatch.setattr(DeployPipeline, "package", package)
+    monkeypatch.setattr(DeployPipeline, "build", build)
     monkeypatch.setattr(DeployPipeline, "gate_parity", gate_parity)
     previous_handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as info:
@@ -375,7 +378,7 @@ def test_an_mlflow_outage_during_the_champion_lookup_stops_the_run(
     mlflow.set_experiment("t")
     with pytest.raises(RegistryError, match="Service Unavailable"):
         DeployPipeline(PipelineConfig(name="digits"), backend).deploy(
-            registry, Path("/x"), "runs:/x/archive/digits.v2.mar", "2")
+            registry, Built(Path("/x"), "runs:/x/archive/digits.v2.mar", "eager", "fp32"), "2")
     assert [v.version for v in backend.versions("digits")] == ["1"]  # nothing deployed
 
 
@@ -403,14 +406,14 @@ def test_a_champion_is_restored_only_from_an_archive_with_its_recorded_hash(stor
         mlflow.log_artifact(str(archive), artifact_path="archive")
         uri = f"{mlflow.get_artifact_uri('archive')}/{archive.name}"
     backend = MemoryBackend()
-    pipeline = DeployPipeline(PipelineConfig(name="digits"), backend)
     registry.tag("1", {ARCHIVE_TAG: uri, ARCHIVE_SHA256_TAG: "0" * 64})
     with pytest.raises(IntegrityError, match="refusing to restore"):
-        pipeline._restore(registry, "1")
+        promotion.restore(registry, backend, "digits", "1", 1, print)
     assert backend.versions("digits") == []
     registry.tag("1", {ARCHIVE_SHA256_TAG: artifact_sha256(archive)})
-    pipeline._restore(registry, "1")
+    promotion.restore(registry, backend, "digits", "1", 1, print)
     assert [v.version for v in backend.versions("digits")] == ["1"]
+    assert backend.calls[-1] == ("deploy", "digits", "1")
 
 
 def test_directory_hash_is_independent_of_where_it_lies(tmp_path: Path) -> None:

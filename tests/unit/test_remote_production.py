@@ -112,7 +112,7 @@ def test_attach_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
 
 def test_server_attach_refuses_to_start_a_throwaway_server(monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
-    from servegate.backends.factory import open_backend
+    from servegate.targets import get_target
 
     for var in ("MANAGEMENT_URL", "INFERENCE_URL", "KEYS", "KEY_FILE"):
         monkeypatch.delenv(f"SERVEGATE_TORCHSERVE_{var}", raising=False)
@@ -122,7 +122,7 @@ def test_server_attach_refuses_to_start_a_throwaway_server(monkeypatch: pytest.M
         config = PipelineConfig(target=target, torchserve=TorchServeSettings(workdir=tmp_path))
         assert config.server == "attach"
         with pytest.raises(ConfigError, match="refusing to start a local"):
-            open_backend(config)
+            get_target(target).open_backend(config)
     assert not (tmp_path / "server.json").exists()
     with pytest.raises(ValueError):
         PipelineConfig(server="remote")  # type: ignore[arg-type]

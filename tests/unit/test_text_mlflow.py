@@ -25,7 +25,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, minilm, minilm_classifier
     import mlflow
 
     from servegate.config import PipelineConfig
-    from servegate.pipeline import DeployPipeline
+    from servegate.targets import get_target
 
     folder = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as patch:
@@ -36,10 +36,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory, minilm, minilm_classifier
             mlflow.set_experiment("text-mlflow")
             models = {"minilm": minilm, "topics": minilm_classifier}
             for name, model in models.items():
-                pipeline = DeployPipeline(PipelineConfig(model="hf:minilm", task=model.task, name=name),
-                                          backend=None)
+                target = get_target(PipelineConfig(model="hf:minilm", task=model.task, name=name).target)
                 with mlflow.start_run():
-                    assert pipeline._log_and_register(model) == "1"
+                    assert target.register(model, name) == "1"
             mlflow.MlflowClient().set_registered_model_alias("topics", "champion", "1")
             yield models
         finally:

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from servegate.config import (
-    PipelineConfig,
     ServerMode,
     TorchServeAttach,
     TorchServeSettings,
     attach_refused,
 )
-from servegate.errors import ConfigError, ServerError, ServerNotRunning
+from servegate.errors import ConfigError, ServerError
 
 
 def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> Any:
@@ -45,18 +44,3 @@ def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> 
             "TorchServe", f"{TorchServeAttach.PREFIX}MANAGEMENT_URL, ..._INFERENCE_URL and "
                           f"{TorchServeAttach.KEYS_ENV} (its key_file.json content) or ..._KEY_FILE"))
     return TorchServeBackend.from_state(LocalTorchServe(settings).start())
-
-
-def open_backend(config: PipelineConfig) -> tuple[Any | None, ServerError | None]:
-    """The run's server; for TF Serving, None and the reason when none can be reached (the run
-    then still builds and validates its artifacts). A refused ``attach`` is an error."""
-    if config.target == "tfserving":
-        from servegate.backends.tfserving import open_tfserving
-
-        try:
-            return open_tfserving(mode=config.server), None
-        except ServerNotRunning as exc:
-            if config.server == "attach":
-                raise
-            return None, exc
-    return open_torchserve(config.torchserve, config.server), None

@@ -1,0 +1,93 @@
+"""What a serving target is to the pipeline: how a model is loaded and registered for it, built
+(compiled and packaged into the artifact its server serves), measured (parity through the
+server, load through Locust) and shown to a person. A new server (KServe, Triton) is one new
+module implementing ``Target``, registered by name in ``servegate.targets``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich.console import Console
+
+from servegate.backends.base import ServingBackend
+from servegate.config import LoadSettings, PipelineConfig
+from servegate.errors import ServerError
+from servegate.gates.load import LoadResult
+from servegate.gates.parity import ParityResult
+
+
+@dataclass(frozen=True)
+class Built:
+    """An artifact built for a target: the local file or directory, its MLflow artifact URI
+    (from which a server on another host fetches it), and how it was compiled."""
+
+    path: Path
+    uri: str
+    compiled_with: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """How Locust loads a version: request bodies, and a locustfile user class (None: the
+    standard TorchServe user)."""
+
+    samples: list[Any]
+    locustfile: Path | None = None
+    user_class: str = "TorchServePredictUser"
+
+
+class Target(Protocol):
+    """One serving target: every step of the pipeline that depends on the server."""
+
+    name: str
+
+    def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
+        """The server (attached or local); None and the reason when a run may still build."""
+
+    def load_model(self, config: PipelineConfig) -> Any:
+        """The model of ``config.model`` with its held-out data."""
+
+    def register(self, model: Any, name: str) -> str:
+        """Log the model to the active MLflow run, register it as ``name``; return the version."""
+
+    def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
+              console: Console) -> Built:
+        """Compile and package ``model`` for this server, logged to the active run."""
+
+    def load_profile(self, model: Any) -> LoadProfile:
+        """What the load gate sends."""
+
+    def example_row(self, model: Any) -> Any:
+        """One request instance, for the curl shown to a person."""
+
+    def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
+                     champion: str | None) -> ParityResult:
+        """The held-out rows through the served challenger (and champion) against the reference."""
+
+    def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
+                     settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
+        """Load each (label, version), alternating; the merged result per label."""
+
+
+class MeasuredTarget:
+    """The gates every real server shares: parity through its REST API, load through Locust."""
+
+    def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
+                     champion: str | None) -> ParityResult:
+        from servegate.gates.parity import run_parity
+
+        return run_parity(backend, name, version, model, champion)
+
+    def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
+                     settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
+        from servegate.gates.load import run_ab
+
+        access = backend.access()
+        extra: dict[str, Any] = {"user_class": profile.user_class}
+        if profile.locustfile is not None:
+            extra["locustfile"] = profile.locustfile
+        return run_ab(versions, settings=settings, host=access.inference_url, model=name,
+                      inference_key=access.inference_key, samples=profile.samples, **extra)

@@ -1,0 +1,66 @@
+"""TorchServe: PyTorch models (tensor and text), compiled by any compiler backend and packaged
+as ``.mar`` archives with servegate's handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from rich.console import Console
+
+from servegate.backends.base import ServingBackend
+from servegate.config import PipelineConfig
+from servegate.errors import ServerError
+from servegate.targets.base import Built, LoadProfile, MeasuredTarget
+
+
+class TorchServeTarget(MeasuredTarget):
+    name = "torchserve"
+
+    def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
+        from servegate.backends.factory import open_torchserve
+
+        return open_torchserve(config.torchserve, config.server), None
+
+    def load_model(self, config: PipelineConfig) -> Any:
+        from servegate.sources import load_torch_model
+
+        return load_torch_model(config.model, config.source_options())
+
+    def register(self, model: Any, name: str) -> str:
+        from servegate import tracking
+
+        if getattr(model, "is_text", False):  # strings in: a pyfunc that tokenises as the worker
+            return tracking.log_text_model(model, name)
+        return tracking.log_torch_model(model, name)
+
+    def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
+              console: Console) -> Built:
+        """Compile (measuring candidates for ``auto``) and build the archive."""
+        from servegate import tracking
+        from servegate.compilers.select import candidates_table, precision_of
+        from servegate.packaging.builder import artifact_max_batch, compile_model
+        from servegate.packaging.mar import build_mar, contents_for
+
+        artifact, candidates = compile_model(model, config.compiler, workdir / "compile",
+                                             config.batching, config.limits)
+        if candidates:
+            console.print(candidates_table(candidates))
+            tracking.log_candidates(candidates)
+        contents = contents_for(model, artifact, name=config.model_name, version=version,
+                                batching=config.batching, limits=config.limits,
+                                max_batch=artifact_max_batch(model, config.batching, config.limits),
+                                handler_file=config.handler)
+        archive = build_mar(contents, workdir)
+        mlflow.log_params({"compiler": config.compiler, "compiler.chosen": artifact.backend,
+                           "archive": archive.name} | config.batching.model_config_yaml())
+        mlflow.log_metric("archive_bytes", archive.stat().st_size)
+        uri = tracking.log_artifact_file(archive, "archive")
+        return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
+
+    def load_profile(self, model: Any) -> LoadProfile:
+        return LoadProfile([{"instances": [row]} for row in model.request_rows(model.example_batch(32))])
+
+    def example_row(self, model: Any) -> Any:
+        return model.request_rows(model.example_batch(1))[0]
