@@ -9,6 +9,7 @@ lock; the message names it), 130 / 143 interrupted by SIGINT / SIGTERM (after th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -41,10 +42,28 @@ EXIT_CODES: list[tuple[type[errors.ServegateError], int]] = [
 #: Anything that is not a ServegateError (a bug): never 1, which means "a gate failed".
 INTERNAL_ERROR = 7
 
-app = typer.Typer(help="Take a model to a gated deployment on TorchServe.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-serve_app = typer.Typer(help="Start, stop and inspect a local TorchServe.", no_args_is_help=True)
-models_app = typer.Typer(help="Register, route and remove model versions.", no_args_is_help=True)
+class _App(typer.Typer):
+    """A Typer whose commands all map servegate's errors to exit codes in one place (``fail``)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        register = super().command(*args, **kwargs)
+
+        def decorator(function: Any) -> Any:
+            @functools.wraps(function)
+            def mapped(*call_args: Any, **call_kwargs: Any) -> Any:
+                try:
+                    return function(*call_args, **call_kwargs)
+                except errors.ServegateError as exc:
+                    fail(exc)
+            register(mapped)
+            return function
+        return decorator
+
+
+app = _App(help="Take a model to a gated deployment on TorchServe or TF Serving.",
+           no_args_is_help=True, pretty_exceptions_enable=False)
+serve_app = _App(help="Start, stop and inspect a local TorchServe.", no_args_is_help=True)
+models_app = _App(help="Register, route and remove model versions.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
 
@@ -113,20 +132,17 @@ def serve_start(
     """Start TorchServe on 127.0.0.1 with token auth (or show the one already running)."""
     from servegate.backends.torchserve import LocalTorchServe
 
-    try:
-        prefixes = list(allow_url or [])
-        if allow_mlflow_artifacts:
-            from servegate.artifact_urls import artifacts_prefix
+    prefixes = list(allow_url or [])
+    if allow_mlflow_artifacts:
+        from servegate.artifact_urls import artifacts_prefix
 
-            prefixes.append(artifacts_prefix(os.environ.get("MLFLOW_TRACKING_URI", "")))
-        with console.status("starting TorchServe"):
-            state = LocalTorchServe(_settings(workdir, inference_port=inference_port,
-                                              management_port=management_port,
-                                              metrics_port=metrics_port,
-                                              allowed_url_prefixes=tuple(prefixes) or None,
-                                              token_expiration_min=token_expiration_min)).start()
-    except errors.ServegateError as exc:
-        fail(exc)
+        prefixes.append(artifacts_prefix(os.environ.get("MLFLOW_TRACKING_URI", "")))
+    with console.status("starting TorchServe"):
+        state = LocalTorchServe(_settings(workdir, inference_port=inference_port,
+                                          management_port=management_port,
+                                          metrics_port=metrics_port,
+                                          allowed_url_prefixes=tuple(prefixes) or None,
+                                          token_expiration_min=token_expiration_min)).start()
     _print_state(state)
 
 
@@ -136,10 +152,7 @@ def serve_stop(workdir: WorkdirOption = None) -> None:
     from servegate.backends.torchserve import LocalTorchServe
 
     server = LocalTorchServe(_settings(workdir))
-    try:
-        outcome = server.stop()
-    except errors.ServegateError as exc:
-        fail(exc)
+    outcome = server.stop()
     if outcome.stale:
         out.print(f"stale state file in {server.workdir} removed: {outcome.stale}; "
                   "nothing was killed")
@@ -152,20 +165,17 @@ def serve_stop(workdir: WorkdirOption = None) -> None:
 @serve_app.command("status")
 def serve_status(workdir: WorkdirOption = None) -> None:
     """Show the local server and its models; exit 3 when none is running."""
-    try:
-        backend = _running_backend(workdir)
-        from servegate.backends.torchserve import LocalTorchServe
+    backend = _running_backend(workdir)
+    from servegate.backends.torchserve import LocalTorchServe
 
-        state = LocalTorchServe(_settings(workdir)).state()
-        assert state is not None
-        _print_state(state)
-        table = Table("model", "version", "default", "ready workers")
-        for name in backend.client.list_models():
-            for v in backend.versions(name):
-                table.add_row(v.name, v.version, "yes" if v.is_default else "", f"{v.ready_workers}/{v.workers}")
-        out.print(table)
-    except errors.ServegateError as exc:
-        fail(exc)
+    state = LocalTorchServe(_settings(workdir)).state()
+    assert state is not None
+    _print_state(state)
+    table = Table("model", "version", "default", "ready workers")
+    for name in backend.client.list_models():
+        for v in backend.versions(name):
+            table.add_row(v.name, v.version, "yes" if v.is_default else "", f"{v.ready_workers}/{v.workers}")
+    out.print(table)
 
 
 def _print_state(state: Any) -> None:
@@ -194,21 +204,18 @@ def package(
     """Build a .mar archive (handlers, model-config.yaml, labels, warm-up sample)."""
     from pydantic import ValidationError
 
-    from servegate.packaging.builder import package_torch_model
+    from servegate import api
 
+    _valid(name, version)
     try:
-        _valid(name, version)
-        try:
-            batching = BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
-                                      min_workers=workers, max_workers=workers)
-        except ValidationError as exc:
-            raise errors.ConfigError(f"invalid batching: {exc}") from exc
-        target = output_dir or (_settings(workdir).workdir / "model-store")
-        with console.status(f"packaging {model}"):
-            archive = package_torch_model(model, name=name, version=version, compiler=compiler,
-                                          batching=batching, output_dir=target)
-    except errors.ServegateError as exc:
-        fail(exc)
+        batching = BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                                  min_workers=workers, max_workers=workers)
+    except ValidationError as exc:
+        raise errors.ConfigError(f"invalid batching: {exc}") from exc
+    target = output_dir or (_settings(workdir).workdir / "model-store")
+    with console.status(f"packaging {model}"):
+        archive = api.package(model, name=name, version=version, compiler=compiler,
+                              batching=batching, output_dir=target)
     out.print(str(archive))
 
 
@@ -222,57 +229,42 @@ def models_register(
     workdir: WorkdirOption = None,
 ) -> None:
     """Serve an archive as a new version; returns once it has READY workers."""
-    try:
-        _valid(name, version)
-        backend = _running_backend(workdir)
-        with console.status(f"registering {name} v{version}"):
-            backend.deploy(archive, name, version, workers=workers)
-        out.print(f"{name} v{version} is ready at {backend.endpoint(name, version)}")
-    except errors.ServegateError as exc:
-        fail(exc)
+    _valid(name, version)
+    backend = _running_backend(workdir)
+    with console.status(f"registering {name} v{version}"):
+        backend.deploy(archive, name, version, workers=workers)
+    out.print(f"{name} v{version} is ready at {backend.endpoint(name, version)}")
 
 
 @models_app.command("list")
 def models_list(name: str, workdir: WorkdirOption = None) -> None:
     """The served versions of NAME."""
-    try:
-        _valid(name)
-        versions = _running_backend(workdir).versions(name)
-    except errors.ServegateError as exc:
-        fail(exc)
+    _valid(name)
+    versions = _running_backend(workdir).versions(name)
     out.print_json(json.dumps([v.__dict__ for v in versions]))
 
 
 @models_app.command("default")
 def models_default(name: str, version: str, workdir: WorkdirOption = None) -> None:
     """Route NAME's default endpoint to VERSION."""
-    try:
-        _valid(name, version)
-        _running_backend(workdir).set_default(name, version)
-    except errors.ServegateError as exc:
-        fail(exc)
+    _valid(name, version)
+    _running_backend(workdir).set_default(name, version)
     out.print(f"{name} default -> v{version}")
 
 
 @models_app.command("unregister")
 def models_unregister(name: str, version: str, workdir: WorkdirOption = None) -> None:
     """Stop serving VERSION of NAME."""
-    try:
-        _valid(name, version)
-        _running_backend(workdir).undeploy(name, version)
-    except errors.ServegateError as exc:
-        fail(exc)
+    _valid(name, version)
+    _running_backend(workdir).undeploy(name, version)
     out.print(f"unregistered {name} v{version}")
 
 
 @models_app.command("scale")
 def models_scale(name: str, version: str, workers: int, workdir: WorkdirOption = None) -> None:
     """Set the worker count of VERSION of NAME."""
-    try:
-        _valid(name, version)
-        _running_backend(workdir).client.scale(name, version, min_workers=workers)
-    except errors.ServegateError as exc:
-        fail(exc)
+    _valid(name, version)
+    _running_backend(workdir).client.scale(name, version, min_workers=workers)
     out.print(f"{name} v{version}: {workers} workers")
 
 
@@ -286,21 +278,18 @@ def predict(
     workdir: WorkdirOption = None,
 ) -> None:
     """Send one request to NAME's standard endpoint (token from the key file) and print the answer."""
+    _valid(name, version)
+    if (data is None) == (file is None):
+        raise errors.ConfigError("give exactly one of --data or --file")
+    if file is not None:
+        body = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    else:
+        body = data or ""
     try:
-        _valid(name, version)
-        if (data is None) == (file is None):
-            raise errors.ConfigError("give exactly one of --data or --file")
-        if file is not None:
-            body = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
-        else:
-            body = data or ""
-        try:
-            payload = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise errors.ConfigError(f"the request body is not JSON: {exc}") from exc
-        answer = _running_backend(workdir).predict(name, payload, version)
-    except errors.ServegateError as exc:
-        fail(exc)
+        payload = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise errors.ConfigError(f"the request body is not JSON: {exc}") from exc
+    answer = _running_backend(workdir).predict(name, payload, version)
     out.print_json(json.dumps(answer))
 
 
@@ -320,16 +309,13 @@ def compilers(
     from servegate.packaging.builder import worker_threads
     from servegate.sources import load_torch_model
 
-    try:
-        names = parse_compiler_option(backends) or [backends]
-        loaded = load_torch_model(model, task=None if task == "auto" else task)
-        sizes = sorted({1, batch_size})
-        with tempfile.TemporaryDirectory() as tmp, console.status("compiling and measuring"):
-            candidates = evaluate(loaded, names, Path(tmp), max_batch=batch_size * 8,
-                                  batch_sizes=sizes, threads=threads or worker_threads())
-            choose(candidates, batch_size)
-    except errors.ServegateError as exc:
-        fail(exc)
+    names = parse_compiler_option(backends) or [backends]
+    loaded = load_torch_model(model, task=None if task == "auto" else task)
+    sizes = sorted({1, batch_size})
+    with tempfile.TemporaryDirectory() as tmp, console.status("compiling and measuring"):
+        candidates = evaluate(loaded, names, Path(tmp), max_batch=batch_size * 8,
+                              batch_sizes=sizes, threads=threads or worker_threads())
+        choose(candidates, batch_size)
     out.print(candidates_table(candidates))
 
 
@@ -371,8 +357,8 @@ def run(
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
     server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
-    report_dir: Annotated[Path | None, typer.Option(envvar="SERVEGATE_REPORT_DIR",
-                                                    help="Also copy the gate report here.")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        help="Also copy the gate report here [default: $SERVEGATE_REPORT_DIR].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs and warnings on the terminal too.")] = False,
     workdir: WorkdirOption = None,
 ) -> None:
@@ -391,60 +377,48 @@ def run(
     from servegate.runlog import new_log_path, run_log
 
     try:
-        try:
-            config = PipelineConfig(
-                model=model, name=name or None, target=target, compiler=compiler,
-                task=None if task == "auto" else task, max_length=max_length or None,
-                eval_data=eval_data or None, label_column=label_column, text_column=text_column,
-                labels=labels or None, trust_pickle=trust_pickle,  # type: ignore[arg-type]
-                model_class=model_class or None, model_kwargs=_json_object(model_kwargs, "model_kwargs"),
-                handler=Path(handler).expanduser().resolve() if handler else None,
-                image=ImagePreprocessing(size=_numbers(image_size, int, "image_size"),  # type: ignore[arg-type]
-                                         mode=image_mode,  # type: ignore[arg-type]
-                                         mean=_numbers(image_mean, float, "image_mean"),
-                                         std=_numbers(image_std, float, "image_std")),
-                slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
-                          max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
-                parity=ParityThresholds(parity_atol=parity_atol, parity_rtol=parity_rtol,
-                                        min_top1_agreement=min_top1_agreement,
-                                        max_accuracy_drop=max_accuracy_drop,
-                                        max_metric_regression=max_metric_regression),
-                load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
-                batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms),
-                promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
-                report_dir=report_dir,
-                torchserve=_settings(workdir),
-                server=server_mode(server or None),
-            )
-        except ValidationError as exc:
-            raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
-        log_path = new_log_path(home_dir() / "logs")
-        with run_log(log_path, verbose=verbose):
-            result = _run_pipeline(config, log_path)
-    except errors.ServegateError as exc:
-        fail(exc)
+        config = PipelineConfig(
+            model=model, name=name or None, target=target, compiler=compiler,
+            task=None if task == "auto" else task, max_length=max_length or None,
+            eval_data=eval_data or None, label_column=label_column, text_column=text_column,
+            labels=labels or None, trust_pickle=trust_pickle,  # type: ignore[arg-type]
+            model_class=model_class or None, model_kwargs=_json_object(model_kwargs, "model_kwargs"),
+            handler=Path(handler).expanduser().resolve() if handler else None,
+            image=ImagePreprocessing(size=_numbers(image_size, int, "image_size"),  # type: ignore[arg-type]
+                                     mode=image_mode,  # type: ignore[arg-type]
+                                     mean=_numbers(image_mean, float, "image_mean"),
+                                     std=_numbers(image_std, float, "image_std")),
+            slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
+                      max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
+            parity=ParityThresholds(parity_atol=parity_atol, parity_rtol=parity_rtol,
+                                    min_top1_agreement=min_top1_agreement,
+                                    max_accuracy_drop=max_accuracy_drop,
+                                    max_metric_regression=max_metric_regression),
+            load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
+            batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms),
+            promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
+            **({"report_dir": report_dir} if report_dir is not None else {}),
+            torchserve=_settings(workdir),
+            server=server_mode(server or None),
+        )
+    except ValidationError as exc:
+        raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
+    log_path = new_log_path(home_dir() / "logs")
+    with run_log(log_path, verbose=verbose):
+        result = _run_pipeline(config, log_path)
     _print_result(result)
 
 
 def _run_pipeline(config: Any, log_path: Path) -> Any:
-    """Run the pipeline; an unexpected failure becomes one line naming the log (the traceback
+    """``api.deploy``; an unexpected failure becomes one line naming the log (the traceback
     goes to the log file; the MLflow run has ended FAILED)."""
     import logging
 
-    import mlflow
-
-    from servegate.pipeline import DeployPipeline
+    from servegate import api
 
     console.print(f"[dim]servegate: library logs and warnings go to {log_path} (--verbose shows them)[/]")
     try:
-        if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
-            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "servegate-deploy"))
-        backend, unreachable = _open_target(config)
-        try:
-            return DeployPipeline(config, backend, console, unreachable).run()
-        finally:
-            if backend is not None:
-                backend.close()
+        return api.deploy(config, console)
     except errors.ServegateError:
         raise
     except Exception as exc:  # a bug or a library failure: one line here, the traceback in the log
@@ -474,13 +448,6 @@ def _numbers(text: str, kind: type, option: str) -> list[Any]:
         raise errors.ConfigError(f"{option} must be a comma list of numbers, got {text!r}") from exc
 
 
-def _open_target(config: Any) -> tuple[Any, errors.ServerError | None]:
-    """The run's server, as its target opens it."""
-    from servegate.targets import get_target
-
-    return get_target(config.target).open_backend(config)
-
-
 def _print_result(result: Any) -> None:
     table = Table("check", "value", "threshold", "result", title=f"{result.name} v{result.version}: {result.decision}")
     for c in result.checks:
@@ -502,22 +469,10 @@ def rollback_command(
     workdir: WorkdirOption = None,
 ) -> None:
     """Restore NAME's previous champion: registry alias and server default together."""
-    from servegate.config import PipelineConfig, server_mode
-    from servegate.pipeline import rollback
+    from servegate import api
 
-    try:
-        _valid(name)
-        config = PipelineConfig(name=name, target=target, torchserve=_settings(workdir),
-                                server=server_mode(server or None))
-        backend, unreachable = _open_target(config)
-        if backend is None:
-            raise unreachable or errors.ServerNotRunning(f"no {target} server")
-        try:
-            restored, demoted = rollback(config, backend, console)
-        finally:
-            backend.close()
-    except errors.ServegateError as exc:
-        fail(exc)
+    restored, demoted = api.rollback(name, target=target, server=server or None,
+                                     torchserve=_settings(workdir), console=console)
     out.print(f"{name}: champion is v{restored} again (v{demoted} kept as previous-champion)")
 
 

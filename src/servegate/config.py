@@ -70,6 +70,17 @@ def server_request_size(limits: RequestLimits | None = None) -> int:
     return (limits or RequestLimits()).max_body_bytes + ENVELOPE_MARGIN_BYTES
 
 
+def experiment_name() -> str:
+    """The MLflow experiment runs go to (``MLFLOW_EXPERIMENT_NAME``, default servegate-deploy)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "servegate-deploy")
+
+
+def report_dir_from_env() -> Path | None:
+    """Where a copy of the gate report goes (``SERVEGATE_REPORT_DIR``), or None."""
+    value = os.environ.get("SERVEGATE_REPORT_DIR")
+    return Path(value) if value else None
+
+
 def home_dir() -> Path:
     """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
     return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()
@@ -265,7 +276,8 @@ class PipelineConfig(_Settings):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     promote: bool = True
-    report_dir: Path | None = None
+    #: Also copy the gate report here (``SERVEGATE_REPORT_DIR``).
+    report_dir: Path | None = Field(default_factory=report_dir_from_env)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
     #: Which server the run uses (``server_mode``): a run that must promote where production is
     #: says ``attach``.
@@ -283,6 +295,17 @@ class PipelineConfig(_Settings):
             return validate_name(name)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _known_target_and_compiler(self) -> PipelineConfig:
+        from servegate.errors import ConfigError
+        from servegate.targets import get_target
+
+        try:
+            get_target(self.target).check_compiler(self.compiler)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _name_agrees_with_the_registry(self) -> PipelineConfig:

@@ -61,7 +61,7 @@ def test_an_unexpected_failure_is_one_line_naming_the_run_log(tmp_path: Path,
     monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setattr(pipeline.DeployPipeline, "run", broken)
-    monkeypatch.setattr("servegate.cli._open_target", lambda config: (None, None))
+    monkeypatch.setattr("servegate.api.open_backend", lambda config: (None, None))
     result = runner.invoke(app, ["run", "--model", "builtin:digits"])
     assert result.exit_code == 7, result.output
     assert "RuntimeError: something deep" in result.output and "Traceback" not in result.output

@@ -278,7 +278,7 @@ def test_a_second_run_on_the_same_name_is_refused_naming_the_holder(
         assert f"pid {holder.pid}" in message and "holder-cmd" in message and "started" in message
         # the CLI: exit 8, the holder named, nothing deployed on its server
         server = MemoryBackend()
-        monkeypatch.setattr("servegate.cli._open_target", lambda config: (server, None))
+        monkeypatch.setattr("servegate.api.open_backend", lambda config: (server, None))
         result = runner.invoke(app, ["run", "--name", "digits"])
         assert result.exit_code == 8, result.output
         assert [c for c in server.calls if c[0] != "versions"] == []

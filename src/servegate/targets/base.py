@@ -44,6 +44,9 @@ class Target(Protocol):
 
     name: str
 
+    def check_compiler(self, compiler: str) -> None:
+        """``ConfigError`` unless ``compiler`` (a name, ``auto``, or a comma list) applies."""
+
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
         """The server (attached or local); None and the reason when a run may still build."""
 

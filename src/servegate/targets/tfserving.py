@@ -22,6 +22,11 @@ TF_COMPILERS = ("savedmodel", "xla", "tf-trt")
 class TFServingTarget(MeasuredTarget):
     name = "tfserving"
 
+    def check_compiler(self, compiler: str) -> None:
+        if compiler not in ("auto", "eager", *TF_COMPILERS):
+            raise ConfigError(f"compiler {compiler!r} does not apply to TensorFlow models; "
+                              "use auto, savedmodel, xla or tf-trt")
+
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
         """The server, or None and why when none is reachable (the run still builds and
         validates its SavedModel); ``server=attach`` never falls back."""
@@ -56,9 +61,6 @@ class TFServingTarget(MeasuredTarget):
         from servegate.packaging.savedmodel import export_savedmodel
 
         compiler = {"auto": "savedmodel", "eager": "savedmodel"}.get(config.compiler, config.compiler)
-        if compiler not in TF_COMPILERS:
-            raise ConfigError(f"compiler {compiler!r} does not apply to TensorFlow models; "
-                              "use auto, savedmodel, xla or tf-trt")
         if compiler == "tf-trt":
             from servegate.compilers.tf_trt import trt_unavailable_reason
 

@@ -11,12 +11,21 @@ from rich.console import Console
 
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
-from servegate.errors import ServerError
+from servegate.errors import ConfigError, ServerError
 from servegate.targets.base import Built, LoadProfile, MeasuredTarget
 
 
 class TorchServeTarget(MeasuredTarget):
     name = "torchserve"
+
+    def check_compiler(self, compiler: str) -> None:
+        from servegate.compilers import compiler_names
+
+        known = compiler_names()
+        for name in compiler.split(","):
+            if name.strip() not in (*known, "auto") or (name.strip() == "auto" and "," in compiler):
+                raise ConfigError(f"unknown compiler {name.strip()!r} for TorchServe; known: "
+                                  f"auto, {', '.join(known)}, or a comma list of them")
 
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
         from servegate.backends.factory import open_torchserve

@@ -50,6 +50,9 @@ class ScriptedTarget:
         self.before_parity: Callable[[str], None] | None = None
         self.before_load: Callable[[str], None] | None = None
 
+    def check_compiler(self, compiler: str) -> None:
+        pass
+
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
         return self.backend, None
 
