@@ -10,8 +10,6 @@ version is tagged with the failed checks, and ``GateFailed`` is raised.
 
 from __future__ import annotations
 
-import json
-import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -47,25 +45,6 @@ class PipelineResult:
     endpoint: str = ""
     curl: str = ""
     run_id: str = ""
-
-
-def curl_command(url: str, key_shell: str | None, example: Any) -> str:
-    """A curl that works as pasted; the token comes from ``key_shell`` (a shell expression
-    reading it where the server's keys are), never printed. ``example`` is one request
-    instance (a list, a dict of named inputs, or a string)."""
-    body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
-    auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
-    return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    return value
 
 
 class DeployPipeline:
@@ -167,10 +146,9 @@ class DeployPipeline:
             checks = parity_checks(result, self.config.parity, built.precision)
             for note in result.notes():
                 self.say(f"[yellow]{note}[/]")
-            mlflow.log_params({"compiler": built.compiled_with, "precision": built.precision,
-                               "task": result.task} | self.config.parity.model_dump())
-            mlflow.log_metrics(result.metrics())
-            mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]
+            tracking.log_parity(result, checks, {"compiler": built.compiled_with,
+                                                 "precision": built.precision, "task": result.task}
+                                | self.config.parity.model_dump())
             return result, checks
 
     def gate_load(self, model: Any, version: str,
@@ -182,8 +160,6 @@ class DeployPipeline:
             if note := self.network.note(cfg.slos.p95_ms):
                 self.load_notes.append(note)
                 self.say(f"[yellow]{note}[/]")
-            mlflow.log_params({"load.origin": self.network.origin, "load.target": self.network.target})
-            mlflow.log_metrics(self.network.metrics())
             versions = [(f"challenger v{version}", version)]
             if champion is not None:
                 versions.insert(0, (f"champion v{champion}", champion))
@@ -194,13 +170,8 @@ class DeployPipeline:
             results = [measured[label] for label, _ in versions]
             challenger, champion_result = results[-1], results[0] if champion is not None else None
             checks = load_checks(challenger, champion_result, cfg.slos)
-            mlflow.log_params(cfg.slos.model_dump() | cfg.load.model_dump())
-            if champion_result is not None:
-                mlflow.log_metrics(champion_result.metrics("champion"))
-            mlflow.log_metrics(challenger.metrics("challenger"))
-            for point in challenger.timeline:
-                mlflow.log_metric("challenger_rps_timeline", point["rps"], step=int(point["t"]))
-            mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]
+            tracking.log_load(challenger, champion_result, checks, self.network,
+                              cfg.slos.model_dump() | cfg.load.model_dump())
             return results, checks
 
     # ---- the chain --------------------------------------------------------------------------
@@ -275,8 +246,7 @@ class DeployPipeline:
         if decision != "rejected":
             registry.tag(version, {"servegate.gate": "passed"})
         endpoint = server.endpoint(name) if serving else ""
-        curl = (curl_command(endpoint, server.access().key_shell, self.target.example_row(model))
-                if serving else "")
+        curl = self.target.curl(endpoint, server.access().key_shell, model) if serving else ""
         self._report(GateReport(name, version, champion, decision, checks, parity, load, endpoint,
                                 curl, getattr(model, "eval_note", ""), server=server.access().where,
                                 network=self.network, load_notes=tuple(self.load_notes)), tmp)

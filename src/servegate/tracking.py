@@ -144,3 +144,22 @@ def log_artifact_dir(path: Path, artifact_path: str) -> str:
     """Log a directory's files under ``artifact_path``; return its artifact URI."""
     mlflow.log_artifacts(str(path), artifact_path=artifact_path)
     return str(mlflow.get_artifact_uri(artifact_path))
+
+
+def log_parity(result: Any, checks: list[Any], params: dict[str, Any]) -> None:
+    """The parity gate's settings, figures and checks."""
+    mlflow.log_params(params)
+    mlflow.log_metrics(result.metrics())
+    mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]  (a list)
+
+
+def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: Any,
+             params: dict[str, Any]) -> None:
+    """The load gate's settings, where the load came from, the figures of both versions, the
+    challenger's throughput over time, and the checks."""
+    mlflow.log_params(params | {"load.origin": network.origin, "load.target": network.target})
+    mlflow.log_metrics(network.metrics() | challenger.metrics("challenger")
+                       | (champion.metrics("champion") if champion is not None else {}))
+    for point in challenger.timeline:
+        mlflow.log_metric("challenger_rps_timeline", point["rps"], step=int(point["t"]))
+    mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]  (a list)

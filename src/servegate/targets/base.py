@@ -5,6 +5,8 @@ module implementing ``Target``, registered by name in ``servegate.targets``."""
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +68,9 @@ class Target(Protocol):
     def example_row(self, model: Any) -> Any:
         """One request instance, for the curl shown to a person."""
 
+    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+        """A curl against ``url`` that works as pasted (the key read by ``key_shell``)."""
+
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
                      champion: str | None) -> ParityResult:
         """The held-out rows through the served challenger (and champion) against the reference."""
@@ -76,7 +81,14 @@ class Target(Protocol):
 
 
 class MeasuredTarget:
-    """The gates every real server shares: parity through its REST API, load through Locust."""
+    """What every real server shares: parity through its REST API, load through Locust, and a
+    curl a person can paste."""
+
+    def example_row(self, model: Any) -> Any:
+        raise NotImplementedError
+
+    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+        return curl_command(url, key_shell, self.example_row(model))
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
                      champion: str | None) -> ParityResult:
@@ -94,3 +106,22 @@ class MeasuredTarget:
             extra["locustfile"] = profile.locustfile
         return run_ab(versions, settings=settings, host=access.inference_url, model=name,
                       inference_key=access.inference_key, samples=profile.samples, **extra)
+
+
+def curl_command(url: str, key_shell: str | None, example: Any) -> str:
+    """A curl that works as pasted; the token comes from ``key_shell`` (a shell expression
+    reading it where the server's keys are), never printed. ``example`` is one request
+    instance (a list, a dict of named inputs, or a string)."""
+    body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
+    auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
+    return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value

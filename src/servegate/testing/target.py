@@ -83,6 +83,9 @@ class ScriptedTarget:
     def example_row(self, model: Any) -> Any:
         return [0.0]
 
+    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+        return f"curl {url}"
+
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
                      champion: str | None) -> ParityResult:
         if self.before_parity is not None:
