@@ -19,45 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from servegate._resources import handlers_dir
+from servegate.artifacts import CompiledArtifact
 from servegate.compilers import get_compiler
-from servegate.compilers.base import CompiledArtifact
 from servegate.compilers.shapes import TEXT_TOKENS, Shape, timing_shapes
 from servegate.errors import BackendUnavailable, CompileError
+from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP, parity_limits, precision_of
 from servegate.sources.base import TorchModel
-
-
-@dataclass(frozen=True)
-class ParityLimits:
-    """Thresholds per precision: FP32 tight; INT8/FP16 looser, then gated on task accuracy."""
-
-    max_abs: float
-    min_cosine: float
-    min_top1: float
-
-
-PARITY_LIMITS = {
-    "fp32": ParityLimits(max_abs=1e-3, min_cosine=0.9999, min_top1=1.0),
-    "reduced": ParityLimits(max_abs=float("inf"), min_cosine=0.99, min_top1=0.98),
-}
-
-#: Embeddings have no classes: cosine per row is the check (top-1 of a vector means nothing).
-EMBEDDING_PARITY_LIMITS = {
-    "fp32": ParityLimits(max_abs=1e-3, min_cosine=0.999, min_top1=0.0),
-    "reduced": ParityLimits(max_abs=float("inf"), min_cosine=0.99, min_top1=0.0),
-}
-
-
-#: Reduced-precision candidates must keep task accuracy within this of the FP32 reference.
-MAX_REDUCED_ACCURACY_DROP = 0.01
-
-
-def precision_of(backend: str) -> str:
-    return "reduced" if backend.endswith(("int8", "fp16")) else "fp32"
-
-
-def parity_limits(backend: str, task: str = "classification") -> ParityLimits:
-    table = EMBEDDING_PARITY_LIMITS if task == "embedding" else PARITY_LIMITS
-    return table[precision_of(backend)]
 
 
 @dataclass
@@ -127,7 +94,8 @@ def _parity(candidate: Candidate, reference: tuple[np.ndarray, ...], output: tup
         candidate.top1 = float((output[0].argmax(-1) == reference[0].argmax(-1)).mean())
         if labels is not None:
             candidate.accuracy = float((output[0].argmax(-1) == labels).mean())
-    limits = parity_limits(candidate.backend, task)
+    precision = precision_of(candidate.backend)
+    limits = parity_limits(precision, task)
     problems = []
     if candidate.max_abs > limits.max_abs:
         problems.append(f"max abs {candidate.max_abs:.3g} > {limits.max_abs:g}")
@@ -135,7 +103,7 @@ def _parity(candidate: Candidate, reference: tuple[np.ndarray, ...], output: tup
         problems.append(f"cosine {candidate.cosine:.5f} < {limits.min_cosine}")
     if classes and candidate.top1 < limits.min_top1:
         problems.append(f"top-1 agreement {candidate.top1:.4f} < {limits.min_top1}")
-    if labels is not None and classes and precision_of(candidate.backend) != "fp32":
+    if labels is not None and classes and precision != "fp32":
         reference_accuracy = float((reference[0].argmax(-1) == labels).mean())
         if candidate.accuracy < reference_accuracy - MAX_REDUCED_ACCURACY_DROP:
             problems.append(f"accuracy {candidate.accuracy:.4f} < reference "
