@@ -8,7 +8,6 @@ candidate at any shape is smallest, since a served batch ranges from 1 to the ba
 
 from __future__ import annotations
 
-import importlib
 import statistics
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from servegate._resources import handlers_dir
+from servegate._resources import handler_module
 from servegate.artifacts import CompiledArtifact
 from servegate.compilers import get_compiler
 from servegate.compilers.shapes import TEXT_TOKENS, Shape, timing_shapes
@@ -50,12 +49,11 @@ class Candidate:
 
 def load_predictor(artifact: CompiledArtifact, threads: int):
     """The artifact loaded exactly as the worker loads it."""
-    path = str(handlers_dir())
-    if path not in sys.path:
-        sys.path.insert(0, path)
     if artifact.model_file is not None and str(artifact.model_file.parent) not in sys.path:
+        # A state_dict's class is imported by module name (sg_loaders), from the model file that a
+        # worker finds in its model directory, which TorchServe puts on sys.path: the same here.
         sys.path.insert(0, str(artifact.model_file.parent))
-    sg_loaders = importlib.import_module("sg_loaders")
+    sg_loaders = handler_module("sg_loaders")
     spec = {"format": artifact.format, "artifact": artifact.path.name,
             "model_class": artifact.model_class, "model_kwargs": artifact.model_kwargs}
     return sg_loaders.load_model(spec, str(artifact.path.parent), threads)
