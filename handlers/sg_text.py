@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from sg_errors import InvalidInput, PayloadTooLarge
 
+DEFAULT_TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_MAX_CHARS = 20_000
 

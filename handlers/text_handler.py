@@ -30,7 +30,7 @@ class TextHandler(BatchingHandler):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         text = self.spec.get("text") or {}
         self.encoder = sg_text.TextEncoder(
-            os.path.join(model_dir, str(text.get("tokenizer_file", "tokenizer.json"))),
+            os.path.join(model_dir, str(text.get("tokenizer_file", sg_text.DEFAULT_TOKENIZER_FILE))),
             max_length=int(text.get("max_length", sg_text.DEFAULT_MAX_LENGTH)),
         )
         self.max_chars = int(text.get("max_chars", sg_text.DEFAULT_MAX_CHARS))

@@ -305,8 +305,8 @@ def compilers(
     table (``auto`` keeps the smallest worst-case slowdown against the fastest)."""
     import tempfile
 
+    from servegate.compilers.driver import worker_threads
     from servegate.compilers.select import candidates_table, choose, evaluate, parse_compiler_option
-    from servegate.packaging.builder import worker_threads
     from servegate.sources import load_torch_model
 
     names = parse_compiler_option(backends) or [backends]

@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP
+
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -202,7 +204,7 @@ class ParityThresholds(_Settings):
     #: Regression and tensor outputs: largest error relative to the reference (absolute below 1).
     parity_rtol: float = Field(1e-4, ge=0)
     min_top1_agreement: float = Field(0.999, ge=0, le=1)
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    max_accuracy_drop: float = Field(MAX_REDUCED_ACCURACY_DROP, ge=0, le=1)
     #: Regression: the challenger's RMSE and MAE may exceed the champion's by this fraction.
     max_metric_regression: float = Field(0.05, ge=0)
     #: Classification without labels: top-1 agreement required between challenger and champion.

@@ -64,6 +64,8 @@ class LocalHandler:
         handler_file = manifest["model"]["handler"]
         config_file = self.model_dir / "model-config.yaml"
         yaml_config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+        # As TorchServe's worker does: the unpacked archive on sys.path and the handler imported by
+        # its module name, so the archive's modules import each other as they do in the worker.
         sys.path.insert(0, str(self.model_dir))
         module = importlib.import_module(Path(handler_file).stem)
         handler_cls = next(v for v in vars(module).values()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from servegate.compilers.base import CompiledArtifact, Compiler
+from servegate.compilers.base import Compiler
 from servegate.errors import ConfigError
 
 
@@ -45,4 +45,4 @@ def get_compiler(name: str) -> Compiler:
     return factory()
 
 
-__all__ = ["AUTO_CANDIDATES", "CompiledArtifact", "Compiler", "compiler_names", "get_compiler"]
+__all__ = ["AUTO_CANDIDATES", "Compiler", "compiler_names", "get_compiler"]

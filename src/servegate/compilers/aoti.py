@@ -7,7 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from servegate.compilers.base import CompiledArtifact
+from servegate.artifacts import CompiledArtifact
 from servegate.compilers.export import ExportCompiler, export_program
 from servegate.errors import CompileError
 from servegate.sources.base import TorchModel

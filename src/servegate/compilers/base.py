@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from servegate.packaging.spec import ModelFormat
+from servegate.artifacts import CompiledArtifact
 from servegate.sources.base import TorchModel
-
-
-@dataclass(frozen=True)
-class CompiledArtifact:
-    """A compiled model on disk and what the handler needs to load it."""
-
-    backend: str
-    format: ModelFormat
-    path: Path
-    model_file: Path | None = None
-    model_class: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    compile_seconds: float = 0.0
 
 
 class Compiler(Protocol):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from servegate.compilers.base import CompiledArtifact
+from servegate.artifacts import CompiledArtifact
 from servegate.errors import CompileError
 from servegate.sources.base import TorchModel
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from servegate.compilers.base import CompiledArtifact
+from servegate.artifacts import CompiledArtifact
 from servegate.compilers.export import example_tensors
 from servegate.errors import BackendUnavailable, CompileError
 from servegate.sources.base import TorchModel

@@ -8,7 +8,6 @@ candidate at any shape is smallest, since a served batch ranges from 1 to the ba
 
 from __future__ import annotations
 
-import importlib
 import statistics
 import sys
 import time
@@ -18,46 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from servegate._resources import handlers_dir
+from servegate._resources import handler_module
+from servegate.artifacts import CompiledArtifact
 from servegate.compilers import get_compiler
-from servegate.compilers.base import CompiledArtifact
 from servegate.compilers.shapes import TEXT_TOKENS, Shape, timing_shapes
 from servegate.errors import BackendUnavailable, CompileError
+from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP, parity_limits, precision_of
 from servegate.sources.base import TorchModel
-
-
-@dataclass(frozen=True)
-class ParityLimits:
-    """Thresholds per precision: FP32 tight; INT8/FP16 looser, then gated on task accuracy."""
-
-    max_abs: float
-    min_cosine: float
-    min_top1: float
-
-
-PARITY_LIMITS = {
-    "fp32": ParityLimits(max_abs=1e-3, min_cosine=0.9999, min_top1=1.0),
-    "reduced": ParityLimits(max_abs=float("inf"), min_cosine=0.99, min_top1=0.98),
-}
-
-#: Embeddings have no classes: cosine per row is the check (top-1 of a vector means nothing).
-EMBEDDING_PARITY_LIMITS = {
-    "fp32": ParityLimits(max_abs=1e-3, min_cosine=0.999, min_top1=0.0),
-    "reduced": ParityLimits(max_abs=float("inf"), min_cosine=0.99, min_top1=0.0),
-}
-
-
-#: Reduced-precision candidates must keep task accuracy within this of the FP32 reference.
-MAX_REDUCED_ACCURACY_DROP = 0.01
-
-
-def precision_of(backend: str) -> str:
-    return "reduced" if backend.endswith(("int8", "fp16")) else "fp32"
-
-
-def parity_limits(backend: str, task: str = "classification") -> ParityLimits:
-    table = EMBEDDING_PARITY_LIMITS if task == "embedding" else PARITY_LIMITS
-    return table[precision_of(backend)]
 
 
 @dataclass
@@ -83,12 +49,11 @@ class Candidate:
 
 def load_predictor(artifact: CompiledArtifact, threads: int):
     """The artifact loaded exactly as the worker loads it."""
-    path = str(handlers_dir())
-    if path not in sys.path:
-        sys.path.insert(0, path)
     if artifact.model_file is not None and str(artifact.model_file.parent) not in sys.path:
+        # A state_dict's class is imported by module name (sg_loaders), from the model file that a
+        # worker finds in its model directory, which TorchServe puts on sys.path: the same here.
         sys.path.insert(0, str(artifact.model_file.parent))
-    sg_loaders = importlib.import_module("sg_loaders")
+    sg_loaders = handler_module("sg_loaders")
     spec = {"format": artifact.format, "artifact": artifact.path.name,
             "model_class": artifact.model_class, "model_kwargs": artifact.model_kwargs}
     return sg_loaders.load_model(spec, str(artifact.path.parent), threads)
@@ -127,7 +92,8 @@ def _parity(candidate: Candidate, reference: tuple[np.ndarray, ...], output: tup
         candidate.top1 = float((output[0].argmax(-1) == reference[0].argmax(-1)).mean())
         if labels is not None:
             candidate.accuracy = float((output[0].argmax(-1) == labels).mean())
-    limits = parity_limits(candidate.backend, task)
+    precision = precision_of(candidate.backend)
+    limits = parity_limits(precision, task)
     problems = []
     if candidate.max_abs > limits.max_abs:
         problems.append(f"max abs {candidate.max_abs:.3g} > {limits.max_abs:g}")
@@ -135,7 +101,7 @@ def _parity(candidate: Candidate, reference: tuple[np.ndarray, ...], output: tup
         problems.append(f"cosine {candidate.cosine:.5f} < {limits.min_cosine}")
     if classes and candidate.top1 < limits.min_top1:
         problems.append(f"top-1 agreement {candidate.top1:.4f} < {limits.min_top1}")
-    if labels is not None and classes and precision_of(candidate.backend) != "fp32":
+    if labels is not None and classes and precision != "fp32":
         reference_accuracy = float((reference[0].argmax(-1) == labels).mean())
         if candidate.accuracy < reference_accuracy - MAX_REDUCED_ACCURACY_DROP:
             problems.append(f"accuracy {candidate.accuracy:.4f} < reference "

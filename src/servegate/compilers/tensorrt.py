@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from servegate.compilers.base import CompiledArtifact
+from servegate.artifacts import CompiledArtifact
 from servegate.errors import BackendUnavailable, CompileError
 from servegate.sources.base import TorchModel
 

@@ -21,6 +21,7 @@ from servegate.backends.base import ServingBackend
 from servegate.config import ParityThresholds
 from servegate.errors import SourceError
 from servegate.gates.checks import Check
+from servegate.parity_limits import EMBEDDING_PARITY_LIMITS, PARITY_LIMITS
 from servegate.sources.base import TorchModel
 
 CLASS_TASKS = ("classification", "image-classification", "text-classification")
@@ -182,11 +183,6 @@ def _errors(predicted: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.sqrt(np.mean(error ** 2))), float(np.mean(np.abs(error)))
 
 
-#: Top-1 agreement required of reduced-precision (INT8/FP16) artifacts, whose outputs legitimately
-#: differ from the FP32 reference; they are then gated on task accuracy instead of max abs diff.
-REDUCED_PRECISION_MIN_TOP1 = 0.98
-
-
 def _embedding_parity(backend: ServingBackend, name: str, version: str,
                       model: Any) -> ParityResult:
     """Embedding models have no labels: served vectors against the reference, by cosine."""
@@ -203,18 +199,16 @@ def _embedding_parity(backend: ServingBackend, name: str, version: str,
                         min_cosine=float(cosine.min()), task="embedding")
 
 
-#: Served embeddings must keep this cosine similarity to the reference (FP32 and reduced).
-MIN_EMBEDDING_COSINE = {"fp32": 0.999, "reduced": 0.99}
-
-
 def parity_checks(result: ParityResult, thresholds: ParityThresholds,
                   precision: str = "fp32") -> list[Check]:
     """The checks of ``result``'s task (see the module docstring). FP32 classification: served
-    probabilities equal the reference within ``parity_atol``; reduced precision: top-1 agreement
-    and task accuracy instead. Regression and tensors: see ``_value_checks``."""
+    probabilities equal the reference within ``parity_atol``; reduced precision (whose outputs
+    legitimately differ from the FP32 reference): top-1 agreement and task accuracy instead.
+    Embeddings: the cosine of ``servegate.parity_limits``. Regression and tensors: see
+    ``_value_checks``."""
     if result.min_cosine is not None:
         checks = [Check("parity", "min_cosine", result.min_cosine, ">=",
-                        MIN_EMBEDDING_COSINE[precision])]
+                        EMBEDDING_PARITY_LIMITS[precision].min_cosine)]
         if precision == "fp32":
             checks.append(Check("parity", "max_abs_diff", result.max_abs_diff, "<=",
                                 thresholds.parity_atol))
@@ -229,7 +223,7 @@ def parity_checks(result: ParityResult, thresholds: ParityThresholds,
         ]
     else:
         checks = [Check("parity", "top1_agreement", result.top1_agreement, ">=",
-                        min(thresholds.min_top1_agreement, REDUCED_PRECISION_MIN_TOP1))]
+                        min(thresholds.min_top1_agreement, PARITY_LIMITS["reduced"].min_top1))]
         if result.labelled:
             checks.append(Check("parity", "accuracy_vs_reference", result.accuracy, ">=",
                                 result.reference_accuracy - thresholds.max_accuracy_drop))

@@ -1,46 +1,14 @@
-"""Model source -> compiled artifact -> .mar (used by the CLI and the pipeline)."""
+"""Model source -> compiled artifact -> .mar (used by the CLI and the tests)."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
-from servegate.compilers import CompiledArtifact, get_compiler
-from servegate.compilers.select import Candidate, choose, evaluate, parse_compiler_option
+from servegate.compilers.driver import artifact_max_batch, compile_model
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.packaging.mar import build_mar, contents_for
 from servegate.sources import TorchModel, load_torch_model
-
-
-def worker_threads(workers: int = 1) -> int:
-    """Threads each of ``workers`` workers runs with (``sg_loaders``: one core left to the
-    frontend, the rest shared; at least 1)."""
-    return max(1, ((os.cpu_count() or 1) - 1) // max(1, workers))
-
-
-def artifact_max_batch(model: TorchModel, batching: BatchingConfig,
-                       limits: RequestLimits | None = None) -> int:
-    """The largest batch a worker can receive: ``batch_size`` requests of at most
-    ``max_instances`` rows each (or the model's own bound, e.g. a fixed-batch ExportedProgram).
-    Artifacts are compiled for it, and the handler splits anything larger."""
-    worker_max = batching.batch_size * (limits or RequestLimits()).max_instances
-    return min(worker_max, model.max_batch) if model.max_batch else worker_max
-
-
-def compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
-                  limits: RequestLimits | None = None) -> tuple[CompiledArtifact, list[Candidate]]:
-    """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity."""
-    max_batch = artifact_max_batch(model, batching, limits)
-    names = parse_compiler_option(compiler)
-    if names is None:
-        return get_compiler(compiler).compile(model, workdir, max_batch=max_batch), []
-    threads = worker_threads(batching.max_workers)  # as each worker runs
-    candidates = evaluate(model, names, workdir, max_batch=max_batch, threads=threads,
-                          batch_sizes=sorted({1, batching.batch_size}))
-    best = choose(candidates, batching.batch_size)
-    assert best.artifact is not None
-    return best.artifact, candidates
 
 
 def package_model(model: TorchModel, *, name: str, version: str, compiler: str,

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from servegate._resources import handlers_dir
-from servegate.compilers.base import CompiledArtifact
+from servegate.artifacts import CompiledArtifact
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.errors import PackagingError
 from servegate.packaging.spec import (

@@ -6,12 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from servegate.artifacts import ModelFormat
 from servegate.config import RequestLimits
 
 SPEC_FILE = "servegate.json"
-ModelFormat = Literal[
-    "state_dict", "exported_program", "aoti", "inductor", "torchscript", "onnx", "torch_tensorrt"
-]
 Task = Literal["classification", "regression", "tensor", "image-classification", "embedding",
                "text-classification"]
 

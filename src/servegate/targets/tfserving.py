@@ -57,8 +57,8 @@ class TFServingTarget(MeasuredTarget):
         """SavedModel in TF Serving's layout, validated (both loaders, parity); ``compiler``:
         ``auto``/``savedmodel`` (the reference), ``xla``, or ``tf-trt`` (TensorRT builds only)."""
         from servegate import tracking
-        from servegate.compilers.select import precision_of
         from servegate.packaging.savedmodel import export_savedmodel
+        from servegate.parity_limits import precision_of
 
         compiler = {"auto": "savedmodel", "eager": "savedmodel"}.get(config.compiler, config.compiler)
         if compiler == "tf-trt":

@@ -48,9 +48,10 @@ class TorchServeTarget(MeasuredTarget):
               console: Console) -> Built:
         """Compile (measuring candidates for ``auto``) and build the archive."""
         from servegate import tracking
-        from servegate.compilers.select import candidates_table, precision_of
-        from servegate.packaging.builder import artifact_max_batch, compile_model
+        from servegate.compilers.driver import artifact_max_batch, compile_model
+        from servegate.compilers.select import candidates_table
         from servegate.packaging.mar import build_mar, contents_for
+        from servegate.parity_limits import precision_of
 
         artifact, candidates = compile_model(model, config.compiler, workdir / "compile",
                                              config.batching, config.limits)
