@@ -96,7 +96,7 @@ class Bench:
 
     # ---- in process ----------------------------------------------------------------------------
     def compilers(self) -> tuple[Any, CompilerTable, Any, CompilerTable]:
-        from servegate.sources import load_torch_model
+        from servegate.api import load_model
         from servegate.sources.digits import builtin_digits
 
         self.say("training the digits model")
@@ -105,7 +105,7 @@ class Bench:
         digits_table = measure_compilers(digits, self.work / "compile-digits",
                                          title="digits MLP", threads=self.threads)
         self.say("all-MiniLM-L6-v2: importing")
-        minilm = load_torch_model("hf:minilm", task="embedding")
+        minilm = load_model("hf:minilm", task="embedding")
         self.say(f"all-MiniLM-L6-v2: compiling and timing auto's candidates ({self.threads} thread)")
         minilm_table = measure_compilers(minilm, self.work / "compile-minilm",
                                          title="all-MiniLM-L6-v2 embedding", threads=self.threads,
