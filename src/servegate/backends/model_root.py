@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from servegate._atomic import atomic_write_text
 from servegate.errors import ConfigError
 
 
@@ -56,13 +57,9 @@ class LocalRoot:
     def write_text(self, relative: str, text: str) -> None:
         target = self.path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, target)
+            atomic_write_text(target, text)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise ConfigError(f"cannot write {target}: {exc}") from exc
 
     def read_bytes(self, relative: str) -> bytes | None:
@@ -77,7 +74,8 @@ class LocalRoot:
         return sorted(p.name for p in target.iterdir()) if target.is_dir() else []
 
     def put_tree(self, local: Path, relative: str) -> None:
-        """Copied into a hidden staging directory beside the target, then renamed."""
+        """Copied into a hidden staging directory beside the target, then renamed (a whole
+        directory appears at once; ``servegate._atomic`` writes single files)."""
         target = self.path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".incoming-{target.name}-"))
@@ -114,6 +112,8 @@ class GfileRoot:
             return str(handle.read())
 
     def write_text(self, relative: str, text: str) -> None:
+        """Written aside, then renamed through ``tf.io.gfile`` (atomic where that filesystem's
+        rename is; object stores copy)."""
         gfile, path = self._gfile(), self._join(relative)
         gfile.makedirs(path.rsplit("/", 1)[0])
         staging = f"{path}.incoming"

@@ -9,11 +9,10 @@ the version is unregistered, so orphans leave nothing behind in its store.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from servegate._atomic import atomic_copy
 from servegate.errors import ConfigError
 from servegate.packaging.mar import archive_file_name
 
@@ -42,10 +41,7 @@ class ModelStoreCopy:
         target = self.model_store / file_name
         if archive.resolve() == target.resolve():
             return file_name
-        with tempfile.NamedTemporaryFile(dir=self.model_store, prefix=".incoming-", delete=False) as tmp:
-            with open(archive, "rb") as src:
-                shutil.copyfileobj(src, tmp)
-        os.replace(tmp.name, target)
+        atomic_copy(archive, target)
         return file_name
 
 
