@@ -55,8 +55,8 @@ def test_without_a_server_the_artifacts_are_built_and_the_run_fails_saying_how(s
 
 
 def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path) -> None:
-    from servegate.backends.tfserving import attach
-    from servegate.backends.tfserving_fake import FakeTFServing
+    from servegate.backends.tfserving import TFServingBackend
+    from servegate.testing.tfserving_fake import FakeTFServing
 
     _, env = store
     root = tmp_path / "models"
@@ -71,7 +71,7 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         rejected = deploy(env | server, "-P", "p95_ms=0.001")
         assert rejected.returncode != 0 and "load.p95_ms" in rejected.stdout + rejected.stderr
-        backend = attach(fake.rest_url, fake.grpc_target, root)
+        backend = TFServingBackend.attach(fake.rest_url, fake.grpc_target, root)
         try:
             assert backend.default_version("digits-keras") == "2"
             assert "3" not in {v.version for v in backend.versions("digits-keras")}
@@ -99,11 +99,11 @@ def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path,
     sys.path.insert(0, str(ROOT / "tests" / "unit"))
     from tiny_keras_models import save_wine_classifier, save_wine_regressor, wine_csv, wine_npz
 
-    from servegate.backends.tfserving import attach
-    from servegate.backends.tfserving_fake import FakeTFServing
+    from servegate.backends.tfserving import TFServingBackend
     from servegate.config import LoadSettings, PipelineConfig, SLOs
     from servegate.errors import ServerError
     from servegate.pipeline import DeployPipeline
+    from servegate.testing.tfserving_fake import FakeTFServing
 
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
@@ -116,7 +116,7 @@ def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path,
                             eval_data=str(eval_csv), load=LoadSettings(users=4, seconds=2),
                             slos=SLOs(max_regression_pct=400))
     with FakeTFServing() as fake:
-        backend = attach(fake.rest_url, fake.grpc_target, root)
+        backend = TFServingBackend.attach(fake.rest_url, fake.grpc_target, root)
         try:
             result = DeployPipeline(config, backend).run()
             assert result.decision == "promoted", result.checks

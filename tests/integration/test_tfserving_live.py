@@ -14,14 +14,15 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_serving")
 
 from servegate.backends.tfserving import (  # noqa: E402
+    CANARY,
     ENV_URL,
+    STABLE,
     LocalTFServing,
     TFServingSettings,
     open_tfserving,
 )
 from servegate.errors import ServerNotRunning  # noqa: E402
 from servegate.packaging.savedmodel import export_savedmodel, to_png_bytes  # noqa: E402
-from servegate.packaging.tfserving_config import CANARY, STABLE  # noqa: E402
 from servegate.sources.digits_keras import builtin_digits_keras  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,7 @@ def test_deploy_gate_routes_promote_and_reject_on_real_tf_serving(live, tmp_path
     stable = live.predict(name, {"instances": x.tolist()})
     probabilities = np.asarray([p["probabilities"] for p in stable["predictions"]], np.float32)
     assert np.abs(probabilities - champion.reference(x)).max() <= 1e-5
-    canary = live.predict(name, {"inputs": x.tolist()}, label=CANARY)
+    canary = live.client.predict(name, {"inputs": x.tolist()}, label=CANARY)
     assert np.abs(np.asarray(canary["outputs"]["probabilities"], np.float32)
                   - challenger.reference(x)).max() <= 1e-5
     images = [{"b64": base64.b64encode(p).decode()} for p in to_png_bytes(x)]
@@ -75,7 +76,7 @@ def test_deploy_gate_routes_promote_and_reject_on_real_tf_serving(live, tmp_path
     live.set_default(name, str(first + 1))
     assert live.default_version(name) == str(first + 1)
     live.set_default(name, str(first))  # roll back
-    live.reject(name, str(first + 1))
+    live.undeploy(name, str(first + 1))
     assert str(first + 1) not in [v.version for v in live.versions(name)]
     for older in live.entry(name).versions:  # leave one version (ours, stable) on the server
         if older != first:

@@ -20,8 +20,11 @@ pytest.importorskip("tensorflow_serving")
 from servegate.backends import model_root, tfserving  # noqa: E402
 from servegate.backends.base import ServingBackend  # noqa: E402
 from servegate.backends.tfserving import (  # noqa: E402
+    CANARY,
     HOW_TO_PROVIDE,
+    STABLE,
     LocalTFServing,
+    ModelEntry,
     TFServingBackend,
     TFServingClient,
     TFServingSettings,
@@ -29,7 +32,7 @@ from servegate.backends.tfserving import (  # noqa: E402
     open_tfserving,
     translate_rpc_error,
 )
-from servegate.backends.tfserving_fake import FakeTFServing  # noqa: E402
+from servegate.backends.tfserving import local as tfs_local  # noqa: E402
 from servegate.errors import (  # noqa: E402
     ConfigError,
     ModelNotFound,
@@ -38,8 +41,8 @@ from servegate.errors import (  # noqa: E402
     ServerStartError,
 )
 from servegate.packaging.savedmodel import export_savedmodel, to_png_bytes  # noqa: E402
-from servegate.packaging.tfserving_config import CANARY, STABLE, ModelEntry  # noqa: E402
 from servegate.sources.digits_keras import builtin_digits_keras  # noqa: E402
+from servegate.testing.tfserving_fake import FakeTFServing  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +108,7 @@ def test_deploy_label_promote_reject_state_machine(backend, fake, models) -> Non
     assert fake.reloads == 4  # serve, wait, then label: two reloads per deploy
     default = _probabilities(backend.predict("digits", {"instances": x.tolist()}))
     assert np.abs(default - champion.reference(x)).max() <= 1e-5  # NOT the highest version
-    canary = _probabilities(backend.predict("digits", {"inputs": x.tolist()}, label=CANARY))
+    canary = _probabilities(backend.client.predict("digits", {"inputs": x.tolist()}, label=CANARY))
     assert np.abs(canary - challenger.reference(x)).max() <= 1e-5
     by_version = _probabilities(backend.predict("digits", {"instances": x.tolist()}, version="2"))
     assert np.array_equal(by_version, canary)
@@ -119,7 +122,7 @@ def test_deploy_label_promote_reject_state_machine(backend, fake, models) -> Non
 
     backend.deploy(v1, "digits", "3")  # another challenger, then rejected
     assert backend.labels("digits") == {STABLE: 2, CANARY: 3}
-    backend.reject("digits", "3")
+    backend.undeploy("digits", "3")
     assert backend.labels("digits") == {STABLE: 2}
     assert [v.version for v in backend.versions("digits")] == ["1", "2"]
     assert backend.client.grpc_status("digits")["3"] == "END"
@@ -292,7 +295,7 @@ def test_grpc_codes_map_to_http_statuses() -> None:
 
 def test_no_server_says_exactly_how_to_provide_one(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv(tfserving.ENV_URL, raising=False)
-    monkeypatch.setattr(tfserving.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tfs_local.shutil, "which", lambda name: None)
     with pytest.raises(ServerNotRunning) as info:
         open_tfserving(TFServingSettings(workdir=tmp_path))
     message = str(info.value)
@@ -339,7 +342,7 @@ def test_local_server_from_a_binary_on_path(monkeypatch, models, tmp_path: Path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "tensorflow_model_server"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m servegate.backends.tfserving_fake "
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m servegate.testing.tfserving_fake "
                       '"$@"\n')
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -371,9 +374,9 @@ def test_local_server_through_docker(monkeypatch, fake, tmp_path: Path) -> None:
         calls.append(command)
         return subprocess.CompletedProcess(command, 0, stdout="c0ffee\n", stderr="")
 
-    monkeypatch.setattr(tfserving.shutil, "which", lambda name: None)
-    monkeypatch.setattr(tfserving, "docker_has_image", lambda image: True)
-    monkeypatch.setattr(tfserving.subprocess, "run", run)
+    monkeypatch.setattr(tfs_local.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tfs_local, "docker_has_image", lambda image: True)
+    monkeypatch.setattr(tfs_local.subprocess, "run", run)
     local = LocalTFServing(TFServingSettings(workdir=tmp_path, rest_port=rest_port,
                                              grpc_port=grpc_port))
     state = local.start()
@@ -385,7 +388,7 @@ def test_local_server_through_docker(monkeypatch, fake, tmp_path: Path) -> None:
     assert command[command.index("--entrypoint") + 1] == "tensorflow_model_server"
     assert "--model_config_file=/models/models.config" in command
     assert "--port=8500" in command and "--rest_api_port=8501" in command
-    assert state.backend().server_root == "/models"
+    assert TFServingBackend.from_state(state).server_root == "/models"
     assert local.stop() and calls[-1] == ["docker", "stop", "c0ffee"]
 
 

@@ -12,8 +12,7 @@ pytest.importorskip("tensorflow_serving")
 from google.protobuf import text_format  # noqa: E402
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig  # noqa: E402
 
-from servegate.errors import ConfigError  # noqa: E402
-from servegate.packaging.tfserving_config import (  # noqa: E402
+from servegate.backends.tfserving.config import (  # noqa: E402
     CANARY,
     STABLE,
     ModelEntry,
@@ -26,6 +25,7 @@ from servegate.packaging.tfserving_config import (  # noqa: E402
     write_server_configs,
     write_text_proto,
 )
+from servegate.errors import ConfigError  # noqa: E402
 from servegate.tfserving_protos.batching_pb2 import BatchingParameters  # noqa: E402
 from servegate.tfserving_protos.monitoring_pb2 import MonitoringConfig  # noqa: E402
 

@@ -8,15 +8,19 @@ lives as long as its runner); ``local`` ignores the attach variables.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from servegate.config import (
     ServerMode,
+    TFServingAttach,
     TorchServeAttach,
     TorchServeSettings,
     attach_refused,
 )
 from servegate.errors import ConfigError, ServerError
+
+if TYPE_CHECKING:
+    from servegate.backends.tfserving import TFServingBackend, TFServingSettings
 
 
 def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> Any:
@@ -44,3 +48,24 @@ def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> 
             "TorchServe", f"{TorchServeAttach.PREFIX}MANAGEMENT_URL, ..._INFERENCE_URL and "
                           f"{TorchServeAttach.KEYS_ENV} (its key_file.json content) or ..._KEY_FILE"))
     return TorchServeBackend.from_state(LocalTorchServe(settings).start())
+
+
+def open_tfserving(settings: TFServingSettings | None = None,
+                   mode: ServerMode = "auto") -> TFServingBackend:
+    """Attach when ``SERVEGATE_TFSERVING_URL`` is set (``mode`` not ``local``); otherwise start
+    (or reuse) a local server, unless ``mode`` is ``attach`` (then ``ConfigError``)."""
+    from servegate.backends.tfserving.deployer import TFServingBackend
+    from servegate.backends.tfserving.local import (
+        ENV_GRPC,
+        ENV_MODEL_ROOT,
+        ENV_URL,
+        LocalTFServing,
+    )
+
+    configured = TFServingAttach.from_env() if mode != "local" else None
+    if configured is not None:
+        return TFServingBackend.attach(configured.url, configured.grpc, configured.model_root,
+                                       configured.server_root)
+    if mode == "attach":
+        raise ConfigError(attach_refused("TF Serving", f"{ENV_URL}, {ENV_GRPC} and {ENV_MODEL_ROOT}"))
+    return TFServingBackend.from_state(LocalTFServing(settings).start())

@@ -452,7 +452,7 @@ def _servicers(fake: FakeTFServing) -> tuple[Any, Any]:
 
 # ---- a stand-in for the tensorflow_model_server command ----------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    """``python -m servegate.backends.tfserving_fake --port=G --rest_api_port=R
+    """``python -m servegate.testing.tfserving_fake --port=G --rest_api_port=R
     [--model_config_file=F]``: serve until killed (other tensorflow_model_server flags are
     accepted and ignored). Like the server, the initial config is loaded before labels apply."""
     from google.protobuf import text_format

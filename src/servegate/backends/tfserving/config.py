@@ -7,22 +7,24 @@
 
 The last two messages are not in tensorflow-serving-api's wheel: ``servegate.tfserving_protos``
 holds them, generated once from ``.proto`` files with the server's field names and numbers.
-Every file is written atomically (temporary file in the same directory + ``os.replace``).
+Every file is written atomically (``servegate._atomic``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from servegate._atomic import atomic_write_text
 from servegate.errors import ConfigError, PackagingError
 
 STABLE = "stable"
 CANARY = "canary"
+#: The desired state: the file a local server starts with, in the model root.
+MODELS_CONFIG = "models.config"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 M = TypeVar("M")
@@ -106,16 +108,10 @@ def write_text_proto(message: Any, path: Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = text_format.MessageToString(message)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        return atomic_write_text(path, text_format.MessageToString(message))
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise PackagingError(f"cannot write {path}: {exc}") from exc
-    return path
 
 
 def read_text_proto(path: Path, message_type: type[M]) -> M:
@@ -183,7 +179,7 @@ def write_server_configs(directory: Path, *, entries: Iterable[ModelEntry] = (),
     An existing ``models.config`` is kept when ``keep_models`` (it records what is deployed).
     """
     directory = Path(directory)
-    files = ServerConfigFiles(directory / "models.config", directory / "batching.config",
+    files = ServerConfigFiles(directory / MODELS_CONFIG, directory / "batching.config",
                               directory / "monitoring.config")
     if not (keep_models and files.models.exists()):
         write_models_config(files.models, entries)
