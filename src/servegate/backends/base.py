@@ -64,3 +64,6 @@ class ServingBackend(Protocol):
 
     def access(self) -> ServerAccess:
         """How Locust and a person's curl reach the inference API."""
+
+    def close(self) -> None:
+        """Release the client's connections (the server keeps running)."""
