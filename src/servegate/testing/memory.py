@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from servegate._atomic import atomic_write_text
 from servegate.backends.base import ServerAccess, VersionInfo
 from servegate.errors import ModelNotFound, ServerRequestError
 
@@ -32,7 +33,7 @@ class MemoryBackend:
 
     def _save(self) -> None:
         if self.path is not None:
-            self.path.write_text(json.dumps(self._state), encoding="utf-8")
+            atomic_write_text(self.path, json.dumps(self._state))
 
     def _hook(self, method: str, *args: str) -> None:
         self.calls.append((method, *args))
