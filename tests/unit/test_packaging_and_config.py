@@ -138,3 +138,15 @@ def test_a_users_handler_is_the_entry_point_with_ours_beside_it(digits, tmp_path
     with pytest.raises(PackagingError, match="has the name of one of ours"):
         build_mar(contents_for(digits, artifact, name="d", version="2", batching=BatchingConfig(),
                                handler_file=clash), tmp_path / "store")
+
+
+def test_every_package_of_src_ships_in_the_wheel() -> None:
+    """pyproject lists packages explicitly: a new subpackage missing there is lost from a wheel
+    (an editable install hides it)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root / "src").parts)
+             for p in (root / "src" / "servegate").rglob("__init__.py")}
+    assert found and found <= listed, sorted(found - listed)
