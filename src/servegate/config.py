@@ -109,6 +109,26 @@ class TorchServeSettings(_Settings):
     token_expiration_min: float | None = Field(None, gt=0)
 
 
+
+class TFServingSettings(_Settings):
+    """A local TF Serving: its directory, loopback ports (0 = free port), batching and image.
+    A pipeline run takes the batching from ``PipelineConfig.batching``."""
+
+    workdir: Path = Field(default_factory=lambda: home_dir() / "tfserving")
+    host: str = "127.0.0.1"
+    rest_port: int = Field(0, ge=0, le=65535)
+    grpc_port: int = Field(0, ge=0, le=65535)
+    max_batch_size: PositiveInt = 8
+    batch_timeout_ms: float = Field(5.0, ge=0)
+    xla: bool = True
+    docker_image: str = "tensorflow/serving"
+    ready_timeout_s: float = 120.0
+    #: Explicit opt-in: serve gRPC from a binary on TCP ``grpc_port`` of EVERY interface
+    #: (tensorflow_model_server has no bind-address flag), which exposes the unauthenticated
+    #: ModelService (HandleReloadConfigRequest can load or unload any model) and
+    #: PredictionService to the network. Off: gRPC listens on a Unix socket in the workdir.
+    grpc_tcp_all_interfaces: bool = False
+
 #: ``auto``: attach when a server is configured, else start a local one; ``attach``: a configured
 #: server or a clear error (never a throwaway server); ``local``: always the local server.
 ServerMode = Literal["auto", "attach", "local"]
@@ -281,6 +301,8 @@ class PipelineConfig(_Settings):
     #: Also copy the gate report here (``SERVEGATE_REPORT_DIR``).
     report_dir: Path | None = Field(default_factory=report_dir_from_env)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
+    #: A local TF Serving (its batching follows ``batching``: see ``tfserving_settings``).
+    tfserving: TFServingSettings = Field(default_factory=TFServingSettings)
     #: Which server the run uses (``server_mode``): a run that must promote where production is
     #: says ``attach``.
     server: ServerMode = Field(default_factory=server_mode)
@@ -332,6 +354,12 @@ class PipelineConfig(_Settings):
                 f"model {self.model} is registered as {registered!r} but name is {self.name!r}: the "
                 f"served name and the registered name must agree (omit name, or pass name={registered})")
         return self
+
+    def tfserving_settings(self) -> TFServingSettings:
+        """The local TF Serving's settings with this run's batching (batch size and delay)."""
+        return self.tfserving.model_copy(update={
+            "max_batch_size": self.batching.batch_size,
+            "batch_timeout_ms": float(self.batching.max_batch_delay_ms)})
 
     @property
     def model_name(self) -> str:

@@ -210,7 +210,8 @@ class DeployPipeline:
 
     def _run(self, run_id: str, tmp: Path) -> PipelineResult:
         cfg, name = self.config, self.config.model_name
-        mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json", exclude={"torchserve"})))
+        servers = {"torchserve", "tfserving"}  # local server settings: not the run's parameters
+        mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json", exclude=servers)))
         if self.backend is not None:  # finish or revert a move a hard kill interrupted
             promotion.repair(Registry.for_model(name), self.backend, name, self.say, prefer="finish")
         model, registry, version = self.source()

@@ -67,14 +67,12 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
         first = deploy(env | server)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "promoted" in first.stdout and "/labels/stable:predict" in first.stdout
-        second = deploy(env | server)
+        second = deploy(env | server)  # (rejections: test_pipeline_decisions, test_user_models)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-        rejected = deploy(env | server, "-P", "p95_ms=0.001")
-        assert rejected.returncode != 0 and "load.p95_ms" in rejected.stdout + rejected.stderr
         backend = TFServingBackend.attach(fake.rest_url, fake.grpc_target, root)
         try:
             assert backend.default_version("digits-keras") == "2"
-            assert "3" not in {v.version for v in backend.versions("digits-keras")}
+            assert {v.version for v in backend.versions("digits-keras")} == {"1", "2"}
             rolled = subprocess.run(
                 [str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits-keras",
                  "--target", "tfserving"],
@@ -87,7 +85,7 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
             backend.close()
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("digits-keras", "champion").version) == "1"
-    assert client.get_model_version("digits-keras", "3").tags["servegate.gate"] == "failed"
+    assert str(client.get_model_version_by_alias("digits-keras", "previous-champion").version) == "2"
 
 
 def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path, monkeypatch) -> None:

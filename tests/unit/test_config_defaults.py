@@ -92,3 +92,19 @@ def test_the_mlproject_parameters_default_to_the_config_model(config_defaults) -
     for parameter, (_, convert) in PARAMETERS.items():
         default = parameters[parameter]["default"]
         assert convert(str(default)) == config_defaults[parameter], parameter
+
+
+def test_the_run_batching_reaches_a_local_tf_serving(tmp_path: Path) -> None:
+    """--batch-size / --max-batch-delay-ms configure TF Serving's batching too (they once
+    stopped at TorchServe: TF Serving's settings lived inside its backend)."""
+    from servegate.backends.tfserving import LocalTFServing
+    from servegate.config import BatchingConfig, TFServingSettings
+
+    config = PipelineConfig(model="builtin:digits-keras", target="tfserving",
+                            batching=BatchingConfig(batch_size=16, max_batch_delay_ms=7),
+                            tfserving=TFServingSettings(workdir=tmp_path))
+    settings = config.tfserving_settings()
+    assert (settings.max_batch_size, settings.batch_timeout_ms, settings.workdir) == (16, 7.0, tmp_path)
+    LocalTFServing(settings).flags(8500, 8501, "/models")  # writes the server's config files
+    batching = " ".join((tmp_path / "models" / "batching.config").read_text().split())
+    assert "max_batch_size { value: 16 }" in batching and "batch_timeout_micros { value: 7000 }" in batching

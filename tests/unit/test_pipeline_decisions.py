@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from servegate.config import PipelineConfig
-from servegate.errors import GateFailed, Interrupted, ServerRequestError
+from servegate.errors import GateFailed, Interrupted, PipelineError, ServerRequestError
 from servegate.pipeline import DeployPipeline, rollback
 from servegate.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from servegate.testing import MemoryBackend, ScriptedModel, ScriptedTarget
@@ -44,7 +44,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def run(backend: MemoryBackend, target: ScriptedTarget, **config):
-    settings = PipelineConfig(model=f"builtin:{NAME}", **config)
+    settings = PipelineConfig(**({"model": f"builtin:{NAME}"} | config))
     return DeployPipeline(settings, backend, Console(quiet=True), target=target).run()
 
 
@@ -151,3 +151,26 @@ def test_gate_only_runs_leave_the_champion_serving(world) -> None:
     assert result.decision == "passed, not promoted"
     assert backend.default_version(NAME) == "1"
     assert Registry.for_model(NAME).version_for_alias(CHAMPION) == "1"
+
+
+def test_an_earlier_champion_gated_again_replaces_its_served_copy(world) -> None:
+    backend, target = world
+    run(backend, target)
+    run(backend, target)
+    target.script.insert(0, ScriptedModel(0.98, 9))  # v1 again, with a better archive
+    again = run(backend, target, model=f"models:/{NAME}/1")
+    assert (again.version, again.decision, again.champion_before) == ("1", "promoted", "2")
+    deploys = [c for c in backend.calls if c[0] in ("deploy", "undeploy") and c[2] == "1"]
+    assert deploys[-2:] == [("undeploy", NAME, "1"), ("deploy", NAME, "1")]  # the new archive
+    assert served(backend) == [("1", True), ("2", False)]
+    registry = Registry.for_model(NAME)
+    assert (registry.version_for_alias(CHAMPION), registry.version_for_alias(PREVIOUS)) == ("1", "2")
+
+
+def test_the_champion_itself_is_refused_before_anything_is_built(world) -> None:
+    backend, target = world
+    run(backend, target)
+    calls = len(backend.calls)
+    with pytest.raises(PipelineError, match="already the champion"):
+        run(backend, target, model=f"models:/{NAME}@champion")
+    assert [c for c in backend.calls[calls:] if c[0] in ("deploy", "undeploy", "set_default")] == []

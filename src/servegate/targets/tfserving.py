@@ -33,7 +33,7 @@ class TFServingTarget(MeasuredTarget):
         from servegate.backends.tfserving import open_tfserving
 
         try:
-            return open_tfserving(mode=config.server), None
+            return open_tfserving(config.tfserving_settings(), mode=config.server), None
         except ServerNotRunning as exc:
             if config.server == "attach":
                 raise

@@ -11,14 +11,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from servegate.backends._local import LocalServer
 from servegate.backends._process import StopOutcome, free_port, identity_mismatch, stop_recorded
 from servegate.backends.tfserving.client import TFServingClient
 from servegate.backends.tfserving.config import batching_parameters, write_server_configs
-from servegate.config import TFServingAttach, home_dir
+from servegate.config import TFServingAttach, TFServingSettings
 from servegate.errors import ServerNotRunning, ServerStartError
 
 ENV_URL = f"{TFServingAttach.PREFIX}URL"
@@ -26,7 +26,7 @@ ENV_GRPC = f"{TFServingAttach.PREFIX}GRPC"
 ENV_MODEL_ROOT = f"{TFServingAttach.PREFIX}MODEL_ROOT"
 ENV_SERVER_ROOT = f"{TFServingAttach.PREFIX}SERVER_ROOT"
 BINARY = "tensorflow_model_server"
-DOCKER_IMAGE = "tensorflow/serving"
+DOCKER_IMAGE = TFServingSettings.model_fields["docker_image"].default
 CONTAINER_ROOT = "/models"
 
 HOW_TO_PROVIDE = (
@@ -40,26 +40,6 @@ HOW_TO_PROVIDE = (
 
 #: Unix socket paths are limited to 107 bytes (sun_path).
 MAX_SOCKET_PATH = 100
-
-
-@dataclass(frozen=True)
-class TFServingSettings:
-    """A local TF Serving: its directory, loopback ports (0 = free port), batching and image."""
-
-    workdir: Path = field(default_factory=lambda: home_dir() / "tfserving")
-    host: str = "127.0.0.1"
-    rest_port: int = 0
-    grpc_port: int = 0
-    max_batch_size: int = 8
-    batch_timeout_ms: float = 5.0
-    xla: bool = True
-    docker_image: str = DOCKER_IMAGE
-    ready_timeout_s: float = 120.0
-    #: Explicit opt-in: serve gRPC from a binary on TCP ``grpc_port`` of EVERY interface
-    #: (tensorflow_model_server has no bind-address flag), which exposes the unauthenticated
-    #: ModelService (HandleReloadConfigRequest can load or unload any model) and
-    #: PredictionService to the network. Off: gRPC listens on a Unix socket in the workdir.
-    grpc_tcp_all_interfaces: bool = False
 
 
 @dataclass(frozen=True)
