@@ -1,7 +1,8 @@
 """servegate: take a model from training to a gated production deployment.
 
-The public API is small; import submodules for the rest (``servegate.pipeline``,
-``servegate.backends.torchserve``, ``servegate.packaging.mar``, ``servegate.harness``).
+The library API is ``servegate.api`` (deploy, rollback, package, load_model) with the settings
+of ``servegate.config`` and the errors of ``servegate.errors``; ``servegate.targets`` and
+``servegate.backends`` are where a new server plugs in, ``servegate.testing`` holds the fakes.
 """
 
 from servegate.errors import GateFailed, ServegateError

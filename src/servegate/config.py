@@ -152,6 +152,13 @@ def attach_refused(server: str, needed: str) -> str:
             f"onto it; set {needed} to the long-lived server")
 
 
+def _prefixed_env(prefix: str, fields: Any) -> dict[str, str]:
+    """The non-empty ``PREFIX<FIELD>`` variables naming one of ``fields``, by field name."""
+    values = {k.removeprefix(prefix).lower(): v for k, v in os.environ.items()
+              if k.startswith(prefix) and v}
+    return {k: v for k, v in values.items() if k in fields}
+
+
 class TorchServeAttach(_Settings):
     """A TorchServe started elsewhere, from ``SERVEGATE_TORCHSERVE_*``: its URLs; its keys as
     the server's key file (a shared filesystem) or that file's content (a secret); and a model
@@ -172,16 +179,14 @@ class TorchServeAttach(_Settings):
         """The attached server, or None when ``SERVEGATE_TORCHSERVE_MANAGEMENT_URL`` is unset."""
         from servegate.errors import ConfigError
 
-        env = {k.removeprefix(cls.PREFIX).lower(): v for k, v in os.environ.items()
-               if k.startswith(cls.PREFIX) and v}
+        env = _prefixed_env(cls.PREFIX, cls.model_fields)
         if "management_url" not in env:
             return None
         if "inference_url" not in env:
             raise ConfigError(f"attaching to TorchServe needs {cls.PREFIX}INFERENCE_URL too")
         if "key_file" in env and "keys" in env:
             raise ConfigError(f"give {cls.PREFIX}KEY_FILE or {cls.KEYS_ENV}, not both")
-        known = {k for k in cls.model_fields}
-        return cls(**{k: v for k, v in env.items() if k in known})
+        return cls(**env)
 
 
 class TFServingAttach(_Settings):
@@ -198,11 +203,9 @@ class TFServingAttach(_Settings):
 
     @classmethod
     def from_env(cls) -> TFServingAttach | None:
-        env = {k.removeprefix(cls.PREFIX).lower(): v for k, v in os.environ.items()
-               if k.startswith(cls.PREFIX) and v}
-        if "url" not in env:
-            return None
-        return cls(**{k: v for k, v in env.items() if k in cls.model_fields})
+        """The attached server, or None when ``SERVEGATE_TFSERVING_URL`` is unset."""
+        env = _prefixed_env(cls.PREFIX, cls.model_fields)
+        return cls(**env) if "url" in env else None
 
 
 class SLOs(_Settings):
