@@ -39,7 +39,7 @@ def fetch_url(artifact_uri: str, tracking_uri: str, s3_endpoint: str | None = No
     if parts.scheme == "mlflow-artifacts":
         path = quote(parts.path.lstrip("/"), safe="/")
         if parts.netloc:
-            scheme = urlsplit(tracking_uri).scheme if tracking_uri.startswith("https") else "http"
+            scheme = "https" if tracking_uri.startswith("https://") else "http"
             return f"{scheme}://{parts.netloc}{ARTIFACTS_API}/{path}"
         tracking = urlsplit(tracking_uri)
         if tracking.scheme not in ("http", "https"):

@@ -21,10 +21,12 @@ class TorchServeTarget(MeasuredTarget):
     def check_compiler(self, compiler: str) -> None:
         from servegate.compilers import compiler_names
 
+        if compiler == "auto":
+            return
         known = compiler_names()
-        for name in compiler.split(","):
-            if name.strip() not in (*known, "auto") or (name.strip() == "auto" and "," in compiler):
-                raise ConfigError(f"unknown compiler {name.strip()!r} for TorchServe; known: "
+        for name in (n.strip() for n in compiler.split(",")):
+            if name not in known:
+                raise ConfigError(f"unknown compiler {name!r} for TorchServe; known: "
                                   f"auto, {', '.join(known)}, or a comma list of them")
 
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:

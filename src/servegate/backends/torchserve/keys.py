@@ -29,6 +29,11 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
                         server_message=type(exc).__name__) from exc
 
 
+def bearer(key: str | None) -> dict[str, str]:
+    """The Authorization header for ``key`` (none without token auth)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class Keys(Protocol):
     """Where a client's keys come from."""
 
@@ -72,8 +77,7 @@ class KeyFile:
         return self._keys.get(kind)
 
     def header(self, kind: KeyKind) -> dict[str, str]:
-        key = self.key(kind)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return bearer(self.key(kind))
 
     def shell_expression(self, kind: KeyKind) -> str | None:
         if self.path is None:
@@ -99,8 +103,7 @@ class StaticKeys:
         return self._keys.get(kind)
 
     def header(self, kind: KeyKind) -> dict[str, str]:
-        key = self.key(kind)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return bearer(self.key(kind))
 
     def shell_expression(self, kind: KeyKind) -> str | None:
         return (f"$(python3 -c 'import json,os;print(json.loads(os.environ[\"{self.env_var}\"])"
