@@ -1,6 +1,6 @@
-"""`make deploy` with target=tfserving: without a server it builds, validates and logs the
-SavedModel and exits non-zero saying how to provide one; against FakeTFServing (a named fake: real
-HTTP + gRPC with the real protos, SavedModels run in-process) the gates, promotion and rollback run."""
+"""target=tfserving: against FakeTFServing (a named fake: real HTTP + gRPC with the real protos,
+SavedModels run in-process) `make deploy` and the library API gate, promote and roll back; without
+a server a run builds, validates and logs the SavedModel and fails saying how to provide one."""
 
 from __future__ import annotations
 
@@ -37,25 +37,12 @@ def store(tmp_path: Path):
     mlflow.set_tracking_uri(None)
 
 
-def test_without_a_server_the_artifacts_are_built_and_the_run_fails_saying_how(store) -> None:
-    if shutil.which("tensorflow_model_server"):
-        pytest.skip("tensorflow_model_server is installed: a local server would start")
-    _, env = store
-    result = deploy(env)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "no TF Serving reachable" in output and "SERVEGATE_TFSERVING_URL" in output
-    run = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
-                             filter_string="attributes.run_name = 'package'")[0]
-    files = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "savedmodel/1")}
-    assert "savedmodel/1/saved_model.pb" in files
-    assert run.data.metrics["tf1_max_abs_diff"] <= 1e-5
-    tags = MlflowClient().get_model_version("digits-keras", "1").tags
-    assert tags["servegate.gate"] == "not run: no server"
-
-
-def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path) -> None:
+def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path, monkeypatch) -> None:
+    """`make deploy` promotes the first version; a second one (through the library API, the same
+    pipeline in this process) is gated against it and promoted; rollback moves the label back."""
+    from servegate import api
     from servegate.backends.tfserving import TFServingBackend
+    from servegate.config import LoadSettings, PipelineConfig, SLOs
     from servegate.testing.tfserving_fake import FakeTFServing
 
     _, env = store
@@ -67,17 +54,24 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
         first = deploy(env | server)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "promoted" in first.stdout and "/labels/stable:predict" in first.stdout
-        second = deploy(env | server)  # (rejections: test_pipeline_decisions, test_user_models)
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        package = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
+                                     filter_string="attributes.run_name = 'package'")[0]
+        files = {a.path for a in MlflowClient().list_artifacts(package.info.run_id, "savedmodel/1")}
+        assert "savedmodel/1/saved_model.pb" in files
+        assert package.data.metrics["tf1_max_abs_diff"] <= 1e-5
+
+        for key, value in (env | server).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        config = PipelineConfig(target="tfserving", model="builtin:digits-keras",
+                                load=LoadSettings(users=4, seconds=2), slos=SLOs(max_regression_pct=400))
+        second = api.deploy(config)  # (rejections: test_pipeline_decisions, test_user_models)
+        assert (second.decision, second.champion_before) == ("promoted", "1")
         backend = TFServingBackend.attach(fake.rest_url, fake.grpc_target, root)
         try:
             assert backend.default_version("digits-keras") == "2"
             assert {v.version for v in backend.versions("digits-keras")} == {"1", "2"}
-            rolled = subprocess.run(
-                [str(ROOT / ".venv" / "bin" / "servegate"), "rollback", "digits-keras",
-                 "--target", "tfserving"],
-                capture_output=True, text=True, timeout=300, env=os.environ | env | server)
-            assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+            assert api.rollback("digits-keras", target="tfserving") == ("1", "2")
             assert backend.default_version("digits-keras") == "1"
             answer = backend.predict("digits-keras", {"instances": [[0.0] * 64]})
             assert len(answer["predictions"][0]["probabilities"]) == 10
@@ -97,6 +91,7 @@ def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path,
     sys.path.insert(0, str(ROOT / "tests" / "unit"))
     from tiny_keras_models import save_wine_classifier, save_wine_regressor, wine_csv, wine_npz
 
+    from servegate import api
     from servegate.backends.tfserving import TFServingBackend
     from servegate.config import LoadSettings, PipelineConfig, SLOs
     from servegate.errors import ServerError
@@ -132,8 +127,13 @@ def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path,
     regressor = save_wine_regressor(tmp_path / "alcohol.keras", outputs=2, epochs=5)
     no_server = config.model_copy(update={"model": str(regressor), "name": "alcohol",
                                           "eval_data": str(wine_npz(tmp_path / "two.npz", outputs=2))})
-    with pytest.raises(ServerError):
-        DeployPipeline(no_server, backend=None).run()
+    for variable in SERVER_ENV:  # no server anywhere: the run builds, logs and says how
+        monkeypatch.delenv(variable, raising=False)
+    if shutil.which("tensorflow_model_server"):
+        pytest.skip("tensorflow_model_server is installed: a local server would start")
+    with pytest.raises(ServerError, match="no TF Serving reachable") as refused:
+        api.deploy(no_server)
+    assert "SERVEGATE_TFSERVING_URL" in str(refused.value)
     package = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
                                  filter_string="attributes.run_name = 'package'",
                                  order_by=["attributes.start_time DESC"])[0]

@@ -112,6 +112,11 @@ def test_rollback_restores_the_previous_champion_on_both_sides(world) -> None:
     registry = Registry.for_model(NAME)
     assert (registry.version_for_alias(CHAMPION), registry.version_for_alias(PREVIOUS)) == ("1", "2")
     assert backend.default_version(NAME) == "1"
+    assert served(backend) == [("1", True), ("2", False)]  # the rolled-back one kept, for now
+    target.script[0] = BETTER  # the next run promotes: v2 is then neither champion nor previous
+    assert run(backend, target).decision == "promoted"
+    assert served(backend) == [("1", False), ("3", True)]
+    assert (registry.version_for_alias(CHAMPION), registry.version_for_alias(PREVIOUS)) == ("3", "1")
 
 
 def test_a_server_failing_mid_gate_withdraws_the_challenger_and_keeps_the_champion(world) -> None:
