@@ -1,7 +1,9 @@
-"""Users' own models through `make deploy`: each logged with `mlflow.pytorch.log_model` (MLflow 3's
-default ExportedProgram format) by the test, imported by `models:/` with its own eval_data, gated
-and promoted on a real TorchServe; one re-gated against a worse challenger of the same kind and
-rejected on the metric of its task. None of these models ships with the project."""
+"""Users' own models: each logged with `mlflow.pytorch.log_model` (MLflow 3's default
+ExportedProgram format) by the test, imported by `models:/` with its own eval_data, gated and
+promoted on a real TorchServe; one re-gated against a worse challenger of the same kind and
+rejected on the metric of its task. None of these models ships with the project. The first runs
+through `make deploy` (the MLproject's parameters); the others call the library API in this
+process (``servegate.api.deploy``, the same pipeline without the subprocess start-up)."""
 
 from __future__ import annotations
 
@@ -17,9 +19,23 @@ from mlflow import MlflowClient
 from pipeline_env import pipeline_home
 from test_pipeline import ROOT, alias, backend_of, deploy
 
+from servegate.errors import GateFailed
+
 pytestmark = pytest.mark.integration
 # One short load phase per target: these runs check the path, not the server's speed.
 QUICK = ["-P", "load_rounds=1"]
+
+
+def deploy_here(model: str, **options: object):
+    """The pipeline run `deploy(..., *QUICK)` makes, through the library API in this process."""
+    from rich.console import Console
+
+    from servegate import api
+    from servegate.config import LoadSettings, PipelineConfig, SLOs
+
+    config = PipelineConfig(model=model, compiler="eager", load=LoadSettings(users=4, seconds=3, rounds=1),
+                            slos=SLOs(max_regression_pct=400), **options)
+    return api.deploy(config, Console(quiet=True))
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +77,17 @@ def test_regressor_promoted_then_a_worse_one_rejected_on_rmse(user_env) -> None:
     home, server = user_env
     trained = user_models.diabetes_regressor()
     np.savez(home / "diabetes_eval.npz", x=trained.x_test, y=trained.y_test)
-    eval_data = f"eval_data={home / 'diabetes_eval.npz'}"
+    eval_data = str(home / "diabetes_eval.npz")
     version = user_models.log_pytorch(trained.module, trained.x_test[:4], "diabetes")
-    _ok(deploy("-P", f"model=models:/diabetes/{version}", "-P", eval_data, *QUICK))
+    assert deploy_here(f"models:/diabetes/{version}", eval_data=eval_data).decision == "promoted"
     with backend_of(server) as backend:
         value = backend.predict("diabetes", {"instances": trained.x_test[:1].tolist()})["predictions"][0]
     assert isinstance(value, float)
 
     worse = user_models.log_pytorch(user_models.shuffled(trained.module), trained.x_test[:4], "diabetes")
-    rejected = deploy("-P", f"model=models:/diabetes/{worse}", "-P", eval_data, *QUICK)
-    assert rejected.returncode != 0, (rejected.stdout + rejected.stderr)[-4000:]
-    assert "rmse_vs_champion" in rejected.stdout + rejected.stderr
+    with pytest.raises(GateFailed) as rejected:
+        deploy_here(f"models:/diabetes/{worse}", eval_data=eval_data)
+    assert {c.name for c in rejected.value.checks if not c.passed} >= {"rmse_vs_champion"}
     assert alias("diabetes", "champion") == version
     tags = MlflowClient().get_model_version("diabetes", worse).tags
     assert tags["servegate.gate"] == "failed" and "rmse_vs_champion" in tags["servegate.failed_checks"]
@@ -84,8 +100,8 @@ def test_convolutional_image_model_fed_tensors(user_env) -> None:
     trained = user_models.digit_images_convnet()
     np.savez(home / "images_eval.npz", x=trained.x_test, y=trained.y_test)
     version = user_models.log_pytorch(trained.module, trained.x_test[:4], "glyphs")
-    _ok(deploy("-P", f"model=models:/glyphs/{version}", "-P", f"eval_data={home / 'images_eval.npz'}",
-               *QUICK))
+    result = deploy_here(f"models:/glyphs/{version}", eval_data=str(home / "images_eval.npz"))
+    assert result.decision == "promoted", result.checks
     with backend_of(server) as backend:
         answer = backend.predict("glyphs", {"instances": trained.x_test[:3].tolist()})
     assert [p["label"] for p in answer["predictions"]] == [str(int(y)) for y in trained.module(
@@ -98,7 +114,8 @@ def test_model_with_two_tensor_inputs(user_env) -> None:
     np.savez(home / "two_eval.npz", **trained.x_test, y=trained.y_test)
     example = {k: v[:4] for k, v in trained.x_test.items()}
     version = user_models.log_pytorch(trained.module, example, "blend")
-    _ok(deploy("-P", f"model=models:/blend/{version}", "-P", f"eval_data={home / 'two_eval.npz'}", *QUICK))
+    result = deploy_here(f"models:/blend/{version}", eval_data=str(home / "two_eval.npz"))
+    assert result.decision == "promoted", result.checks
     row = {"features": trained.x_test["features"][0].tolist(), "category": int(trained.x_test["category"][0])}
     with backend_of(server) as backend:
         answer = backend.predict("blend", {"instances": [row]})
@@ -120,9 +137,8 @@ def test_text_classifier_with_labels_of_its_own(user_env) -> None:
     home, server = user_env
     folder = save_tiny_bert_classifier(home / "sentiment-model")
     texts = write_eval_texts(home / "reviews.jsonl", SENTIMENT)
-    output = _ok(deploy("-P", f"model=hf:{folder}", "-P", "name=sentiment", "-P", f"eval_data={texts}",
-                        *QUICK))
-    assert "text-classification" in output or "sentiment" in output
+    result = deploy_here(f"hf:{folder}", name="sentiment", eval_data=str(texts))
+    assert (result.name, result.decision) == ("sentiment", "promoted"), result.checks
     with backend_of(server) as backend:
         answer = backend.predict("sentiment", {"instances": TEXTS[:2]})
     assert {p["label"] for p in answer["predictions"]} <= set(SENTIMENT)
