@@ -7,7 +7,7 @@ STAMP := $(VENV)/.servegate-setup
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup deploy test test-unit test-integration bench lint clean
+.PHONY: setup setup-gpu deploy test test-unit test-integration bench bench-gpu lint clean
 
 setup: $(STAMP)
 
@@ -20,10 +20,29 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[torch,tf,dev]"
 	$(PIP) --no-deps tensorflow-serving-api==2.21.0  # it requires full tensorflow; tensorflow-cpu provides it
-	@$(BIN)/python -c 'import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith("2.13.0") and "cu" not in v else f"torch {v} is not the 2.13.0 CPU build")'
+	@$(BIN)/python -c 'import torch, sys, os; v = torch.__version__; gpu = os.path.exists("$(GPU_MARK)"); sys.exit(0 if v.startswith("2.13.0") and (gpu or "cu" not in v) else f"torch {v} is not the 2.13.0 CPU build")'
 	@$(BIN)/python -c 'import yaml, ts, model_archiver'  # TorchServe's wheel forgets PyYAML
 	@TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -c 'import tensorflow_serving.apis.model_service_pb2_grpc, keras'
 	@touch $(STAMP)
+
+# A CUDA host (never used by CI): the CUDA build of the same torch, then the CPU setup above (which
+# keeps it: constraints pin torch==2.13.0, which the +cuXXX build satisfies), then the GPU extra
+# (torch-tensorrt, onnxruntime-gpu in place of onnxruntime: both provide the `onnxruntime` module).
+CUDA ?= cu130
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(CUDA)
+GPU_MARK := $(VENV)/.servegate-gpu
+
+setup-gpu:
+	@command -v nvidia-smi >/dev/null || { echo "setup-gpu needs an NVIDIA driver (nvidia-smi); use make setup"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 --index-url $(TORCH_INDEX)
+	@touch $(GPU_MARK)
+	@$(MAKE) --no-print-directory setup
+	$(BIN)/pip uninstall --quiet -y onnxruntime
+	$(PIP) -e ".[gpu]"
+	@$(BIN)/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "CUDA torch installed but no CUDA device is visible")'
+	@$(BIN)/python -c 'import onnxruntime as o; print("onnxruntime providers:", o.get_available_providers())'
 
 # The main job: the MLflow Project on the built-in model, from this checkout's environment.
 # A local TorchServe keeps serving the champion afterwards (`$(BIN)/servegate serve stop` ends it).
@@ -51,6 +70,12 @@ test-integration: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# The GPU check (issue 14): every CUDA backend on digits and a MiniLM-shaped encoder, handlers run
+# in process with a gpu_id, parity, the candidate table and auto's choice. Needs only torch, numpy,
+# onnxruntime and tokenizers (no Java, no MLflow): `python benchmarks/gpu.py` on a bare CUDA host.
+bench-gpu:
+	$(BIN)/python benchmarks/gpu.py
 
 lint: setup
 	$(BIN)/ruff check src handlers tests benchmarks loadtests pipelines

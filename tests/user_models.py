@@ -172,6 +172,9 @@ def log_pytorch(module: nn.Module, example: Any, name: str, **kwargs: Any) -> st
             output = module(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, output)
         example_arg = example
+    # Requirements written out, as many users do: MLflow's inference would load the model again
+    # in a subprocess (~5 s a model), and nothing servegate reads depends on them.
+    kwargs.setdefault("pip_requirements", ["torch"])
     with mlflow.start_run(nested=mlflow.active_run() is not None):
         info = mlflow.pytorch.log_model(module, name="model", input_example=example_arg,
                                         signature=signature, registered_model_name=name, **kwargs)

@@ -63,7 +63,8 @@ def test_mlflow_keras_model_import(keras_digits, digits_npz: str, tmp_path: Path
     try:
         mlflow.set_experiment("keras-import")
         with mlflow.start_run():
-            info = mlflow.keras.log_model(keras_digits.model, name="model")
+            # requirements written out: inference would load the model again in a subprocess
+            info = mlflow.keras.log_model(keras_digits.model, name="model", pip_requirements=["keras"])
         imported = load_keras_model(info.model_uri, eval_data=digits_npz)
         x = keras_digits.eval_x[:8]
         np.testing.assert_allclose(imported.reference(x), keras_digits.reference(x), atol=1e-6)
