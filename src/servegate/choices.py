@@ -11,6 +11,8 @@ TENSOR_TASKS = ("classification", "regression", "tensor", "image-classification"
 #: Tasks of text models (requests carry strings, tokenised in the worker).
 TEXT_TASKS = ("embedding", "text-classification")
 TASKS = TENSOR_TASKS + TEXT_TASKS
+#: Tasks whose first output holds class scores (labels, top-1 and accuracy apply).
+CLASS_TASKS = ("classification", "image-classification", "text-classification")
 #: Older names still accepted.
 TASK_ALIASES = {"tensor-classification": "classification"}
 #: Serving targets.

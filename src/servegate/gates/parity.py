@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 
 from servegate.backends.base import ServingBackend
+from servegate.choices import CLASS_TASKS
 from servegate.config import ParityThresholds
 from servegate.errors import SourceError
 from servegate.gates.checks import Check
 from servegate.parity_limits import EMBEDDING_PARITY_LIMITS, PARITY_LIMITS
 from servegate.sources.base import TorchModel
-
-CLASS_TASKS = ("classification", "image-classification", "text-classification")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
