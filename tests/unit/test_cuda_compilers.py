@@ -145,7 +145,8 @@ def test_local_torchserve_is_told_the_hosts_gpu_count(tmp_path: Path, monkeypatc
     ports = {"inference": 1, "management": 2, "metrics": 3, "grpc_inference": 4, "grpc_management": 5}
     lines = render_config(TorchServeSettings(workdir=tmp_path), ports, tmp_path).splitlines()
     assert f"number_of_gpu={len(devices.cuda_devices())}" in lines
-    monkeypatch.setattr(devices, "cuda_devices", lambda: [devices.CudaDevice(i, "g", "8.0", 1) for i in range(2)])
+    two = [devices.CudaDevice(i, "g", "8.0", 1) for i in range(2)]
+    monkeypatch.setattr(devices, "cuda_devices", lambda: two)
     lines = render_config(TorchServeSettings(workdir=tmp_path), ports, tmp_path).splitlines()
     assert "number_of_gpu=2" in lines and sum(line.startswith("number_of_gpu=") for line in lines) == 1
 
@@ -197,7 +198,8 @@ def test_a_cuda_archive_records_device_dtype_buckets_and_its_fallback(tmp_path: 
     from servegate.packaging.spec import ArtifactSpec
     from servegate.sources.digits import builtin_digits
 
-    monkeypatch.setattr(devices, "cuda_devices", lambda: [devices.CudaDevice(i, "g", "9.0", 1) for i in range(2)])
+    two = [devices.CudaDevice(i, "g", "9.0", 1) for i in range(2)]
+    monkeypatch.setattr(devices, "cuda_devices", lambda: two)
     model = builtin_digits(epochs=1)
     package, fallback = tmp_path / "model.aoti.pt2", tmp_path / "model.fallback.pt2"
     package.write_bytes(b"aoti package")
@@ -210,7 +212,8 @@ def test_a_cuda_archive_records_device_dtype_buckets_and_its_fallback(tmp_path: 
                             batching=BatchingConfig(workers_per_gpu=2), max_batch=8)
     archive = build_mar(contents, tmp_path / "store")
     spec = ArtifactSpec.model_validate_json(read_archive_member(archive, "servegate.json"))
-    assert (spec.device, spec.dtype, spec.compiler, spec.format) == ("cuda", "float16", "aoti-fp16-cuda", "aoti")
+    assert (spec.device, spec.dtype, spec.compiler, spec.format) == (
+        "cuda", "float16", "aoti-fp16-cuda", "aoti")
     assert spec.built_for == built and spec.buckets == {"batch": [1, 8], "tokens": []}
     assert spec.fallback_artifact == "model.fallback.pt2"
     assert read_archive_member(archive, "model.fallback.pt2") == b"exported program"
