@@ -11,6 +11,7 @@ Imported lazily; on a machine without CUDA or without torch_tensorrt it says so 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from pathlib import Path
@@ -96,16 +97,15 @@ class TorchTensorRTCompiler:
                   for lo, opt, hi, dt in input_ranges(model, max_batch)]
         path = workdir / "model.trt.ep"
         try:
+            module = copy.deepcopy(model.module).eval().cuda()  # the source stays on the CPU
             compiled = torch_tensorrt.compile(
-                model.module.eval().cuda(), ir="dynamo", inputs=inputs, enabled_precisions={dtype},
+                module, ir="dynamo", inputs=inputs, enabled_precisions={dtype},
                 **timing_cache_kwargs(torch_tensorrt.dynamo.compile))
             examples = [torch.from_numpy(np.ascontiguousarray(a)).cuda()
                         for a in model.example_inputs(2)]
             torch_tensorrt.save(compiled, str(path), inputs=examples)
         except Exception as exc:
             raise CompileError(f"torch-TensorRT compilation failed: {exc}") from exc
-        finally:
-            model.module.cpu()  # the source model stays where the reference runs
         return CompiledArtifact(backend=self.name, format="torch_tensorrt", path=path, device="cuda",
                                 built_for=built_for("cuda"), buckets=bucket_sizes(model, max_batch),
                                 compile_seconds=time.perf_counter() - start)
