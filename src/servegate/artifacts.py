@@ -27,3 +27,14 @@ class CompiledArtifact:
     model_class: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     compile_seconds: float = 0.0
+    #: Where the artifact runs and in what compute precision (``servegate.json`` ``device``/``dtype``).
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    #: torch.compile mode of an ``inductor`` artifact (None, "reduce-overhead", "max-autotune").
+    compile_mode: str | None = None
+    #: What a CUDA artifact was compiled on (``devices.built_for()``).
+    built_for: dict[str, Any] | None = None
+    #: Fixed shapes the artifact is run at ({"batch": [...], "tokens": [...]}), where it needs them.
+    buckets: dict[str, list[int]] | None = None
+    #: An ExportedProgram shipped beside a CUDA AOTI package, to recompile on another GPU.
+    fallback: Path | None = None

@@ -31,6 +31,8 @@ class BatchingConfig(_Settings):
     max_batch_delay_ms: int = Field(2, ge=0)
     min_workers: PositiveInt = 1
     max_workers: PositiveInt = 1
+    #: Workers per GPU for a CUDA artifact (min = max workers = this x the host's GPUs).
+    workers_per_gpu: PositiveInt = 1
     response_timeout_s: PositiveInt = 120
     startup_timeout_s: PositiveInt = 120
 
@@ -43,8 +45,11 @@ class BatchingConfig(_Settings):
                              "TorchServe treats 0 as its 100 ms default")
         return self
 
-    def model_config_yaml(self) -> dict[str, int]:
-        return {
+    def model_config_yaml(self, device: str = "cpu", gpus: int | None = None) -> dict[str, Any]:
+        """TorchServe's model-config.yaml. A ``cuda`` artifact runs ``workers_per_gpu`` workers on
+        each of the host's GPUs (``gpus``, default ``devices.gpu_count()``, at least 1):
+        ``deviceType: gpu`` and ``deviceIds`` 0..n-1, which TorchServe assigns round-robin."""
+        config: dict[str, Any] = {
             "batchSize": self.batch_size,
             "maxBatchDelay": self.max_batch_delay_ms,
             "minWorkers": self.min_workers,
@@ -52,6 +57,18 @@ class BatchingConfig(_Settings):
             "responseTimeout": self.response_timeout_s,
             "startupTimeout": self.startup_timeout_s,
         }
+        if device == "cuda":
+            if gpus is None:
+                from servegate.devices import gpu_count
+
+                gpus = gpu_count()
+            n = max(1, gpus)
+            config["minWorkers"] = config["maxWorkers"] = self.workers_per_gpu * n
+            config["deviceType"] = "gpu"
+            config["deviceIds"] = list(range(n))
+        else:
+            config["deviceType"] = "cpu"
+        return config
 
 
 class RequestLimits(_Settings):

@@ -2,7 +2,7 @@
 table that ``auto`` (``compilers/select.py``), the accuracy gate (``gates/parity.py``) and the
 defaults of ``config.ParityThresholds`` read.
 
-FP32 artifacts must match the reference tightly; reduced-precision (INT8/FP16) ones legitimately
+FP32 artifacts must match the reference tightly; reduced-precision (INT8/FP16/BF16) ones legitimately
 differ, so their limits are looser and they are then held to the task's accuracy instead.
 Embeddings have no classes: the cosine per row is their check (top-1 of a vector means nothing).
 """
@@ -39,9 +39,15 @@ EMBEDDING_PARITY_LIMITS: dict[str, ParityLimits] = {
 MAX_REDUCED_ACCURACY_DROP = 0.01
 
 
+#: Name tokens of reduced-precision backends (``onnx-int8``, ``eager-bf16``, ``aoti-fp16-cuda``).
+REDUCED_TOKENS = frozenset({"int8", "fp16", "bf16"})
+
+
 def precision_of(backend: str) -> Precision:
-    """``reduced`` for the INT8/FP16 backends (``onnx-int8``, ``torch-tensorrt-fp16``), else ``fp32``."""
-    return "reduced" if backend.endswith(("int8", "fp16")) else "fp32"
+    """``reduced`` for the INT8/FP16/BF16 backends, read from the name's ``-`` tokens
+    (``onnx-int8``, ``torch-tensorrt-fp16``, ``eager-bf16``, ``inductor-cudagraphs-fp16-cuda``),
+    else ``fp32``."""
+    return "reduced" if REDUCED_TOKENS & set(backend.lower().split("-")) else "fp32"
 
 
 def parity_limits(precision: str, task: str = "classification") -> ParityLimits:

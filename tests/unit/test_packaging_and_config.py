@@ -36,7 +36,7 @@ def test_archive_holds_handlers_spec_config_labels_and_warmup(build_archive) -> 
     assert spec.max_batch == 4 * 64 and spec.schema_version == 2  # batch_size 4 x 64 rows
     config = yaml.safe_load(read_archive_member(archive, "model-config.yaml"))
     assert config == {"batchSize": 4, "maxBatchDelay": 7, "minWorkers": 1, "maxWorkers": 2,
-                      "responseTimeout": 30, "startupTimeout": 60}
+                      "responseTimeout": 30, "startupTimeout": 60, "deviceType": "cpu"}
     labels = json.loads(read_archive_member(archive, "index_to_name.json"))
     assert labels == {str(i): str(i) for i in range(10)}
     warmup = json.loads(read_archive_member(archive, "warmup.json"))

@@ -11,6 +11,8 @@ from servegate.sources.base import TorchModel
 
 class Compiler(Protocol):
     name: str
+    #: Where its artifacts run: "cpu" or "cuda".
+    device: str
 
     def unavailable_reason(self) -> str | None:
         """None if this backend can run here, else why not."""

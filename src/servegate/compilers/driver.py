@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from servegate.artifacts import CompiledArtifact
 from servegate.compilers import get_compiler
+from servegate.compilers.cache import CompileCache
 from servegate.compilers.select import Candidate, choose, evaluate, parse_compiler_option
+from servegate.compilers.shapes import timing_batch_sizes
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.sources.base import TorchModel
 
@@ -29,15 +32,27 @@ def artifact_max_batch(model: TorchModel, batching: BatchingConfig,
 
 
 def compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
-                  limits: RequestLimits | None = None) -> tuple[CompiledArtifact, list[Candidate]]:
-    """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity."""
+                  limits: RequestLimits | None = None, cache: CompileCache | None = None,
+                  ) -> tuple[CompiledArtifact, list[Candidate]]:
+    """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity.
+    With a ``cache``, every compile runs inside ``cache.activate()`` (Inductor/Triton caches and
+    TensorRT's timing cache there)."""
+    with cache.activate() if cache is not None else nullcontext():
+        return _compile_model(model, compiler, workdir, batching, limits)
+
+
+def _compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
+                   limits: RequestLimits | None) -> tuple[CompiledArtifact, list[Candidate]]:
+    import torch
+
     max_batch = artifact_max_batch(model, batching, limits)
     names = parse_compiler_option(compiler)
     if names is None:
         return get_compiler(compiler).compile(model, workdir, max_batch=max_batch), []
     threads = worker_threads(batching.max_workers)  # as each worker runs
+    sizes = timing_batch_sizes(batching.batch_size, max_batch, cuda=torch.cuda.is_available())
     candidates = evaluate(model, names, workdir, max_batch=max_batch, threads=threads,
-                          batch_sizes=sorted({1, batching.batch_size}))
+                          batch_sizes=sizes)
     best = choose(candidates, batching.batch_size)
     assert best.artifact is not None
     return best.artifact, candidates

@@ -29,6 +29,7 @@ from servegate.sources.base import TorchModel
 @dataclass
 class Candidate:
     backend: str
+    device: str = "cpu"  # where the artifact runs: cpu | cuda
     status: str = "pending"  # chosen | passed | rejected | skipped | failed
     reason: str = ""
     artifact: CompiledArtifact | None = None
@@ -55,7 +56,12 @@ def load_predictor(artifact: CompiledArtifact, threads: int):
         sys.path.insert(0, str(artifact.model_file.parent))
     sg_loaders = handler_module("sg_loaders")
     spec = {"format": artifact.format, "artifact": artifact.path.name,
-            "model_class": artifact.model_class, "model_kwargs": artifact.model_kwargs}
+            "model_class": artifact.model_class, "model_kwargs": artifact.model_kwargs,
+            "device": artifact.device, "dtype": artifact.dtype, "compile_mode": artifact.compile_mode,
+            "built_for": artifact.built_for, "buckets": artifact.buckets,
+            "fallback_artifact": artifact.fallback.name if artifact.fallback else None}
+    if artifact.device == "cuda":  # the worker's GPU (TorchServe's gpu_id); device 0 here
+        return sg_loaders.load_model(spec, str(artifact.path.parent), threads, gpu_id=0)
     return sg_loaders.load_model(spec, str(artifact.path.parent), threads)
 
 
@@ -152,17 +158,21 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
     reference = model.forward_all(*inputs)
     results = []
     for name in backends:
-        candidate = Candidate(name)
-        results.append(candidate)
         compiler = get_compiler(name)
+        candidate = Candidate(name, device=getattr(compiler, "device", "cpu"))
+        results.append(candidate)
         if reason := compiler.unavailable_reason():
             candidate.status, candidate.reason = "skipped", reason
             continue
         try:
             artifact = compiler.compile(model, workdir / name, max_batch=max_batch)
             candidate.artifact, candidate.compile_seconds = artifact, artifact.compile_seconds
+            start = time.perf_counter()
             predict = load_predictor(artifact, threads)
-            _parity(candidate, reference, as_outputs(predict(*inputs)), labels, model.task)
+            output = as_outputs(predict(*inputs))
+            if artifact.format == "inductor":  # compiled (and autotuned) in the worker, on load
+                candidate.compile_seconds += time.perf_counter() - start
+            _parity(candidate, reference, output, labels, model.task)
             if candidate.status == "rejected":
                 continue
             _benchmark(candidate, predict, model, shapes, repeats, budget_s)
@@ -196,11 +206,12 @@ def choose(candidates: list[Candidate], batch_size: int) -> Candidate:
 
 
 def parse_compiler_option(option: str) -> list[str] | None:
-    """``auto`` -> every candidate; ``a,b`` -> those; a single name -> None (no selection)."""
-    from servegate.compilers import AUTO_CANDIDATES
+    """``auto`` -> every candidate this host can run (``auto_candidates``); ``a,b`` -> those; a
+    single name -> None (no selection)."""
+    from servegate.compilers import auto_candidates
 
     if option == "auto":
-        return list(AUTO_CANDIDATES)
+        return auto_candidates()
     names = [n.strip() for n in option.split(",") if n.strip()]
     for name in names:
         get_compiler(name)  # validates
@@ -217,14 +228,14 @@ def candidates_table(candidates: list[Candidate]):  # -> rich Table
     from rich.table import Table
 
     shapes = timed_shapes(candidates)
-    table = Table("backend", "status", *[f"p50 ms {s.label}" for s in shapes], "worst vs best",
+    table = Table("backend", "device", "status", *[f"p50 ms {s.label}" for s in shapes], "worst vs best",
                   "max abs", "cosine", "top-1", "compile s", "reason",
                   title="compiler candidates (in process)")
     def cell(value: object, spec: str) -> str:
         return "—" if isinstance(value, float) and value != value else spec.format(value)
 
     for r in table_rows(candidates):
-        table.add_row(str(r["backend"]), str(r["status"]),
+        table.add_row(str(r["backend"]), str(r["device"]), str(r["status"]),
                       *[cell(r[f"p50_ms_{s.label}"], "{:.4f}") for s in shapes],
                       cell(r["regret"], "{:.2f}x"), cell(r["max_abs"], "{:.2g}"),
                       cell(r["cosine"], "{:.6f}"), cell(r["top1"], "{:.4f}"),
@@ -236,7 +247,8 @@ def table_rows(candidates: list[Candidate]) -> list[dict[str, object]]:
     """One flat dict per candidate: figures, and ``p50_ms_<shape>`` / ``rows_per_s_<shape>``."""
     rows = []
     for c in candidates:
-        row: dict[str, object] = {"backend": c.backend, "status": c.status, "reason": c.reason,
+        row: dict[str, object] = {"backend": c.backend, "device": c.device, "status": c.status,
+                                  "reason": c.reason,
                                   "compile_s": round(c.compile_seconds, 2), "max_abs": c.max_abs,
                                   "cosine": c.cosine, "top1": c.top1, "accuracy": c.accuracy,
                                   "regret": c.regret}

@@ -131,7 +131,8 @@ def _stage_files(contents: MarContents, files_dir: Path) -> Path:
         spec = spec.model_copy(update={"warmup_file": WARMUP_FILE})
     _write_json(files_dir / SPEC_FILE, spec.model_dump(mode="json"))
     (files_dir / MODEL_CONFIG_FILE).write_text(
-        yaml.safe_dump(contents.batching.model_config_yaml(), sort_keys=False), encoding="utf-8"
+        yaml.safe_dump(contents.batching.model_config_yaml(device=spec.device), sort_keys=False),
+        encoding="utf-8"
     )
     source = handlers_dir()
     for module in sorted(source.glob("sg_*.py")):
@@ -177,6 +178,8 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
         text = TextSpec(tokenizer_file=model.tokenizer_file.name,
                         max_length=int(model.max_length or TextSpec().max_length))
         extra_files = (model.tokenizer_file,)
+    if artifact.fallback is not None:
+        extra_files += (artifact.fallback,)
     spec = ArtifactSpec(
         task=model.task,  # type: ignore[arg-type]
         format=artifact.format,
@@ -191,6 +194,12 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
         text=text,
         limits=limits or RequestLimits(),
         compiler=artifact.backend,
+        device=artifact.device,
+        dtype=artifact.dtype,
+        compile_mode=artifact.compile_mode,
+        built_for=artifact.built_for,
+        buckets=artifact.buckets,
+        fallback_artifact=artifact.fallback.name if artifact.fallback is not None else None,
     )
     return MarContents(
         name=name, version=version, artifact=artifact.path, spec=spec, batching=batching,

@@ -92,3 +92,15 @@ class ArtifactSpec(BaseModel):
     limits: RequestLimits = Field(default_factory=RequestLimits)
     intra_op_threads: int | None = None
     compiler: str = "eager"
+    #: Where and in what compute precision the handler runs the artifact (the loader casts a
+    #: state_dict model and floating inputs to ``dtype``; exported/AOTI programs already are).
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    #: torch.compile mode of an ``inductor`` artifact: None, "reduce-overhead", "max-autotune".
+    compile_mode: str | None = None
+    #: What a CUDA artifact was compiled on: device_name, capability, cuda, torch.
+    built_for: dict[str, Any] | None = None
+    #: Fixed shapes the worker pads to: {"batch": [...], "tokens": [...]} (CUDA graphs, TensorRT).
+    buckets: dict[str, list[int]] | None = None
+    #: An ExportedProgram beside a CUDA AOTI package, recompiled on a GPU of another capability.
+    fallback_artifact: str | None = None

@@ -58,6 +58,13 @@ class ServerState:
                                 timeout=timeout)
 
 
+def gpu_count() -> int:
+    """The host's GPUs, for TorchServe's ``number_of_gpu`` (0 on a CPU-only host)."""
+    from servegate.devices import gpu_count as count
+
+    return count()
+
+
 def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
     """``config.properties`` from the template (loopback, token auth, allowed_urls = store)."""
     templates = serving_configs_dir() / "torchserve"
@@ -78,7 +85,7 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         max_response_size=MAX_RESPONSE_SIZE,
         log4j_config=templates / "log4j2.xml",
     ) + (f"token_expiration_min={settings.token_expiration_min:g}\n"
-         if settings.token_expiration_min else "")
+         if settings.token_expiration_min else "") + f"number_of_gpu={gpu_count()}\n"
 
 
 def allowed_urls(settings: TorchServeSettings, store: Path) -> str:

@@ -1,0 +1,224 @@
+"""CUDA and precision variants of the compilers: the name grammar, why each cannot run on a CPU
+host, what ``auto`` tries on each kind of host, precision gating, TensorRT's input ranges, the
+candidate table's device column, and what a GPU archive records (servegate.json, model-config.yaml,
+TorchServe's number_of_gpu)."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from servegate import compilers, devices
+from servegate.artifacts import CompiledArtifact
+from servegate.compilers.select import Candidate, candidates_table, parse_compiler_option, table_rows
+from servegate.compilers.shapes import Shape, bucket_sizes, timing_batch_sizes
+from servegate.config import BatchingConfig, TorchServeSettings
+from servegate.errors import BackendUnavailable
+from servegate.parity_limits import precision_of
+
+GRAMMAR = re.compile(r"^(eager|export|aoti|inductor|onnx|torch-tensorrt)"
+                     r"(-(cudagraphs|max-autotune))?(-(fp16|bf16|int8))?(-cuda)?$")
+CUDA_NAMES = ["eager-cuda", "eager-fp16-cuda", "eager-bf16-cuda", "aoti-cuda", "aoti-fp16-cuda",
+              "aoti-bf16-cuda", "inductor-fp16-cuda", "inductor-cudagraphs-fp16-cuda",
+              "inductor-max-autotune-fp16-cuda", "onnx-cuda", "torch-tensorrt", "torch-tensorrt-fp16"]
+
+
+def _no_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the CPU-host messages cannot be shown")
+
+
+def test_every_name_follows_the_grammar_and_says_where_it_runs() -> None:
+    names = compilers.compiler_names()
+    assert set(CUDA_NAMES) | {"eager-bf16", "aoti-bf16"} <= set(names)
+    for name in names:
+        assert GRAMMAR.match(name), name
+        compiler = compilers.get_compiler(name)
+        assert compiler.name == name
+        cuda = name.endswith("-cuda") or name.startswith("torch-tensorrt")
+        assert compiler.device == ("cuda" if cuda else "cpu"), name
+    inductor = {n: compilers.get_compiler(n).variant for n in names if n.startswith("inductor")}
+    assert inductor["inductor-cudagraphs-fp16-cuda"].compile_mode == "reduce-overhead"
+    assert inductor["inductor-max-autotune-fp16-cuda"].compile_mode == "max-autotune"
+    assert inductor["inductor-fp16-cuda"].compile_mode is None
+    assert compilers.get_compiler("aoti-bf16-cuda").variant.dtype_name == "bfloat16"
+    assert compilers.get_compiler("eager-fp16-cuda").variant.dtype_name == "float16"
+
+
+def test_cuda_variants_say_no_cuda_device_on_a_cpu_host(tmp_path: Path) -> None:
+    _no_cuda()
+    from servegate.sources.digits import builtin_digits
+
+    model = builtin_digits(epochs=1)
+    for name in CUDA_NAMES:
+        compiler = compilers.get_compiler(name)
+        reason = compiler.unavailable_reason()
+        assert reason is not None and "no CUDA device" in reason, (name, reason)
+        with pytest.raises(BackendUnavailable, match="no CUDA device"):
+            compiler.compile(model, tmp_path / name, max_batch=8)
+        assert not (tmp_path / name / "model.pt").exists()
+
+
+def test_bf16_cpu_variants_name_the_missing_cpu_flags(monkeypatch) -> None:
+    monkeypatch.setattr(devices.sys, "platform", "linux")
+    monkeypatch.setattr(devices, "_cpuinfo", lambda: "model name : Old CPU\nflags : fpu sse2 avx2 avx512f\n")
+    assert not devices.cpu_supports_bf16()
+    for name in ("eager-bf16", "aoti-bf16"):
+        reason = compilers.get_compiler(name).unavailable_reason()
+        assert reason is not None and "avx512_bf16" in reason and "amx_bf16" in reason
+    monkeypatch.setattr(devices, "_cpuinfo", lambda: "flags : fpu avx512f amx_bf16 amx_tile\n")
+    assert devices.cpu_supports_bf16()
+    assert compilers.get_compiler("eager-bf16").unavailable_reason() is None
+
+
+def test_auto_candidates_follow_the_host(monkeypatch) -> None:
+    import torch
+
+    here = compilers.auto_candidates()
+    assert here[:len(compilers.AUTO_CANDIDATES)] == list(compilers.AUTO_CANDIDATES)
+    assert parse_compiler_option("auto") == here
+    has_bf16 = devices.cpu_supports_bf16()
+    assert ("eager-bf16" in here and "aoti-bf16" in here) == has_bf16
+    if not torch.cuda.is_available():
+        assert not [n for n in here if n.endswith("-cuda")]
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compilers.auto_candidates() == list(compilers.AUTO_CANDIDATES)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu_host = compilers.auto_candidates()
+    assert gpu_host == list(compilers.AUTO_CANDIDATES) + list(compilers.CUDA_CANDIDATES)
+    assert set(CUDA_NAMES) <= set(gpu_host) and "eager-bf16" not in gpu_host
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
+    assert {"eager-bf16", "aoti-bf16"} <= set(compilers.auto_candidates())
+
+
+def test_this_host_is_detected_as_it_is() -> None:
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert devices.cpu_supports_bf16() == bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    assert len(devices.cuda_devices()) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    key = devices.device_key("cpu")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", key) and torch.__version__.replace("+", "_") in key
+    assert ("nobf16" in key) != devices.cpu_supports_bf16()
+    info = devices.built_for("cpu")
+    assert info["torch"] == torch.__version__ and info["capability"] is None
+
+
+def test_reduced_precision_is_read_from_the_name_tokens() -> None:
+    for name in ("onnx-int8", "torch-tensorrt-fp16", "eager-bf16", "aoti-bf16", "eager-fp16-cuda",
+                 "aoti-bf16-cuda", "inductor-cudagraphs-fp16-cuda", "inductor-max-autotune-fp16-cuda"):
+        assert precision_of(name) == "reduced", name
+    for name in ("eager", "aoti", "eager-cuda", "aoti-cuda", "onnx-cuda", "torch-tensorrt", "mybf16net"):
+        assert precision_of(name) == "fp32", name
+
+
+def test_model_config_for_cpu_and_for_two_gpus(monkeypatch) -> None:
+    batching = BatchingConfig(batch_size=4, max_batch_delay_ms=3, min_workers=1, max_workers=2,
+                              workers_per_gpu=3)
+    cpu = batching.model_config_yaml()
+    assert cpu["deviceType"] == "cpu" and "deviceIds" not in cpu
+    assert (cpu["minWorkers"], cpu["maxWorkers"]) == (1, 2)
+    two = [devices.CudaDevice(i, "NVIDIA H200", "9.0", 141 << 30) for i in range(2)]
+    monkeypatch.setattr(devices, "cuda_devices", lambda: two)
+    gpu = batching.model_config_yaml(device="cuda")
+    assert gpu["deviceType"] == "gpu" and gpu["deviceIds"] == [0, 1]
+    assert gpu["minWorkers"] == gpu["maxWorkers"] == 6 and gpu["batchSize"] == 4
+    monkeypatch.setattr(devices, "cuda_devices", lambda: [])
+    one = BatchingConfig().model_config_yaml(device="cuda")  # packaged on a host without a GPU
+    assert one["deviceIds"] == [0] and one["minWorkers"] == one["maxWorkers"] == 1
+
+
+def test_local_torchserve_is_told_the_hosts_gpu_count(tmp_path: Path, monkeypatch) -> None:
+    from servegate.backends.torchserve.local import render_config
+
+    ports = {"inference": 1, "management": 2, "metrics": 3, "grpc_inference": 4, "grpc_management": 5}
+    lines = render_config(TorchServeSettings(workdir=tmp_path), ports, tmp_path).splitlines()
+    assert f"number_of_gpu={len(devices.cuda_devices())}" in lines
+    two = [devices.CudaDevice(i, "g", "8.0", 1) for i in range(2)]
+    monkeypatch.setattr(devices, "cuda_devices", lambda: two)
+    lines = render_config(TorchServeSettings(workdir=tmp_path), ports, tmp_path).splitlines()
+    assert "number_of_gpu=2" in lines and sum(line.startswith("number_of_gpu=") for line in lines) == 1
+
+
+def test_candidate_table_shows_the_device() -> None:
+    from rich.console import Console
+
+    fast = Candidate("eager-fp16-cuda", device="cuda", status="passed",
+                     p50_ms={Shape(1): 0.2, Shape(64): 0.5})
+    slow = Candidate("eager", device="cpu", status="passed", p50_ms={Shape(1): 0.1, Shape(64): 2.0})
+    skipped = Candidate("onnx-cuda", device="cuda", status="skipped", reason="no CUDA device")
+    rows = table_rows([fast, slow, skipped])
+    assert [(r["backend"], r["device"]) for r in rows] == [
+        ("eager-fp16-cuda", "cuda"), ("eager", "cpu"), ("onnx-cuda", "cuda")]
+    table = candidates_table([fast, slow, skipped])
+    assert [c.header for c in table.columns][:3] == ["backend", "device", "status"]
+    console = Console(width=300, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert re.search(r"eager-fp16-cuda\s*│\s*cuda\s*│\s*passed", text)
+    assert re.search(r"eager\s*│\s*cpu\s*│\s*passed", text)
+
+
+def test_timing_shapes_and_buckets_on_a_gpu_host() -> None:
+    assert timing_batch_sizes(8, 512) == [1, 8]
+    assert timing_batch_sizes(8, 512, cuda=True) == [1, 8, 64, 256]
+    assert timing_batch_sizes(8, 100, cuda=True) == [1, 8, 64]
+    image = SimpleNamespace(is_text=False, max_length=None)
+    assert bucket_sizes(image, 48) == {"batch": [1, 2, 4, 8, 16, 32, 48], "tokens": []}
+    text = SimpleNamespace(is_text=True, max_length=100)
+    assert bucket_sizes(text, 8) == {"batch": [1, 2, 4, 8], "tokens": [16, 32, 64, 100]}
+
+
+def test_tensorrt_gets_one_dynamic_input_per_model_input() -> None:
+    from servegate.compilers.tensorrt import input_ranges
+
+    ids = np.zeros((2, 7), np.int64)
+    text = SimpleNamespace(is_text=True, max_length=256, example_inputs=lambda rows: (ids, ids.copy()))
+    ranges = input_ranges(text, 64)
+    assert [(lo, opt, hi, dt) for lo, opt, hi, dt in ranges] == [
+        ((1, 1), (32, 128), (64, 256), np.dtype("int64"))] * 2
+    image = SimpleNamespace(is_text=False, max_length=None,
+                            example_inputs=lambda rows: (np.zeros((2, 3, 8, 8), np.float32),))
+    assert input_ranges(image, 16) == [((1, 3, 8, 8), (8, 3, 8, 8), (16, 3, 8, 8), np.dtype("float32"))]
+
+
+def test_a_cuda_archive_records_device_dtype_buckets_and_its_fallback(tmp_path: Path, monkeypatch) -> None:
+    from servegate.packaging.mar import build_mar, contents_for, read_archive_member
+    from servegate.packaging.spec import ArtifactSpec
+    from servegate.sources.digits import builtin_digits
+
+    two = [devices.CudaDevice(i, "g", "9.0", 1) for i in range(2)]
+    monkeypatch.setattr(devices, "cuda_devices", lambda: two)
+    model = builtin_digits(epochs=1)
+    package, fallback = tmp_path / "model.aoti.pt2", tmp_path / "model.fallback.pt2"
+    package.write_bytes(b"aoti package")
+    fallback.write_bytes(b"exported program")
+    built = {"device_name": "NVIDIA H200", "capability": "9.0", "cuda": "13.0", "torch": "2.13.0"}
+    artifact = CompiledArtifact(backend="aoti-fp16-cuda", format="aoti", path=package, device="cuda",
+                                dtype="float16", built_for=built, buckets={"batch": [1, 8], "tokens": []},
+                                fallback=fallback)
+    contents = contents_for(model, artifact, name="digits", version="1",
+                            batching=BatchingConfig(workers_per_gpu=2), max_batch=8)
+    archive = build_mar(contents, tmp_path / "store")
+    spec = ArtifactSpec.model_validate_json(read_archive_member(archive, "servegate.json"))
+    assert (spec.device, spec.dtype, spec.compiler, spec.format) == (
+        "cuda", "float16", "aoti-fp16-cuda", "aoti")
+    assert spec.built_for == built and spec.buckets == {"batch": [1, 8], "tokens": []}
+    assert spec.fallback_artifact == "model.fallback.pt2"
+    assert read_archive_member(archive, "model.fallback.pt2") == b"exported program"
+    config = yaml.safe_load(read_archive_member(archive, "model-config.yaml"))
+    assert config["deviceType"] == "gpu" and config["deviceIds"] == [0, 1]
+    assert config["minWorkers"] == config["maxWorkers"] == 4
+    raw = json.loads(zipfile.ZipFile(archive).read("servegate.json"))
+    assert raw["compile_mode"] is None
