@@ -307,13 +307,16 @@ def compilers(
 
     from servegate.compilers.driver import worker_threads
     from servegate.compilers.select import candidates_table, choose, evaluate, parse_compiler_option
+    from servegate.compilers.shapes import timing_batch_sizes
+    from servegate.devices import gpu_count
     from servegate.sources import load_torch_model
 
     names = parse_compiler_option(backends) or [backends]
     loaded = load_torch_model(model, task=None if task == "auto" else task)
-    sizes = sorted({1, batch_size})
+    max_batch = batch_size * 8
+    sizes = timing_batch_sizes(batch_size, max_batch, cuda=gpu_count() > 0)
     with tempfile.TemporaryDirectory() as tmp, console.status("compiling and measuring"):
-        candidates = evaluate(loaded, names, Path(tmp), max_batch=batch_size * 8,
+        candidates = evaluate(loaded, names, Path(tmp), max_batch=max_batch,
                               batch_sizes=sizes, threads=threads or worker_threads())
         choose(candidates, batch_size)
     out.print(candidates_table(candidates))
@@ -340,6 +343,7 @@ def run(
     max_length: Annotated[int, typer.Option(help="Text models: truncation in tokens (0: the model's own).")] = 0,
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
+    compile_cache: Annotated[str, typer.Option(help="off | local (this host's compile caches) | shared (also restored from and logged to the MLflow experiment: trust it as a pickle).")] = "local",
     p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
     p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = 500.0,
     min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = 20.0,
@@ -355,6 +359,7 @@ def run(
     load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = 2,
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
+    workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = 1,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
     server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
     report_dir: Annotated[Path | None, typer.Option(
@@ -395,7 +400,9 @@ def run(
                                     max_accuracy_drop=max_accuracy_drop,
                                     max_metric_regression=max_metric_regression),
             load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
-            batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms),
+            batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                                    workers_per_gpu=workers_per_gpu),
+            compile_cache=compile_cache,  # type: ignore[arg-type]
             promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
             **({"report_dir": report_dir} if report_dir is not None else {}),
             torchserve=_settings(workdir),

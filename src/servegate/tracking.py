@@ -177,3 +177,28 @@ def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: 
     for point in challenger.timeline:
         mlflow.log_metric("challenger_rps_timeline", point["rps"], step=int(point["t"]))
     mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]  (a list)
+
+
+def compile_cache(mode: str):  # -> CompileCache | None
+    """The compile cache of this host's device type (the GPU where there is one, else the CPU)
+    under ``SERVEGATE_HOME``, or None for ``off``. ``shared``: when it is empty here (a fresh
+    runner), the newest one of this device type logged in this run's experiment is restored
+    first, so Inductor/Triton/TensorRT searches are paid once per device type."""
+    if mode == "off":
+        return None
+    from servegate.compilers.cache import CompileCache
+    from servegate.config import home_dir
+    from servegate.devices import gpu_count
+
+    cache = CompileCache.for_device("cuda" if gpu_count() else "cpu", home_dir() / "compile-cache")
+    run = mlflow.active_run()
+    if mode == "shared" and not cache.files() and run is not None:
+        cache.restore_from_mlflow(mlflow.MlflowClient(), [run.info.experiment_id])
+    return cache
+
+
+def save_compile_cache(cache: Any) -> None:
+    """The cache as an artifact of the active run, tagged with its device key."""
+    run = mlflow.active_run()
+    if run is not None:
+        cache.save_to_mlflow(mlflow.MlflowClient(), run.info.run_id)

@@ -128,3 +128,32 @@ def test_a_restored_cache_makes_the_second_inductor_compile_a_cache_hit(tmp_path
     assert warm.get("fxgraph_cache_hit", 0) >= 1 and warm.get("fxgraph_cache_miss", 0) == 0
     np.testing.assert_allclose(warm_out, cold_out, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(warm_out, module(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+
+
+def test_the_run_modes_off_local_and_shared(tmp_path: Path, monkeypatch) -> None:
+    """``off``: no cache; ``local``: this host's own, never read from MLflow; ``shared``: a fresh
+    home restores the newest cache of this device type logged in the run's experiment."""
+    import mlflow
+
+    from servegate import tracking
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("cache-modes")
+    try:
+        monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "first-runner"))
+        assert tracking.compile_cache("off") is None
+        with mlflow.start_run():
+            cache = tracking.compile_cache("shared")
+            assert cache is not None and cache.path.is_relative_to(tmp_path / "first-runner")
+            (cache.inductor_dir / "fxgraph").mkdir(parents=True)
+            (cache.inductor_dir / "fxgraph" / "entry").write_bytes(b"compiled")
+            tracking.save_compile_cache(cache)
+        monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "fresh-runner"))
+        with mlflow.start_run():
+            local = tracking.compile_cache("local")
+            assert local is not None and local.files() == []  # never read from the registry
+            shared = tracking.compile_cache("shared")
+            assert shared is not None and _contents(shared) == {"inductor/fxgraph/entry": b"compiled"}
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -40,6 +40,7 @@ PARAMETERS: dict[str, tuple[str, Any]] = {
     "max_length": ("max_length", lambda v: int(float(v)) or None),
     "target": ("target", str),
     "compiler": ("compiler", str),
+    "compile_cache": ("compile_cache", str),
     "p95_ms": ("slos.p95_ms", float),
     "p99_ms": ("slos.p99_ms", float),
     "min_rps": ("slos.min_rps", float),
@@ -55,6 +56,7 @@ PARAMETERS: dict[str, tuple[str, Any]] = {
     "load_rounds": ("load.rounds", lambda v: int(float(v))),
     "batch_size": ("batching.batch_size", lambda v: int(float(v))),
     "max_batch_delay_ms": ("batching.max_batch_delay_ms", lambda v: int(float(v))),
+    "workers_per_gpu": ("batching.workers_per_gpu", lambda v: int(float(v))),
     "promote": ("promote", lambda v: str(v).lower() == "true"),
     "server": ("server", lambda v: v or "auto"),
 }

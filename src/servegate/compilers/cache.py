@@ -88,6 +88,11 @@ class CompileCache:
                 else:
                     os.environ[name] = value
 
+    def fingerprint(self) -> tuple[int, int]:
+        """(files, bytes) of the cache: a change means a compile added to it."""
+        files = self.files()
+        return len(files), sum(p.stat().st_size for p in files)
+
     def files(self) -> list[Path]:
         return sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else []
 

@@ -55,8 +55,12 @@ class TorchServeTarget(MeasuredTarget):
         from servegate.packaging.mar import build_mar, contents_for
         from servegate.parity_limits import precision_of
 
+        cache = tracking.compile_cache(config.compile_cache)
+        before = cache.fingerprint() if cache else None
         artifact, candidates = compile_model(model, config.compiler, workdir / "compile",
-                                             config.batching, config.limits)
+                                             config.batching, config.limits, cache=cache)
+        if cache and config.compile_cache == "shared" and cache.fingerprint() != before:
+            tracking.save_compile_cache(cache)  # new compiled code: the next runner reuses it
         if candidates:
             console.print(candidates_table(candidates))
             tracking.log_candidates(candidates)
@@ -66,7 +70,8 @@ class TorchServeTarget(MeasuredTarget):
                                 handler_file=config.handler)
         archive = build_mar(contents, workdir)
         mlflow.log_params({"compiler": config.compiler, "compiler.chosen": artifact.backend,
-                           "archive": archive.name} | config.batching.model_config_yaml())
+                           "archive": archive.name}
+                          | config.batching.model_config_yaml(device=artifact.device))
         mlflow.log_metric("archive_bytes", archive.stat().st_size)
         uri = tracking.log_artifact_file(archive, "archive")
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
