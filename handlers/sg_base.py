@@ -98,19 +98,26 @@ class BatchingHandler:
         self.max_batch: int | None = None
         self._predict: sg_loaders.Predictor | None = None
         self._stage_means = StageMeans()
+        self.buckets: Buckets | None = None
+        #: Rows per model call after the device ran out of memory (None: no limit learned yet).
+        self._chunk_rows: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
-        """TorchServe entry: load the model the archive records, then warm it up."""
+        """TorchServe entry: load the model the archive records on this worker's device
+        (``gpu_id`` for CUDA archives), then warm it up."""
         properties = context.system_properties
         yaml_config = getattr(context, "model_yaml_config", None) or {}
+        gpu_id = properties.get("gpu_id")
         self.setup(
             properties.get("model_dir") or os.getcwd(),
             model_name=context.model_name,
             max_workers=int(yaml_config.get("maxWorkers", yaml_config.get("minWorkers", 1))),
+            gpu_id=None if gpu_id is None else int(gpu_id),
         )
 
-    def setup(self, model_dir: str, *, model_name: str = "model", max_workers: int = 1) -> None:
+    def setup(self, model_dir: str, *, model_name: str = "model", max_workers: int = 1,
+              gpu_id: int | None = None) -> None:
         """Load and warm up from an unpacked archive directory (also usable without TorchServe)."""
         spec_path = os.path.join(model_dir, SPEC_FILE)
         try:
@@ -125,20 +132,46 @@ class BatchingHandler:
         max_batch = self.spec.get("max_batch")
         self.max_batch = int(max_batch) if max_batch else None
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
-        self._predict = sg_loaders.load_model(self.spec, model_dir, threads)
+        self._predict = sg_loaders.load_model(self.spec, model_dir, threads, gpu_id)
+        self.buckets = Buckets.from_spec(self.spec.get("buckets"))
         self.configure(model_dir)
+        self._warm_up_buckets(model_dir)
         self._warm_up(model_dir)
         self.initialized = True
 
     def configure(self, model_dir: str) -> None:
         """Task-specific setup (labels, image geometry...)."""
 
-    def _warm_up(self, model_dir: str) -> None:
+    def _warm_up_sample(self, model_dir: str) -> bytes | None:
         name = self.spec.get("warmup_file")
         if not name:
-            return
+            return None
         with open(os.path.join(model_dir, name), "rb") as fh:
-            sample = fh.read()
+            return fh.read()
+
+    def _warm_up_buckets(self, model_dir: str) -> None:
+        """Run the model once at every bucket shape (CUDA graphs are captured and kernels compiled
+        before the first request), from the warm-up request's features."""
+        sample = self._warm_up_sample(model_dir)
+        if self.buckets is None or sample is None:
+            return
+        assert self._predict is not None
+        try:
+            _, feats = self.prepare(sample)
+            for inputs in self.buckets.shapes_of(feats.arrays, self.pad_values()):
+                self._predict(*inputs)
+        except Exception as exc:
+            raise ModelLoadError(f"warm-up of the shape buckets failed: {exc}") from exc
+
+    def pad_values(self) -> tuple[float, ...]:
+        """The value each model input is padded with on its token axis (text: the pad id for the
+        ids, 0 for the mask)."""
+        return ()
+
+    def _warm_up(self, model_dir: str) -> None:
+        sample = self._warm_up_sample(model_dir)
+        if sample is None:
+            return
         replies, _ = self.process([sample])
         if replies[0].status != 200:
             raise ModelLoadError(f"warm-up request failed: {replies[0].status} {replies[0].body}")
@@ -229,15 +262,41 @@ class BatchingHandler:
             return _inference_error(exc)
 
     def _run(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        """Every model output for ``inputs``, in chunks of at most ``max_batch`` rows."""
+        """Every model output for ``inputs``, in chunks of at most ``max_batch`` rows (and of the
+        largest bucket, and of what fitted in device memory)."""
         assert self._predict is not None, "handler used before setup()"
         rows = inputs[0].shape[0]
-        step = self.max_batch or rows
-        if rows <= step:
+        limits = [n for n in (self.max_batch, self._chunk_rows,
+                              self.buckets.batch[-1] if self.buckets else None) if n]
+        step = min([rows, *limits])
+        parts = [self._run_chunk(tuple(a[s:s + step] for a in inputs)) for s in range(0, rows, step)]
+        return parts[0] if len(parts) == 1 else _concat(parts)
+
+    def _run_chunk(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """One model call; if the device runs out of memory, the two halves one after the other
+        (recursively) and the smaller size kept for later batches; one row that still does not
+        fit raises (and fails only its request)."""
+        rows = inputs[0].shape[0]
+        try:
+            return self._call_model(inputs)
+        except Exception as exc:
+            if rows == 1 or not sg_loaders.is_out_of_memory(exc):
+                raise
+            sg_loaders.free_device_memory()
+            half = rows // 2
+            self._chunk_rows = min(self._chunk_rows or half, half)
+            return _concat([self._run_chunk(tuple(a[:half] for a in inputs)),
+                            self._run_chunk(tuple(a[half:] for a in inputs))])
+
+    def _call_model(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """The model on ``inputs``, padded up to the next bucket when the archive has buckets
+        (the answers are cut back to the real rows)."""
+        assert self._predict is not None
+        if self.buckets is None:
             return tuple(np.asarray(o) for o in self._predict(*inputs))
-        parts = [self._predict(*(a[s:s + step] for a in inputs)) for s in range(0, rows, step)]
-        return tuple(np.concatenate([np.asarray(p[k]) for p in parts])
-                     for k in range(len(parts[0])))
+        rows = inputs[0].shape[0]
+        padded = self.buckets.pad(inputs, self.pad_values())
+        return tuple(np.asarray(o)[:rows] for o in self._predict(*padded))
 
     @staticmethod
     def _split(outputs: tuple[np.ndarray, ...], batch: list[Features]) -> list[tuple[np.ndarray, ...]]:
@@ -309,6 +368,65 @@ class BatchingHandler:
         except ImportError:  # outside TorchServe (local harness)
             metrics.add_metric("BatchSize", round(means.requests / n, 2), "count", None, [])
         self._stage_means = StageMeans(emitted_at=now)
+
+
+def _concat(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Chunks' outputs joined along the rows, output by output."""
+    return tuple(np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(len(parts[0])))
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """The fixed shapes an artifact runs at (``servegate.json`` ``buckets``): batch sizes, and
+    token counts for text models (inputs ``[rows, tokens]``)."""
+
+    batch: tuple[int, ...]
+    tokens: tuple[int, ...] = ()
+
+    @classmethod
+    def from_spec(cls, value: Any) -> Buckets | None:
+        if not value or not value.get("batch"):
+            return None
+        return cls(tuple(sorted(int(b) for b in value["batch"])),
+                   tuple(sorted(int(t) for t in value.get("tokens") or ())))
+
+    @staticmethod
+    def _next(sizes: tuple[int, ...], n: int) -> int:
+        return next((s for s in sizes if s >= n), n)
+
+    def _token_axis(self, array: np.ndarray) -> bool:
+        return bool(self.tokens) and array.ndim == 2 and array.dtype.kind in "iu"
+
+    def pad(self, inputs: tuple[np.ndarray, ...], pad_values: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+        """``inputs`` with rows (copies of the last) and tokens (``pad_values``, else 0) added up
+        to the next bucket."""
+        rows = inputs[0].shape[0]
+        extra = self._next(self.batch, rows) - rows
+        padded = []
+        for k, array in enumerate(inputs):
+            if extra:
+                array = np.concatenate([array, np.repeat(array[-1:], extra, axis=0)])
+            if self._token_axis(array):
+                more = self._next(self.tokens, array.shape[1]) - array.shape[1]
+                if more:
+                    fill = pad_values[k] if k < len(pad_values) else 0
+                    array = np.pad(array, ((0, 0), (0, more)), constant_values=fill)
+            padded.append(np.ascontiguousarray(array))
+        return tuple(padded)
+
+    def shapes_of(self, sample: tuple[np.ndarray, ...],
+                  pad_values: tuple[float, ...]) -> list[tuple[np.ndarray, ...]]:
+        """Inputs of every bucket shape (batch x tokens) made from ``sample``'s rows."""
+        shapes = []
+        for batch in self.batch:
+            rows = tuple(np.resize(a, (batch, *a.shape[1:])) if a.ndim else a for a in sample)
+            if not self.tokens or not any(self._token_axis(a) for a in rows):
+                shapes.append(rows)
+                continue
+            for tokens in self.tokens:
+                cut = tuple(a[:, :tokens] if self._token_axis(a) else a for a in rows)
+                shapes.append(Buckets((batch,), (tokens,)).pad(cut, pad_values))
+        return shapes
 
 
 def _inference_error(exc: Exception) -> RequestError:

@@ -53,6 +53,10 @@ class TextHandler(BatchingHandler):
         """Dynamic padding: every request's tokens padded to the longest of the whole batch."""
         return sg_text.pad_batch([f.arrays for f in batch], self.encoder.pad_id)
 
+    def pad_values(self) -> tuple[float, ...]:
+        """Token padding for shape buckets: the tokenizer's pad id, and 0 in the mask."""
+        return (self.encoder.pad_id, 0)
+
     def outputs(self, outputs: tuple[np.ndarray, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
         output = outputs[0]
         if self.classifier is not None:

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from servegate.errors import PackagingError
 
 
@@ -30,13 +28,14 @@ class HarnessContext:
     model_dir: str
     model_name: str
     model_yaml_config: dict[str, Any]
+    gpu_id: int | None = None
     statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
     content_types: dict[int, str] = field(default_factory=dict)
     metrics: Any = None
 
     @property
     def system_properties(self) -> dict[str, Any]:
-        return {"model_dir": self.model_dir, "gpu_id": None,
+        return {"model_dir": self.model_dir, "gpu_id": self.gpu_id,
                 "batch_size": self.model_yaml_config.get("batchSize", 1)}
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
@@ -49,7 +48,8 @@ class HarnessContext:
 class LocalHandler:
     """Unpack an archive and drive its handler in-process."""
 
-    def __init__(self, archive: Path) -> None:
+    def __init__(self, archive: Path, gpu_id: int | None = None) -> None:
+        """``gpu_id``: the GPU TorchServe would give this worker (CUDA archives)."""
         self.archive = archive
         self._tmp = tempfile.TemporaryDirectory(prefix="servegate-harness-")
         self.model_dir = Path(self._tmp.name)
@@ -62,6 +62,8 @@ class LocalHandler:
             raise PackagingError(f"cannot open archive {archive}: {exc}") from exc
         self.model_name = manifest["model"]["modelName"]
         handler_file = manifest["model"]["handler"]
+        import yaml
+
         config_file = self.model_dir / "model-config.yaml"
         yaml_config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
         # As TorchServe's worker does: the unpacked archive on sys.path and the handler imported by
@@ -72,7 +74,7 @@ class LocalHandler:
                            if isinstance(v, type) and v.__module__ == module.__name__
                            and callable(getattr(v, "handle", None)))
         self.handler = handler_cls()
-        self._context_args = (str(self.model_dir), self.model_name, yaml_config or {})
+        self._context_args = (str(self.model_dir), self.model_name, yaml_config or {}, gpu_id)
         self.handler.initialize(HarnessContext(*self._context_args))
 
     def batch(self, bodies: list[bytes | None]) -> list[tuple[int, Any]]:

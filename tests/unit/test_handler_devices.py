@@ -1,0 +1,211 @@
+"""Device-aware handlers (issue 14): the worker's device from TorchServe's ``gpu_id``, CUDA archives
+refused with a clear message on a CPU worker, the compute dtype, out-of-memory batches split instead
+of failed, and shape buckets (padding and warm-up). On CPU here; the CUDA test skips without one."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from servegate._resources import handler_module
+from servegate.harness import HarnessContext, LocalHandler
+
+sg_loaders = handler_module("sg_loaders")
+sg_base = handler_module("sg_base")
+sg_errors = handler_module("sg_errors")
+
+
+class MixedInputs(nn.Module):
+    """Token ids (int64, never cast) and features (floating, cast to the compute dtype)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(50, 16)
+        self.linear = nn.Linear(8, 16)
+
+    def forward(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids).mean(1) + self.linear(x)
+
+
+def _inputs(rows: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 50, (rows, 4)).astype(np.int64), rng.random((rows, 8)).astype(np.float32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
+
+def test_an_archive_built_for_cuda_is_refused_on_a_cpu_worker(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA: the archive would load")
+    (tmp_path / "model.pt2").write_bytes(b"never read")
+    spec = {"format": "aoti", "artifact": "model.pt2", "device": "cuda",
+            "built_for": {"device_name": "NVIDIA H200", "capability": "9.0"}}
+    with pytest.raises(sg_errors.ModelLoadError) as refused:
+        sg_loaders.load_model(spec, str(tmp_path), 1, gpu_id=0)
+    message = str(refused.value)
+    assert "built for CUDA (NVIDIA H200)" in message and "no CUDA device" in message
+    assert "compiler=auto" in message
+    assert sg_loaders.worker_device({"device": "cpu"}, gpu_id=3) == "cpu"  # a CPU archive ignores it
+
+
+def test_the_harness_hands_the_gpu_id_to_the_handler(build_archive, monkeypatch) -> None:
+    assert HarnessContext("d", "m", {}, gpu_id=2).system_properties["gpu_id"] == 2
+    seen = []
+    original = sg_loaders.load_model
+
+    with LocalHandler(build_archive("1")) as local:  # a CPU archive: gpu_id reaches the loader
+        loaders = __import__("sys").modules["sg_loaders"]
+        monkeypatch.setattr(loaders, "load_model", lambda spec, d, t, gpu_id=None:
+                            seen.append(gpu_id) or original(spec, d, t, gpu_id))
+        local.handler.initialize(HarnessContext(str(local.model_dir), "digits", {}, gpu_id=1))
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("fmt", ["exported_program", "state_dict"])
+def test_bf16_artifacts_run_in_bf16_and_answer_float32(fmt: str, tmp_path: Path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    module = MixedInputs().eval()
+    ids, x = _inputs()
+    with torch.no_grad():
+        reference = module(torch.from_numpy(ids), torch.from_numpy(x)).numpy()
+    spec = {"format": fmt, "dtype": "bfloat16"}
+    if fmt == "exported_program":
+        half = MixedInputs()
+        half.load_state_dict(module.state_dict())
+        program = torch.export.export(half.to(torch.bfloat16).eval(),
+                                      (torch.from_numpy(ids), torch.from_numpy(x).to(torch.bfloat16)))
+        torch.export.save(program, tmp_path / "model.pt2")
+        spec["artifact"] = "model.pt2"
+    else:
+        (tmp_path / "mixed_model.py").write_text(
+            "import torch\nfrom torch import nn\n\n\n" + inspect.getsource(MixedInputs))
+        monkeypatch.syspath_prepend(str(tmp_path))  # as a worker has its model directory
+        torch.save(module.state_dict(), tmp_path / "model.pt")
+        spec |= {"artifact": "model.pt", "model_class": "mixed_model.MixedInputs"}
+    predict = sg_loaders.load_model(spec, str(tmp_path), 1)
+    (served,) = predict(ids, x)
+    assert served.dtype == np.float32
+    assert _cosine(served, reference) >= 0.99
+    assert not np.allclose(served, reference, atol=1e-6)  # really computed in bf16
+
+
+@pytest.fixture
+def digits_handler(build_archive):
+    with LocalHandler(build_archive("1")) as local:
+        yield local
+
+
+def _bodies(rows: np.ndarray, per_request: int) -> list[bytes]:
+    return [json.dumps({"instances": rows[i:i + per_request].tolist()}).encode()
+            for i in range(0, len(rows), per_request)]
+
+
+def _assert_same(replies: list, expected: list) -> None:
+    """The same statuses and labels, probabilities equal to float rounding (a batch of another
+    size runs other kernels)."""
+    assert [status for status, _ in replies] == [status for status, _ in expected]
+    for (_, got), (_, want) in zip(replies, expected, strict=True):
+        for g, w in zip(got["predictions"], want["predictions"], strict=True):
+            assert g["label"] == w["label"]
+            np.testing.assert_allclose(g["probabilities"], w["probabilities"], atol=1e-6)
+
+
+def test_a_batch_that_runs_out_of_device_memory_is_split_not_failed(digits_handler, digits) -> None:
+    handler = digits_handler.handler
+    bodies = _bodies(digits.eval_x[:12], 3)
+    expected = digits_handler.batch(bodies)
+    predict, calls = handler._predict, []
+
+    def small_device(*arrays: np.ndarray):
+        calls.append(len(arrays[0]))
+        if len(arrays[0]) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return predict(*arrays)
+
+    handler._predict = small_device
+    _assert_same(digits_handler.batch(bodies), expected)  # every request answered, same values
+    assert calls[0] == 12 and sum(c for c in calls if c <= 4) == 12  # halves until they fit
+    calls.clear()
+    _assert_same(digits_handler.batch(bodies), expected)
+    assert max(calls) <= 4 and sum(calls) == 12  # the size that fitted is kept: no failed call
+
+
+def test_a_row_that_never_fits_fails_only_its_own_request(digits_handler, digits) -> None:
+    handler = digits_handler.handler
+    predict = handler._predict
+    poison = 16.0  # digits pixels are 0..16: this row's first feature marks it
+
+    def oom_on_poison(*arrays: np.ndarray):
+        if (arrays[0][:, 0] == poison).any():
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return predict(*arrays)
+
+    handler._predict = oom_on_poison
+    rows = digits.eval_x[:6].copy()
+    rows[4, 0] = poison
+    replies = digits_handler.batch(_bodies(rows, 2))
+    assert [status for status, _ in replies] == [200, 200, 500]
+    assert "out of memory" in json.dumps(replies[2][1])
+
+
+def test_buckets_pad_batches_and_warm_up_every_shape(digits_handler, digits) -> None:
+    handler = digits_handler.handler
+    bodies = _bodies(digits.eval_x[:5], 1)
+    expected = digits_handler.batch(bodies)
+    predict, shapes = handler._predict, []
+
+    def recording(*arrays: np.ndarray):
+        shapes.append(arrays[0].shape)
+        return predict(*arrays)
+
+    handler._predict = recording
+    handler.buckets = sg_base.Buckets((1, 2, 4))
+    _assert_same(digits_handler.batch(bodies), expected)  # 5 rows: a bucket of 4, then 1
+    assert sorted(s[0] for s in shapes) == [1, 4]
+    shapes.clear()
+    handler._warm_up_buckets(str(digits_handler.model_dir))
+    assert [s[0] for s in shapes] == [1, 2, 4]
+
+
+def test_token_buckets_keep_masked_pooling_unchanged() -> None:
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 50, (3, 7)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[2, 5:] = 0
+    buckets = sg_base.Buckets((1, 2, 4, 8), (8, 16))
+    padded_ids, padded_mask = buckets.pad((ids, mask), (0, 0))
+    assert padded_ids.shape == padded_mask.shape == (4, 8)
+    table = rng.random((50, 4))
+
+    def pooled(i: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return (table[i] * m[..., None]).sum(1) / m.sum(1, keepdims=True)
+
+    np.testing.assert_allclose(pooled(padded_ids, padded_mask)[:3], pooled(ids, mask))
+    warm = buckets.shapes_of((ids[:1], mask[:1]), (0, 0))
+    assert sorted(tuple(a.shape) for a, _ in warm) == sorted(
+        (b, t) for b in (1, 2, 4, 8) for t in (8, 16))
+
+
+def test_on_a_gpu_the_worker_loads_on_its_device(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.manual_seed(0)
+    module = MixedInputs().eval()
+    ids, x = _inputs()
+    program = torch.export.export(module.cuda(), (torch.from_numpy(ids).cuda(), torch.from_numpy(x).cuda()))
+    torch.export.save(program, tmp_path / "model.pt2")
+    spec = {"format": "exported_program", "artifact": "model.pt2", "device": "cuda"}
+    predict = sg_loaders.load_model(spec, str(tmp_path), 1, gpu_id=0)
+    with torch.no_grad():
+        reference = module.cpu()(torch.from_numpy(ids), torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(predict(ids, x)[0], reference, atol=1e-4)
+    assert torch.cuda.current_device() == 0
+
