@@ -233,11 +233,12 @@ class WorkerContext:
         pass
 
 
-def serve(model, artifact, workdir: Path, gpu_id: int | None, max_batch: int) -> str:
-    """The artifact served by the real handler in process; "ok" or what went wrong."""
+def serve(model, artifact, directory: Path, gpu_id: int | None, max_batch: int) -> str:
+    """The artifact served by the real handler in process, staged in ``directory``; "ok" or what
+    went wrong."""
     import importlib
 
-    directory = stage(model, artifact, workdir / f"served-{artifact.backend}", max_batch)
+    directory = stage(model, artifact, directory, max_batch)
     sys.path.insert(0, str(directory))
     try:
         for name in [m for m in sys.modules if m.startswith("sg_") or m.endswith("_handler")]:
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             for c in candidates:
                 if c.usable and c.artifact is not None and (getattr(c, "device", "cpu") == "cuda"
                                                             or c.status == "chosen"):
-                    report.served[c.backend] = serve(model, c.artifact, workdir, 0 if cuda else None,
+                    staged = workdir / label / f"served-{c.backend}"
+                    report.served[c.backend] = serve(model, c.artifact, staged, 0 if cuda else None,
                                                      max_batch)
             check_targets(report, candidates, ceiling)
             if label == "mlp" and cuda:
