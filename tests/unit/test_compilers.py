@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from servegate import compilers
@@ -119,3 +120,25 @@ def test_timing_shapes_cross_batches_with_token_counts(digits, minilm) -> None:
     assert "[PAD]" not in {vocab.id_to_token(int(i)) for i in ids.reshape(-1)}
     with pytest.raises(ConfigError, match="max_length"):
         minilm.inputs_at(1, 10_000)
+
+
+def test_onnx_candidates_share_one_export_until_the_weights_change(tmp_path: Path) -> None:
+    """``onnx`` and ``onnx-int8`` of one auto run quantise the graph exported once; a module
+    changed in place in between (trained further) is exported again."""
+    import torch
+    from torch import nn
+
+    from servegate.compilers.onnx import OnnxCompiler, OnnxInt8Compiler, fp32_graph
+    from servegate.sources.base import TorchModel
+
+    module = nn.Sequential(nn.Linear(8, 4)).eval()
+    model = TorchModel(module=module, input_shape=(8,), labels=[], task="tensor",
+                       eval_x=np.random.default_rng(0).random((4, 8)).astype(np.float32))
+    fp32 = OnnxCompiler().compile(model, tmp_path / "onnx", max_batch=8)
+    OnnxInt8Compiler().compile(model, tmp_path / "int8", max_batch=8)
+    assert not (tmp_path / "int8" / "fp32.onnx").exists()  # quantised from the onnx candidate's
+    shared = fp32_graph(model, 8, tmp_path / "again")
+    assert shared.read_bytes() == fp32.path.read_bytes()
+    with torch.no_grad():
+        module[0].weight.add_(1.0)
+    assert fp32_graph(model, 8, tmp_path / "after") == tmp_path / "after" / "fp32.onnx"
