@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from servegate.packaging.mar import handlers_dir
+from servegate._resources import handler_module
 
-sys.path.insert(0, str(handlers_dir()))
-import sg_codecs  # noqa: E402
-from sg_errors import RequestError  # noqa: E402
+sg_codecs = handler_module("sg_codecs")
+RequestError = handler_module("sg_errors").RequestError
 
 LIMITS = {"max_bytes": 1000, "max_instances": 4}
 

@@ -21,13 +21,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from servegate._resources import handlers_dir
+from servegate._resources import handler_module
 from servegate.harness import HarnessContext
 
-sys.path.insert(0, str(handlers_dir()))
-import sg_codecs  # noqa: E402
-import sg_text  # noqa: E402
-from sg_errors import RequestError  # noqa: E402
+sg_codecs = handler_module("sg_codecs")
+sg_text = handler_module("sg_text")
+RequestError = handler_module("sg_errors").RequestError
 
 CLIENT_STATUSES = {200, 400, 413, 422}
 # 60 examples per property keep this file under 30 s on 2 cores; SG_FUZZ_EXAMPLES=2000 digs deeper
@@ -39,9 +38,7 @@ FEATURES = 4
 
 
 def _handler(model_dir: Path, module: str):
-    import importlib
-
-    mod = importlib.import_module(module)
+    mod = handler_module(module)
     cls = next(v for v in vars(mod).values()
                if isinstance(v, type) and v.__module__ == mod.__name__ and hasattr(v, "handle"))
     handler = cls()

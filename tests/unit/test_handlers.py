@@ -284,14 +284,9 @@ def _model_dir(tmp_path: Path, spec: dict, module=None, state_dict=None, program
 
 
 def _handler(model_dir: Path, module: str = "tensor_handler", name: str = "user"):
-    import importlib
-    import sys
+    from servegate._resources import handler_module
 
-    from servegate._resources import handlers_dir
-
-    if str(handlers_dir()) not in sys.path:
-        sys.path.insert(0, str(handlers_dir()))
-    mod = importlib.import_module(module)
+    mod = handler_module(module)
     cls = next(v for v in vars(mod).values()
                if isinstance(v, type) and v.__module__ == mod.__name__ and hasattr(v, "handle"))
     handler = cls()
