@@ -23,11 +23,11 @@ from servegate.config import (
     experiment_name,
     server_mode,
 )
-from servegate.errors import GateFailed, ServegateError
+from servegate.errors import GateFailed, ServegateError, ServerError
 from servegate.pipeline import PipelineResult
 
 
-def open_backend(config: PipelineConfig) -> tuple[Any, ServegateError | None]:
+def open_backend(config: PipelineConfig) -> tuple[Any, ServerError | None]:
     """The server of ``config``'s target (attached or local, by ``config.server``); None and
     the reason when a run may still build without one."""
     from servegate.targets import get_target

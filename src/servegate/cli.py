@@ -403,7 +403,7 @@ def run(
             batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
                                     workers_per_gpu=workers_per_gpu),
             compile_cache=compile_cache,  # type: ignore[arg-type]
-            promote=promote,  # type: ignore[arg-type]  (pydantic parses "true"/"false")
+            promote=promote,  # type: ignore[arg-type]
             **({"report_dir": report_dir} if report_dir is not None else {}),
             torchserve=_settings(workdir),
             server=server_mode(server or None),

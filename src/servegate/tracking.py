@@ -164,7 +164,7 @@ def log_parity(result: Any, checks: list[Any], params: dict[str, Any]) -> None:
     """The parity gate's settings, figures and checks."""
     mlflow.log_params(params)
     mlflow.log_metrics(result.metrics())
-    mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]  (a list)
+    mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]
 
 
 def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: Any,
@@ -176,7 +176,7 @@ def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: 
                        | (champion.metrics("champion") if champion is not None else {}))
     for point in challenger.timeline:
         mlflow.log_metric("challenger_rps_timeline", point["rps"], step=int(point["t"]))
-    mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]  (a list)
+    mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]
 
 
 def compile_cache(mode: str):  # -> CompileCache | None

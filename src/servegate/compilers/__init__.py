@@ -6,6 +6,7 @@ a CPU with bf16, ``eager-fp16-cuda`` on a GPU; ``torch-tensorrt*`` implies CUDA.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from servegate.compilers.base import Compiler
@@ -45,7 +46,7 @@ def _registry() -> dict[str, Callable[[], Compiler]]:
         (InductorCompiler, Variant("fp16", "cuda", "max-autotune")),
     ]
     for cls, variant in variants:
-        registry[cls(variant).name] = lambda cls=cls, variant=variant: cls(variant)
+        registry[cls(variant).name] = functools.partial(cls, variant)
     return registry
 
 

@@ -31,7 +31,7 @@ class AotiCompiler:
             raise ValueError("aoti takes no torch.compile mode")
         self.variant = variant
         self.name = variant.name("aoti")
-        self.device = variant.device
+        self.device: str = variant.device
 
     def unavailable_reason(self) -> str | None:
         return self.variant.unavailable_reason() or _cxx_missing()
@@ -66,7 +66,7 @@ class InductorCompiler:
     def __init__(self, variant: Variant = FP32_CPU) -> None:
         self.variant = variant
         self.name = variant.name("inductor")
-        self.device = variant.device
+        self.device: str = variant.device
 
     def unavailable_reason(self) -> str | None:
         return self.variant.unavailable_reason() or _cxx_missing()

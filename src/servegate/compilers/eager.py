@@ -22,7 +22,7 @@ class EagerCompiler:
             raise ValueError("eager takes no torch.compile mode")
         self.variant = variant
         self.name = variant.name("eager")
-        self.device = variant.device
+        self.device: str = variant.device
 
     def unavailable_reason(self) -> str | None:
         return self.variant.unavailable_reason()

@@ -56,7 +56,7 @@ class ExportCompiler:
     def __init__(self, variant: Variant = FP32_CPU) -> None:
         self.variant = variant
         self.name = variant.name("export")
-        self.device = variant.device
+        self.device: str = variant.device
 
     def unavailable_reason(self) -> str | None:
         return self.variant.unavailable_reason()

@@ -28,7 +28,7 @@ class OnnxCompiler:
     (onnxruntime-gpu): the same graph, ``device`` recorded for the loader."""
 
     def __init__(self, device: Literal["cpu", "cuda"] = "cpu") -> None:
-        self.device = device
+        self.device: str = device
         self.name = "onnx" if device == "cpu" else "onnx-cuda"
 
     def unavailable_reason(self) -> str | None:
@@ -52,9 +52,11 @@ class OnnxCompiler:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "model.onnx"
         shutil.copyfile(fp32_graph(model, max_batch, workdir), path)
-        built = {"device": "cuda", "built_for": built_for("cuda")} if self.device == "cuda" else {}
+        cuda = self.device == "cuda"
         return CompiledArtifact(backend=self.name, format="onnx", path=path,
-                                compile_seconds=time.perf_counter() - start, **built)
+                                compile_seconds=time.perf_counter() - start,
+                                device="cuda" if cuda else "cpu",
+                                built_for=built_for("cuda") if cuda else None)
 
 
 #: The fp32 ONNX graphs exported in this process, by source (module or program) and max batch:

@@ -260,7 +260,8 @@ def dataset_from_run(run_id: str, *, label_column: str = "label") -> RawTable | 
 
     register_artifact_source()
     try:
-        inputs = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
+        run_inputs = mlflow.MlflowClient().get_run(run_id).inputs
+        inputs = run_inputs.dataset_inputs if run_inputs is not None else []
     except MlflowException as exc:
         raise SourceError(f"cannot read the datasets of run {run_id}: {exc}") from exc
     if not inputs:
