@@ -19,6 +19,7 @@ import numpy as np
 
 from servegate._resources import handler_module
 from servegate.artifacts import CompiledArtifact
+from servegate.choices import CLASS_TASKS
 from servegate.compilers import get_compiler
 from servegate.compilers.shapes import TEXT_TOKENS, Shape, timing_shapes
 from servegate.errors import BackendUnavailable, CompileError
@@ -65,8 +66,6 @@ def load_predictor(artifact: CompiledArtifact, threads: int):
     return sg_loaders.load_model(spec, str(artifact.path.parent), threads)
 
 
-#: Tasks whose first output holds class scores (top-1 and accuracy apply).
-CLASS_TASKS = ("classification", "image-classification", "text-classification")
 
 
 def as_outputs(value: object) -> tuple[np.ndarray, ...]:

@@ -22,6 +22,7 @@ import yaml
 
 from servegate._resources import handlers_dir
 from servegate.artifacts import CompiledArtifact
+from servegate.choices import CLASS_TASKS
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.errors import PackagingError
 from servegate.packaging.spec import (
@@ -34,9 +35,6 @@ from servegate.packaging.spec import (
     TextSpec,
 )
 from servegate.sources.base import TorchModel
-
-#: Tasks whose archives carry class names.
-CLASS_TASKS = ("classification", "image-classification", "text-classification")
 
 _ARCHIVER_LOCK = threading.Lock()
 LABELS_FILE = "index_to_name.json"
