@@ -343,7 +343,7 @@ def run(
     max_length: Annotated[int, typer.Option(help="Text models: truncation in tokens (0: the model's own).")] = 0,
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
-    compile_cache: Annotated[str, typer.Option(help="off | local (this host's compile caches) | shared (also restored from and logged to the MLflow experiment: trust it as a pickle).")] = "local",
+    compile_cache: Annotated[str, typer.Option(help="local (torch's own caches on this host) | shared (per device type, restored from and logged to the MLflow experiment: trust it as a pickle).")] = "local",
     p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
     p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = 500.0,
     min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = 20.0,

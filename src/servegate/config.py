@@ -298,11 +298,11 @@ class PipelineConfig(_Settings):
     name: str | None = None
     target: str = "torchserve"
     compiler: str = "auto"
-    #: Compile caches (Inductor, Triton, TensorRT timing): ``local`` keeps this host's own under
-    #: SERVEGATE_HOME; ``shared`` also restores the newest one of this device type from the MLflow
-    #: experiment and logs new ones there (cached compiled code runs when loaded: trust the
-    #: tracking server as you would a pickle); ``off`` leaves torch's defaults.
-    compile_cache: Literal["off", "local", "shared"] = "local"
+    #: Compile caches (Inductor, Triton, TensorRT timing): ``local`` leaves torch's own caches
+    #: on this host; ``shared`` keeps them under SERVEGATE_HOME per device type, restores the
+    #: newest one of this device type from the MLflow experiment when empty and logs new ones
+    #: there (cached compiled code runs when loaded: trust the tracking server as a pickle).
+    compile_cache: Literal["local", "shared"] = "local"
     #: The user's held-out data: a path or MLflow artifact URI (.npz, .csv, .parquet, .jsonl).
     eval_data: str | None = None
     label_column: str = "label"

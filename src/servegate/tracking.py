@@ -180,11 +180,12 @@ def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: 
 
 
 def compile_cache(mode: str):  # -> CompileCache | None
-    """The compile cache of this host's device type (the GPU where there is one, else the CPU)
-    under ``SERVEGATE_HOME``, or None for ``off``. ``shared``: when it is empty here (a fresh
-    runner), the newest one of this device type logged in this run's experiment is restored
-    first, so Inductor/Triton/TensorRT searches are paid once per device type."""
-    if mode == "off":
+    """For ``shared``: the compile cache of this host's device type (the GPU where there is one,
+    else the CPU) under ``SERVEGATE_HOME``, restored first from the newest one of that device
+    type logged in this run's experiment when it is empty here (a fresh runner), so Inductor,
+    Triton and TensorRT searches are paid once per device type. ``local``: None (torch's own
+    caches on this host)."""
+    if mode != "shared":
         return None
     from servegate.compilers.cache import CompileCache
     from servegate.config import home_dir
@@ -192,7 +193,7 @@ def compile_cache(mode: str):  # -> CompileCache | None
 
     cache = CompileCache.for_device("cuda" if gpu_count() else "cpu", home_dir() / "compile-cache")
     run = mlflow.active_run()
-    if mode == "shared" and not cache.files() and run is not None:
+    if not cache.files() and run is not None:
         cache.restore_from_mlflow(mlflow.MlflowClient(), [run.info.experiment_id])
     return cache
 

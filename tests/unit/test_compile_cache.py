@@ -130,9 +130,9 @@ def test_a_restored_cache_makes_the_second_inductor_compile_a_cache_hit(tmp_path
     np.testing.assert_allclose(warm_out, module(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
 
 
-def test_the_run_modes_off_local_and_shared(tmp_path: Path, monkeypatch) -> None:
-    """``off``: no cache; ``local``: this host's own, never read from MLflow; ``shared``: a fresh
-    home restores the newest cache of this device type logged in the run's experiment."""
+def test_the_run_modes_local_and_shared(tmp_path: Path, monkeypatch) -> None:
+    """``local``: torch's own caches (nothing redirected, nothing read from MLflow); ``shared``: a
+    fresh home restores the newest cache of this device type logged in the run's experiment."""
     import mlflow
 
     from servegate import tracking
@@ -142,7 +142,7 @@ def test_the_run_modes_off_local_and_shared(tmp_path: Path, monkeypatch) -> None
     mlflow.set_experiment("cache-modes")
     try:
         monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "first-runner"))
-        assert tracking.compile_cache("off") is None
+        assert tracking.compile_cache("local") is None
         with mlflow.start_run():
             cache = tracking.compile_cache("shared")
             assert cache is not None and cache.path.is_relative_to(tmp_path / "first-runner")
@@ -151,8 +151,8 @@ def test_the_run_modes_off_local_and_shared(tmp_path: Path, monkeypatch) -> None
             tracking.save_compile_cache(cache)
         monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "fresh-runner"))
         with mlflow.start_run():
-            local = tracking.compile_cache("local")
-            assert local is not None and local.files() == []  # never read from the registry
+            assert tracking.compile_cache("local") is None
+            assert not (tmp_path / "fresh-runner" / "compile-cache").exists()  # never read
             shared = tracking.compile_cache("shared")
             assert shared is not None and _contents(shared) == {"inductor/fxgraph/entry": b"compiled"}
     finally:

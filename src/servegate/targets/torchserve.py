@@ -59,7 +59,7 @@ class TorchServeTarget(MeasuredTarget):
         before = cache.fingerprint() if cache else None
         artifact, candidates = compile_model(model, config.compiler, workdir / "compile",
                                              config.batching, config.limits, cache=cache)
-        if cache and config.compile_cache == "shared" and cache.fingerprint() != before:
+        if cache is not None and cache.fingerprint() != before:
             tracking.save_compile_cache(cache)  # new compiled code: the next runner reuses it
         if candidates:
             console.print(candidates_table(candidates))
