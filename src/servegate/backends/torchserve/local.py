@@ -58,15 +58,11 @@ class ServerState:
                                 timeout=timeout)
 
 
-def gpu_count() -> int:
-    """The host's GPUs, for TorchServe's ``number_of_gpu`` (0 on a CPU-only host)."""
-    from servegate.devices import gpu_count as count
-
-    return count()
-
-
 def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
-    """``config.properties`` from the template (loopback, token auth, allowed_urls = store)."""
+    """``config.properties`` from the template (loopback, token auth, allowed_urls = store), and
+    the host's GPUs as ``number_of_gpu`` (0 on a CPU-only host)."""
+    from servegate.devices import gpu_count
+
     templates = serving_configs_dir() / "torchserve"
     template = string.Template((templates / "config.properties").read_text(encoding="utf-8"))
     store = model_store.resolve()
