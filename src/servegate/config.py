@@ -100,6 +100,23 @@ def report_dir_from_env() -> Path | None:
     return Path(value) if value else None
 
 
+ARTIFACT_HOSTS_ENV = "SERVEGATE_ARTIFACT_HOSTS"
+
+
+def artifact_hosts() -> tuple[str, ...]:
+    """Hosts besides the tracking server that artifact and dataset URIs may name, and so receive
+    the tracking credentials (``SERVEGATE_ARTIFACT_HOSTS``: comma-separated ``host[:port]`` or
+    ``https://host[:port]``; set by the operator, never by a payload)."""
+    value = os.environ.get(ARTIFACT_HOSTS_ENV, "")
+    return tuple(h.strip().rstrip("/") for h in value.split(",") if h.strip())
+
+
+def allow_unverified_restore() -> bool:
+    """The operator lets a champion without a recorded sha256 be restored
+    (``SERVEGATE_ALLOW_UNVERIFIED_RESTORE=1``); off by default."""
+    return os.environ.get("SERVEGATE_ALLOW_UNVERIFIED_RESTORE", "").lower() in ("1", "true", "yes")
+
+
 def home_dir() -> Path:
     """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
     return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()

@@ -4,6 +4,7 @@ champion is restored from it (a .mar file, or a SavedModel directory hashed as a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from servegate.errors import IntegrityError
@@ -23,9 +24,24 @@ def artifact_sha256(path: Path) -> str:
     path = Path(path)
     if path.is_file():
         return _file_sha256(path)
+    return tree_sha256({item.relative_to(path).as_posix(): _file_sha256(item)
+                        for item in path.rglob("*") if item.is_file()})
+
+
+def stream_sha256(chunks: Iterable[bytes]) -> str:
+    """sha256 of bytes arriving in chunks (a download)."""
     digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{item.relative_to(path).as_posix()}\0{_file_sha256(item)}\n".encode())
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_sha256(file_hashes: dict[str, str]) -> str:
+    """The tree hash of ``artifact_sha256`` from each file's ``/``-separated relative path and
+    sha256 (wherever the files are: a local directory, a remote model root)."""
+    digest = hashlib.sha256()
+    for relative in sorted(file_hashes, key=lambda r: r.split("/")):
+        digest.update(f"{relative}\0{file_hashes[relative]}\n".encode())
     return digest.hexdigest()
 
 

@@ -10,6 +10,7 @@ its process dies (even by SIGKILL), so a crashed holder never leaves a stale loc
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from servegate.config import home_dir
-from servegate.errors import Busy
+from servegate.errors import Busy, ConfigError
 from servegate.naming import validate_name
 
 _held: dict[str, int] = {}
@@ -62,7 +63,14 @@ def hold(path: Path, purpose: str, *, wait_s: float = 0.0, on_wait: Any = None) 
         finally:
             _held[key] -= 1
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # O_NOFOLLOW: a symlink planted at the lock path would make us truncate its target.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{purpose}: lock file {path} is a symbolic link; refusing to open it "
+                       "(remove it if you did not put it there)") from exc
+        raise
     try:
         deadline = time.monotonic() + wait_s
         told = False

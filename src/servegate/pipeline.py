@@ -30,7 +30,9 @@ from servegate.gates.parity import ParityResult, parity_checks
 from servegate.gates.report import GateReport, write_report
 from servegate.integrity import artifact_sha256
 from servegate.interrupts import signals_as_errors
+from servegate.lease import model_lease
 from servegate.locks import model_lock
+from servegate.redact import redact_text, redact_url
 from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG, CHALLENGER, CHAMPION, PREVIOUS, Registry
 from servegate.targets import Built, Target, get_target
 
@@ -62,6 +64,8 @@ class DeployPipeline:
         self._challenger: str | None = None
         #: Set once this run has put its challenger on the server (cleanup withdraws it).
         self._deployed_challenger = False
+        #: sha256 of the built artifact (checked where the server loads it from).
+        self._sha256: str | None = None
         #: The round trip to the server measured before the load phases, and load warnings.
         self.network: NetworkProbe | None = None
         self.load_notes: list[str] = []
@@ -89,7 +93,7 @@ class DeployPipeline:
             if note := getattr(model, "eval_note", ""):
                 loud = note.startswith("NO EVALUATION DATA")
                 self.say(f"[bold yellow]{note}[/]" if loud else f"source: {note}")
-                mlflow.set_tag("servegate.eval_data", note[:5000])
+                mlflow.set_tag("servegate.eval_data", redact_text(note)[:5000])
             tracking.log_source(model, cfg.model)
             name, version = registered or (cfg.model_name, self.target.register(model, cfg.model_name))
             registry = Registry.for_model(name)
@@ -102,7 +106,8 @@ class DeployPipeline:
         with mlflow.start_run(run_name="package", nested=True):
             self.say(f"package: {self.target.name}, compiler={self.config.compiler}")
             built = self.target.build(model, self.config, version, workdir, self.console)
-        registry.tag(version, {ARCHIVE_TAG: built.uri, ARCHIVE_SHA256_TAG: artifact_sha256(built.path)})
+        self._sha256 = artifact_sha256(built.path)
+        registry.tag(version, {ARCHIVE_TAG: built.uri, ARCHIVE_SHA256_TAG: self._sha256})
         return built
 
     def deploy(self, registry: Registry, built: Built, version: str) -> str | None:
@@ -131,10 +136,11 @@ class DeployPipeline:
             promotion.remove_orphans(server, name, keep, self.say)
             self.say(f"deploy: {name} v{version} (no default traffic)")
             self._deployed_challenger = True
-            server.deploy(built.path, name, version, workers=workers, source_uri=built.uri)
+            server.deploy(built.path, name, version, workers=workers, source_uri=built.uri,
+                          sha256=self._sha256)
             mlflow.log_params({"champion": champion or "none", "challenger": version,
-                               "server": server.access().where,
-                               "endpoint": server.endpoint(name, version)})
+                               "server": redact_text(server.access().where),
+                               "endpoint": redact_url(server.endpoint(name, version))})
             return champion
 
     def gate_parity(self, model: Any, version: str, champion: str | None,
@@ -176,11 +182,12 @@ class DeployPipeline:
 
     # ---- the chain --------------------------------------------------------------------------
     def run(self) -> PipelineResult:
-        """The whole chain, holding the model name's lock; SIGTERM/SIGINT run the cleanup of a
+        """The whole chain, holding the model name's lock on this host and its lease in the registry
+        (``servegate.lease``: one run per model across runners); SIGTERM/SIGINT run the cleanup of a
         failed gate (challenger withdrawn, MLflow run ended KILLED, temp files removed) and
         raise ``Interrupted``."""
         name = self.config.model_name
-        with model_lock(name), signals_as_errors(), \
+        with model_lock(name), signals_as_errors(), model_lease(name), \
                 mlflow.start_run(run_name=f"deploy-{name}") as parent, \
                 tempfile.TemporaryDirectory(prefix="servegate-run-") as tmp:
             try:
@@ -269,9 +276,9 @@ class DeployPipeline:
 def rollback(config: PipelineConfig, backend: ServingBackend,
              console: Console | None = None) -> tuple[str, str]:
     """Restore the previous champion of ``config.name`` (``servegate.promotion.rollback``),
-    under the model name's lock; return (restored, demoted)."""
+    under the model name's lock and registry lease; return (restored, demoted)."""
     name = config.model_name
     say = DeployPipeline(config, backend, console).say
-    with model_lock(name), signals_as_errors():
+    with model_lock(name), signals_as_errors(), model_lease(name):
         return promotion.rollback(Registry.for_model(name), backend, name,
                                   config.batching.min_workers, say)

@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import mlflow
 
-from servegate.errors import PipelineError
+from servegate.errors import IntegrityError, PipelineError
 from servegate.interrupts import critical
+from servegate.lease import current_owner, live_owners
 from servegate.registry import (
     ARCHIVE_SHA256_TAG,
     ARCHIVE_TAG,
@@ -56,13 +57,15 @@ class Move:
     source: str | None
     target: str
     previous: str | None
+    #: The registry lease owner (``servegate.lease``) of the runner making the move.
+    owner: str | None = None
 
     def describe(self) -> str:
         return f"kind={self.kind} from={_v(self.source)} to={self.target} previous={_v(self.previous)}"
 
     def in_progress_tag(self) -> str:
-        return (f"{IN_PROGRESS} {self.describe()} pid={os.getpid()} host={socket.gethostname()} "
-                f"at={datetime.now(UTC).isoformat(timespec='seconds')}")
+        return (f"{IN_PROGRESS} {self.describe()} owner={_v(self.owner)} pid={os.getpid()} "
+                f"host={socket.gethostname()} at={datetime.now(UTC).isoformat(timespec='seconds')}")
 
     @classmethod
     def parse(cls, text: str) -> Move | None:
@@ -79,7 +82,8 @@ class Move:
             value = fields.get(key, "none")
             return None if value == "none" else value
 
-        return cls(fields.get("kind", "promotion"), version("from"), target, version("previous"))
+        return cls(fields.get("kind", "promotion"), version("from"), target, version("previous"),
+                   version("owner"))
 
 
 def _default(backend: Any, name: str) -> str | None:
@@ -113,7 +117,7 @@ def move_champion(registry: Registry, backend: Any, name: str, target: str, *,
     """Make ``target`` the champion: registry first, then the server; a failure of the server
     step puts the registry (and the server default) back and re-raises."""
     move = Move(kind, registry.version_for_alias(CHAMPION), target,
-                registry.version_for_alias(PREVIOUS))
+                registry.version_for_alias(PREVIOUS), current_owner(name))
     with critical():
         registry.set_model_tag(PROMOTION_TAG, move.in_progress_tag())
         _registry_after(registry, move)
@@ -144,7 +148,8 @@ def repair(registry: Registry, backend: Any, name: str, say: Say, *,
 
     ``finish`` is chosen when asked for (``prefer``), the registry already names the target and
     the server still serves it with a READY worker; otherwise the move is reverted. A champion
-    that is neither end of the move (changed by hand since) is left alone.
+    that is neither end of the move (changed by hand since), or a move whose runner still holds
+    its registry lease (``servegate.lease``: it is alive and may be mid-move), is left alone.
     """
     move = pending_move(registry)
     if move is None:
@@ -154,6 +159,11 @@ def repair(registry: Registry, backend: Any, name: str, say: Say, *,
         served = {v.version: v for v in backend.versions(name)}
         default = next((v.version for v in served.values() if v.is_default), None)
         target_ready = move.target in served and served[move.target].ready_workers > 0
+        if move.owner not in (None, current_owner(name)) and move.owner in live_owners(registry):
+            outcome, why = "left", (f"its runner (lease owner {move.owner}) still holds the "
+                                    "registry lease: it is alive and finishes or reverts it itself")
+            say(f"[yellow]repair: interrupted {move.kind} of {name} {outcome}: {why}[/]")
+            return outcome
         if champion not in (move.source, move.target):
             outcome, why = "left", (f"the champion is now v{champion}, neither end of it: "
                                     "nothing changed")
@@ -231,12 +241,16 @@ def remove_orphans(backend: Any, name: str, keep: set[str | None], say: Say) -> 
 
 def restore(registry: Registry, backend: Any, name: str, version: str, workers: int,
             say: Say) -> None:
-    """Serve ``version`` again from its logged artifact, once its sha256 matches the one
-    recorded when it was built (``servegate.archive_sha256``); a server on another host fetches
-    it from the artifact store itself."""
+    """Serve ``version`` again from its logged artifact (``servegate.archive``), only when the
+    sha256 recorded when it was built (``servegate.archive_sha256``) matches the downloaded copy
+    AND the bytes where the server loads them, checked immediately before registration. The tags
+    are a registry writer's: the URI is checked by ``artifact_access`` before it is fetched, and a
+    missing hash is a refusal unless the operator set ``SERVEGATE_ALLOW_UNVERIFIED_RESTORE``."""
     import tempfile
     from pathlib import Path
 
+    from servegate.artifact_access import download
+    from servegate.config import allow_unverified_restore
     from servegate.integrity import verify_artifact
 
     tags = registry.tags(version)
@@ -244,14 +258,20 @@ def restore(registry: Registry, backend: Any, name: str, version: str, workers: 
     if not uri:
         raise PipelineError(f"{name} v{version} has no archive to restore ({ARCHIVE_TAG})")
     expected = tags.get(ARCHIVE_SHA256_TAG)
+    if not expected and not allow_unverified_restore():
+        raise IntegrityError(f"{name} v{version} records no {ARCHIVE_SHA256_TAG}: refusing to serve "
+                             "an archive nobody can check (built before hashes were recorded, or "
+                             "the tag was removed). Re-run the pipeline on it, or set "
+                             "SERVEGATE_ALLOW_UNVERIFIED_RESTORE=1 if you trust the artifact store")
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+        local = download(uri, Path(tmp), what=f"the archive of {name} v{version}")
         if expected:
             verify_artifact(local, expected, f"{name} v{version} ({uri})")
         else:
-            say(f"[yellow]restore: {name} v{version} has no {ARCHIVE_SHA256_TAG} (built before "
-                "hashes were recorded): restored unchecked[/]")
-        backend.deploy(local, name, version, workers=workers, source_uri=uri)
+            say(f"[yellow]restore: {name} v{version} has no {ARCHIVE_SHA256_TAG}: restored "
+                "unchecked (SERVEGATE_ALLOW_UNVERIFIED_RESTORE)[/]")
+        backend.deploy(local, name, version, workers=workers, source_uri=uri,
+                       sha256=expected or None)
 
 
 def rollback(registry: Registry, backend: Any, name: str, workers: int,

@@ -14,17 +14,18 @@ from typing import Any
 import mlflow
 
 from servegate.errors import ConfigError
+from servegate.redact import redact_text, redact_url
 
 
 def flat_params(values: dict[str, Any], prefix: str = "config") -> dict[str, str]:
-    """Nested settings as MLflow params (keys joined with dots)."""
+    """Nested settings as MLflow params (keys joined with dots; URL userinfo removed)."""
     def walk(key: str, value: object) -> dict[str, str]:
         if isinstance(value, dict):
             out: dict[str, str] = {}
             for inner, item in value.items():
                 out |= walk(f"{key}.{inner}" if key else str(inner), item)
             return out
-        return {key: str(value)}
+        return {key: redact_text(str(value))}
     return walk(prefix, values)
 
 
@@ -42,7 +43,8 @@ def registered_version(uri: str) -> tuple[str, str]:
 
 def log_source(model: Any, source: str) -> None:
     """The model's own params and metrics, and where it came from."""
-    mlflow.log_params({f"model.{k}": v for k, v in model.params.items()} | {"source": source})
+    mlflow.log_params({f"model.{k}": redact_text(str(v)) for k, v in model.params.items()}
+                      | {"source": redact_text(source)})
     if model.metrics:
         mlflow.log_metrics(model.metrics)
 
@@ -171,7 +173,8 @@ def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: 
              params: dict[str, Any]) -> None:
     """The load gate's settings, where the load came from, the figures of both versions, the
     challenger's throughput over time, and the checks."""
-    mlflow.log_params(params | {"load.origin": network.origin, "load.target": network.target})
+    mlflow.log_params(params | {"load.origin": network.origin,
+                                "load.target": redact_url(network.target)})
     mlflow.log_metrics(network.metrics() | challenger.metrics("challenger")
                        | (champion.metrics("champion") if champion is not None else {}))
     for point in challenger.timeline:

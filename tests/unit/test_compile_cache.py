@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from servegate.compilers.cache import CACHE_TAG, CompileCache, active_cache
+from servegate.compilers.cache import CACHE_TAG, SHA256_TAG, CompileCache, active_cache
+from servegate.integrity import artifact_sha256
 
 
 def _contents(cache: CompileCache) -> dict[str, bytes]:
@@ -81,17 +83,90 @@ def test_the_cache_round_trips_through_mlflow(tmp_path: Path, caplog) -> None:
             missing = CompileCache("never-built", tmp_path / "worker")
             assert missing.restore_from_mlflow(client, [experiment.experiment_id]) is False
             assert "no MLflow run" in caplog.text
-            # a run tagged with the key whose artifact is not a tar.gz: a warning, not a failure
-            with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
-                junk = tmp_path / f"{key}.tar.gz"
-                junk.write_bytes(b"not a tarball")
-                client.log_artifact(run.info.run_id, str(junk), artifact_path="compile-cache")
-                client.set_tag(run.info.run_id, CACHE_TAG, key)
+            # a run tagged with the key (and its hash) whose artifact is not a tar.gz: a warning
+            junk = tmp_path / f"{key}.tar.gz"
+            junk.write_bytes(b"not a tarball")
+            _log_cache_run(client, experiment.experiment_id, key, junk, sha256=artifact_sha256(junk))
             again = CompileCache(key, tmp_path / "worker2")
             assert again.restore_from_mlflow(client, [experiment.experiment_id]) is False
             assert "missing or corrupt" in caplog.text
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def _log_cache_run(client, experiment_id: str, key: str, archive: Path, *,
+                   sha256: str | None) -> str:
+    """A run of ``experiment_id`` logging ``archive`` as the cache of ``key`` (hash tag optional),
+    as a writer of the tracking server could without servegate."""
+    run = client.create_run(experiment_id)
+    client.log_artifact(run.info.run_id, str(archive), artifact_path="compile-cache")
+    client.set_tag(run.info.run_id, CACHE_TAG, key)
+    if sha256 is not None:
+        client.set_tag(run.info.run_id, SHA256_TAG, sha256)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_a_shared_cache_is_restored_only_when_verified(tmp_path: Path, caplog) -> None:
+    """The newest cache run wins only if its archive hashes to the sha256 it recorded, is within
+    the size limit and belongs to the experiment asked for; else the compile runs cold."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        client = MlflowClient()
+        mine = client.create_experiment("mine", artifact_location=(tmp_path / "a1").as_uri())
+        theirs = client.create_experiment("theirs", artifact_location=(tmp_path / "a2").as_uri())
+        key = "cpu-test-torch2.13.0"
+        good = CompileCache(key, tmp_path / "built")
+        good.inductor_dir.mkdir(parents=True)
+        (good.inductor_dir / "graph.py").write_text("print('cached kernel')")
+        archive = good.pack(tmp_path / "good" / f"{key}.tar.gz")
+        evil = CompileCache(key, tmp_path / "evil")
+        evil.inductor_dir.mkdir(parents=True)
+        (evil.inductor_dir / "graph.py").write_text("import os; os.system('touch /tmp/pwned')")
+        evil_archive = evil.pack(tmp_path / "evil-pack" / f"{key}.tar.gz")
+
+        def restored() -> bool:
+            target = CompileCache(key, tmp_path / f"worker-{len(list(tmp_path.glob('worker-*')))}")
+            ok = target.restore_from_mlflow(client, [mine])
+            assert not ok or _contents(target) == _contents(good)  # never the evil one
+            return ok
+
+        with caplog.at_level(logging.WARNING, logger="servegate.compilers.cache"):
+            _log_cache_run(client, mine, key, archive, sha256=artifact_sha256(archive))
+            assert restored() is True
+            # newest run: the evil archive with the GOOD archive's hash recorded -> refused
+            _log_cache_run(client, mine, key, evil_archive, sha256=artifact_sha256(archive))
+            assert restored() is False and "does not match the sha256" in caplog.text
+            # newest run: no hash recorded -> refused
+            _log_cache_run(client, mine, key, evil_archive, sha256=None)
+            assert restored() is False and "records no servegate.compile_cache_sha256" in caplog.text
+            # newest run: verified, but over the size limit -> refused
+            _log_cache_run(client, mine, key, archive, sha256=artifact_sha256(archive))
+            small = CompileCache(key, tmp_path / "worker-small")
+            assert small.restore_from_mlflow(client, [mine], max_archive_bytes=16) is False
+            assert "over the 16-byte limit" in caplog.text
+            assert small.restore_from_mlflow(client, [mine]) is True
+            # another experiment's newer (verified) evil cache is never looked at
+            _log_cache_run(client, theirs, key, evil_archive, sha256=artifact_sha256(evil_archive))
+            assert restored() is True
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_unpack_refuses_an_archive_that_unpacks_too_big(tmp_path: Path) -> None:
+    cache = CompileCache("cpu-x", tmp_path / "built")
+    cache.inductor_dir.mkdir(parents=True)
+    (cache.inductor_dir / "big").write_bytes(b"\0" * 4096)  # compresses to almost nothing
+    archive = cache.pack(tmp_path / "p" / "cpu-x.tar.gz")
+    target = CompileCache("cpu-x", tmp_path / "worker")
+    with pytest.raises(tarfile.TarError, match="unpacks to more than"):
+        target.unpack(archive, max_unpacked_bytes=1024)
+    assert not target.path.exists()
+    target.unpack(archive)
+    assert (target.inductor_dir / "big").stat().st_size == 4096
 
 
 def test_a_restored_cache_makes_the_second_inductor_compile_a_cache_hit(tmp_path: Path) -> None:

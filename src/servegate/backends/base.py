@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,8 +24,8 @@ class ServerAccess:
 
     #: Base URL of the inference API (TorchServe's inference address, TF Serving's REST URL).
     inference_url: str
-    #: The key sent as a Bearer token, or None without token auth. Never logged.
-    inference_key: str | None
+    #: The key sent as a Bearer token, or None without token auth. Never logged (not in repr).
+    inference_key: str | None = field(repr=False)
     #: A shell expression printing that key (for a curl shown to a person), or None.
     key_shell: str | None
     #: For people: which server, attached or local, and how archives reach it.
@@ -39,10 +39,13 @@ class ServingBackend(Protocol):
     kind: str
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None) -> None:
+               source_uri: str | None = None, sha256: str | None = None) -> None:
         """Serve ``artifact`` (logged at the artifact URI ``source_uri``, from which a server
         on another host fetches it) as a NEW version of ``name`` that takes no default traffic
-        yet (unless it is the first version); return once it answers predictions."""
+        yet (unless it is the first version); return once it answers predictions. With
+        ``sha256``, the bytes at the exact place the server loads them from (its store, the URL
+        it fetches, its model root) are hashed first: a mismatch is an ``IntegrityError`` and
+        nothing is registered."""
 
     def set_default(self, name: str, version: str) -> None:
         """Route the default endpoint of ``name`` to ``version``."""

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from servegate._atomic import atomic_write_text
 from servegate.errors import ConfigError
+from servegate.integrity import artifact_sha256, stream_sha256, tree_sha256
 
 
 class ModelRoot(Protocol):
@@ -41,6 +42,9 @@ class ModelRoot(Protocol):
 
     def put_tree(self, local: Path, relative: str) -> None:
         """Copy the local directory ``local`` to ``relative`` (which must not exist)."""
+
+    def tree_sha256(self, relative: str) -> str:
+        """``integrity.artifact_sha256`` of the directory ``relative``, read where it is."""
 
 
 class LocalRoot:
@@ -72,6 +76,9 @@ class LocalRoot:
     def list_dir(self, relative: str) -> list[str]:
         target = self.path / relative
         return sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+
+    def tree_sha256(self, relative: str) -> str:
+        return artifact_sha256(self.path / relative)
 
     def put_tree(self, local: Path, relative: str) -> None:
         """Copied into a hidden staging directory beside the target, then renamed (a whole
@@ -134,6 +141,17 @@ class GfileRoot:
     def list_dir(self, relative: str) -> list[str]:
         gfile, path = self._gfile(), self._join(relative)
         return sorted(n.rstrip("/") for n in gfile.listdir(path)) if gfile.isdir(path) else []
+
+    def tree_sha256(self, relative: str) -> str:
+        gfile, top = self._gfile(), self._join(relative)
+        hashes = {}
+        for directory, _, files in gfile.walk(top):
+            inner = str(directory).rstrip("/").removeprefix(top).strip("/")
+            for name in files:
+                with gfile.GFile(f"{str(directory).rstrip('/')}/{name}", "rb") as handle:
+                    blocks = iter(lambda h=handle: h.read(1 << 20), b"")
+                    hashes[f"{inner}/{name}" if inner else name] = stream_sha256(blocks)
+        return tree_sha256(hashes)
 
     def put_tree(self, local: Path, relative: str) -> None:
         gfile = self._gfile()

@@ -4,6 +4,11 @@ timing cache) kept under ``root/<device key>``, packed to a tar.gz and shared th
 ``activate()`` points ``TORCHINDUCTOR_CACHE_DIR`` and ``TRITON_CACHE_DIR`` at the cache for the
 compile and restores the environment afterwards. A missing or corrupt cache is a warning, never a
 failure: the compile just runs cold.
+
+Cached compiled code runs when it is loaded, so sharing is opt-in (``compile_cache=shared``) and a
+cache is restored only from a run of the same experiment, when its archive is at most
+``MAX_ARCHIVE_BYTES`` (and unpacks to at most ``MAX_UNPACKED_BYTES``) and its sha256 is the one
+that run recorded when it logged it (``servegate.compile_cache_sha256``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,13 @@ log = logging.getLogger(__name__)
 
 #: MLflow run tag naming the device key of the cache a run logged.
 CACHE_TAG = "servegate.compile_cache_key"
+#: MLflow run tag holding the sha256 of the packed cache the run logged.
+SHA256_TAG = "servegate.compile_cache_sha256"
 #: MLflow artifact folder of the caches.
 ARTIFACT_DIR = "compile-cache"
+#: The largest packed cache restored, and the most it may unpack to.
+MAX_ARCHIVE_BYTES = 2 << 30
+MAX_UNPACKED_BYTES = 8 << 30
 _ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 _ACTIVE: contextvars.ContextVar[CompileCache | None] = contextvars.ContextVar(
     "servegate_compile_cache", default=None)
@@ -105,13 +115,16 @@ class CompileCache:
             tar.add(self.path, arcname=".")
         return target
 
-    def unpack(self, archive: Path) -> None:
+    def unpack(self, archive: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> None:
         """Merge a packed cache into this one (``tarfile``'s ``data`` filter: no links out, no
-        absolute paths). Raises ``tarfile.TarError`` / ``OSError`` on a corrupt archive."""
+        absolute paths; at most ``max_unpacked_bytes`` of files). Raises ``tarfile.TarError`` /
+        ``OSError`` on a corrupt or oversized archive."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=self.root))
         try:  # extracted whole before merging: a corrupt archive leaves the cache as it was
             with tarfile.open(archive, "r:gz") as tar:
+                if sum(m.size for m in tar.getmembers()) > max_unpacked_bytes:
+                    raise tarfile.TarError(f"it unpacks to more than {max_unpacked_bytes} bytes")
                 tar.extractall(staging, filter="data")
             shutil.copytree(staging, self.path, dirs_exist_ok=True)
         finally:
@@ -120,14 +133,21 @@ class CompileCache:
     def save_to_mlflow(self, client: Any, run_id: str) -> None:
         """Log the packed cache as ``compile-cache/<key>.tar.gz`` of ``run_id`` and tag the run
         with the key (``servegate.compile_cache_key``)."""
+        from servegate.integrity import artifact_sha256
+
         with tempfile.TemporaryDirectory(prefix="servegate-cache-") as tmp:
             archive = self.pack(Path(tmp) / f"{self.key}.tar.gz")
             client.log_artifact(run_id, str(archive), artifact_path=ARTIFACT_DIR)
+            client.set_tag(run_id, SHA256_TAG, artifact_sha256(archive))
         client.set_tag(run_id, CACHE_TAG, self.key)
 
-    def restore_from_mlflow(self, client: Any, experiment_ids: Sequence[str]) -> bool:
-        """Unpack the cache of the newest run tagged with this key; False (and a warning) when
-        there is none or it cannot be read."""
+    def restore_from_mlflow(self, client: Any, experiment_ids: Sequence[str],
+                            max_archive_bytes: int = MAX_ARCHIVE_BYTES) -> bool:
+        """Unpack the cache of the newest run of ``experiment_ids`` tagged with this key whose
+        archive is within ``max_archive_bytes`` and hashes to the sha256 the run recorded; False
+        (and a warning) when there is none or it cannot be read or verified."""
+        from servegate.integrity import artifact_sha256
+
         try:
             runs = client.search_runs(list(experiment_ids),
                                       filter_string=f"tags.`{CACHE_TAG}` = '{self.key}'",
@@ -138,11 +158,31 @@ class CompileCache:
         if not runs:
             log.warning("compile cache %s: no MLflow run has one; compiling cold", self.key)
             return False
-        run_id = runs[0].info.run_id
+        run = runs[0]
+        run_id, expected = run.info.run_id, run.data.tags.get(SHA256_TAG)
+        if run.info.experiment_id not in set(experiment_ids) or not expected:
+            log.warning("compile cache %s of run %s records no %s; not restored (compiling cold)",
+                        self.key, run_id, SHA256_TAG)
+            return False
+        name = f"{self.key}.tar.gz"
+        listed = {Path(f.path).name: f.file_size for f in client.list_artifacts(run_id, ARTIFACT_DIR)}
+        size = listed.get(name)
+        if size is None or size > max_archive_bytes:
+            log.warning("compile cache %s of run %s is %s; not restored (compiling cold)", self.key,
+                        run_id, "missing" if size is None else f"{size} bytes, over the "
+                        f"{max_archive_bytes}-byte limit")
+            return False
         with tempfile.TemporaryDirectory(prefix="servegate-cache-") as tmp:
             try:
-                local = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{self.key}.tar.gz", tmp)
-                self.unpack(Path(local))
+                from servegate.artifact_access import storage_uri
+
+                storage_uri(f"runs:/{run_id}/{ARTIFACT_DIR}/{name}", what=f"compile cache {self.key}")
+                local = Path(client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{name}", tmp))
+                if local.stat().st_size > max_archive_bytes or artifact_sha256(local) != expected:
+                    log.warning("compile cache %s of run %s does not match the sha256 that run "
+                                "recorded; not restored (compiling cold)", self.key, run_id)
+                    return False
+                self.unpack(local)
             except Exception as exc:
                 log.warning("compile cache %s of run %s is missing or corrupt (%s); compiling cold",
                             self.key, run_id, exc)

@@ -52,6 +52,21 @@ class LoadResult:
         }.items()}
 
 
+#: What the Locust process inherits from ours: the basics a Python process needs, nothing
+#: secret (no tracking credentials, no server keys, no cloud tokens).
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SSL_CERT_FILE",
+                 "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+
+
+def locust_environment(**settings: str) -> dict[str, str]:
+    """The Locust process's whole environment: ``INHERITED_ENV``, a ``PYTHONPATH`` reaching
+    servegate however this process did (installed or ``src/``), and ``settings``."""
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    return env | settings
+
+
 def run_load(*, label: str, host: str, model: str, version: str | None, inference_key: str | None,
              samples: list[Any], settings: LoadSettings, locustfile: Path | None = None,
              user_class: str = "TorchServePredictUser") -> LoadResult:
@@ -68,12 +83,8 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
             key_path.write_text(json.dumps({"inference": {"key": inference_key}}), encoding="utf-8")
             key_file = str(key_path)
         out = Path(tmp) / "figures.json"
-        env = dict(os.environ)
-        # The runner imports servegate: reach it however this process did (installed or src/).
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        env.update(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
-                   SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file)
+        env = locust_environment(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
+                                 SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file)
         command = [
             sys.executable, "-m", "servegate.gates.locust_runner",
             "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),

@@ -1,7 +1,9 @@
 """The user's evaluation data: held-out inputs (and labels) the gates run on.
 
 Where it comes from (``eval_data``): a local path or an MLflow artifact URI (``runs:/``,
-``models:/``, ``mlflow-artifacts:/``, or any scheme MLflow can download) of
+``models:/``, ``mlflow-artifacts:/``, the tracking server's ``http(s)://`` artifacts, a cloud
+store; each checked by ``servegate.artifact_access`` before any request, so the tracking
+credentials reach the tracking server only) of
 
 - ``.npz``: ``x`` (one input), or ``x0``, ``x1``, ... in the model's input order, or the input
   names of the model's signature; optionally ``y``. Read without pickle.
@@ -61,21 +63,18 @@ def _is_remote(uri: str) -> bool:
     return "://" in uri or uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
 
 
-def local_copy(uri: str, workdir: Path | None = None) -> Path:
-    """A local path for ``uri`` (downloaded through MLflow for artifact URIs)."""
+def local_copy(uri: str, workdir: Path | None = None, *, what: str = "eval_data") -> Path:
+    """A local path for ``uri`` (downloaded through MLflow for artifact URIs whose every hop
+    ``servegate.artifact_access`` admits; ``SourceError`` naming the accepted forms otherwise)."""
     if not _is_remote(uri) or uri.startswith("file://"):
         path = Path(uri.removeprefix("file://")).expanduser()
         if not path.exists():
-            raise ConfigError(f"eval_data not found: {path}")
+            raise ConfigError(f"{what} not found: {path}")
         return path
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from servegate.artifact_access import download
 
     target = workdir or Path(tempfile.mkdtemp(prefix="servegate-eval-"))
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-    except (MlflowException, OSError) as exc:
-        raise ConfigError(f"cannot download eval_data {uri}: {exc}") from exc
+    return download(uri, target, what=what)
 
 
 def _single_file(path: Path) -> Path:
@@ -89,9 +88,9 @@ def _single_file(path: Path) -> Path:
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def read_table(uri: str, *, label_column: str = "label") -> RawTable:
+def read_table(uri: str, *, label_column: str = "label", what: str = "eval_data") -> RawTable:
     """Read ``uri`` by its suffix into named arrays and labels (not yet matched to a model)."""
-    path = _single_file(local_copy(uri))
+    path = _single_file(local_copy(uri, what=what))
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path, uri)
@@ -273,14 +272,34 @@ def dataset_from_run(run_id: str, *, label_column: str = "label") -> RawTable | 
             raise ConfigError(f"run {run_id} logged {len(inputs)} datasets and none with an evaluation "
                               f"context ({', '.join(EVAL_CONTEXTS)}); pass eval_data")
         chosen = inputs[0]
-    try:
-        local = mlflow.data.get_source(chosen.dataset).load()
-    except Exception as exc:  # sources raise their own kinds
-        raise ConfigError(f"dataset {chosen.dataset.name!r} of run {run_id} cannot be loaded from its "
-                          f"source {chosen.dataset.source}: {exc}") from exc
-    table = read_table(str(local), label_column=label_column)
+    what = f"dataset {chosen.dataset.name!r} of run {run_id}"
+    source_uri = _dataset_source_uri(chosen.dataset.source_type, chosen.dataset.source, what)
+    table = read_table(source_uri, label_column=label_column, what=what)
     return RawTable(table.arrays, table.labels, table.tabular,
                     source=f"dataset {chosen.dataset.name!r} of run {run_id}")
+
+
+#: Dataset source types followed (their URI checked first): files in MLflow's artifact stores,
+#: local files, and plain HTTP(S) files (on a trusted host only).
+DATASET_SOURCE_TYPES = ("mlflow_artifact", "local", "http")
+
+
+def _dataset_source_uri(source_type: str, source: str, what: str) -> str:
+    """The URI a logged dataset's source names; refused (``SourceError``) for other source types
+    or an unreadable record. The run's author wrote it: it is checked like a payload."""
+    import json
+
+    if source_type not in DATASET_SOURCE_TYPES:
+        raise SourceError(f"{what} comes from a {source_type!r} source; servegate reads datasets "
+                          f"logged from {', '.join(DATASET_SOURCE_TYPES)} sources: pass eval_data")
+    try:
+        record = json.loads(source)
+        uri = record.get("uri") or record.get("url")
+    except (ValueError, AttributeError) as exc:
+        raise SourceError(f"{what}: unreadable source record") from exc
+    if not isinstance(uri, str) or not uri:
+        raise SourceError(f"{what}: its source names no URI")
+    return uri
 
 
 def from_input_example(arrays: tuple[np.ndarray, ...], schema: ModelSchema, source: str) -> EvalData:

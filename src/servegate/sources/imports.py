@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from servegate.artifact_access import download, storage_uri
 from servegate.errors import ConfigError, SourceError
 from servegate.sources.base import TorchModel
 from servegate.sources.eval_data import (
@@ -55,6 +56,15 @@ PICKLE_REFUSED = ("{what} is pickled: loading it runs code from the file. Pass t
                   "mlflow.pytorch.log_model(model, name=..., input_example=...))")
 
 
+def inside(folder: Path, relative: Any, *, what: str) -> Path:
+    """``folder / relative`` for a path a downloaded model names (its MLmodel); refused when it
+    leaves ``folder``."""
+    path = (folder / str(relative)).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise SourceError(f"{what}: its MLmodel names {relative!r}, outside the model's directory")
+    return path
+
+
 def keep_until_exit(prefix: str) -> Path:
     """A fresh temporary directory removed when the process exits (it must outlive packaging)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
@@ -78,19 +88,24 @@ def _pickle_allowed() -> Iterator[None]:
 
 def load_program(path: Path, *, trust_pickle: bool) -> Any:
     """A ``torch.export.ExportedProgram`` from ``path``; unless ``trust_pickle``, the archive is
-    first checked to hold no pickle payload (MLflow's check)."""
+    first checked to hold no pickle payload (MLflow's check; ``torch.export.load`` unpickles with
+    ``weights_only=False``). Without that check the load is refused: it fails closed."""
     import torch
 
     if not trust_pickle:
         try:
             from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
-        except ImportError:  # an MLflow without the check: torch.export.load's own rules apply
-            _validate_pt2_archive_is_pickle_free = None
-        if _validate_pt2_archive_is_pickle_free is not None:
-            try:
-                _validate_pt2_archive_is_pickle_free(str(path))
-            except Exception as exc:
-                raise SourceError(PICKLE_REFUSED.format(what=f"part of {path}") + f" ({exc})") from exc
+        except ImportError as exc:
+            raise SourceError(
+                f"cannot verify that {path} holds no pickle payload: this MLflow "
+                "lacks mlflow.pytorch._validate_pt2_archive_is_pickle_free (servegate pins the "
+                "MLflow it was tested with; reinstall it with `make setup`), and torch.export.load "
+                "would unpickle the archive. Pass trust_pickle=true only if you trust its "
+                "author") from exc
+        try:
+            _validate_pt2_archive_is_pickle_free(str(path))
+        except Exception as exc:
+            raise SourceError(PICKLE_REFUSED.format(what=f"part of {path}") + f" ({exc})") from exc
     try:
         return torch.export.load(str(path))
     except Exception as exc:
@@ -119,9 +134,10 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
     from servegate.sources.text_pyfunc import is_text_model
 
     options = options or SourceOptions()
+    storage_uri(uri, what=uri)  # every hop checked before MLflow reads anything there
     try:
         info = mlflow.models.get_model_info(uri)
-    except (MlflowException, OSError) as exc:
+    except (MlflowException, OSError, ValueError) as exc:
         raise SourceError(f"cannot load {uri} from MLflow: {exc}") from exc
     if is_text_model(info.metadata):
         from servegate.sources.text_pyfunc import import_registered_text_model
@@ -129,17 +145,15 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
         task = None if options.task in (None, "", "auto") else options.task
         return import_registered_text_model(uri, str(info.metadata["task"]), task=task,
                                             max_length=options.max_length, eval_data=options.eval_data,
-                                            label_column=options.label_column)
+                                            label_column=options.label_column,
+                                            trust_pickle=options.trust_pickle,
+                                            registered_format=info.metadata.get("format"))
     if "pytorch" not in info.flavors:
         raise SourceError(f"{uri} is not a PyTorch model (flavors: {', '.join(sorted(info.flavors))}); "
                           "Keras models deploy with target=tfserving")
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(keep_until_exit("servegate-import-"))))
-    except (MlflowException, OSError) as exc:
-        raise SourceError(f"cannot download {uri} from MLflow: {exc}") from exc
     flavor = info.flavors["pytorch"]
-    data_dir = local / str(flavor.get("model_data", "data"))
+    local = download(uri, keep_until_exit("servegate-import-"), what=uri)
+    data_dir = inside(local, flavor.get("model_data", "data"), what=uri)
     program = None
     if (data_dir / "model.pt2").exists():
         program = load_program(data_dir / "model.pt2", trust_pickle=options.trust_pickle)
@@ -163,8 +177,8 @@ def _load_mlflow_pickle(uri: str, local: Path, flavor: dict[str, Any], options: 
     if not options.trust_pickle:
         raise SourceError(PICKLE_REFUSED.format(what=f"{uri} (MLflow pickle format)"))
     code = flavor.get("code")
-    if code and str(local / code) not in sys.path:
-        sys.path.insert(0, str(local / code))
+    if code and str(inside(local, code, what=uri)) not in sys.path:
+        sys.path.insert(0, str(inside(local, code, what=uri)))
     try:
         with _pickle_allowed():
             return mlflow.pytorch.load_model(str(local), map_location="cpu")

@@ -26,13 +26,15 @@ BUILTIN = "builtin:digits-keras"
 
 
 def load_keras_model(uri: str, *, eval_data: str | None = None, label_column: str = "label",
-                     task: str | None = None, class_names: list[str] | None = None) -> KerasModel:
+                     task: str | None = None, class_names: list[str] | None = None,
+                     trust_pickle: bool = False) -> KerasModel:
     """Resolve a TensorFlow model source into a ``KerasModel`` gated on ``eval_data``.
 
     ``builtin:digits-keras`` keeps its own held-out set (``eval_data`` replaces it when given);
     every other source needs ``eval_data``. ``task``: ``classification`` or ``regression`` (None:
     inferred). ``class_names``: the class labels in index order (default ``"0"``, ``"1"``, ...);
-    string labels in the data are looked up in them.
+    string labels in the data are looked up in them. ``trust_pickle``: load a model whose files
+    name code (``keras_safety``) without vetting it.
     """
     if uri == BUILTIN:
         from servegate.sources.digits_keras import builtin_digits_keras
@@ -46,7 +48,7 @@ def load_keras_model(uri: str, *, eval_data: str | None = None, label_column: st
         return model
     if uri.startswith("builtin:"):
         raise SourceError(f"unknown built-in TensorFlow model {uri!r}; known: {BUILTIN}")
-    keras_model = _load(uri)
+    keras_model = _load(uri, trust_pickle=trust_pickle)
     if eval_data is None:
         raise SourceError(
             f"{uri}: a Keras model is gated on your held-out data, and its inputs cannot be guessed: "
@@ -56,29 +58,56 @@ def load_keras_model(uri: str, *, eval_data: str | None = None, label_column: st
                           class_names=class_names)
 
 
-def _load(uri: str) -> Any:
+def _load(uri: str, *, trust_pickle: bool = False) -> Any:
+    """The Keras model at ``uri``, its files vetted first unless ``trust_pickle``
+    (``keras_safety``): a registry or a file can name code."""
     if uri.startswith(("models:/", "runs:/")):
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return mlflow.keras.load_model(uri)
-        except (MlflowException, OSError) as exc:
-            raise SourceError(f"cannot load {uri} from MLflow as a Keras model: {exc}") from exc
+        return _load_from_mlflow(uri, trust_pickle=trust_pickle)
     path = Path(uri).expanduser()
     if not path.exists():
         raise SourceError(f"model not found: {path}")
     if path.is_dir() and (path / "saved_model.pb").exists():
-        return _savedmodel_as_keras(path)
+        return _savedmodel_as_keras(path, trust_pickle=trust_pickle)
     if path.suffix == ".keras":
-        import keras
-
-        try:
-            return keras.models.load_model(path)
-        except Exception as exc:
-            raise SourceError(f"cannot load a Keras model from {path}: {exc}") from exc
+        return _load_keras_file(path, trust_pickle=trust_pickle, what=str(path))
     raise SourceError(f"TensorFlow sources: {BUILTIN}, a .keras file, a SavedModel "
                       f"directory or an MLflow Keras model; got {uri!r}")
+
+
+def _load_keras_file(path: Path, *, trust_pickle: bool, what: str) -> Any:
+    import keras
+
+    from servegate.sources.keras_safety import vet_keras_archive
+
+    if not trust_pickle:
+        vet_keras_archive(path, what=what)
+    try:
+        return keras.saving.load_model(path, safe_mode=not trust_pickle)
+    except Exception as exc:
+        raise SourceError(f"cannot load a Keras model from {what}: {exc}") from exc
+
+
+def _load_from_mlflow(uri: str, *, trust_pickle: bool) -> Any:
+    """An MLflow Keras model (``.keras``, or an exported SavedModel), downloaded through
+    ``artifact_access`` and vetted before it is loaded."""
+    from mlflow.models import Model
+
+    from servegate.artifact_access import download
+    from servegate.sources.imports import inside, keep_until_exit
+
+    local = download(uri, keep_until_exit("servegate-import-"), what=uri)
+    try:
+        flavor = Model.load(str(local)).flavors["keras"]
+    except (KeyError, OSError, ValueError) as exc:
+        raise SourceError(f"{uri} is not an MLflow Keras model (target=tfserving takes the keras "
+                          f"flavor): {exc}") from exc
+    data = inside(local, flavor.get("data", "model"), what=uri)
+    if data.is_dir():
+        data = data / "model"
+    if flavor.get("save_exported_model"):
+        return _savedmodel_as_keras(data, trust_pickle=trust_pickle, what=uri)
+    return _load_keras_file(data.with_name(data.name + ".keras"), trust_pickle=trust_pickle,
+                            what=uri)
 
 
 #: Outputs of a SavedModel's serving_default taken as the model's output, in order of preference
@@ -86,11 +115,17 @@ def _load(uri: str) -> Any:
 PREFERRED_OUTPUTS = ("probabilities", "values", "logits", "predictions", "outputs", "output_0")
 
 
-def _savedmodel_as_keras(path: Path) -> Any:
+def _savedmodel_as_keras(path: Path, *, trust_pickle: bool = False, what: str = "") -> Any:
     """A SavedModel's ``serving_default`` wrapped as a Keras model (so it can be re-exported with
-    our pre/post-processing): one input; one output, or the first of ``PREFERRED_OUTPUTS``."""
+    our pre/post-processing): one input; one output, or the first of ``PREFERRED_OUTPUTS``.
+    Unless ``trust_pickle``, its signatures must reach no op that touches files or Python."""
     import keras
     import tensorflow as tf
+
+    from servegate.sources.keras_safety import vet_savedmodel
+
+    if not trust_pickle:
+        vet_savedmodel(path, what=what or str(path))
 
     try:
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]

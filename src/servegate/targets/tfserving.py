@@ -45,7 +45,8 @@ class TFServingTarget(MeasuredTarget):
 
         return load_keras_model(config.model, eval_data=config.eval_data,
                                 label_column=config.label_column, task=config.task,
-                                class_names=read_labels(config.labels))
+                                class_names=read_labels(config.labels),
+                                trust_pickle=config.trust_pickle)
 
     def register(self, model: Any, name: str) -> str:
         from servegate import tracking

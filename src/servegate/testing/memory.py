@@ -42,8 +42,12 @@ class MemoryBackend:
 
     # ---- ServingBackend ---------------------------------------------------------------------------
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None) -> None:
+               source_uri: str | None = None, sha256: str | None = None) -> None:
         self._hook("deploy", name, version)
+        if sha256 is not None and Path(artifact).exists():
+            from servegate.integrity import verify_artifact
+
+            verify_artifact(Path(artifact), sha256, f"{name} v{version} ({artifact})")
         model = self._load().setdefault(name, {"versions": {}, "default": None})
         model["versions"][version] = {"artifact": str(artifact), "workers": workers,
                                       "source_uri": source_uri}

@@ -35,7 +35,13 @@ from servegate.backends.tfserving.config import (
     parse_models_config,
 )
 from servegate.backends.tfserving.local import ENV_MODEL_ROOT, HOW_TO_PROVIDE, TFServingState
-from servegate.errors import ConfigError, ModelNotFound, ServerNotRunning, ServerStartError
+from servegate.errors import (
+    ConfigError,
+    IntegrityError,
+    ModelNotFound,
+    ServerNotRunning,
+    ServerStartError,
+)
 from servegate.naming import validate_name
 
 
@@ -111,30 +117,36 @@ class TFServingBackend:
         return dict(entry.labels) if entry else {}
 
     # ---- ServingBackend -----------------------------------------------------------------------
-    def _place(self, artifact: Path, name: str, version: int) -> None:
+    def _place(self, artifact: Path, name: str, version: int, sha256: str | None = None) -> None:
         """Put the SavedModel at ``<root>/<name>/<version>`` (a local root: via a hidden temp
-        dir + rename; a remote one: copied in place, loaded only once models.config names it)."""
+        dir + rename; a remote one: copied in place, loaded only once models.config names it);
+        with ``sha256``, the tree as placed there must hash to it (``IntegrityError``)."""
         relative = f"{validate_name(name)}/{version_number(version)}"
         artifact = Path(artifact).resolve()
         graph = "saved_model.pb"
         if not (artifact / graph).is_file():
             raise ConfigError(f"{artifact} is not a SavedModel directory (no saved_model.pb)")
-        if self.model_root is not None and (self.model_root / relative).resolve() == artifact:
-            return
-        existing = self.root.read_bytes(f"{relative}/{graph}")
-        if existing is not None:
-            if existing != (artifact / graph).read_bytes():
+        if not (self.model_root is not None and (self.model_root / relative).resolve() == artifact):
+            existing = self.root.read_bytes(f"{relative}/{graph}")
+            if existing is None:
+                self.root.put_tree(artifact, relative)
+            elif existing != (artifact / graph).read_bytes():
                 raise ConfigError(f"{self.root.location}/{relative} already holds another "
                                   "SavedModel: versions are immutable, deploy a new version number")
-            return
-        self.root.put_tree(artifact, relative)
+        if sha256 is not None:
+            placed = self.root.tree_sha256(relative)
+            if placed != sha256:
+                raise IntegrityError(f"{name} v{version} at {self.root.location}/{relative} hashes to "
+                                     f"{placed}, but {sha256} was recorded when it was built; "
+                                     "refusing to serve it")
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None) -> None:
-        """Serve a NEW version: placed atomically, loaded, AVAILABLE, then labelled ``canary``
-        (``stable`` if it is the model's first version). The stable route is untouched."""
+               source_uri: str | None = None, sha256: str | None = None) -> None:
+        """Serve a NEW version: placed atomically (and verified against ``sha256`` where it is
+        placed), loaded, AVAILABLE, then labelled ``canary`` (``stable`` if it is the model's
+        first version). The stable route is untouched."""
         number = version_number(version)
-        self._place(artifact, name, number)
+        self._place(artifact, name, number, sha256)
         current = self.entry(name) or ModelEntry(name, f"{self.server_root}/{name}", ())
         versions = tuple(sorted({*current.versions, number}))
         # Labels may only name AVAILABLE versions: a server that lost our versions (restarted

@@ -48,8 +48,8 @@ class TorchServeBackend:
         self.close()
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None) -> None:
-        url = self.delivery.locate(Path(artifact), name, version, source_uri)
+               source_uri: str | None = None, sha256: str | None = None) -> None:
+        url = self.delivery.locate(Path(artifact), name, version, source_uri, sha256)
         self.client.register(url, initial_workers=workers)
         self.client.wait_ready(name, version, min_ready=workers, timeout_s=self.ready_timeout_s)
 
