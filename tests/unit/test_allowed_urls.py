@@ -61,7 +61,8 @@ def _attacks(prefix: str) -> list[str]:
         prefix + "a\u0085/../secret.mar", prefix + "a\r%2e%2e/secret.mar",
         # queries, fragments, parameters, other characters
         prefix + "a.mar?x=.mar", prefix + "a?.mar", prefix + "a#.mar", prefix + "a.mar#x.mar",
-        prefix + "a;b.mar", prefix + "a b.mar", prefix + "a\tb.mar", prefix + "\u00e9.mar",
+        prefix + "a;b.mar", prefix + "a\\b.mar", prefix + "a b.mar", prefix + "a\tb.mar",
+        prefix + "\u00e9.mar",
         prefix + "\uff0e\uff0e\uff0fsecret.mar",
         # other hosts, ports, userinfo and schemes; case variants of the fixed part
         f"{scheme}://{host}@evil.example/{prefix.split('/', 3)[3]}x.mar",
