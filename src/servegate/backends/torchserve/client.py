@@ -14,11 +14,13 @@ from typing import Any
 
 import httpx
 
+from servegate.artifact_urls import has_userinfo, redact_userinfo
 from servegate.backends.base import VersionInfo
 from servegate.backends.torchserve.errors import raise_for_status
 from servegate.backends.torchserve.keys import KeyFile, KeyKind, Keys
 from servegate.errors import (
     AuthError,
+    ConfigError,
     ModelNotFound,
     ServerNotRunning,
     ServerRequestError,
@@ -98,6 +100,9 @@ class TorchServeClient:
     # ---- management --------------------------------------------------------------------------
     def register(self, archive: str, *, initial_workers: int = 1, timeout_s: int = 300) -> None:
         """Register an archive of the model store (by file name) and start its workers."""
+        if has_userinfo(archive):  # it would reach the server, its logs and httpx's INFO log
+            raise ConfigError(f"refusing to register {redact_userinfo(archive)}: a URL given to "
+                              "the server must not carry a user name or password")
         self._management(
             "POST", "/models", f"register {archive}",
             params={"url": archive, "initial_workers": initial_workers, "synchronous": "true"},

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from servegate._atomic import atomic_write_text
 from servegate._resources import serving_configs_dir
 from servegate.backends._local import LocalServer
 from servegate.backends._process import (
@@ -59,7 +60,7 @@ class ServerState:
 
 
 def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
-    """``config.properties`` from the template (loopback, token auth, allowed_urls = store), and
+    """``config.properties`` from the template (loopback, token auth, ``allowed_urls``), and
     the host's GPUs as ``number_of_gpu`` (0 on a CPU-only host)."""
     from servegate.devices import gpu_count
 
@@ -74,7 +75,7 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         grpc_inference_port=ports["grpc_inference"],
         grpc_management_port=ports["grpc_management"],
         model_store=store,
-        allowed_urls=allowed_urls(settings, store),
+        allowed_urls=allowed_urls(settings),
         metrics_config=templates / "metrics.yaml",
         job_queue_size=100,
         max_request_size=settings.max_request_size,
@@ -84,19 +85,30 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
          if settings.token_expiration_min else "") + f"number_of_gpu={gpu_count()}\n"
 
 
-def allowed_urls(settings: TorchServeSettings, store: Path) -> str:
-    """``allowed_urls`` as written in ``config.properties`` (a Java properties file, so every
-    backslash doubled): archives of the model store, and under each allowed URL prefix."""
-    from servegate.artifact_urls import allowed_url_pattern
+def allowed_urls(settings: TorchServeSettings) -> str:
+    """``allowed_urls`` as written in ``config.properties``: archives under each allowed URL
+    prefix (``artifact_urls.allowed_url_pattern``), and no other URL.
 
-    patterns = [f"file://{_regex_escape(str(store))}/[^/]+\\.mar"]
-    patterns += [allowed_url_pattern(prefix) for prefix in settings.allowed_url_prefixes]
-    return ",".join(p.replace("\\", "\\\\") for p in patterns)
+    No ``file://`` URL of the model store is admitted: its archives are registered by file name,
+    which TorchServe never matches against ``allowed_urls``, and a ``file://`` URL of an archive
+    already in the store answers 500 ("already exists"), so such a pattern could only ever admit
+    a way out of the store (``%2e%2e%2f``). Java reads the file as ISO-8859-1 properties with
+    backslash escapes and splits the value on ``,``: the patterns are ASCII without commas, and
+    every backslash is doubled.
+    """
+    from servegate.artifact_urls import MATCH_NOTHING, allowed_url_pattern
+
+    patterns = [allowed_url_pattern(prefix) for prefix in settings.allowed_url_prefixes]
+    return _properties_value(",".join(patterns) or MATCH_NOTHING)
 
 
-def _regex_escape(path: str) -> str:
-    # Escape only what a file path can hold that is special in a Java regex.
-    return "".join("\\" + c if c in ".+*?^$()[]{}|" else c for c in path)
+def _properties_value(text: str) -> str:
+    """``text`` as a Java properties value: backslashes doubled; anything that is not printable
+    ASCII (``Properties.load`` reads ISO-8859-1, and a line terminator would end the value) as
+    ``\\uXXXX``; a leading space escaped (it would be dropped)."""
+    escaped = "".join(c if c.isascii() and c.isprintable() and c != "\\" else
+                      "\\\\" if c == "\\" else f"\\u{ord(c):04x}" for c in text)
+    return "\\" + escaped if escaped.startswith(" ") else escaped
 
 
 class LocalTorchServe(LocalServer[ServerState]):
@@ -132,7 +144,8 @@ class LocalTorchServe(LocalServer[ServerState]):
             "grpc_management": free_port(s.host),
         }
         config = self.workdir / "config.properties"
-        config.write_text(render_config(s, ports, self.model_store), encoding="utf-8")
+        # 0600 (atomic_write_text): the file names the servers' addresses and allowed URLs.
+        atomic_write_text(config, render_config(s, ports, self.model_store))
         process, create_time = self._spawn(
             [_torchserve_executable(), "--start", "--foreground", "--ncs",
              "--model-store", str(self.model_store), "--ts-config", str(config)],
