@@ -13,7 +13,7 @@ from servegate.config import TorchServeSettings
 
 def _require_java() -> None:
     if shutil.which("java") is None:
-        pytest.fail("java is not installed: `make setup` installs openjdk-17-jre-headless")
+        pytest.fail("java is not installed: `make setup` installs openjdk-17-jdk-headless")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from typing import Protocol
 from servegate._atomic import atomic_copy
 from servegate.errors import ConfigError, IntegrityError, ServerError
 from servegate.integrity import artifact_sha256, stream_sha256
+from servegate.redact import redact_url
 from servegate.packaging.mar import archive_file_name
 
 
@@ -81,7 +82,7 @@ class ArtifactUrl:
                               "URI (it was not logged to MLflow)")
         expected = archive_file_name(name, version)
         if not source_uri.rstrip("/").endswith("/" + expected):
-            raise ConfigError(f"{source_uri} is not {expected}: the server names the archive it "
+            raise ConfigError(f"{redact_url(source_uri)} is not {expected}: the server names the archive it "
                               "downloads after the URL")
         url = fetch_url(source_uri, self._tracking_uri or _tracking_uri(),
                         os.environ.get("MLFLOW_S3_ENDPOINT_URL"))
@@ -96,8 +97,6 @@ class ArtifactUrl:
     def _fetched_sha256(self, url: str, what: str) -> str:
         """sha256 of ``url`` fetched as the server fetches it: plain GET, no credentials."""
         import httpx
-
-        from servegate.redact import redact_url
 
         try:
             with httpx.stream("GET", url, timeout=self.timeout_s, verify=self.verify,
