@@ -21,8 +21,8 @@ from typing import Protocol
 from servegate._atomic import atomic_copy
 from servegate.errors import ConfigError, IntegrityError, ServerError
 from servegate.integrity import artifact_sha256, stream_sha256
-from servegate.redact import redact_url
 from servegate.packaging.mar import archive_file_name
+from servegate.redact import redact_url
 
 
 class ArchiveDelivery(Protocol):
