@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from servegate.errors import ConfigError
 from servegate.gates.checks import Check
 from servegate.gates.load import LoadResult
-from servegate.gates.parity import ParityResult
-from servegate.errors import ConfigError
 from servegate.gates.network import NetworkProbe
+from servegate.gates.parity import ParityResult
 from servegate.gates.report import GateReport, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def _hostile_report(endpoint: str = "http://127.0.0.1:1/predictions/x") -> GateR
                        timeline=[{"t": 1.0, "rps": 10.0}])]
     parity = ParityResult(rows=3, max_abs_diff=0.0, top1_agreement=1.0, accuracy=0.9,
                           reference_accuracy=0.9, champion_accuracy=None, abs_diffs=np.zeros(3),
-                          task=f"classification<script>alert(2)</script>")
+                          task="classification<script>alert(2)</script>")
     checks = [Check("parity", f"accuracy{HOSTILE}", 0.9, ">=", 0.5)]
     return GateReport(
         f"digits{HOSTILE}", "2", None, "promoted", checks, parity, load, endpoint,
