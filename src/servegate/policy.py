@@ -25,7 +25,6 @@ Standard library only.
 from __future__ import annotations
 
 import math
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,9 +123,9 @@ def default_policy_path() -> Path:
                           f"set {POLICY_ENV} to a policy file") from exc
 
 
-def policy_path(env: Mapping[str, str] | None = None) -> Path:
+def policy_path(env: Mapping[str, str]) -> Path:
     """``$SERVEGATE_GATE_POLICY`` of ``env`` (an absolute path), else ``default_policy_path()``."""
-    value = (os.environ if env is None else env).get(POLICY_ENV, "")
+    value = env.get(POLICY_ENV, "")
     if not value:
         return default_policy_path()
     path = Path(value)

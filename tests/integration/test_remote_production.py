@@ -144,7 +144,7 @@ def run_workflow(inputs: dict[str, str], secrets: dict[str, str], runner: Path,
         if failed is not None:
             break
         job = workflow["jobs"][job_id]
-        github_output = runner.parent / f"{job_id}.outputs"
+        github_output = summary.with_name(f"{job_id}.outputs")
         github_output.write_text("")
         for step in job["steps"]:
             if "run" not in step or (failed is not None and step.get("if") != "always()"):
@@ -204,8 +204,9 @@ def test_the_workflow_promotes_onto_the_long_lived_server_and_rejects_a_worse_mo
         # the servers' addresses are the workflow's secrets: the report names them, never shows them
         for address in (state.management, state.inference, url):
             assert address.removeprefix("http://") not in report, address
-        assert "SERVEGATE\\_TORCHSERVE\\_INFERENCE\\_URL" in report
-        assert (runner.parent / "validate.outputs").read_text() == "model-name=digits\n"
+        assert "$SERVEGATE_TORCHSERVE_INFERENCE_URL/predictions/digits" in report  # the curl
+        assert "to HIDDEN-HOST: network round trip" in report
+        assert summary.with_name("validate.outputs").read_text() == "model-name=digits\n"
         assert "Decision: promoted" in summary.read_text()
         load_run = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
                                       filter_string="attributes.run_name = 'gate-load'")[0]

@@ -219,3 +219,13 @@ def test_the_mlproject_entry_refuses_a_loosening_parameter(monkeypatch: pytest.M
     assert done.returncode == 5, output
     assert "load_seconds=3600" in output and "max_accuracy_drop=1" in output
     assert "gate-policy.toml" in output
+
+
+def test_servegate_policy_shows_the_limits_runs_are_held_to(policy: Path) -> None:
+    from servegate.cli import app
+
+    result = CliRunner().invoke(app, ["policy"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "load_seconds" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["load_seconds", "2", "20"]
+    assert "policy.toml" in result.output.replace("\n", "")

@@ -73,7 +73,7 @@ def _hostile_report(endpoint: str = "http://127.0.0.1:1/predictions/x") -> GateR
     parity = ParityResult(rows=3, max_abs_diff=0.0, top1_agreement=1.0, accuracy=0.9,
                           reference_accuracy=0.9, champion_accuracy=None, abs_diffs=np.zeros(3),
                           task="classification<script>alert(2)</script>")
-    checks = [Check("parity", f"accuracy{HOSTILE}", 0.9, ">=", 0.5)]
+    checks = [Check("parity", f"accuracy | {HOSTILE} |", 0.9, ">=", 0.5)]
     return GateReport(
         f"digits{HOSTILE}", "2", None, "promoted", checks, parity, load, endpoint,
         f"curl -d '{{\"instances\": [\"</code></pre><script>alert(3)</script>\\n```\\n{HOSTILE}\"]}}' "
@@ -98,6 +98,8 @@ def test_the_report_is_inert_whatever_the_model_run_or_payload_carries(tmp_path:
         assert not any("javascript:" in (value or "").lower() for value in attrs.values()), (tag, attrs)
         if tag == "img":
             assert (attrs.get("src") or "").startswith("data:image/png;base64,"), attrs
+    cells = [tag for tag, _ in parsed.tags if tag == "td"]
+    assert len(cells) == 5 + 8  # one check row, one load row: no cell smuggled in by a `|`
     text = "".join(parsed.text)
     assert HOSTILE in text and "<script>alert(3)</script>" in text and "javascript:alert(4)" in text
     # the Markdown (the workflow's job summary) carries no raw tag outside its code blocks

@@ -145,7 +145,8 @@ def _markdown(report: GateReport, plots: list[Path], shown: _Shown) -> str:
         if report.network is not None:
             network = dataclasses.replace(
                 report.network, target=redact_host(report.network.target, hide_hosts=shown.hide_hosts))
-            lines += [t(network.describe().capitalize() + "."), ""]
+            described = network.describe()
+            lines += [t(described[:1].upper() + described[1:] + "."), ""]
         lines += [f"**{t(note)}**" for note in report.load_notes] + ([""] if report.load_notes else [])
         lines += ["| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors | load-bound |",
                   "|---|---|---|---|---|---|---|---|"]
