@@ -6,8 +6,24 @@ MLflow runs this from ``pipelines/deploy``; when servegate is not installed in t
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
+
+#: The options whose MLproject parameters are declared ``float`` (MLproject has no int type that
+#: MLflow would not pass as e.g. "8.0") while ``servegate run`` takes an int.
+INTEGER_OPTIONS = frozenset({"--max-length", "--load-users", "--load-rounds", "--batch-size",
+                             "--max-batch-delay-ms", "--workers-per-gpu"})
+
+
+def cli_arguments(argv: list[str]) -> list[str]:
+    """``argv`` with ``N.0`` turned into ``N`` where an integer option takes it, and nowhere else
+    (a path or a name that looks like ``12.0`` is passed as it is)."""
+    arguments = list(argv)
+    for i in range(1, len(arguments)):
+        if arguments[i - 1] in INTEGER_OPTIONS and re.fullmatch(r"-?[0-9]+\.0+", arguments[i]):
+            arguments[i] = arguments[i].partition(".")[0]
+    return arguments
 
 
 def _main() -> None:
@@ -17,9 +33,7 @@ def _main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
     from servegate.cli import main
 
-    # MLflow passes int parameters declared as float as e.g. "8.0": accept both.
-    argv = [a[:-2] if a.endswith(".0") and a[:-2].lstrip("-").isdigit() else a for a in sys.argv[1:]]
-    main(["run", *argv])
+    main(["run", *cli_arguments(sys.argv[1:])])
 
 
 if __name__ == "__main__":

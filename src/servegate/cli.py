@@ -367,7 +367,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs and warnings on the terminal too.")] = False,
     workdir: WorkdirOption = None,
 ) -> None:
-    """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected)."""
+    """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected).
+    Gate options may tighten the gate policy's limits, never loosen them (`servegate policy`)."""
     from pydantic import ValidationError
 
     from servegate.config import (
@@ -466,6 +467,20 @@ def _print_result(result: Any) -> None:
         out.print("try it:")
         out.print(result.curl, soft_wrap=True, highlight=False, markup=False)
     out.print(f"MLflow run: {result.run_id}")
+
+
+@app.command("policy")
+def policy_command() -> None:
+    """The gate policy runs are held to ($SERVEGATE_GATE_POLICY, else serving_configs/gate-policy.toml):
+    a run's gate options may tighten these limits, never loosen them."""
+    from servegate.config import gate_policy_path
+    from servegate.policy import load_policy
+
+    policy = load_policy(gate_policy_path())
+    table = Table("parameter", "min", "max", title=f"gate policy {policy.path}")
+    for name, bounds in policy.limits.items():
+        table.add_row(name, *("" if b is None else f"{b:g}" for b in (bounds.minimum, bounds.maximum)))
+    out.print(table)
 
 
 @app.command("rollback")

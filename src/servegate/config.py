@@ -117,6 +117,44 @@ def allow_unverified_restore() -> bool:
     return os.environ.get("SERVEGATE_ALLOW_UNVERIFIED_RESTORE", "").lower() in ("1", "true", "yes")
 
 
+def gate_policy_path() -> Path:
+    """The gate policy file every ``PipelineConfig`` is checked against (``servegate.policy``):
+    ``SERVEGATE_GATE_POLICY`` (an operator's file, an absolute path), else the repository's
+    ``serving_configs/gate-policy.toml``. Never a run's parameter: a payload cannot choose it."""
+    from servegate.policy import policy_path
+
+    return policy_path(os.environ)
+
+
+#: ``true``: reports name the servers by the settings holding their addresses, never show them
+#: (the promotion workflow keeps those addresses as secrets); ``false``: show them without
+#: userinfo and query. Unset: ``true`` on GitHub Actions (``GITHUB_ACTIONS=true``).
+REDACT_HOSTS_ENV = "SERVEGATE_REDACT_HOSTS"
+#: The settings whose values locate a server or its models (secrets in the promotion workflow).
+SERVER_ADDRESS_SETTINGS = (
+    "SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "SERVEGATE_TORCHSERVE_INFERENCE_URL",
+    "SERVEGATE_TORCHSERVE_METRICS_URL", "SERVEGATE_TORCHSERVE_MODEL_STORE",
+    "SERVEGATE_TORCHSERVE_KEY_FILE", "SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_GRPC",
+    "SERVEGATE_TFSERVING_MODEL_ROOT", "SERVEGATE_TFSERVING_SERVER_ROOT", "MLFLOW_TRACKING_URI")
+
+
+def redact_hosts() -> bool:
+    """Whether reports hide the servers' addresses (``SERVEGATE_REDACT_HOSTS``)."""
+    from servegate.errors import ConfigError
+
+    value = os.environ.get(REDACT_HOSTS_ENV, "").strip().lower()
+    if not value:
+        return os.environ.get("GITHUB_ACTIONS") == "true"
+    if value not in ("true", "false", "1", "0"):
+        raise ConfigError(f"{REDACT_HOSTS_ENV} must be true or false, got {value!r}")
+    return value in ("true", "1")
+
+
+def server_address_settings() -> dict[str, str]:
+    """The set ``SERVER_ADDRESS_SETTINGS``, by name (what a report names instead of a host)."""
+    return {name: os.environ[name] for name in SERVER_ADDRESS_SETTINGS if os.environ.get(name)}
+
+
 def home_dir() -> Path:
     """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
     return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()
@@ -371,6 +409,14 @@ class PipelineConfig(_Settings):
             get_target(self.target).check_compiler(self.compiler)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _within_the_gate_policy(self) -> PipelineConfig:
+        """Gates as tight as the policy file's or tighter: else ``ConfigError`` (not wrapped)."""
+        from servegate.policy import load_policy
+
+        load_policy(gate_policy_path()).enforce(self)
         return self
 
     @model_validator(mode="after")

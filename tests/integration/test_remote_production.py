@@ -115,32 +115,47 @@ def _resolve(expression: str, inputs: dict[str, str], secrets: dict[str, str]) -
     return ""
 
 
-def workflow_env(job: dict, inputs: dict[str, str], secrets: dict[str, str], runner: Path,
-                 summary: Path) -> dict[str, str]:
-    """The job's environment on a runner: its ``env`` resolved, this machine's PATH and the
-    like, nothing of servegate's or MLflow's from the test process."""
-    env = {k: _resolve(str(v), inputs, secrets) for k, v in job["env"].items()}
+def workflow_env(job: dict, step: dict, inputs: dict[str, str], secrets: dict[str, str],
+                 runner: Path, summary: Path) -> dict[str, str]:
+    """A step's environment on a runner: its job's ``env`` and its own, resolved, this machine's
+    PATH and the like, nothing of servegate's or MLflow's from the test process but the gate
+    policy this test's repository keeps (a shared box's: see tests/integration/conftest.py)."""
+    declared = job.get("env", {}) | step.get("env", {})
+    env = {k: _resolve(str(v), inputs, secrets) for k, v in declared.items()}
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("SERVEGATE_", "MLFLOW_"))} | {"MAKEFLAGS": ""}
-    return base | env | {"SERVEGATE_HOME": str(runner), "GITHUB_STEP_SUMMARY": str(summary)}
+    policy = {"SERVEGATE_GATE_POLICY": os.environ["SERVEGATE_GATE_POLICY"]}
+    return base | policy | env | {"SERVEGATE_HOME": str(runner), "GITHUB_STEP_SUMMARY": str(summary)}
+
+
+#: promote.yml's jobs in the order ``needs`` runs them.
+JOBS = ("validate", "gate-and-promote")
 
 
 def run_workflow(inputs: dict[str, str], secrets: dict[str, str], runner: Path,
                  summary: Path) -> subprocess.CompletedProcess[str]:
-    """promote.yml's job, step by step as a runner runs it (`run` steps in bash -e, in the
-    checkout), with its env resolved from the inputs and the secrets; stops at the first
-    failing step unless a later one runs ``if: always()``."""
-    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["gate-and-promote"]
-    env = workflow_env(job, inputs, secrets, runner, summary)
+    """promote.yml's jobs, step by step as a runner runs them (`run` steps in bash -e, in the
+    checkout), each step's env resolved from the inputs and the secrets; stops at the first
+    failing step unless a later one runs ``if: always()``, and a failed job skips the next."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    assert tuple(workflow["jobs"]) == JOBS and workflow["jobs"][JOBS[1]]["needs"] == JOBS[0]
     outputs, failed = [], None
-    for step in job["steps"]:
-        if "run" not in step or (failed is not None and step.get("if") != "always()"):
-            continue
-        done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=900)
-        outputs.append(done)
-        if done.returncode != 0 and failed is None:
-            failed = done
+    for job_id in JOBS:
+        if failed is not None:
+            break
+        job = workflow["jobs"][job_id]
+        github_output = summary.with_name(f"{job_id}.outputs")
+        github_output.write_text("")
+        for step in job["steps"]:
+            if "run" not in step or (failed is not None and step.get("if") != "always()"):
+                continue
+            env = workflow_env(job, step, inputs, secrets, runner, summary)
+            done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT,
+                                  env=env | {"GITHUB_OUTPUT": str(github_output)},
+                                  capture_output=True, text=True, timeout=900)
+            outputs.append(done)
+            if done.returncode != 0 and failed is None:
+                failed = done
     first = failed or outputs[-1]
     return subprocess.CompletedProcess(first.args, first.returncode,
                                        "".join(o.stdout for o in outputs),
@@ -186,6 +201,12 @@ def test_the_workflow_promotes_onto_the_long_lived_server_and_rejects_a_worse_mo
         assert sorted(p.name for p in Path(state.model_store).glob("*.mar")) == ["digits.v1.mar"]
         report = (report_dir / "gate_report.md").read_text()
         assert "network round trip" in report and "attached to" in report
+        # the servers' addresses are the workflow's secrets: the report names them, never shows them
+        for address in (state.management, state.inference, url):
+            assert address.removeprefix("http://") not in report, address
+        assert "$SERVEGATE_TORCHSERVE_INFERENCE_URL/predictions/digits" in report  # the curl
+        assert "to HIDDEN-HOST: network round trip" in report
+        assert summary.with_name("validate.outputs").read_text() == "model-name=digits\n"
         assert "Decision: promoted" in summary.read_text()
         load_run = mlflow.search_runs(experiment_names=["servegate-deploy"], output_format="list",
                                       filter_string="attributes.run_name = 'gate-load'")[0]
@@ -246,10 +267,10 @@ def test_the_workflow_refuses_to_promote_onto_a_throwaway_server(tmp_path: Path,
     assert not (runner / "torchserve").exists()
 
     job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["gate-and-promote"]
-    deploy = next(s["run"] for s in job["steps"] if "make deploy" in s.get("run", ""))
-    env = workflow_env(job, {"model": "builtin:digits", "compiler": "eager"},
+    deploy = next(s for s in job["steps"] if "make deploy" in s.get("run", ""))
+    env = workflow_env(job, deploy, {"model": "builtin:digits", "compiler": "eager"},
                        {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}, runner, summary)
-    refused = subprocess.run(["bash", "-e", "-c", deploy], cwd=ROOT, env=env, capture_output=True,
+    refused = subprocess.run(["bash", "-e", "-c", deploy["run"]], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode != 0
     assert "refusing to start a local TorchServe" in refused.stdout + refused.stderr

@@ -1,16 +1,28 @@
-"""The gate report: Markdown and HTML with plots, written to a directory and logged to MLflow."""
+"""The gate report: Markdown and HTML with plots, written to a directory and logged to MLflow.
+
+The report is inert: every value that comes from a model, a run, a payload or a server (names,
+labels, the evaluation note, URLs, the curl) is escaped for Markdown and HTML, and the HTML is
+rendered with raw HTML off and no link or image other than the report's own plots. URLs lose their
+userinfo and query; where the servers' addresses are secret (``config.redact_hosts``: the
+promotion workflow), they are named by the setting that holds them, never shown.
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from servegate.gates.checks import Check
 from servegate.gates.load import LoadResult
 from servegate.gates.network import NetworkProbe
 from servegate.gates.parity import ParityResult
+from servegate.redact import redact_host, redact_urls_in
 
 
 @dataclass(frozen=True)
@@ -74,50 +86,120 @@ def _plots(report: GateReport, out: Path) -> list[Path]:
     return paths
 
 
-def _markdown(report: GateReport, plots: list[Path]) -> str:
+#: Characters that start Markdown markup inline (Python-Markdown and GitHub's), escaped with ``\\``.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+#: Line breaks of every kind (Markdown blocks, code fences and table rows end at them).
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """How values are shown: URLs redacted (hosts hidden or not), then escaped."""
+
+    hide_hosts: bool
+    named: Mapping[str, str]
+
+    def url_safe(self, value: object) -> str:
+        return redact_urls_in(_LINE_BREAKS.sub(" ", str(value)), hide_hosts=self.hide_hosts,
+                              named=self.named)
+
+    def text(self, value: object) -> str:
+        """``value`` as literal text in Markdown: no markup, no HTML, one line."""
+        return html.escape(_MARKDOWN_PUNCTUATION.sub(r"\\\1", self.url_safe(value)), quote=False)
+
+    def code(self, value: object, language: str = "text") -> list[str]:
+        """``value`` as a fenced code block (one line: nothing inside can close the fence)."""
+        return [f"```{language}", self.url_safe(value), "```"]
+
+
+def _served_now(report: GateReport, show: Callable[[object], str]) -> str:
+    """What the endpoint section says when nothing is served (no champion, none promoted)."""
+    name, version = show(report.name), show(report.version)
+    if report.decision == "rejected":
+        why = f"v{version} was rejected"
+    elif report.decision == "passed, not promoted":
+        why = f"v{version} passed the gates but was not promoted (promote=false)"
+    else:
+        why = f"v{version}: {show(report.decision)}"
+    return f"Nothing of {name} is served by this run: {why}, and there was no champion before it."
+
+
+def _markdown(report: GateReport, plots: list[Path], shown: _Shown) -> str:
+    t = shown.text
+    champion = "v" + t(report.champion_version) if report.champion_version else "none"
     lines = [
-        f"# Gate report: {report.name} v{report.version}",
+        f"# Gate report: {t(report.name)} v{t(report.version)}",
         "",
-        f"**Decision: {report.decision}** (champion before this run: "
-        f"{'v' + report.champion_version if report.champion_version else 'none'})",
+        f"**Decision: {t(report.decision)}** (champion before this run: {champion})",
         "",
         "| gate | check | value | threshold | result |",
         "|---|---|---|---|---|",
     ]
     for c in report.checks:
-        lines.append(f"| {c.gate} | {c.name} | {c.value:.6g} | {c.comparison} {c.threshold:.6g} | "
+        lines.append(f"| {t(c.gate)} | {t(c.name)} | {c.value:.6g} | {t(c.comparison)} {c.threshold:.6g} | "
                      f"{'pass' if c.passed else '**FAIL**'} |")
     if report.server:
-        lines += ["", f"Server: {report.server}"]
+        lines += ["", f"Server: {t(report.server)}"]
     if report.load:
         lines += ["", "## Load", ""]
         if report.network is not None:
-            lines += [report.network.describe().capitalize() + ".", ""]
-        lines += [f"**{note}**" for note in report.load_notes] + ([""] if report.load_notes else [])
+            network = dataclasses.replace(
+                report.network, target=redact_host(report.network.target, hide_hosts=shown.hide_hosts))
+            described = network.describe()
+            lines += [t(described[:1].upper() + described[1:] + "."), ""]
+        lines += [f"**{t(note)}**" for note in report.load_notes] + ([""] if report.load_notes else [])
         lines += ["| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors | load-bound |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in report.load:
-            lines.append(f"| {r.label} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
+            lines.append(f"| {t(r.label)} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
                          f"{r.p99_ms:.1f} | {r.error_rate:.2%} | {'yes' if r.load_bound else 'no'} |")
     if report.parity is not None:
         p = report.parity
-        lines += ["", "## Parity", "", f"- task: {p.task}", f"- rows: {p.rows}",
+        lines += ["", "## Parity", "", f"- task: {t(p.task)}", f"- rows: {p.rows}",
                   f"- max abs diff: {p.max_abs_diff:.3g}"]
-        lines += [f"- {name.replace('_', ' ')}: {value:.4g}" for name, value in p.metrics().items()
+        lines += [f"- {t(name.replace('_', ' '))}: {value:.4g}" for name, value in p.metrics().items()
                   if name not in ("rows", "max_abs_diff")]
-        lines += [f"- **{note}**" for note in p.notes()]
+        lines += [f"- **{t(note)}**" for note in p.notes()]
         if report.eval_note:
-            lines += [f"- evaluation data: {report.eval_note}"]
-    lines += ["", "## Endpoint", "", f"`{report.endpoint}`", "", "```bash", report.curl, "```", ""]
+            lines += [f"- evaluation data: {t(report.eval_note)}"]
+    lines += ["", "## Endpoint", ""]
+    if report.endpoint:
+        lines += [*shown.code(report.endpoint), ""]
+        if report.curl:
+            lines += [*shown.code(report.curl, "bash"), ""]
+    else:
+        lines += [_served_now(report, t), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
+def _inert_markdown(plots: list[Path]) -> Any:
+    """Python-Markdown with raw HTML off, and no link or image but the report's plots."""
+    import markdown
+    from markdown.treeprocessors import Treeprocessor
+
+    allowed_sources = {plot.name for plot in plots}
+
+    class _OnlyOwnImages(Treeprocessor):
+        def run(self, root: Any) -> None:
+            for element in root.iter():
+                for attribute in list(element.attrib):
+                    value = element.attrib[attribute]
+                    if attribute.lower().startswith("on") or attribute.lower() == "href" or (
+                            attribute.lower() == "src" and value not in allowed_sources):
+                        del element.attrib[attribute]
+
+    renderer = markdown.Markdown(extensions=["tables", "fenced_code"])
+    renderer.preprocessors.deregister("html_block")
+    for pattern in ("html", "autolink", "automail"):
+        renderer.inlinePatterns.deregister(pattern)
+    renderer.treeprocessors.register(_OnlyOwnImages(renderer), "only_own_images", 1)
+    return renderer
+
+
 def _html(markdown_text: str, plots: list[Path], title: str) -> str:
     """The Markdown rendered to a standalone page, plots embedded as data URIs."""
-    import markdown
-
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    body = _inert_markdown(plots).convert(markdown_text)
     for plot in plots:
         data = base64.b64encode(plot.read_bytes()).decode()
         body = body.replace(f'src="{plot.name}"', f'src="data:image/png;base64,{data}"')
@@ -129,12 +211,20 @@ def _html(markdown_text: str, plots: list[Path], title: str) -> str:
             f"<style>{style}</style></head><body>{body}</body></html>")
 
 
-def write_report(report: GateReport, out: Path) -> list[Path]:
-    """Write ``gate_report.md``, ``gate_report.html`` and the plots; return every file."""
+def write_report(report: GateReport, out: Path, *, hide_hosts: bool | None = None,
+                 named: Mapping[str, str] | None = None) -> list[Path]:
+    """Write ``gate_report.md``, ``gate_report.html`` and the plots; return every file.
+
+    ``hide_hosts`` (default ``config.redact_hosts()``) names the servers by the settings that hold
+    their addresses (``named``, default ``config.server_address_settings()``) instead of showing them."""
+    from servegate.config import redact_hosts, server_address_settings
+
+    shown = _Shown(redact_hosts() if hide_hosts is None else hide_hosts,
+                   server_address_settings() if named is None else named)
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(report, out)
-    markdown = _markdown(report, plots)
+    markdown = _markdown(report, plots, shown)
     (out / "gate_report.md").write_text(markdown, encoding="utf-8")
     (out / "gate_report.html").write_text(
-        _html(markdown, plots, f"{report.name} v{report.version}"), encoding="utf-8")
+        _html(markdown, plots, shown.url_safe(f"{report.name} v{report.version}")), encoding="utf-8")
     return [out / "gate_report.md", out / "gate_report.html", *plots]
