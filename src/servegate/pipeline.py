@@ -21,7 +21,7 @@ from rich.console import Console
 
 from servegate import promotion, tracking
 from servegate.backends.base import ServingBackend
-from servegate.config import PipelineConfig
+from servegate.config import PipelineConfig, gate_policy_path
 from servegate.errors import GateFailed, Interrupted, PipelineError, ServerError
 from servegate.gates.checks import Check, failed
 from servegate.gates.load import LoadResult, load_checks
@@ -32,7 +32,8 @@ from servegate.integrity import artifact_sha256
 from servegate.interrupts import signals_as_errors
 from servegate.lease import model_lease
 from servegate.locks import model_lock
-from servegate.redact import redact_text, redact_url
+from servegate.policy import load_policy
+from servegate.redact import redact_text
 from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG, CHALLENGER, CHAMPION, PREVIOUS, Registry
 from servegate.targets import Built, Target, get_target
 
@@ -140,7 +141,7 @@ class DeployPipeline:
                           sha256=self._sha256)
             mlflow.log_params({"champion": champion or "none", "challenger": version,
                                "server": redact_text(server.access().where),
-                               "endpoint": redact_url(server.endpoint(name, version))})
+                               "endpoint": redact_text(server.endpoint(name, version))})
             return champion
 
     def gate_parity(self, model: Any, version: str, champion: str | None,
@@ -217,6 +218,8 @@ class DeployPipeline:
 
     def _run(self, run_id: str, tmp: Path) -> PipelineResult:
         cfg, name = self.config, self.config.model_name
+        # Checked again here: a config made with model_copy(update=...) skipped its validators.
+        load_policy(gate_policy_path()).enforce(cfg)
         servers = {"torchserve", "tfserving"}  # local server settings: not the run's parameters
         mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json", exclude=servers)))
         if self.backend is not None:  # finish or revert a move a hard kill interrupted

@@ -68,5 +68,8 @@ def redact_host(netloc: str, *, hide_hosts: bool = False) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every URL in it redacted (``redact_urls_in``, hosts shown)."""
-    return redact_urls_in(text)
+    """``text`` as MLflow may record it: every URL redacted (``redact_urls_in``), and the servers'
+    hosts hidden where they are secret (``config.redact_hosts``, as in the gate report)."""
+    from servegate.config import redact_hosts, server_address_settings
+
+    return redact_urls_in(text, hide_hosts=redact_hosts(), named=server_address_settings())

@@ -14,7 +14,7 @@ from typing import Any
 import mlflow
 
 from servegate.errors import ConfigError
-from servegate.redact import redact_text, redact_url
+from servegate.redact import redact_text
 
 
 def flat_params(values: dict[str, Any], prefix: str = "config") -> dict[str, str]:
@@ -174,7 +174,7 @@ def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: 
     """The load gate's settings, where the load came from, the figures of both versions, the
     challenger's throughput over time, and the checks."""
     mlflow.log_params(params | {"load.origin": network.origin,
-                                "load.target": redact_url(network.target)})
+                                "load.target": redact_text(network.target)})
     mlflow.log_metrics(network.metrics() | challenger.metrics("challenger")
                        | (champion.metrics("champion") if champion is not None else {}))
     for point in challenger.timeline:

@@ -85,8 +85,10 @@ def test_server_access_repr_hides_the_key() -> None:
     assert access.inference_key == "super-secret-key"
 
 
-def test_url_userinfo_never_reaches_mlflow_params() -> None:
+def test_url_userinfo_never_reaches_mlflow_params(monkeypatch) -> None:
     from servegate.redact import redact_text, redact_url
+
+    monkeypatch.setenv("SERVEGATE_REDACT_HOSTS", "false")
     from servegate.tracking import flat_params
 
     params = flat_params({"eval_data": "https://alice:pw123@mlflow.internal/x.npz",
