@@ -149,7 +149,7 @@ class DeployPipeline:
         with mlflow.start_run(run_name="gate-parity", nested=True):
             self.say(f"gate: parity on the held-out set ({built.compiled_with}, {built.precision})")
             result = self.target.check_parity(self.server, self.config.model_name, version, model,
-                                              champion)
+                                              champion, self.config.limits)
             checks = parity_checks(result, self.config.parity, built.precision)
             for note in result.notes():
                 self.say(f"[yellow]{note}[/]")

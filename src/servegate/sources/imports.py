@@ -139,7 +139,7 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
         info = mlflow.models.get_model_info(uri)
     except (MlflowException, OSError, ValueError) as exc:
         raise SourceError(f"cannot load {uri} from MLflow: {exc}") from exc
-    if is_text_model(info.metadata):
+    if info.metadata is not None and is_text_model(info.metadata):
         from servegate.sources.text_pyfunc import import_registered_text_model
 
         task = None if options.task in (None, "", "auto") else options.task
