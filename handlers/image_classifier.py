@@ -33,6 +33,13 @@ class ImageClassifierHandler(BatchingHandler):
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own bomb check, inside Image.open
+        self.configure_image()
+        channels = 1 if self.mode == "L" else 3
+        self.tensor_input = self._tensor_input(channels)
+        self.classifier = Classifier.from_spec(self.spec, model_dir)
+
+    def configure_image(self) -> None:
+        """Geometry and normalisation from the archive's ``image`` settings."""
         image = self.spec.get("image", {})
         self.size = tuple(int(d) for d in image.get("size", (224, 224)))  # (height, width)
         self.mode = str(image.get("mode", "RGB"))
@@ -40,8 +47,6 @@ class ImageClassifierHandler(BatchingHandler):
         self.scale = float(image.get("scale", 1 / 255))
         self.mean = np.asarray(image.get("mean", [0.0] * channels), np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(image.get("std", [1.0] * channels), np.float32).reshape(-1, 1, 1)
-        self.tensor_input = self._tensor_input(channels)
-        self.classifier = Classifier.from_spec(self.spec, model_dir)
 
     def _tensor_input(self, channels: int) -> sg_tensors.TensorSpec:
         if self.spec.get("inputs"):
@@ -68,11 +73,7 @@ class ImageClassifierHandler(BatchingHandler):
         except Exception as exc:  # Pillow's decoders raise many kinds for corrupt data
             raise InvalidInput("invalid image", f"cannot decode image: {type(exc).__name__}: "
                                                 f"{str(exc)[:200]}") from exc
-        if pixels.ndim == 2:
-            pixels = pixels[np.newaxis]
-        else:
-            pixels = pixels.transpose(2, 0, 1)
-        return ((pixels * self.scale - self.mean) / self.std).astype(np.float32)
+        return normalised(pixels, self.scale, self.mean, self.std)
 
     def features(self, envelope: Envelope) -> Features:
         if not _carries_images(envelope):
@@ -98,3 +99,18 @@ def _carries_images(envelope: Envelope) -> bool:
         return envelope.meta.get("datatype") == "BYTES"
     return all(isinstance(item, (str, bytes, bytearray)) or (isinstance(item, dict) and "b64" in item)
                for item in envelope.instances)
+
+
+def normalised(pixels: np.ndarray, scale: float, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Decoded pixels (HW or HWC, float32) as the model's CHW float32 input."""
+    pixels = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return ((pixels * scale - mean) / std).astype(np.float32)
+
+
+def decode_image(data: bytes, image: dict[str, Any]) -> np.ndarray:
+    """One encoded image as a worker with the archive's ``image`` settings preprocesses it
+    (servegate's gates run this in process, so the reference sees the served pixels)."""
+    handler = ImageClassifierHandler.__new__(ImageClassifierHandler)
+    handler.spec = {"image": image}
+    handler.configure_image()
+    return handler._decode(data)
