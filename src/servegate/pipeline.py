@@ -27,7 +27,7 @@ from servegate.gates.checks import Check, failed
 from servegate.gates.load import LoadResult, load_checks
 from servegate.gates.network import NetworkProbe, probe
 from servegate.gates.parity import ParityResult, parity_checks
-from servegate.gates.report import GateReport, write_report
+from servegate.gates.report import GateReport, image_samples, write_report
 from servegate.integrity import artifact_sha256
 from servegate.interrupts import signals_as_errors
 from servegate.lease import model_lease
@@ -260,7 +260,8 @@ class DeployPipeline:
         curl = self.target.curl(endpoint, server.access().key_shell, model) if serving else ""
         self._report(GateReport(name, version, champion, decision, checks, parity, load, endpoint,
                                 curl, getattr(model, "eval_note", ""), server=server.access().where,
-                                network=self.network, load_notes=tuple(self.load_notes)), tmp)
+                                network=self.network, load_notes=tuple(self.load_notes),
+                                samples=image_samples(model, parity)), tmp)
         mlflow.log_metric("promoted", 1.0 if decision == "promoted" else 0.0)
         mlflow.set_tag("servegate.decision", decision)
         if decision == "rejected":

@@ -134,6 +134,8 @@ class ParityResult:
     champion_rmse: float | None = None
     champion_mae: float | None = None
     labelled: bool = True
+    #: Classification: the served top-1 class of each row (for the report's sample images).
+    predicted: np.ndarray | None = None
 
     def metrics(self) -> dict[str, float]:
         figures: dict[str, float | None] = {
@@ -178,7 +180,7 @@ def run_parity(backend: ServingBackend, name: str, version: str, model: TorchMod
     if task in CLASS_TASKS:
         top1 = served[0].argmax(1)
         return ParityResult(
-            **common, top1_agreement=float((top1 == reference[0].argmax(1)).mean()),
+            **common, predicted=top1, top1_agreement=float((top1 == reference[0].argmax(1)).mean()),
             accuracy=float((top1 == y).mean()) if y is not None else nan,
             reference_accuracy=float((reference[0].argmax(1) == y).mean()) if y is not None else nan,
             champion_accuracy=(float((champion[0].argmax(1) == y).mean())
