@@ -45,7 +45,7 @@ class ImageClassifierHandler(BatchingHandler):
 
     def _tensor_input(self, channels: int) -> sg_tensors.TensorSpec:
         if self.spec.get("inputs"):
-            return sg_tensors.input_specs(self.spec)[0]
+            return sg_tensors.input_specs(self.spec, self.limits)[0]
         shape = (channels, *self.size)
         return sg_tensors.TensorSpec("input", shape, np.dtype(np.float32))
 
@@ -86,8 +86,9 @@ class ImageClassifierHandler(BatchingHandler):
         batch = np.stack(images)
         return Features((batch,), batch.shape[0], envelope.single)
 
-    def outputs(self, outputs: tuple[np.ndarray, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
-        return self.classifier.outputs(outputs[0])
+    def outputs(self, outputs: tuple[np.ndarray, ...], *,
+                v2: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
+        return self.classifier.outputs(outputs[0], v2=v2)
 
 
 def _carries_images(envelope: Envelope) -> bool:

@@ -37,7 +37,9 @@ class Classifier:
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 
-    def outputs(self, output: np.ndarray) -> tuple[list[Any], list[dict[str, Any]]]:
+    def outputs(self, output: np.ndarray, *,
+                v2: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
+        """JSON rows (label, probabilities, top-k) and, when ``v2``, the OIP output tensors."""
         scores = output.astype(np.float32, copy=False)
         probs = scores if self.outputs_are_probabilities else softmax(scores)
         k = min(self.top_k, probs.shape[-1])
@@ -50,6 +52,7 @@ class Classifier:
                 "top_k": [{"index": int(j), "label": self.label(int(j)), "probability": float(p[j])}
                           for j in idx],
             })
+        if not v2:
+            return rows, []
         labels = np.array([self.label(int(i)) for i in top[:, 0]], dtype=object)
-        v2 = [sg_codecs.v2_tensor("probabilities", probs), sg_codecs.v2_tensor("label", labels)]
-        return rows, v2
+        return rows, [sg_codecs.v2_tensor("probabilities", probs), sg_codecs.v2_tensor("label", labels)]
