@@ -76,6 +76,10 @@ class RequestLimits(_Settings):
 
     max_body_bytes: PositiveInt = 1 << 20
     max_instances: PositiveInt = 64
+    #: Values one instance of an input with a ``-1`` dimension may hold (default: the body limit
+    #: over 16, as the handlers derive it for archives that do not record it).
+    max_instance_elements: PositiveInt = Field(
+        default_factory=lambda data: max(1, data["max_body_bytes"] // 16))
 
 
 #: Room for the HTTP envelope around a body the handler accepts (headers are not counted by

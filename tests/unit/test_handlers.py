@@ -570,3 +570,100 @@ def test_image_model_takes_preprocessed_tensors(tmp_path: Path) -> None:
     np.testing.assert_allclose([p["probabilities"] for p in replies[0][1]["predictions"]], expected,
                                atol=1e-5)
     np.testing.assert_allclose(replies[1][1]["outputs"]["probabilities"], expected[0], atol=1e-5)
+
+
+POISON = 1e6  # a finite value that passes validation and makes the fake model below raise
+
+
+def _poisonable(handler, monkeypatch) -> list[np.ndarray]:
+    """Wrap the handler's model: record the request tags (column 0) of the rows of every call,
+    and raise when a row carries POISON in column 1 (a model that fails on some content)."""
+    real = handler._predict
+    calls: list[np.ndarray] = []
+
+    def predict(x: np.ndarray):
+        calls.append(x[:, 0].copy())
+        if (x[:, 1] == POISON).any():
+            raise RuntimeError("index out of range in self")
+        return real(x)
+
+    monkeypatch.setattr(handler, "_predict", predict)
+    return calls
+
+
+@pytest.mark.parametrize("poisoned", [[11], [0], [15], [3, 12]])
+def test_the_culprits_of_a_failed_batch_are_found_by_bisection(tabular, monkeypatch,
+                                                               poisoned: list[int]) -> None:
+    """Issue 19: after a failed batched call every request was re-run alone (n more model calls).
+    Bisection finds one culprit among n requests in at most 2*log2(n) more calls, and a good
+    request is re-run at most log2(n) times."""
+    import torch
+
+    handler, model = tabular
+    calls = _poisonable(handler, monkeypatch)
+    n = 16
+    rng = np.random.default_rng(7)
+    requests = []
+    for i in range(n):
+        x = rng.standard_normal((i % 3 + 1, 13)).astype(np.float32)
+        x[:, 0] = i  # the request's tag, seen by the model
+        if i in poisoned:
+            x[:, 1] = POISON
+        requests.append(x)
+    replies = _serve(handler, [{"instances": x.tolist()} for x in requests])
+
+    assert [s for s, _ in replies] == [500 if i in poisoned else 200 for i in range(n)]
+    for i, (status, body) in enumerate(replies):
+        if status == 200:
+            expected = torch.softmax(model(torch.from_numpy(requests[i])), 1).detach().numpy()
+            np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], expected,
+                                       atol=1e-5)
+        else:
+            assert body["error"] == "inference failed" and "out of range" in body["detail"]
+    levels = math.ceil(math.log2(n))
+    assert len(calls) <= 1 + 2 * levels * len(poisoned), [sorted(set(c)) for c in calls]
+    for i in range(n):
+        runs = sum(i in c for c in calls)
+        assert runs <= (1 + levels + 1 if i in poisoned else 1 + levels), (i, runs)
+    rows = sum(len(c) for c in calls)
+    assert rows <= 3 * sum(len(x) for x in requests) * len(poisoned), rows
+
+
+@pytest.mark.parametrize(("limits", "limit"), [({}, 65_536), ({"max_instance_elements": 100}, 100),
+                                               ({"max_body_bytes": 1 << 19}, 32_768)])
+def test_a_dynamic_dimension_has_a_per_instance_element_limit(tmp_path: Path, limits: dict,
+                                                              limit: int) -> None:
+    """Issue 19: an input with a -1 dimension accepted a 524,238-element instance. Each instance
+    now holds at most ``limits.max_instance_elements`` values (default: the body limit / 16);
+    over it, that request alone gets a 413 naming the limit."""
+    import torch
+
+    class RowSums(torch.nn.Module):
+        def forward(self, x):
+            return x.sum(-1, keepdim=True)
+
+    size = torch.export.Dim("size", min=2, max=1 << 20)
+    program = torch.export.export(RowSums(), (torch.ones(2, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", max=64), 1: size},))
+    spec = {"task": "regression", "inputs": [{"name": "x", "shape": [-1]}], "limits": limits}
+    handler = _handler(_model_dir(tmp_path, spec, program=program))
+    body_at = b'{"inputs": [' + b",".join([b"0.5"] * limit) + b"]}"
+    body_over = b'{"inputs": [' + b",".join([b"0.5"] * (limit + 1)) + b"]}"
+    two_rows_over = json.dumps({"instances": [[0.5] * (limit + 1)] * 2}).encode()
+    v2_over = json.dumps({"inputs": [{"name": "x", "shape": [1, limit + 1], "datatype": "FP32",
+                                      "data": [0.5] * (limit + 1)}]}).encode()
+    replies = _serve(handler, [body_at, body_over, two_rows_over, v2_over])
+    assert [s for s, _ in replies] == [200, 413, 413, 413], replies
+    assert replies[0][1]["outputs"] == pytest.approx(limit * 0.5)
+    for _, body in replies[1:]:
+        assert body["error"] == "instance too large"
+        assert f"limit of {limit}" in body["detail"] and "'x'" in body["detail"]
+
+
+def test_packaging_records_the_instance_element_limit(build_archive) -> None:
+    """The archive's servegate.json records the limit the handler applies."""
+    import zipfile
+
+    with zipfile.ZipFile(build_archive("1")) as zf:
+        limits = json.loads(zf.read("servegate.json"))["limits"]
+    assert limits["max_instance_elements"] == limits["max_body_bytes"] // 16
