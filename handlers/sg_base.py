@@ -95,6 +95,7 @@ class BatchingHandler:
         self.initialized = False
         self.spec: dict[str, Any] = {}
         self.model_name = "model"
+        self.batch_size = 1
         self.limits = dict(DEFAULT_LIMITS)
         self.max_batch: int | None = None
         self._predict: sg_loaders.Predictor | None = None
@@ -115,11 +116,13 @@ class BatchingHandler:
             model_name=context.model_name,
             max_workers=int(yaml_config.get("maxWorkers", yaml_config.get("minWorkers", 1))),
             gpu_id=None if gpu_id is None else int(gpu_id),
+            batch_size=int(properties.get("batch_size") or yaml_config.get("batchSize") or 1),
         )
 
     def setup(self, model_dir: str, *, model_name: str = "model", max_workers: int = 1,
-              gpu_id: int | None = None) -> None:
-        """Load and warm up from an unpacked archive directory (also usable without TorchServe)."""
+              gpu_id: int | None = None, batch_size: int = 1) -> None:
+        """Load and warm up from an unpacked archive directory (also usable without TorchServe);
+        ``batch_size``: the most requests TorchServe puts in one batch."""
         spec_path = os.path.join(model_dir, SPEC_FILE)
         try:
             with open(spec_path, encoding="utf-8") as fh:
@@ -129,6 +132,7 @@ class BatchingHandler:
         if model_dir not in sys.path:
             sys.path.insert(0, model_dir)
         self.model_name = model_name
+        self.batch_size = max(1, int(batch_size))
         self.limits = DEFAULT_LIMITS | (self.spec.get("limits") or {})
         max_batch = self.spec.get("max_batch")
         self.max_batch = int(max_batch) if max_batch else None
@@ -143,9 +147,6 @@ class BatchingHandler:
     def configure(self, model_dir: str) -> None:
         """Task-specific setup (labels, image geometry...)."""
 
-    def begin_batch(self) -> None:
-        """Called before a batch's requests are prepared: reset per-batch budgets (no
-        per-request state is kept on the instance)."""
 
     def _warm_up_sample(self, model_dir: str) -> bytes | None:
         name = self.spec.get("warmup_file")
@@ -220,7 +221,6 @@ class BatchingHandler:
         timings = Timings()
         replies: list[Reply | None] = [None] * len(payloads)
         start = time.perf_counter()
-        self.begin_batch()
         parsed: list[tuple[int, sg_codecs.Envelope, Features]] = []
         for i, payload in enumerate(payloads):
             try:

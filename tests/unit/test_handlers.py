@@ -667,3 +667,96 @@ def test_packaging_records_the_instance_element_limit(build_archive) -> None:
     with zipfile.ZipFile(build_archive("1")) as zf:
         limits = json.loads(zf.read("servegate.json"))["limits"]
     assert limits["max_instance_elements"] == limits["max_body_bytes"] // 16
+
+
+def _png(size: tuple[int, int], mode: str = "L", fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def grey_images(tmp_path_factory):
+    """A 1x8x8 grey-image classifier, served with batches of up to 8 requests."""
+    import torch
+
+    from servegate._resources import handler_module
+
+    tmp = tmp_path_factory.mktemp("grey")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
+    spec = {"task": "image-classification", "image": {"size": [8, 8], "mode": "L"},
+            "inputs": [{"name": "pixels", "shape": [1, 8, 8]}]}
+    model_dir = _model_dir(tmp, spec, program=_export(model, torch.zeros(2, 1, 8, 8)))
+    handler = handler_module("image_classifier").ImageClassifierHandler()
+    handler.setup(str(model_dir), model_name="grey", batch_size=8)
+    return handler
+
+
+def _count_decodes(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every image whose pixels Pillow decodes (ImageFile.load)."""
+    from PIL import ImageFile
+
+    decoded: list[tuple[int, int]] = []
+    real = ImageFile.ImageFile.load
+
+    def load(self):
+        decoded.append(self.size)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return decoded
+
+
+def test_image_pixels_are_budgeted_from_the_headers_before_any_is_decoded(grey_images,
+                                                                         monkeypatch) -> None:
+    """Issue 19: a 38 KB PNG of 6300x6300 pixels decodes in ~1 s; 20 fit in one 1 MiB request, so
+    a batch of 8 such requests outlasted TorchServe's 120 s response timeout. Each request may now
+    decode max_batch_pixels / batch size (400 M / 8 = 50 M pixels); the sizes come from the
+    headers, so an over-budget request is refused before any of its pixels is decoded."""
+    import base64
+
+    assert grey_images.max_request_pixels == 50_000_000
+    big = base64.b64encode(_png((6300, 6300))).decode()
+    assert len(big) < 60_000  # ~38 KB of PNG
+    decoded = _count_decodes(monkeypatch)
+    replies = _serve(grey_images, [
+        {"instances": [{"b64": big}] * 20},       # the issue's request: 794 M pixels
+        {"instances": [{"b64": big}] * 2},        # 79 M pixels
+        _png((8, 8)),                             # a good request in the same batch
+    ])
+    assert [s for s, _ in replies] == [413, 413, 200], replies
+    assert set(decoded) == {(8, 8)}  # nothing of the refused requests was decoded
+    for _, body in replies[:2]:
+        assert body["error"] == "images too large" and "limit of 50000000" in body["detail"]
+
+
+@pytest.mark.parametrize(("batch_size", "limits", "per_request"), [
+    (1, {}, 64_000_000), (8, {}, 50_000_000), (32, {}, 12_500_000),
+    (8, {"max_batch_pixels": 8_000_000}, 1_000_000), (1, {"max_request_pixels": 1000}, 1000)])
+def test_the_decode_budget_of_a_request_is_its_share_of_a_full_batch(tmp_path: Path, batch_size: int,
+                                                                    limits: dict,
+                                                                    per_request: int) -> None:
+    import torch
+
+    from servegate._resources import handler_module
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
+    spec = {"task": "image-classification", "image": {"size": [8, 8], "mode": "L"},
+            "inputs": [{"name": "pixels", "shape": [1, 8, 8]}], "limits": limits}
+    model_dir = _model_dir(tmp_path, spec, program=_export(model, torch.zeros(2, 1, 8, 8)))
+    handler = handler_module("image_classifier").ImageClassifierHandler()
+    handler.setup(str(model_dir), model_name="grey", batch_size=batch_size)
+    assert handler.max_request_pixels == per_request
+
+
+def test_slow_formats_cost_more_of_the_budget(grey_images, monkeypatch) -> None:
+    """WEBP decodes ~4x slower than PNG: 4 WEBP images of 4000x1000 pixels (64 M units) are over
+    a 50 M budget, which 4 such PNG would fit (16 M)."""
+    decoded = _count_decodes(monkeypatch)
+    webp = _png((4000, 1000), "RGB", "WEBP")
+    (status, body), = _serve(grey_images, [
+        {"instances": [{"b64": __import__("base64").b64encode(webp).decode()}] * 4}])
+    assert status == 413 and "64000000 decode units" in body["detail"], body
+    assert decoded == []
