@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 import sg_codecs
 import sg_loaders
+import sg_tensors
 from sg_errors import ModelLoadError, RequestError, as_request_error
 
 SPEC_FILE = "servegate.json"
 METRICS_INTERVAL_S = 1.0
-DEFAULT_LIMITS = {"max_body_bytes": 1 << 20, "max_instances": 64}
+DEFAULT_LIMITS = {"max_body_bytes": 1 << 20, "max_instances": 64,
+                  "max_instance_elements": (1 << 20) // sg_tensors.BODY_BYTES_PER_INSTANCE_ELEMENT}
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,11 @@ class BatchingHandler:
             sys.path.insert(0, model_dir)
         self.model_name = model_name
         self.batch_size = max(1, int(batch_size))
-        self.limits = DEFAULT_LIMITS | (self.spec.get("limits") or {})
+        recorded = self.spec.get("limits") or {}
+        self.limits = DEFAULT_LIMITS | recorded
+        # an archive that records no element limit gets the one derived from its body limit
+        self.limits["max_instance_elements"] = sg_tensors.instance_element_limit(
+            recorded | {"max_body_bytes": self.limits["max_body_bytes"]})
         max_batch = self.spec.get("max_batch")
         self.max_batch = int(max_batch) if max_batch else None
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
