@@ -133,6 +133,12 @@ class ImageClassifierHandler(BatchingHandler):
             batch = np.stack([self._decode(img) for img in opened])
         return Features((batch,), batch.shape[0], envelope.single)
 
+    def outputs_many(self, outputs: list[tuple[np.ndarray, ...]],
+                     v2: list[bool]) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        if self.classifier is None:
+            return super().outputs_many(outputs, v2)
+        return self.classifier.outputs_many([o[0] for o in outputs], v2)
+
     def outputs(self, outputs: tuple[np.ndarray, ...], *,
                 v2: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
         return self.classifier.outputs(outputs[0], v2=v2)

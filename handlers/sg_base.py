@@ -204,6 +204,12 @@ class BatchingHandler:
         output tensors; ``v2=False``: not needed, may be left empty)."""
         raise NotImplementedError
 
+    def outputs_many(self, outputs: list[tuple[np.ndarray, ...]],
+                     v2: list[bool]) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        """``outputs`` of several requests at once (default: ``outputs`` of each; a task may
+        compute them for all rows together)."""
+        return [self.outputs(o, v2=w) for o, w in zip(outputs, v2, strict=True)]
+
     def check_rows(self, rows: int) -> None:
         """413 when one request carries more rows than ``limits.max_instances``."""
         sg_codecs.check_rows(rows, int(self.limits["max_instances"]))
@@ -242,12 +248,21 @@ class BatchingHandler:
         timings.inference_ms = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
-        for (i, envelope, feats), result in zip(parsed, results, strict=True):
+        answered = [(i, envelope, feats, result)
+                    for (i, envelope, feats), result in zip(parsed, results, strict=True)
+                    if not isinstance(result, RequestError)]
+        for (i, envelope, _), result in zip(parsed, results, strict=True):
             if isinstance(result, RequestError):
                 replies[i] = Reply.error(result, envelope.request_id)
-                continue
+        try:  # all at once; if that fails, one by one below so only the culprit fails
+            together: list[Any] | None = self.outputs_many(
+                [r for *_, r in answered], [e.family == "v2" for _, e, _, _ in answered])
+        except Exception:
+            together = None
+        for k, (i, envelope, feats, result) in enumerate(answered):
             try:
-                rows, v2 = self.outputs(result, v2=envelope.family == "v2")
+                rows, v2 = (together[k] if together is not None
+                            else self.outputs(result, v2=envelope.family == "v2"))
                 body = sg_codecs.encode(envelope, rows, v2, self.model_name, feats.single)
                 replies[i] = Reply(200, "OK", body)
             except Exception as exc:  # a postprocess fault must not fail the other requests

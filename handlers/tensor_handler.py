@@ -44,6 +44,12 @@ class TensorHandler(BatchingHandler):
         arrays, rows, single = sg_tensors.decode(envelope, self.inputs)
         return Features(arrays, rows, single)
 
+    def outputs_many(self, outputs: list[tuple[np.ndarray, ...]],
+                     v2: list[bool]) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        if self.classifier is None:
+            return super().outputs_many(outputs, v2)
+        return self.classifier.outputs_many([o[0] for o in outputs], v2)
+
     def outputs(self, outputs: tuple[np.ndarray, ...], *,
                 v2: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
         if self.classifier is not None:

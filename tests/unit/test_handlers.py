@@ -760,3 +760,32 @@ def test_slow_formats_cost_more_of_the_budget(grey_images, monkeypatch) -> None:
         {"instances": [{"b64": __import__("base64").b64encode(webp).decode()}] * 4}])
     assert status == 413 and "64000000 decode units" in body["detail"], body
     assert decoded == []
+
+
+def test_outputs_of_a_batch_are_made_together_and_a_fault_fails_only_its_request(
+        tabular, monkeypatch) -> None:
+    """Postprocessing runs once for the whole batch (one softmax and sort); if that fails, each
+    request is postprocessed alone so only the one that breaks it gets a 500."""
+    import torch
+
+    handler, model = tabular
+    real = handler.classifier.outputs_many
+    seen: list[list[int]] = []
+
+    def outputs_many(outputs, v2):
+        seen.append([len(o) for o in outputs])
+        if any(len(o) == 3 for o in outputs):
+            raise RuntimeError("a bug in the postprocessing")
+        return real(outputs, v2)
+
+    monkeypatch.setattr(handler.classifier, "outputs_many", outputs_many)
+    x = np.random.default_rng(8).standard_normal((6, 13)).astype(np.float32)
+    replies = _serve(handler, [{"instances": x[:1].tolist()}, {"instances": x[1:4].tolist()},
+                               {"instances": x[4:].tolist()}])
+    assert [s for s, _ in replies] == [200, 500, 200]
+    assert replies[1][1]["error"] == "postprocess failed"
+    assert seen == [[1, 3, 2], [1], [3], [2]]  # together first, then one by one
+    expected = torch.softmax(model(torch.from_numpy(x)), 1).detach().numpy()
+    served = [p["probabilities"] for p in replies[0][1]["predictions"] + replies[2][1]["predictions"]]
+    np.testing.assert_allclose(served, expected[[0, 4, 5]], atol=1e-5)
+    assert len(replies[2][1]["predictions"][0]["top_k"]) == 2
