@@ -153,7 +153,6 @@ class BatchingHandler:
     def configure(self, model_dir: str) -> None:
         """Task-specific setup (labels, image geometry...)."""
 
-
     def _warm_up_sample(self, model_dir: str) -> bytes | None:
         name = self.spec.get("warmup_file")
         if not name:
