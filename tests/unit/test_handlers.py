@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -789,3 +790,28 @@ def test_outputs_of_a_batch_are_made_together_and_a_fault_fails_only_its_request
     served = [p["probabilities"] for p in replies[0][1]["predictions"] + replies[2][1]["predictions"]]
     np.testing.assert_allclose(served, expected[[0, 4, 5]], atol=1e-5)
     assert len(replies[2][1]["predictions"][0]["top_k"]) == 2
+
+
+def test_each_archive_runs_its_own_handler_code(build_archive, tmp_path: Path) -> None:
+    """The harness once cached handler modules by name: a second archive ran the first's code."""
+    import zipfile
+
+    first = build_archive("1")
+    second = tmp_path / "second.mar"
+    with zipfile.ZipFile(first) as source, zipfile.ZipFile(second, "w") as copy:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "sg_classification.py":
+                data += b"\nMARKER = 'second archive'\n"
+            copy.writestr(item, data)
+    def code_file(local: LocalHandler) -> Path:
+        methods = [f for f in vars(type(local.handler)).values() if hasattr(f, "__code__")]
+        return Path(methods[0].__code__.co_filename)
+
+    with LocalHandler(first) as one, LocalHandler(second) as two:
+        assert code_file(one).is_relative_to(one.model_dir)
+        assert code_file(two).is_relative_to(two.model_dir)
+        assert getattr(sys.modules["sg_classification"], "MARKER", None) == "second archive"
+        assert one.batch([b'{"instances": [[0.5]]}'])[0][0] in (200, 422)
+    assert "sg_classification" not in sys.modules or not hasattr(
+        sys.modules["sg_classification"], "MARKER")
