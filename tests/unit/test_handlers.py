@@ -130,21 +130,19 @@ def test_tensorrt_archive_fails_to_load_with_a_clear_message(tmp_path: Path, dig
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the no-CUDA message cannot be shown here")
-    import sg_errors
-
     (tmp_path / "model.ep").write_bytes(b"not used")
     archive = _archive_with(tmp_path, digits, tmp_path / "model.ep", "torch_tensorrt")
-    with pytest.raises(sg_errors.ModelLoadError, match="needs an NVIDIA GPU with CUDA"):
+    with pytest.raises(Exception, match="needs an NVIDIA GPU with CUDA") as refused:
         LocalHandler(archive)
+    assert type(refused.value).__name__ == "ModelLoadError"  # the archive's own sg_errors
 
 
 def test_a_corrupted_artifact_never_loads(tmp_path: Path, digits) -> None:
-    import sg_errors
-
     (tmp_path / "model.onnx").write_bytes(b"\x00garbage")
     archive = _archive_with(tmp_path, digits, tmp_path / "model.onnx", "onnx")
-    with pytest.raises(sg_errors.ModelLoadError, match="cannot load onnx"):
+    with pytest.raises(Exception, match="cannot load onnx") as refused:
         LocalHandler(archive)
+    assert type(refused.value).__name__ == "ModelLoadError"
 
 
 def test_image_classifier_decodes_resizes_and_isolates_bad_images(tmp_path: Path) -> None:
