@@ -17,5 +17,3 @@ CLASS_TASKS = ("classification", "image-classification", "text-classification")
 TASK_ALIASES = {"tensor-classification": "classification"}
 #: Serving targets.
 TARGETS = ("torchserve", "tfserving")
-#: Which server a run uses (see ``servegate.backends.factory``).
-SERVER_MODES = ("auto", "attach", "local")

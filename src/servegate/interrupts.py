@@ -81,7 +81,3 @@ def critical() -> Iterator[None]:
         signum, _pending = _pending, None
         _raised = True
         raise Interrupted(signum)
-
-
-def interrupted_pending() -> bool:
-    return _pending is not None

@@ -142,3 +142,18 @@ def test_onnx_candidates_share_one_export_until_the_weights_change(tmp_path: Pat
     with torch.no_grad():
         module[0].weight.add_(1.0)
     assert fp32_graph(model, 8, tmp_path / "after") == tmp_path / "after" / "fp32.onnx"
+
+
+def test_onnx_compiles_print_no_third_party_noise(digits, tmp_path, capfd, caplog) -> None:
+    """torch.onnx's torchvision notice and onnxruntime's pre-processing advice said nothing about
+    the user's model and filled the terminal of every run (issue 20): they are dropped."""
+    import logging
+
+    from servegate.compilers import get_compiler
+
+    with caplog.at_level(logging.WARNING):
+        get_compiler("onnx-int8").compile(digits, tmp_path / "int8", max_batch=8)
+    printed = capfd.readouterr().err + caplog.text
+    assert "torchvision is not installed" not in printed
+    assert "pre-processing before quantization" not in printed
+    assert (tmp_path / "int8" / "model.int8.onnx").is_file()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
+import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +75,34 @@ def _weights_state(source: Any) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in source.state_dict().values())
 
 
+#: Third-party log lines that say nothing about the user's model: torch.onnx's registry on a host
+#: without torchvision, and onnxruntime's generic advice before every quantisation.
+_NOISE = ("torchvision is not installed", "consider to run pre-processing before quantization")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _NOISE)
+
+
+@contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """``_NOISE`` dropped from the loggers that print it, and torch's own deprecation notice of
+    its pytree internals silenced, for the block only."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx._internal.exporter._registration")]
+    noise = _DropNoise()
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
+                                    category=FutureWarning)
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
+
+
 def fp32_graph(model: TorchModel, max_batch: int, workdir: Path) -> Path:
     """The model's fp32 ONNX graph with its dynamic dimensions: exported once into ``workdir``,
     or the one this process already exported for the same source and max batch."""
@@ -84,13 +116,14 @@ def fp32_graph(model: TorchModel, max_batch: int, workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "fp32.onnx"
     try:
-        if model.program is not None:  # already exported, with its own dynamic dimensions
-            torch.onnx.export(model.program, example_tensors(model), str(path), dynamo=True,
-                              external_data=False, verbose=False)
-        else:
-            torch.onnx.export(model.module.eval(), example_tensors(model), str(path), dynamo=True,
-                              dynamic_shapes=model.dynamic_shapes(max_batch), external_data=False,
-                              verbose=False)
+        with _quiet_exporters():
+            if model.program is not None:  # already exported, with its own dynamic dimensions
+                torch.onnx.export(model.program, example_tensors(model), str(path), dynamo=True,
+                                  external_data=False, verbose=False)
+            else:
+                torch.onnx.export(model.module.eval(), example_tensors(model), str(path),
+                                  dynamo=True, dynamic_shapes=model.dynamic_shapes(max_batch),
+                                  external_data=False, verbose=False)
     except Exception as exc:
         raise CompileError(f"onnx export failed: {exc}") from exc
     _GRAPHS.setdefault(source, {})[key] = path
@@ -114,7 +147,9 @@ class OnnxInt8Compiler:
         fp32 = fp32_graph(model, max_batch, workdir)
         path = workdir / "model.int8.onnx"
         try:
-            quantize_dynamic(str(fp32), str(path), per_channel=True, weight_type=QuantType.QInt8)
+            with _quiet_exporters():
+                quantize_dynamic(str(fp32), str(path), per_channel=True,
+                                 weight_type=QuantType.QInt8)
         except Exception as exc:
             raise CompileError(f"onnx int8 quantisation failed: {exc}") from exc
         return CompiledArtifact(backend=self.name, format="onnx", path=path,

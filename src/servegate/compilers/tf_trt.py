@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -90,10 +90,3 @@ def convert_trt(saved_model_dir: Path, output_dir: Path, *, precision: Precision
     except Exception as exc:  # TF-TRT raises RuntimeError/ValueError/tf errors alike
         raise CompileError(f"TF-TRT {precision} conversion failed: {exc}") from exc
     return Path(output_dir)
-
-
-def converted_function(output_dir: Path, signature_key: str = "serving_default") -> Any:
-    """The converted signature, loaded (for parity checks on a TensorRT host)."""
-    import tensorflow as tf
-
-    return tf.saved_model.load(str(output_dir)).signatures[signature_key]

@@ -23,10 +23,6 @@ TASK_HANDLERS: dict[str, str] = {
     "text-classification": "text_handler",
 }
 
-#: Tasks whose requests carry text (tokenised in the worker; ``ArtifactSpec.text`` is set).
-TEXT_TASKS = ("embedding", "text-classification")
-
-
 class InputSpec(BaseModel):
     """One positional input of the model, per instance (``-1``: a dimension of any size)."""
 

@@ -1,0 +1,71 @@
+"""Open the server a pipeline run targets: attach to a configured one, or start a local one.
+
+``server`` mode (``PipelineConfig.server``): ``auto`` attaches when ``SERVEGATE_TORCHSERVE_*`` /
+``SERVEGATE_TFSERVING_*`` name a server and starts a local one otherwise; ``attach`` refuses to
+start anything (a promotion workflow must promote where production is, never onto a server that
+lives as long as its runner); ``local`` ignores the attach variables.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from servegate.config import (
+    ServerMode,
+    TFServingAttach,
+    TorchServeAttach,
+    TorchServeSettings,
+    attach_refused,
+)
+from servegate.errors import ConfigError, ServerError
+
+if TYPE_CHECKING:
+    from servegate.backends.tfserving import TFServingBackend, TFServingSettings
+
+
+def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> Any:
+    """A ``TorchServeBackend``: the attached server, or the local one (started if need be)."""
+    from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+    from servegate.backends.torchserve.keys import StaticKeys
+
+    attach = TorchServeAttach.from_env() if mode != "local" else None
+    if attach is not None:
+        keys: Any = attach.key_file
+        if attach.keys is not None:
+            keys = StaticKeys(attach.keys.get_secret_value(), TorchServeAttach.KEYS_ENV)
+        backend = TorchServeBackend.attach(attach.inference_url, attach.management_url, keys=keys,
+                                           model_store=attach.model_store,
+                                           metrics_url=attach.metrics_url)
+        try:  # both APIs and both keys, checked before anything is built
+            backend.client.health()
+            backend.client.list_models()
+        except ServerError:
+            backend.close()
+            raise
+        return backend
+    if mode == "attach":
+        raise ConfigError(attach_refused(
+            "TorchServe", f"{TorchServeAttach.PREFIX}MANAGEMENT_URL, ..._INFERENCE_URL and "
+                          f"{TorchServeAttach.KEYS_ENV} (its key_file.json content) or ..._KEY_FILE"))
+    return TorchServeBackend.from_state(LocalTorchServe(settings).start())
+
+
+def open_tfserving(settings: TFServingSettings | None = None,
+                   mode: ServerMode = "auto") -> TFServingBackend:
+    """Attach when ``SERVEGATE_TFSERVING_URL`` is set (``mode`` not ``local``); otherwise start
+    (or reuse) a local server, unless ``mode`` is ``attach`` (then ``ConfigError``)."""
+    from servegate.backends.tfserving.deployer import TFServingBackend
+    from servegate.backends.tfserving.local import (
+        ENV_GRPC,
+        ENV_MODEL_ROOT,
+        ENV_URL,
+        LocalTFServing,
+    )
+
+    configured = TFServingAttach.from_env() if mode != "local" else None
+    if configured is not None:
+        return TFServingBackend.attach(configured.url, configured.grpc, configured.model_root,
+                                       configured.server_root)
+    if mode == "attach":
+        raise ConfigError(attach_refused("TF Serving", f"{ENV_URL}, {ENV_GRPC} and {ENV_MODEL_ROOT}"))
+    return TFServingBackend.from_state(LocalTFServing(settings).start())

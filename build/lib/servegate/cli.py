@@ -1,0 +1,521 @@
+"""The ``servegate`` command line: parse, call, print.
+
+Exit codes scripts can rely on: 0 success, 1 a gate failed (the challenger was rejected) and
+nothing else, 2 usage error, 3 no server (not running / unreachable), 4 the server refused a
+request, 5 invalid configuration or input, 6 packaging or compile failure, 7 any other error
+(the MLflow registry failing, an internal error), 8 busy (another run or server start holds the
+lock; the message names it), 130 / 143 interrupted by SIGINT / SIGTERM (after the cleanup).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from servegate import errors
+from servegate.config import BatchingConfig, TorchServeSettings
+
+# Piped (make, CI, mlflow run): rich would fold tables at 80 columns.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+EXIT_CODES: list[tuple[type[errors.ServegateError], int]] = [
+    (errors.GateFailed, 1),
+    (errors.ServerNotRunning, 3),
+    (errors.ServerRequestError, 4),
+    (errors.ServerError, 3),
+    (errors.ConfigError, 5),
+    (errors.SourceError, 5),
+    (errors.PackagingError, 6),
+    (errors.CompileError, 6),
+    (errors.Busy, 8),
+    (errors.ServegateError, 7),
+]
+#: Anything that is not a ServegateError (a bug): never 1, which means "a gate failed".
+INTERNAL_ERROR = 7
+
+class _App(typer.Typer):
+    """A Typer whose commands all map servegate's errors to exit codes in one place (``fail``)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        register = super().command(*args, **kwargs)
+
+        def decorator(function: Any) -> Any:
+            @functools.wraps(function)
+            def mapped(*call_args: Any, **call_kwargs: Any) -> Any:
+                try:
+                    return function(*call_args, **call_kwargs)
+                except errors.ServegateError as exc:
+                    fail(exc)
+            register(mapped)
+            return function
+        return decorator
+
+
+app = _App(help="Take a model to a gated deployment on TorchServe or TF Serving.",
+           no_args_is_help=True, pretty_exceptions_enable=False)
+serve_app = _App(help="Start, stop and inspect a local TorchServe.", no_args_is_help=True)
+models_app = _App(help="Register, route and remove model versions.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+app.add_typer(models_app, name="models")
+
+WorkdirOption = Annotated[
+    Path | None,
+    typer.Option("--workdir", help="The local server's directory [default: $SERVEGATE_HOME/torchserve]."),
+]
+
+
+def exit_code(exc: errors.ServegateError) -> int:
+    if isinstance(exc, errors.Interrupted):
+        return exc.exit_code
+    return next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+
+
+def fail(exc: errors.ServegateError) -> NoReturn:
+    code = exit_code(exc)
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code)
+
+
+def _settings(workdir: Path | None, **overrides: Any) -> TorchServeSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if workdir is not None:
+        values["workdir"] = workdir
+    return TorchServeSettings(**values)
+
+
+def _valid(name: str, version: str | None = None) -> None:
+    """Every entry point checks names and versions the same way (``servegate.naming``)."""
+    from servegate.naming import validate_name, validate_version
+
+    validate_name(name)
+    if version is not None:
+        validate_version(version)
+
+
+def _running_backend(workdir: Path | None):  # -> TorchServeBackend
+    from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+
+    server = LocalTorchServe(_settings(workdir))
+    state = server.state()
+    if state is None:
+        raise errors.ServerNotRunning(
+            f"no TorchServe running in {server.workdir}; start one with `servegate serve start`"
+        )
+    return TorchServeBackend.from_state(state)
+
+
+# ---- serve ----------------------------------------------------------------------------------
+@serve_app.command("start")
+def serve_start(
+    workdir: WorkdirOption = None,
+    inference_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+    management_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+    metrics_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+    allow_url: Annotated[list[str] | None, typer.Option(
+        "--allow-url", help="Also register archives from URLs under this prefix (repeatable), e.g. "
+        "an mlflow server's artifacts: http://MLFLOW/api/2.0/mlflow-artifacts/artifacts/ "
+        "(`allowed_urls` admits archives under it only).")] = None,
+    allow_mlflow_artifacts: Annotated[bool, typer.Option(
+        "--allow-mlflow-artifacts", help="--allow-url for the artifacts of $MLFLOW_TRACKING_URI.")] = False,
+    token_expiration_min: Annotated[float | None, typer.Option(
+        help="Minutes a key lives (TorchServe: 60); clients given the keys need longer than a run.")] = None,
+) -> None:
+    """Start TorchServe on 127.0.0.1 with token auth (or show the one already running)."""
+    from servegate.backends.torchserve import LocalTorchServe
+
+    prefixes = list(allow_url or [])
+    if allow_mlflow_artifacts:
+        from servegate.artifact_urls import artifacts_prefix
+
+        prefixes.append(artifacts_prefix(os.environ.get("MLFLOW_TRACKING_URI", "")))
+    with console.status("starting TorchServe"):
+        state = LocalTorchServe(_settings(workdir, inference_port=inference_port,
+                                          management_port=management_port,
+                                          metrics_port=metrics_port,
+                                          allowed_url_prefixes=tuple(prefixes) or None,
+                                          token_expiration_min=token_expiration_min)).start()
+    _print_state(state)
+
+
+@serve_app.command("stop")
+def serve_stop(workdir: WorkdirOption = None) -> None:
+    """Stop the local TorchServe and every one of its processes."""
+    from servegate.backends.torchserve import LocalTorchServe
+
+    server = LocalTorchServe(_settings(workdir))
+    outcome = server.stop()
+    if outcome.stale:
+        out.print(f"stale state file in {server.workdir} removed: {outcome.stale}; "
+                  "nothing was killed")
+    elif outcome:
+        out.print(f"stopped TorchServe in {server.workdir}")
+    else:
+        out.print(f"no TorchServe was running in {server.workdir}")
+
+
+@serve_app.command("status")
+def serve_status(workdir: WorkdirOption = None) -> None:
+    """Show the local server and its models; exit 3 when none is running."""
+    backend = _running_backend(workdir)
+    from servegate.backends.torchserve import LocalTorchServe
+
+    state = LocalTorchServe(_settings(workdir)).state()
+    assert state is not None
+    _print_state(state)
+    table = Table("model", "version", "default", "ready workers")
+    for name in backend.client.list_models():
+        for v in backend.versions(name):
+            table.add_row(v.name, v.version, "yes" if v.is_default else "", f"{v.ready_workers}/{v.workers}")
+    out.print(table)
+
+
+def _print_state(state: Any) -> None:
+    table = Table("endpoint", "address", title="TorchServe")
+    table.add_row("inference", state.inference)
+    table.add_row("management", state.management)
+    table.add_row("metrics", f"{state.metrics}/metrics")
+    table.add_row("key file", str(state.key_file))
+    table.add_row("model store", state.model_store)
+    out.print(table)
+
+
+# ---- package ----------------------------------------------------------------------------------
+@app.command("package")
+def package(
+    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
+    name: Annotated[str, typer.Option(help="Served model name.")] = "digits",
+    version: Annotated[str, typer.Option(help="Model version recorded in the archive.")] = "1",
+    output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes [default: the local model store].")] = None,
+    compiler: Annotated[str, typer.Option(help="auto | eager | export | aoti | onnx | onnx-int8 | inductor | torch-tensorrt | a comma list")] = "eager",
+    batch_size: int = 8,
+    max_batch_delay_ms: int = 2,
+    workers: int = 1,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Build a .mar archive (handlers, model-config.yaml, labels, warm-up sample)."""
+    from pydantic import ValidationError
+
+    from servegate import api
+
+    _valid(name, version)
+    try:
+        batching = BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                                  min_workers=workers, max_workers=workers)
+    except ValidationError as exc:
+        raise errors.ConfigError(f"invalid batching: {exc}") from exc
+    target = output_dir or (_settings(workdir).workdir / "model-store")
+    with console.status(f"packaging {model}"):
+        archive = api.package(model, name=name, version=version, compiler=compiler,
+                              batching=batching, output_dir=target)
+    out.print(str(archive))
+
+
+# ---- models ----------------------------------------------------------------------------------
+@models_app.command("register")
+def models_register(
+    archive: Annotated[Path, typer.Argument(help="A .mar built by `servegate package`.")],
+    name: Annotated[str, typer.Option(help="Model name in the archive.")],
+    version: Annotated[str, typer.Option(help="Version in the archive.")],
+    workers: int = 1,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Serve an archive as a new version; returns once it has READY workers."""
+    _valid(name, version)
+    backend = _running_backend(workdir)
+    with console.status(f"registering {name} v{version}"):
+        backend.deploy(archive, name, version, workers=workers)
+    out.print(f"{name} v{version} is ready at {backend.endpoint(name, version)}")
+
+
+@models_app.command("list")
+def models_list(name: str, workdir: WorkdirOption = None) -> None:
+    """The served versions of NAME."""
+    _valid(name)
+    versions = _running_backend(workdir).versions(name)
+    out.print_json(json.dumps([v.__dict__ for v in versions]))
+
+
+@models_app.command("default")
+def models_default(name: str, version: str, workdir: WorkdirOption = None) -> None:
+    """Route NAME's default endpoint to VERSION."""
+    _valid(name, version)
+    _running_backend(workdir).set_default(name, version)
+    out.print(f"{name} default -> v{version}")
+
+
+@models_app.command("unregister")
+def models_unregister(name: str, version: str, workdir: WorkdirOption = None) -> None:
+    """Stop serving VERSION of NAME."""
+    _valid(name, version)
+    _running_backend(workdir).undeploy(name, version)
+    out.print(f"unregistered {name} v{version}")
+
+
+@models_app.command("scale")
+def models_scale(name: str, version: str, workers: int, workdir: WorkdirOption = None) -> None:
+    """Set the worker count of VERSION of NAME."""
+    _valid(name, version)
+    _running_backend(workdir).client.scale(name, version, min_workers=workers)
+    out.print(f"{name} v{version}: {workers} workers")
+
+
+# ---- predict ---------------------------------------------------------------------------------
+@app.command("predict")
+def predict(
+    name: str,
+    data: Annotated[str | None, typer.Option(help="JSON request body.")] = None,
+    file: Annotated[Path | None, typer.Option(help="File holding the request body ('-': stdin).")] = None,
+    version: Annotated[str | None, typer.Option(help="A version (default: the default one).")] = None,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Send one request to NAME's standard endpoint (token from the key file) and print the answer."""
+    _valid(name, version)
+    if (data is None) == (file is None):
+        raise errors.ConfigError("give exactly one of --data or --file")
+    if file is not None:
+        body = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    else:
+        body = data or ""
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise errors.ConfigError(f"the request body is not JSON: {exc}") from exc
+    answer = _running_backend(workdir).predict(name, payload, version)
+    out.print_json(json.dumps(answer))
+
+
+@app.command("compilers")
+def compilers(
+    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
+    backends: Annotated[str, typer.Option(help="auto or a comma list of backends.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="The serving batch size to rank by.")] = 8,
+    task: Annotated[str, typer.Option(help="Text models: embedding | text-classification (auto: the model's own).")] = "auto",
+    threads: Annotated[int, typer.Option(help="Threads to time on (0: as one TorchServe worker runs).")] = 0,
+) -> None:
+    """Compile, parity-check and time compiler backends in process at every shape; print the
+    table (``auto`` keeps the smallest worst-case slowdown against the fastest)."""
+    import tempfile
+
+    from servegate.compilers.driver import worker_threads
+    from servegate.compilers.select import candidates_table, choose, evaluate, parse_compiler_option
+    from servegate.compilers.shapes import timing_batch_sizes
+    from servegate.devices import gpu_count
+    from servegate.sources import load_torch_model
+
+    names = parse_compiler_option(backends) or [backends]
+    loaded = load_torch_model(model, task=None if task == "auto" else task)
+    max_batch = batch_size * 8
+    sizes = timing_batch_sizes(batch_size, max_batch, cuda=gpu_count() > 0)
+    with tempfile.TemporaryDirectory() as tmp, console.status("compiling and measuring"):
+        candidates = evaluate(loaded, names, Path(tmp), max_batch=max_batch,
+                              batch_sizes=sizes, threads=threads or worker_threads())
+        choose(candidates, batch_size)
+    out.print(candidates_table(candidates))
+
+
+# ---- pipeline --------------------------------------------------------------------------------
+@app.command("run")
+def run(
+    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a .pt2 / torch.save / state_dict file | hf:<dir>; tfserving: builtin:digits-keras | a .keras file | a SavedModel | an MLflow Keras model.")] = "builtin:digits",
+    name: Annotated[str, typer.Option(help="Served and registered model name (default: NAME of models:/NAME, or the built-in's name; required otherwise).")] = "",
+    task: Annotated[str, typer.Option(help="auto | classification | regression | tensor | image-classification | embedding | text-classification (auto: inferred from the model and its data).")] = "auto",
+    eval_data: Annotated[str, typer.Option(help="Held-out data: a path or MLflow artifact URI of .npz (x | x0,x1.. | input names; y) / .csv / .parquet / .jsonl (features + label column; text column for text models). Default: the dataset logged with the model, else its input example (parity only).")] = "",
+    label_column: Annotated[str, typer.Option(help="Label column of tabular eval_data.")] = "label",
+    text_column: Annotated[str, typer.Option(help="Text column of a text model's eval_data.")] = "text",
+    labels: Annotated[str, typer.Option(help="Class names: a file (JSON list/mapping, or one per line) or a comma list (default: the model's own, else indices).")] = "",
+    trust_pickle: Annotated[str, typer.Option(help="Load pickled artifacts (they run code when loaded): true | false.")] = "false",
+    model_class: Annotated[str, typer.Option(help="A state_dict file's class: FILE.py:CLASS.")] = "",
+    model_kwargs: Annotated[str, typer.Option(help="JSON arguments of model_class's constructor.")] = "{}",
+    handler: Annotated[str, typer.Option(help="Your own TorchServe handler file, packaged with ours.")] = "",
+    image_size: Annotated[str, typer.Option(help="image-classification: HEIGHT,WIDTH the worker resizes to.")] = "224,224",
+    image_mode: Annotated[str, typer.Option(help="image-classification: RGB | L.")] = "RGB",
+    image_mean: Annotated[str, typer.Option(help="image-classification: per-channel mean after scaling to [0, 1].")] = "0.485,0.456,0.406",
+    image_std: Annotated[str, typer.Option(help="image-classification: per-channel std.")] = "0.229,0.224,0.225",
+    max_length: Annotated[int, typer.Option(help="Text models: truncation in tokens (0: the model's own).")] = 0,
+    target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
+    compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
+    compile_cache: Annotated[str, typer.Option(help="local (torch's own caches on this host) | shared (per device type, restored from and logged to the MLflow experiment: trust it as a pickle).")] = "local",
+    p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
+    p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = 500.0,
+    min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = 20.0,
+    max_error_rate: Annotated[float, typer.Option(help="SLO: maximum error ratio.")] = 0.0,
+    max_regression_pct: Annotated[float, typer.Option(help="Allowed regression vs the champion (%).")] = 50.0,
+    parity_atol: Annotated[float, typer.Option(help="Max |served - reference| of probabilities.")] = 1e-4,
+    parity_rtol: Annotated[float, typer.Option(help="Regression/tensor: max error relative to the reference.")] = 1e-4,
+    min_top1_agreement: Annotated[float, typer.Option(help="Min top-1 agreement served vs reference.")] = 0.999,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Max accuracy drop vs the champion.")] = 0.01,
+    max_metric_regression: Annotated[float, typer.Option(help="Regression: max relative RMSE/MAE increase vs the champion.")] = 0.05,
+    load_users: Annotated[int, typer.Option(help="Locust users.")] = 8,
+    load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = 8.0,
+    load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
+    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
+    workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = 1,
+    promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
+    server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
+    report_dir: Annotated[Path | None, typer.Option(
+        help="Also copy the gate report here [default: $SERVEGATE_REPORT_DIR].")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Library logs and warnings on the terminal too.")] = False,
+    workdir: WorkdirOption = None,
+) -> None:
+    """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected).
+    Gate options may tighten the gate policy's limits, never loosen them (`servegate policy`)."""
+    from pydantic import ValidationError
+
+    from servegate.config import (
+        ImagePreprocessing,
+        LoadSettings,
+        ParityThresholds,
+        PipelineConfig,
+        SLOs,
+        home_dir,
+        server_mode,
+    )
+    from servegate.runlog import new_log_path, run_log
+
+    try:
+        config = PipelineConfig(
+            model=model, name=name or None, target=target, compiler=compiler,
+            task=None if task == "auto" else task, max_length=max_length or None,
+            eval_data=eval_data or None, label_column=label_column, text_column=text_column,
+            labels=labels or None, trust_pickle=trust_pickle,  # type: ignore[arg-type]
+            model_class=model_class or None, model_kwargs=_json_object(model_kwargs, "model_kwargs"),
+            handler=Path(handler).expanduser().resolve() if handler else None,
+            image=ImagePreprocessing(size=_numbers(image_size, int, "image_size"),  # type: ignore[arg-type]
+                                     mode=image_mode,  # type: ignore[arg-type]
+                                     mean=_numbers(image_mean, float, "image_mean"),
+                                     std=_numbers(image_std, float, "image_std")),
+            slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
+                      max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
+            parity=ParityThresholds(parity_atol=parity_atol, parity_rtol=parity_rtol,
+                                    min_top1_agreement=min_top1_agreement,
+                                    max_accuracy_drop=max_accuracy_drop,
+                                    max_metric_regression=max_metric_regression),
+            load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
+            batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                                    workers_per_gpu=workers_per_gpu),
+            compile_cache=compile_cache,  # type: ignore[arg-type]
+            promote=promote,  # type: ignore[arg-type]
+            **({"report_dir": report_dir} if report_dir is not None else {}),
+            torchserve=_settings(workdir),
+            server=server_mode(server or None),
+        )
+    except ValidationError as exc:
+        raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
+    log_path = new_log_path(home_dir() / "logs")
+    with run_log(log_path, verbose=verbose):
+        result = _run_pipeline(config, log_path)
+    _print_result(result)
+
+
+def _run_pipeline(config: Any, log_path: Path) -> Any:
+    """``api.deploy``; an unexpected failure becomes one line naming the log (the traceback
+    goes to the log file; the MLflow run has ended FAILED)."""
+    import logging
+
+    from servegate import api
+
+    console.print(f"[dim]servegate: library logs and warnings go to {log_path} (--verbose shows them)[/]")
+    try:
+        return api.deploy(config, console)
+    except errors.ServegateError:
+        raise
+    except Exception as exc:  # a bug or a library failure: one line here, the traceback in the log
+        logging.getLogger("servegate").error("servegate run failed", exc_info=exc)
+        raise errors.PipelineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                   f" (traceback in {log_path})") from exc
+
+
+def _validation_message(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError as exc:
+        raise errors.ConfigError(f"{option} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise errors.ConfigError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _numbers(text: str, kind: type, option: str) -> list[Any]:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise errors.ConfigError(f"{option} must be a comma list of numbers, got {text!r}") from exc
+
+
+def _print_result(result: Any) -> None:
+    table = Table("check", "value", "threshold", "result", title=f"{result.name} v{result.version}: {result.decision}")
+    for c in result.checks:
+        table.add_row(f"{c.gate}.{c.name}", f"{c.value:.4g}", f"{c.comparison} {c.threshold:.4g}",
+                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    out.print(table)
+    if result.endpoint:
+        out.print(f"endpoint: {result.endpoint}")
+        out.print("try it:")
+        out.print(result.curl, soft_wrap=True, highlight=False, markup=False)
+    out.print(f"MLflow run: {result.run_id}")
+
+
+@app.command("policy")
+def policy_command() -> None:
+    """The gate policy runs are held to ($SERVEGATE_GATE_POLICY, else serving_configs/gate-policy.toml):
+    a run's gate options may tighten these limits, never loosen them."""
+    from servegate.config import gate_policy_path
+    from servegate.policy import load_policy
+
+    policy = load_policy(gate_policy_path())
+    table = Table("parameter", "min", "max", title=f"gate policy {policy.path}")
+    for name, bounds in policy.limits.items():
+        table.add_row(name, *("" if b is None else f"{b:g}" for b in (bounds.minimum, bounds.maximum)))
+    out.print(table)
+
+
+@app.command("rollback")
+def rollback_command(
+    name: str,
+    target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
+    server: Annotated[str, typer.Option(help="auto | attach | local (empty: $SERVEGATE_SERVER, else auto).")] = "",
+    workdir: WorkdirOption = None,
+) -> None:
+    """Restore NAME's previous champion: registry alias and server default together."""
+    from servegate import api
+
+    restored, demoted = api.rollback(name, target=target, server=server or None,
+                                     torchserve=_settings(workdir), console=console)
+    out.print(f"{name}: champion is v{restored} again (v{demoted} kept as previous-champion)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: SIGTERM/SIGINT become ``Interrupted`` (cleanup, then 143/130), and
+    an unexpected exception exits 7 with its traceback, never 1 (1 means a gate failed)."""
+    import traceback
+
+    from servegate.interrupts import signals_as_errors
+
+    try:
+        with signals_as_errors():
+            app(args=argv)
+    except errors.ServegateError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(exit_code(exc))
+    except Exception:  # noqa: BLE001 (a bug: say so, with the traceback)
+        traceback.print_exc()
+        console.print("[bold red]internal error[/] (a bug in servegate; the traceback is above)")
+        sys.exit(INTERNAL_ERROR)
+
+
+if __name__ == "__main__":
+    main()

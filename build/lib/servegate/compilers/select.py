@@ -1,0 +1,258 @@
+"""``auto``: compile every candidate this machine can run, check parity, measure, keep the best.
+
+Each artifact is loaded with the handlers' own loader (``sg_loaders``), so what is measured and
+parity-checked here is what a TorchServe worker runs. Candidates are timed at every shape (batch
+size, and token count for text); the one kept is the one whose worst slowdown against the fastest
+candidate at any shape is smallest, since a served batch ranges from 1 to the batch size.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from servegate._resources import handler_module
+from servegate.artifacts import CompiledArtifact
+from servegate.choices import CLASS_TASKS
+from servegate.compilers import get_compiler
+from servegate.compilers.shapes import TEXT_TOKENS, Shape, timing_shapes
+from servegate.errors import BackendUnavailable, CompileError
+from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP, parity_limits, precision_of
+from servegate.sources.base import TorchModel
+
+
+@dataclass
+class Candidate:
+    backend: str
+    device: str = "cpu"  # where the artifact runs: cpu | cuda
+    status: str = "pending"  # chosen | passed | rejected | skipped | failed
+    reason: str = ""
+    artifact: CompiledArtifact | None = None
+    compile_seconds: float = 0.0
+    p50_ms: dict[Shape, float] = field(default_factory=dict)
+    rows_per_s: dict[Shape, float] = field(default_factory=dict)
+    regret: float = float("nan")  # worst p50 / the fastest candidate's p50, over the shapes
+    max_abs: float = float("nan")
+    max_rel: float = float("nan")
+    cosine: float = float("nan")
+    top1: float = float("nan")
+    accuracy: float = float("nan")
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("passed", "chosen")
+
+
+def load_predictor(artifact: CompiledArtifact, threads: int):
+    """The artifact loaded exactly as the worker loads it."""
+    if artifact.model_file is not None and str(artifact.model_file.parent) not in sys.path:
+        # A state_dict's class is imported by module name (sg_loaders), from the model file that a
+        # worker finds in its model directory, which TorchServe puts on sys.path: the same here.
+        sys.path.insert(0, str(artifact.model_file.parent))
+    sg_loaders = handler_module("sg_loaders")
+    spec = {"format": artifact.format, "artifact": artifact.path.name,
+            "model_class": artifact.model_class, "model_kwargs": artifact.model_kwargs,
+            "device": artifact.device, "dtype": artifact.dtype, "compile_mode": artifact.compile_mode,
+            "built_for": artifact.built_for, "buckets": artifact.buckets,
+            "fallback_artifact": artifact.fallback.name if artifact.fallback else None}
+    if artifact.device == "cuda":  # the worker's GPU (TorchServe's gpu_id); device 0 here
+        return sg_loaders.load_model(spec, str(artifact.path.parent), threads, gpu_id=0)
+    return sg_loaders.load_model(spec, str(artifact.path.parent), threads)
+
+
+
+
+def as_outputs(value: object) -> tuple[np.ndarray, ...]:
+    """A predictor's answer as a tuple of output arrays (one array, or several)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(np.asarray(v) for v in value)
+    return (np.asarray(value),)
+
+
+def flat_rows(outputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Every output of each row side by side, as float64 ``[rows, values]``."""
+    return np.concatenate([o.reshape(len(o), -1).astype(np.float64) for o in outputs], axis=1)
+
+
+def _parity(candidate: Candidate, reference: tuple[np.ndarray, ...], output: tuple[np.ndarray, ...],
+            labels: np.ndarray | None, task: str = "classification") -> None:
+    if len(output) != len(reference):
+        candidate.status, candidate.reason = "rejected", (
+            f"parity: {len(output)} outputs, the reference has {len(reference)}")
+        return
+    a, b = flat_rows(output), flat_rows(reference)
+    diff = np.abs(a - b)
+    candidate.max_abs = float(diff.max())
+    candidate.max_rel = float((diff / (np.abs(b) + 1e-6)).max())
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    candidate.cosine = float(cos.min())
+    classes = task in CLASS_TASKS
+    if classes:
+        candidate.top1 = float((output[0].argmax(-1) == reference[0].argmax(-1)).mean())
+        if labels is not None:
+            candidate.accuracy = float((output[0].argmax(-1) == labels).mean())
+    precision = precision_of(candidate.backend)
+    limits = parity_limits(precision, task)
+    problems = []
+    if candidate.max_abs > limits.max_abs:
+        problems.append(f"max abs {candidate.max_abs:.3g} > {limits.max_abs:g}")
+    if candidate.cosine < limits.min_cosine:
+        problems.append(f"cosine {candidate.cosine:.5f} < {limits.min_cosine}")
+    if classes and candidate.top1 < limits.min_top1:
+        problems.append(f"top-1 agreement {candidate.top1:.4f} < {limits.min_top1}")
+    if labels is not None and classes and precision != "fp32":
+        reference_accuracy = float((reference[0].argmax(-1) == labels).mean())
+        if candidate.accuracy < reference_accuracy - MAX_REDUCED_ACCURACY_DROP:
+            problems.append(f"accuracy {candidate.accuracy:.4f} < reference "
+                            f"{reference_accuracy:.4f} - {MAX_REDUCED_ACCURACY_DROP}")
+    if problems:
+        candidate.status, candidate.reason = "rejected", "parity: " + "; ".join(problems)
+
+
+def time_call(predict, inputs: tuple[np.ndarray, ...], *, repeats: int,
+              budget_s: float) -> float:
+    """Median seconds of ``predict(*inputs)`` after warm-up: ``repeats`` runs, fewer (at least 5)
+    when they would take longer than ``budget_s``."""
+    start = time.perf_counter()
+    for _ in range(2):
+        predict(*inputs)  # warm-up
+    first = (time.perf_counter() - start) / 2
+    runs = max(5, min(repeats, int(budget_s / first) if first > 0 else repeats))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predict(*inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _benchmark(candidate: Candidate, predict, model: TorchModel, shapes: Sequence[Shape],
+               repeats: int, budget_s: float) -> None:
+    for shape in shapes:
+        p50 = time_call(predict, model.inputs_at(shape.batch, shape.tokens), repeats=repeats,
+                        budget_s=budget_s)
+        candidate.p50_ms[shape] = p50 * 1e3
+        candidate.rows_per_s[shape] = shape.batch / p50 if p50 else float("inf")
+
+
+def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_batch: int,
+             batch_sizes: Sequence[int] = (1, 8), tokens: Sequence[int] = TEXT_TOKENS,
+             threads: int = 1, repeats: int = 50, budget_s: float = 1.0) -> list[Candidate]:
+    """Compile, parity-check and time each backend at every shape; nothing is chosen yet.
+
+    Parity feeds every input of the module (one feature array, or token ids + attention mask made
+    from real held-out sentences exactly as the worker makes them, padded to the longest).
+    Timing runs at ``timing_shapes`` (``repeats`` runs each, fewer past ``budget_s``)."""
+    shapes = timing_shapes(model, batch_sizes, tokens)
+    rows = min(64, max_batch)  # artifacts accept batches up to max_batch
+    x = model.eval_x[:rows] if model.eval_x is not None else model.example_batch(rows)
+    labels = model.eval_y[:rows] if model.eval_y is not None else None
+    inputs = model.model_inputs(x)
+    reference = model.forward_all(*inputs)
+    results = []
+    for name in backends:
+        compiler = get_compiler(name)
+        candidate = Candidate(name, device=getattr(compiler, "device", "cpu"))
+        results.append(candidate)
+        if reason := compiler.unavailable_reason():
+            candidate.status, candidate.reason = "skipped", reason
+            continue
+        try:
+            artifact = compiler.compile(model, workdir / name, max_batch=max_batch)
+            candidate.artifact, candidate.compile_seconds = artifact, artifact.compile_seconds
+            start = time.perf_counter()
+            predict = load_predictor(artifact, threads)
+            output = as_outputs(predict(*inputs))
+            if artifact.format == "inductor":  # compiled (and autotuned) in the worker, on load
+                candidate.compile_seconds += time.perf_counter() - start
+            _parity(candidate, reference, output, labels, model.task)
+            if candidate.status == "rejected":
+                continue
+            _benchmark(candidate, predict, model, shapes, repeats, budget_s)
+            candidate.status = "passed"
+        except BackendUnavailable as exc:
+            candidate.status, candidate.reason = "skipped", str(exc)
+        except Exception as exc:  # any failure of one candidate must not stop the others
+            candidate.status, candidate.reason = "failed", f"{type(exc).__name__}: {exc}"[:300]
+    return results
+
+
+def choose(candidates: list[Candidate], batch_size: int) -> Candidate:
+    """The passing candidate with the smallest worst-case slowdown against the fastest one at any
+    timed shape (``regret``, set on every passing candidate); ties go to the faster one at the
+    serving batch size, then to the earlier, simpler one."""
+    usable = [c for c in candidates if c.usable and c.p50_ms]
+    if not usable:
+        reasons = "; ".join(f"{c.backend}: {c.status} {c.reason}" for c in candidates)
+        raise CompileError(f"no compiler backend passed: {reasons}")
+    shapes = set.intersection(*(set(c.p50_ms) for c in usable))
+    fastest = {s: min(c.p50_ms[s] for c in usable) for s in shapes}
+    for c in usable:
+        c.regret = max(c.p50_ms[s] / fastest[s] for s in shapes) if shapes else 1.0
+
+    def at_serving_batch(c: Candidate) -> float:
+        return sum(c.p50_ms[s] for s in shapes if s.batch == batch_size)
+
+    best = min(usable, key=lambda c: (c.regret, at_serving_batch(c)))
+    best.status = "chosen"
+    return best
+
+
+def parse_compiler_option(option: str) -> list[str] | None:
+    """``auto`` -> every candidate this host can run (``auto_candidates``); ``a,b`` -> those; a
+    single name -> None (no selection)."""
+    from servegate.compilers import auto_candidates
+
+    if option == "auto":
+        return auto_candidates()
+    names = [n.strip() for n in option.split(",") if n.strip()]
+    for name in names:
+        get_compiler(name)  # validates
+    return names if len(names) > 1 else None
+
+
+def timed_shapes(candidates: Sequence[Candidate]) -> list[Shape]:
+    """Every shape any candidate was timed at, smallest first."""
+    return sorted({shape for c in candidates for shape in c.p50_ms})
+
+
+def candidates_table(candidates: list[Candidate]):  # -> rich Table
+    """The candidates as one rich table (printed by ``servegate compilers`` and the pipeline)."""
+    from rich.table import Table
+
+    shapes = timed_shapes(candidates)
+    table = Table("backend", "device", "status", *[f"p50 ms {s.label}" for s in shapes], "worst vs best",
+                  "max abs", "cosine", "top-1", "compile s", "reason",
+                  title="compiler candidates (in process)")
+    def cell(value: object, spec: str) -> str:
+        return "—" if isinstance(value, float) and value != value else spec.format(value)
+
+    for r in table_rows(candidates):
+        table.add_row(str(r["backend"]), str(r["device"]), str(r["status"]),
+                      *[cell(r[f"p50_ms_{s.label}"], "{:.4f}") for s in shapes],
+                      cell(r["regret"], "{:.2f}x"), cell(r["max_abs"], "{:.2g}"),
+                      cell(r["cosine"], "{:.6f}"), cell(r["top1"], "{:.4f}"),
+                      str(r["compile_s"]), str(r["reason"])[:80])
+    return table
+
+
+def table_rows(candidates: list[Candidate]) -> list[dict[str, object]]:
+    """One flat dict per candidate: figures, and ``p50_ms_<shape>`` / ``rows_per_s_<shape>``."""
+    rows = []
+    for c in candidates:
+        row: dict[str, object] = {"backend": c.backend, "device": c.device, "status": c.status,
+                                  "reason": c.reason,
+                                  "compile_s": round(c.compile_seconds, 2), "max_abs": c.max_abs,
+                                  "cosine": c.cosine, "top1": c.top1, "accuracy": c.accuracy,
+                                  "regret": c.regret}
+        for shape in timed_shapes(candidates):
+            row[f"p50_ms_{shape.label}"] = c.p50_ms.get(shape, float("nan"))
+            row[f"rows_per_s_{shape.label}"] = c.rows_per_s.get(shape, float("nan"))
+        rows.append(row)
+    return rows

@@ -1,0 +1,478 @@
+"""Typed settings. Environment variables (``SERVEGATE_*``), CLI options and MLproject parameters
+all map onto these models; nothing is read at import time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingConfig(_Settings):
+    """TorchServe's per-model batching and worker settings (written to model-config.yaml)."""
+
+    batch_size: PositiveInt = 8
+    max_batch_delay_ms: int = Field(2, ge=0)
+    min_workers: PositiveInt = 1
+    max_workers: PositiveInt = 1
+    #: Workers per GPU for a CUDA artifact (min = max workers = this x the host's GPUs).
+    workers_per_gpu: PositiveInt = 1
+    response_timeout_s: PositiveInt = 120
+    startup_timeout_s: PositiveInt = 120
+
+    @model_validator(mode="after")
+    def _delay_fills_batches(self) -> BatchingConfig:
+        # Measured on TorchServe 0.12: maxBatchDelay 0 is taken as its 100 ms default, so a
+        # lone request waits 100 ms for a batch that never fills.
+        if self.batch_size > 1 and self.max_batch_delay_ms == 0:
+            raise ValueError("max_batch_delay_ms must be at least 1 when batch_size > 1: "
+                             "TorchServe treats 0 as its 100 ms default")
+        return self
+
+    def model_config_yaml(self, device: str = "cpu", gpus: int | None = None) -> dict[str, Any]:
+        """TorchServe's model-config.yaml. A ``cuda`` artifact runs ``workers_per_gpu`` workers on
+        each of the host's GPUs (``gpus``, default ``devices.gpu_count()``, at least 1):
+        ``deviceType: gpu`` and ``deviceIds`` 0..n-1, which TorchServe assigns round-robin."""
+        config: dict[str, Any] = {
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay_ms,
+            "minWorkers": self.min_workers,
+            "maxWorkers": self.max_workers,
+            "responseTimeout": self.response_timeout_s,
+            "startupTimeout": self.startup_timeout_s,
+        }
+        if device == "cuda":
+            if gpus is None:
+                from servegate.devices import gpu_count
+
+                gpus = gpu_count()
+            n = max(1, gpus)
+            config["minWorkers"] = config["maxWorkers"] = self.workers_per_gpu * n
+            config["deviceType"] = "gpu"
+            config["deviceIds"] = list(range(n))
+        else:
+            config["deviceType"] = "cpu"
+        return config
+
+
+class RequestLimits(_Settings):
+    """What one request may carry before the handler answers 413."""
+
+    max_body_bytes: PositiveInt = 1 << 20
+    max_instances: PositiveInt = 64
+    #: Values one instance of an input with a ``-1`` dimension may hold (default: the body limit
+    #: over 16, as the handlers derive it for archives that do not record it).
+    max_instance_elements: PositiveInt = Field(
+        default_factory=lambda data: max(1, data["max_body_bytes"] // 16))
+
+
+#: Room for the HTTP envelope around a body the handler accepts (headers are not counted by
+#: TorchServe's limit; multipart/KServe wrappers add a little).
+ENVELOPE_MARGIN_BYTES = 16 << 10
+#: Bodies up to this many times the handlers' limit reach the handler, which answers a readable
+#: 413 (JSON). Past TorchServe's own ``max_request_size`` its frontend (Netty) answers 413 with an
+#: EMPTY body and, to a client that sent ``Connection: close`` (urllib), resets the connection
+#: while the body is still being sent (measured on 0.12.0: 4 MB bodies against a 1 MiB limit).
+#: Cost, measured: a 4 MiB body refused by the handler takes ~70 ms of server CPU (14 by the
+#: frontend), and 64 such requests at once raised the frontend's RSS to 1.5 GB (0.2 GB).
+READABLE_OVERSIZE_FACTOR = 4
+
+
+def server_request_size(limits: RequestLimits | None = None) -> int:
+    """TorchServe's ``max_request_size``: ``READABLE_OVERSIZE_FACTOR`` times the handlers' body
+    limit plus a small margin, so that a client sending up to that gets the handler's JSON 413."""
+    return READABLE_OVERSIZE_FACTOR * (limits or RequestLimits()).max_body_bytes + ENVELOPE_MARGIN_BYTES
+
+
+def experiment_name() -> str:
+    """The MLflow experiment runs go to (``MLFLOW_EXPERIMENT_NAME``, default servegate-deploy)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "servegate-deploy")
+
+
+def report_dir_from_env() -> Path | None:
+    """Where a copy of the gate report goes (``SERVEGATE_REPORT_DIR``), or None."""
+    value = os.environ.get("SERVEGATE_REPORT_DIR")
+    return Path(value) if value else None
+
+
+ARTIFACT_HOSTS_ENV = "SERVEGATE_ARTIFACT_HOSTS"
+
+
+def artifact_hosts() -> tuple[str, ...]:
+    """Hosts besides the tracking server that artifact and dataset URIs may name, and so receive
+    the tracking credentials (``SERVEGATE_ARTIFACT_HOSTS``: comma-separated ``host[:port]`` or
+    ``https://host[:port]``; set by the operator, never by a payload)."""
+    value = os.environ.get(ARTIFACT_HOSTS_ENV, "")
+    return tuple(h.strip().rstrip("/") for h in value.split(",") if h.strip())
+
+
+def allow_unverified_restore() -> bool:
+    """The operator lets a champion without a recorded sha256 be restored
+    (``SERVEGATE_ALLOW_UNVERIFIED_RESTORE=1``); off by default."""
+    return os.environ.get("SERVEGATE_ALLOW_UNVERIFIED_RESTORE", "").lower() in ("1", "true", "yes")
+
+
+def gate_policy_path() -> Path:
+    """The gate policy file every ``PipelineConfig`` is checked against (``servegate.policy``):
+    ``SERVEGATE_GATE_POLICY`` (an operator's file, an absolute path), else the repository's
+    ``serving_configs/gate-policy.toml``. Never a run's parameter: a payload cannot choose it."""
+    from servegate.policy import policy_path
+
+    return policy_path(os.environ)
+
+
+#: ``true``: reports name the servers by the settings holding their addresses, never show them
+#: (the promotion workflow keeps those addresses as secrets); ``false``: show them without
+#: userinfo and query. Unset: ``true`` on GitHub Actions (``GITHUB_ACTIONS=true``).
+REDACT_HOSTS_ENV = "SERVEGATE_REDACT_HOSTS"
+#: The settings whose values locate a server or its models (secrets in the promotion workflow).
+SERVER_ADDRESS_SETTINGS = (
+    "SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "SERVEGATE_TORCHSERVE_INFERENCE_URL",
+    "SERVEGATE_TORCHSERVE_METRICS_URL", "SERVEGATE_TORCHSERVE_MODEL_STORE",
+    "SERVEGATE_TORCHSERVE_KEY_FILE", "SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_GRPC",
+    "SERVEGATE_TFSERVING_MODEL_ROOT", "SERVEGATE_TFSERVING_SERVER_ROOT", "MLFLOW_TRACKING_URI")
+
+
+def redact_hosts() -> bool:
+    """Whether reports hide the servers' addresses (``SERVEGATE_REDACT_HOSTS``)."""
+    from servegate.errors import ConfigError
+
+    value = os.environ.get(REDACT_HOSTS_ENV, "").strip().lower()
+    if not value:
+        return os.environ.get("GITHUB_ACTIONS") == "true"
+    if value not in ("true", "false", "1", "0"):
+        raise ConfigError(f"{REDACT_HOSTS_ENV} must be true or false, got {value!r}")
+    return value in ("true", "1")
+
+
+def server_address_settings() -> dict[str, str]:
+    """The set ``SERVER_ADDRESS_SETTINGS``, by name (what a report names instead of a host)."""
+    return {name: os.environ[name] for name in SERVER_ADDRESS_SETTINGS if os.environ.get(name)}
+
+
+def home_dir() -> Path:
+    """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
+    return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()
+
+
+class TorchServeSettings(_Settings):
+    """A local TorchServe: its directory and addresses. Port 0 picks a free port."""
+
+    workdir: Path = Field(default_factory=lambda: home_dir() / "torchserve")
+    host: str = "127.0.0.1"
+    inference_port: int = Field(0, ge=0, le=65535)
+    management_port: int = Field(0, ge=0, le=65535)
+    metrics_port: int = Field(0, ge=0, le=65535)
+    token_auth: bool = True
+    ready_timeout_s: float = 180.0
+    # TorchServe's default request size limit is 6.5 MB; ours follows the handlers' body limit
+    # (RequestLimits.max_body_bytes): 4x it plus an envelope margin (server_request_size).
+    max_request_size: PositiveInt = Field(default_factory=server_request_size)
+    #: URL prefixes the server may register archives from besides its model store, e.g. an
+    #: ``mlflow server``'s artifacts (``allowed_urls``: archives under these prefixes only).
+    allowed_url_prefixes: tuple[str, ...] = ()
+    #: Minutes a management/inference key lives (TorchServe's default: 60). A long-lived server
+    #: whose clients are given its keys needs longer than the longest run.
+    token_expiration_min: float | None = Field(None, gt=0)
+
+
+
+class TFServingSettings(_Settings):
+    """A local TF Serving: its directory, loopback ports (0 = free port), batching and image.
+    A pipeline run takes the batching from ``PipelineConfig.batching``."""
+
+    workdir: Path = Field(default_factory=lambda: home_dir() / "tfserving")
+    host: str = "127.0.0.1"
+    rest_port: int = Field(0, ge=0, le=65535)
+    grpc_port: int = Field(0, ge=0, le=65535)
+    max_batch_size: PositiveInt = 8
+    batch_timeout_ms: float = Field(5.0, ge=0)
+    xla: bool = True
+    docker_image: str = "tensorflow/serving"
+    ready_timeout_s: float = 120.0
+    #: Explicit opt-in: serve gRPC from a binary on TCP ``grpc_port`` of EVERY interface
+    #: (tensorflow_model_server has no bind-address flag), which exposes the unauthenticated
+    #: ModelService (HandleReloadConfigRequest can load or unload any model) and
+    #: PredictionService to the network. Off: gRPC listens on a Unix socket in the workdir.
+    grpc_tcp_all_interfaces: bool = False
+
+#: ``auto``: attach when a server is configured, else start a local one; ``attach``: a configured
+#: server or a clear error (never a throwaway server); ``local``: always the local server.
+ServerMode = Literal["auto", "attach", "local"]
+SERVER_MODE_ENV = "SERVEGATE_SERVER"
+
+
+def server_mode(explicit: str | None = None) -> ServerMode:
+    """``explicit``, else ``$SERVEGATE_SERVER``, else ``auto``."""
+    from servegate.errors import ConfigError
+
+    mode = explicit or os.environ.get(SERVER_MODE_ENV) or "auto"
+    if mode not in ("auto", "attach", "local"):
+        raise ConfigError(f"server must be auto, attach or local, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def attach_refused(server: str, needed: str) -> str:
+    """Why ``server=attach`` will not start a local server, and what to set instead."""
+    return (f"server=attach ({SERVER_MODE_ENV}=attach, as the promotion workflow runs): refusing "
+            f"to start a local {server} that would live only as long as this machine, and promote "
+            f"onto it; set {needed} to the long-lived server")
+
+
+def _prefixed_env(prefix: str, fields: Any) -> dict[str, str]:
+    """The non-empty ``PREFIX<FIELD>`` variables naming one of ``fields``, by field name."""
+    values = {k.removeprefix(prefix).lower(): v for k, v in os.environ.items()
+              if k.startswith(prefix) and v}
+    return {k: v for k, v in values.items() if k in fields}
+
+
+class TorchServeAttach(_Settings):
+    """A TorchServe started elsewhere, from ``SERVEGATE_TORCHSERVE_*``: its URLs; its keys as
+    the server's key file (a shared filesystem) or that file's content (a secret); and a model
+    store to copy archives into, else archives are registered by URL."""
+
+    management_url: str
+    inference_url: str
+    metrics_url: str = ""
+    key_file: Path | None = None
+    keys: SecretStr | None = None
+    model_store: Path | None = None
+
+    PREFIX: ClassVar[str] = "SERVEGATE_TORCHSERVE_"
+    KEYS_ENV: ClassVar[str] = "SERVEGATE_TORCHSERVE_KEYS"
+
+    @classmethod
+    def from_env(cls) -> TorchServeAttach | None:
+        """The attached server, or None when ``SERVEGATE_TORCHSERVE_MANAGEMENT_URL`` is unset."""
+        from servegate.errors import ConfigError
+
+        env = _prefixed_env(cls.PREFIX, cls.model_fields)
+        if "management_url" not in env:
+            return None
+        if "inference_url" not in env:
+            raise ConfigError(f"attaching to TorchServe needs {cls.PREFIX}INFERENCE_URL too")
+        if "key_file" in env and "keys" in env:
+            raise ConfigError(f"give {cls.PREFIX}KEY_FILE or {cls.KEYS_ENV}, not both")
+        return cls(**env)
+
+
+class TFServingAttach(_Settings):
+    """A TF Serving started elsewhere, from ``SERVEGATE_TFSERVING_*``: REST URL, gRPC target
+    and the model root it reads (a directory, or a URI TensorFlow's filesystems write: gs://,
+    s3:// with tensorflow-io, hdfs://) as this process sees it and as the server sees it."""
+
+    url: str
+    grpc: str | None = None
+    model_root: str | None = None
+    server_root: str | None = None
+
+    PREFIX: ClassVar[str] = "SERVEGATE_TFSERVING_"
+
+    @classmethod
+    def from_env(cls) -> TFServingAttach | None:
+        """The attached server, or None when ``SERVEGATE_TFSERVING_URL`` is unset."""
+        env = _prefixed_env(cls.PREFIX, cls.model_fields)
+        return cls(**env) if "url" in env else None
+
+
+class SLOs(_Settings):
+    """Load-gate thresholds: absolute, and relative to the champion measured in the same run."""
+
+    p95_ms: float = Field(250.0, gt=0)
+    p99_ms: float = Field(500.0, gt=0)
+    min_rps: float = Field(20.0, ge=0)
+    max_error_rate: float = Field(0.0, ge=0, le=1)
+    max_regression_pct: float = Field(50.0, ge=0)
+    #: Latency differences below this are noise on a shared box, whatever the percentage says.
+    regression_floor_ms: float = Field(10.0, ge=0)
+
+
+class ParityThresholds(_Settings):
+    """Accuracy-gate thresholds: served vs reference, challenger vs champion."""
+
+    parity_atol: float = Field(1e-4, ge=0)
+    #: Regression and tensor outputs: largest error relative to the reference (absolute below 1).
+    parity_rtol: float = Field(1e-4, ge=0)
+    min_top1_agreement: float = Field(0.999, ge=0, le=1)
+    max_accuracy_drop: float = Field(MAX_REDUCED_ACCURACY_DROP, ge=0, le=1)
+    #: Regression: the challenger's RMSE and MAE may exceed the champion's by this fraction.
+    max_metric_regression: float = Field(0.05, ge=0)
+    #: Classification without labels: top-1 agreement required between challenger and champion.
+    min_champion_agreement: float = Field(0.95, ge=0, le=1)
+
+
+class LoadSettings(_Settings):
+    """Locust settings of the load gate. With a champion, its phases and the challenger's
+    alternate ``rounds`` times (``seconds`` split between them), so drift on a shared machine
+    hits both alike."""
+
+    users: PositiveInt = 8
+    seconds: float = Field(8.0, gt=0)
+    rounds: PositiveInt = 2
+
+
+class ImagePreprocessing(_Settings):
+    """An image model's preprocessing, recorded in its archive (``image-classification``)."""
+
+    size: tuple[int, int] = (224, 224)
+    mode: Literal["L", "RGB"] = "RGB"
+    scale: float = 1 / 255
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> ImagePreprocessing:
+        channels = 1 if self.mode == "L" else 3
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"image mean and std need {channels} values for mode {self.mode}")
+        return self
+
+
+def registered_name(model: str) -> str | None:
+    """The registered model name of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    if not model.startswith("models:/"):
+        return None
+    path = model.removeprefix("models:/")
+    return path.split("@", 1)[0] if "@" in path else path.partition("/")[0]
+
+
+class PipelineConfig(_Settings):
+    """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here)."""
+
+    model: str = "builtin:digits"
+    #: None infers it (tensor models: from outputs and labels; hf: embedding).
+    task: str | None = None
+    #: hf: models: truncation in tokens (None: the model's default).
+    max_length: int | None = Field(None, ge=8)
+    #: Served and registered name; None takes it from ``models:/NAME`` or ``builtin:NAME``.
+    name: str | None = None
+    target: str = "torchserve"
+    compiler: str = "auto"
+    #: Compile caches (Inductor, Triton, TensorRT timing): ``local`` leaves torch's own caches
+    #: on this host; ``shared`` keeps them under SERVEGATE_HOME per device type, restores the
+    #: newest one of this device type from the MLflow experiment when empty and logs new ones
+    #: there (cached compiled code runs when loaded: trust the tracking server as a pickle).
+    compile_cache: Literal["local", "shared"] = "local"
+    #: The user's held-out data: a path or MLflow artifact URI (.npz, .csv, .parquet, .jsonl).
+    eval_data: str | None = None
+    label_column: str = "label"
+    text_column: str = "text"
+    #: Allow pickled artifacts (they run code when loaded).
+    trust_pickle: bool = False
+    #: A state_dict file's model class, ``file.py:Class``, and its constructor's arguments.
+    model_class: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: Class names: a file (JSON list / mapping, or one per line) or a comma list.
+    labels: str | None = None
+    #: A user's own TorchServe handler file, packaged with ours.
+    handler: Path | None = None
+    image: ImagePreprocessing = Field(default_factory=ImagePreprocessing)
+    slos: SLOs = Field(default_factory=SLOs)
+    parity: ParityThresholds = Field(default_factory=ParityThresholds)
+    load: LoadSettings = Field(default_factory=LoadSettings)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    promote: bool = True
+    #: Also copy the gate report here (``SERVEGATE_REPORT_DIR``).
+    report_dir: Path | None = Field(default_factory=report_dir_from_env)
+    torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
+    #: A local TF Serving (its batching follows ``batching``: see ``tfserving_settings``).
+    tfserving: TFServingSettings = Field(default_factory=TFServingSettings)
+    #: Which server the run uses (``server_mode``): a run that must promote where production is
+    #: says ``attach``.
+    server: ServerMode = Field(default_factory=server_mode)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str | None) -> str | None:
+        from servegate.errors import ConfigError
+        from servegate.naming import validate_name
+
+        if name is None:
+            return None
+        try:
+            return validate_name(name)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _known_target_and_compiler(self) -> PipelineConfig:
+        from servegate.errors import ConfigError
+        from servegate.targets import get_target
+
+        try:
+            get_target(self.target).check_compiler(self.compiler)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _within_the_gate_policy(self) -> PipelineConfig:
+        """Gates as tight as the policy file's or tighter: else ``ConfigError`` (not wrapped)."""
+        from servegate.policy import load_policy
+
+        load_policy(gate_policy_path()).enforce(self)
+        return self
+
+    @model_validator(mode="after")
+    def _name_agrees_with_the_registry(self) -> PipelineConfig:
+        registered = registered_name(self.model)
+        if self.name is None:
+            if registered is not None:
+                name = registered
+            elif self.model.startswith("builtin:"):
+                name = self.model.removeprefix("builtin:")
+            else:
+                raise ValueError(f"name is required for model {self.model!r} (the served and "
+                                 "registered model name)")
+            from servegate.errors import ConfigError
+            from servegate.naming import validate_name
+
+            try:
+                object.__setattr__(self, "name", validate_name(name))
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        elif registered is not None and registered != self.name:
+            raise ValueError(
+                f"model {self.model} is registered as {registered!r} but name is {self.name!r}: the "
+                f"served name and the registered name must agree (omit name, or pass name={registered})")
+        return self
+
+    def tfserving_settings(self) -> TFServingSettings:
+        """The local TF Serving's settings with this run's batching (batch size and delay)."""
+        return self.tfserving.model_copy(update={
+            "max_batch_size": self.batching.batch_size,
+            "batch_timeout_ms": float(self.batching.max_batch_delay_ms)})
+
+    @property
+    def model_name(self) -> str:
+        """``name``, resolved (never None after validation)."""
+        assert self.name is not None
+        return self.name
+
+    def source_options(self):  # -> servegate.sources.options.SourceOptions
+        """How the model source is read (task, evaluation data, labels, trust...)."""
+        from servegate.sources.options import SourceOptions
+
+        return SourceOptions(
+            task=self.task, max_length=self.max_length, eval_data=self.eval_data,
+            label_column=self.label_column, text_column=self.text_column,
+            trust_pickle=self.trust_pickle, model_class=self.model_class,
+            model_kwargs=dict(self.model_kwargs), labels=self.labels,
+            image=self.image.model_dump(mode="json") if self.task == "image-classification" else {})

@@ -1,0 +1,102 @@
+"""``servegate.json``: what an archive records for its handler (format, input, task, limits)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from servegate.artifacts import ModelFormat
+from servegate.config import RequestLimits
+
+SPEC_FILE = "servegate.json"
+Task = Literal["classification", "regression", "tensor", "image-classification", "embedding",
+               "text-classification"]
+
+#: The handler module shipped for each task (in ``handlers/``).
+TASK_HANDLERS: dict[str, str] = {
+    "classification": "tensor_handler",
+    "regression": "tensor_handler",
+    "tensor": "tensor_handler",
+    "image-classification": "image_classifier",
+    "embedding": "text_handler",
+    "text-classification": "text_handler",
+}
+
+class InputSpec(BaseModel):
+    """One positional input of the model, per instance (``-1``: a dimension of any size)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "input"
+    shape: list[int] = Field(description="one instance's shape, without the batch dimension")
+    dtype: str = "float32"
+    allow_non_finite: bool = False
+
+
+class OutputSpec(BaseModel):
+    """One output of the model, per instance (its name keys it in answers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "output"
+    shape: list[int] = Field(default_factory=list)
+
+
+class ImageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[int, int] = (224, 224)
+    mode: Literal["L", "RGB"] = "RGB"
+    scale: float = 1 / 255
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+class TextSpec(BaseModel):
+    """Tokenisation in the worker: the tokenizer file shipped in the archive and the limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokenizer_file: str = "tokenizer.json"
+    max_length: int = Field(default=128, ge=2,
+                            description="truncation, in tokens ([CLS] and [SEP] included)")
+    max_chars: int = Field(default=20_000, ge=1, description="a longer text is refused (413)")
+
+
+class ArtifactSpec(BaseModel):
+    """The contract between servegate's packaging and the handlers (read as plain JSON there)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 2
+    task: Task
+    format: ModelFormat
+    artifact: str
+    model_class: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[InputSpec] = Field(default_factory=list)
+    outputs: list[OutputSpec] = Field(default_factory=list)
+    #: The largest batch the artifact accepts; the handler splits larger batches (None: any).
+    max_batch: int | None = None
+    image: ImageSpec | None = None
+    text: TextSpec | None = None
+    labels_file: str | None = None
+    top_k: int = 3
+    outputs_are_probabilities: bool = False
+    warmup_file: str | None = None
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    intra_op_threads: int | None = None
+    compiler: str = "eager"
+    #: Where and in what compute precision the handler runs the artifact (the loader casts a
+    #: state_dict model and floating inputs to ``dtype``; exported/AOTI programs already are).
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    #: torch.compile mode of an ``inductor`` artifact: None, "reduce-overhead", "max-autotune".
+    compile_mode: str | None = None
+    #: What a CUDA artifact was compiled on: device_name, capability, cuda, torch.
+    built_for: dict[str, Any] | None = None
+    #: Fixed shapes the worker pads to: {"batch": [...], "tokens": [...]} (CUDA graphs, TensorRT).
+    buckets: dict[str, list[int]] | None = None
+    #: An ExportedProgram beside a CUDA AOTI package, recompiled on a GPU of another capability.
+    fallback_artifact: str | None = None

@@ -1,0 +1,128 @@
+"""What a serving target is to the pipeline: how a model is loaded and registered for it, built
+(compiled and packaged into the artifact its server serves), measured (parity through the
+server, load through Locust) and shown to a person. A new server (KServe, Triton) is one new
+module implementing ``Target``, registered by name in ``servegate.targets``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich.console import Console
+
+from servegate.backends.base import ServingBackend
+from servegate.config import LoadSettings, PipelineConfig, RequestLimits
+from servegate.errors import ServerError
+from servegate.gates.load import LoadResult
+from servegate.gates.parity import ParityResult
+
+
+@dataclass(frozen=True)
+class Built:
+    """An artifact built for a target: the local file or directory, its MLflow artifact URI
+    (from which a server on another host fetches it), and how it was compiled."""
+
+    path: Path
+    uri: str
+    compiled_with: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """How Locust loads a version: request bodies, and a locustfile user class (None: the
+    standard TorchServe user)."""
+
+    samples: list[Any]
+    locustfile: Path | None = None
+    user_class: str = "TorchServePredictUser"
+
+
+class Target(Protocol):
+    """One serving target: every step of the pipeline that depends on the server."""
+
+    name: str
+
+    def check_compiler(self, compiler: str) -> None:
+        """``ConfigError`` unless ``compiler`` (a name, ``auto``, or a comma list) applies."""
+
+    def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
+        """The server (attached or local); None and the reason when a run may still build."""
+
+    def load_model(self, config: PipelineConfig) -> Any:
+        """The model of ``config.model`` with its held-out data."""
+
+    def register(self, model: Any, name: str) -> str:
+        """Log the model to the active MLflow run, register it as ``name``; return the version."""
+
+    def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
+              console: Console) -> Built:
+        """Compile and package ``model`` for this server, logged to the active run."""
+
+    def load_profile(self, model: Any) -> LoadProfile:
+        """What the load gate sends."""
+
+    def example_row(self, model: Any) -> Any:
+        """One request instance, for the curl shown to a person."""
+
+    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+        """A curl against ``url`` that works as pasted (the key read by ``key_shell``)."""
+
+    def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
+                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
+        """The held-out rows through the served challenger (and champion) against the reference,
+        in requests that fit ``limits``."""
+
+    def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
+                     settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
+        """Load each (label, version), alternating; the merged result per label."""
+
+
+class MeasuredTarget:
+    """What every real server shares: parity through its REST API, load through Locust, and a
+    curl a person can paste."""
+
+    def example_row(self, model: Any) -> Any:
+        raise NotImplementedError
+
+    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+        return curl_command(url, key_shell, self.example_row(model))
+
+    def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
+                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
+        from servegate.gates.parity import run_parity
+
+        return run_parity(backend, name, version, model, champion, limits)
+
+    def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
+                     settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
+        from servegate.gates.load import run_ab
+
+        access = backend.access()
+        extra: dict[str, Any] = {"user_class": profile.user_class}
+        if profile.locustfile is not None:
+            extra["locustfile"] = profile.locustfile
+        return run_ab(versions, settings=settings, host=access.inference_url, model=name,
+                      inference_key=access.inference_key, samples=profile.samples, **extra)
+
+
+def curl_command(url: str, key_shell: str | None, example: Any) -> str:
+    """A curl that works as pasted; the token comes from ``key_shell`` (a shell expression
+    reading it where the server's keys are), never printed. ``example`` is one request
+    instance (a list, a dict of named inputs, or a string)."""
+    body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
+    auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
+    return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value

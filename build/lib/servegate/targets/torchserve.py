@@ -1,0 +1,92 @@
+"""TorchServe: PyTorch models (tensor and text), compiled by any compiler backend and packaged
+as ``.mar`` archives with servegate's handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from rich.console import Console
+
+from servegate.backends.base import ServingBackend
+from servegate.config import PipelineConfig
+from servegate.errors import ConfigError, ServerError
+from servegate.targets.base import Built, LoadProfile, MeasuredTarget
+
+
+class TorchServeTarget(MeasuredTarget):
+    name = "torchserve"
+
+    def check_compiler(self, compiler: str) -> None:
+        from servegate.compilers import compiler_names
+
+        if compiler == "auto":
+            return
+        known = compiler_names()
+        for name in (n.strip() for n in compiler.split(",")):
+            if name not in known:
+                raise ConfigError(f"unknown compiler {name!r} for TorchServe; known: "
+                                  f"auto, {', '.join(known)}, or a comma list of them")
+
+    def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
+        from servegate.backends.factory import open_torchserve
+
+        return open_torchserve(config.torchserve, config.server), None
+
+    def load_model(self, config: PipelineConfig) -> Any:
+        from servegate.sources import load_torch_model
+
+        return load_torch_model(config.model, config.source_options())
+
+    def register(self, model: Any, name: str) -> str:
+        from servegate import tracking
+
+        if getattr(model, "is_text", False):  # strings in: a pyfunc that tokenises as the worker
+            return tracking.log_text_model(model, name)
+        return tracking.log_torch_model(model, name)
+
+    def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
+              console: Console) -> Built:
+        """Compile (measuring candidates for ``auto``) and build the archive."""
+        from servegate import tracking
+        from servegate.compilers.driver import artifact_max_batch, compile_model
+        from servegate.compilers.select import candidates_table
+        from servegate.packaging.mar import build_mar, contents_for
+        from servegate.parity_limits import precision_of
+
+        cache = tracking.compile_cache(config.compile_cache)
+        before = cache.fingerprint() if cache else None
+        artifact, candidates = compile_model(model, config.compiler, workdir / "compile",
+                                             config.batching, config.limits, cache=cache)
+        if cache is not None and cache.fingerprint() != before:
+            tracking.save_compile_cache(cache)  # new compiled code: the next runner reuses it
+        if candidates:
+            console.print(candidates_table(candidates))
+            tracking.log_candidates(candidates)
+        contents = contents_for(model, artifact, name=config.model_name, version=version,
+                                batching=config.batching, limits=config.limits,
+                                max_batch=artifact_max_batch(model, config.batching, config.limits),
+                                handler_file=config.handler)
+        archive = build_mar(contents, workdir)
+        mlflow.log_params({"compiler": config.compiler, "compiler.chosen": artifact.backend,
+                           "archive": archive.name}
+                          | config.batching.model_config_yaml(device=artifact.device))
+        mlflow.log_metric("archive_bytes", archive.stat().st_size)
+        uri = tracking.log_artifact_file(archive, "archive")
+        return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
+
+    def load_profile(self, model: Any) -> LoadProfile:
+        return LoadProfile([{"instances": [row]} for row in model.request_rows(model.example_batch(32))])
+
+    def example_row(self, model: Any) -> Any:
+        return model.request_rows(model.example_batch(1))[0]
+
+    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+        """A JSON request of one held-out row; an image model's curl posts an image file as is
+        (``image.png`` stands for yours: PNG, JPEG, GIF, BMP, TIFF, WEBP)."""
+        if not getattr(model, "sends_images", False):
+            return super().curl(url, key_shell, model)
+        auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
+        return (f"curl -s {auth}-H 'Content-Type: application/octet-stream' "
+                f"--data-binary @image.png {url}")

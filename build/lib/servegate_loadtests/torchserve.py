@@ -1,0 +1,66 @@
+"""Locust users for TorchServe's standard inference endpoint (no gate logic here).
+
+Run by hand::
+
+    SERVEGATE_MODEL=digits SERVEGATE_KEY_FILE=.servegate/torchserve/key_file.json \\
+    SERVEGATE_SAMPLES=samples.json \\
+    locust -f loadtests/torchserve.py --headless -u 8 -r 8 -t 20s --host http://127.0.0.1:8080
+
+Environment:
+  SERVEGATE_MODEL     model name (required)
+  SERVEGATE_VERSION   a version, or empty for the default version
+  SERVEGATE_KEY_FILE  TorchServe's key_file.json (the inference key is sent as a Bearer token)
+  SERVEGATE_SAMPLES   a JSON file holding a list of request bodies, posted round-robin
+                      (default: one digits-shaped instance)
+  SERVEGATE_USER_RPS  requests per second per user (Locust's constant_throughput; the total
+                      rate is this times the user count); unset: as fast as each user can
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+from locust import FastHttpUser, constant, constant_throughput, task
+
+
+def _inference_key() -> str | None:
+    key_file = os.environ.get("SERVEGATE_KEY_FILE")
+    if not key_file:
+        return None
+    return json.loads(Path(key_file).read_text(encoding="utf-8"))["inference"]["key"]
+
+
+def _samples() -> list[bytes]:
+    path = os.environ.get("SERVEGATE_SAMPLES")
+    if not path:
+        return [json.dumps({"inputs": [0.5] * 64}).encode()]
+    bodies = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [json.dumps(b).encode() for b in bodies]
+
+
+def _wait_time():  # -> a Locust wait_time function
+    rate = float(os.environ.get("SERVEGATE_USER_RPS") or 0)
+    return constant_throughput(rate) if rate > 0 else constant(0)
+
+
+class TorchServePredictUser(FastHttpUser):
+    """Posts samples to /predictions/{name}[/{version}], as fast as it can or at a set rate."""
+
+    wait_time = _wait_time()
+
+    def on_start(self) -> None:
+        name = os.environ["SERVEGATE_MODEL"]
+        version = os.environ.get("SERVEGATE_VERSION", "")
+        self.path = f"/predictions/{name}" + (f"/{version}" if version else "")
+        key = _inference_key()
+        self.headers = {"Content-Type": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.bodies = itertools.cycle(_samples())
+
+    @task
+    def predict(self) -> None:
+        self.client.post(self.path, data=next(self.bodies), headers=self.headers, name=self.path)
