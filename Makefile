@@ -55,9 +55,13 @@ ifneq ($(REPORT_DIR),)
 export SERVEGATE_REPORT_DIR := $(abspath $(REPORT_DIR))
 endif
 
+# VERBOSE=1: library logs and warnings on the terminal too (they always go to the run log).
+VERBOSE ?=
+
 deploy: setup
-	env -u MLFLOW_EXPERIMENT_ID PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run pipelines/deploy \
-	  --env-manager local --experiment-name $(EXPERIMENT) $(DEPLOY_ARGS)
+	env -u MLFLOW_EXPERIMENT_ID PATH="$(CURDIR)/$(BIN):$$PATH" SERVEGATE_CALLER_DIR="$(CURDIR)" \
+	  $(BIN)/mlflow run pipelines/deploy --env-manager local --experiment-name $(EXPERIMENT) \
+	  $(if $(VERBOSE),-P verbose=true) $(DEPLOY_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -81,5 +85,7 @@ lint: setup
 	$(BIN)/ruff check src handlers tests benchmarks loadtests pipelines
 	$(BIN)/mypy src
 
+# Stops the local servers first: removing a running server's directory would orphan it.
 clean:
+	@if [ -x $(BIN)/servegate ]; then $(BIN)/servegate serve stop || true; fi
 	rm -rf .servegate mlruns mlflow.db

@@ -69,7 +69,8 @@ app.add_typer(models_app, name="models")
 
 WorkdirOption = Annotated[
     Path | None,
-    typer.Option("--workdir", help="The local server's directory [default: $SERVEGATE_HOME/torchserve]."),
+    typer.Option("--workdir", help="The local server's directory.",
+                 show_default="$SERVEGATE_HOME/torchserve"),
 ]
 
 
@@ -194,7 +195,7 @@ def package(
     model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
     name: Annotated[str, typer.Option(help="Served model name.")] = "digits",
     version: Annotated[str, typer.Option(help="Model version recorded in the archive.")] = "1",
-    output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes [default: the local model store].")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes.", show_default="the local model store")] = None,
     compiler: Annotated[str, typer.Option(help="auto | eager | export | aoti | onnx | onnx-int8 | inductor | torch-tensorrt | a comma list")] = "eager",
     batch_size: int = 8,
     max_batch_delay_ms: int = 2,
@@ -363,7 +364,7 @@ def run(
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
     server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
     report_dir: Annotated[Path | None, typer.Option(
-        help="Also copy the gate report here [default: $SERVEGATE_REPORT_DIR].")] = None,
+        help="Also copy the gate report here.", show_default="$SERVEGATE_REPORT_DIR")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs and warnings on the terminal too.")] = False,
     workdir: WorkdirOption = None,
 ) -> None:

@@ -90,7 +90,10 @@ def test_the_cli_run_options_default_to_the_config_model(config_defaults) -> Non
 def test_the_mlproject_parameters_default_to_the_config_model(config_defaults) -> None:
     project = yaml.safe_load((ROOT / "pipelines" / "deploy" / "MLproject").read_text())
     parameters = project["entry_points"]["main"]["parameters"]
-    assert set(parameters) == set(PARAMETERS)
+    # verbose is how a run prints, not a setting of the run: the CLI's flag, off by default
+    assert set(parameters) == set(PARAMETERS) | {"verbose"}
+    assert parameters["verbose"]["default"] == "false"
+    assert inspect.signature(cli.run).parameters["verbose"].default is False
     for parameter, (_, convert) in PARAMETERS.items():
         default = parameters[parameter]["default"]
         assert convert(str(default)) == config_defaults[parameter], parameter

@@ -237,3 +237,48 @@ def test_urls_inside_text_are_redacted_and_hosts_hidden_on_request() -> None:
         "store $SERVEGATE_TORCHSERVE_MODEL_STORE")
     # a longer port is another server, not the named one
     assert redact_urls_in("http://ts:80810/x", hide_hosts=True, named=named) == f"{HIDDEN_HOST}/x"
+
+
+# ---- the MLproject entry from anywhere: the caller's paths, the checkout's server (issue 26) ---
+def test_relative_paths_resolve_against_the_caller(tmp_path: Path) -> None:
+    entry = _deploy_entry()
+    for name in ("eval.npz", "net.py", "labels.txt", "handler.py", "model.pt2"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "my-bert").mkdir()
+    argv = ["--model", "model.pt2", "--eval-data", "eval.npz", "--labels", "labels.txt",
+            "--model-class", "net.py:Net", "--handler", "handler.py", "--name", "eval.npz"]
+    assert entry.resolve_paths(argv, tmp_path) == [
+        "--model", str(tmp_path / "model.pt2"), "--eval-data", str(tmp_path / "eval.npz"),
+        "--labels", str(tmp_path / "labels.txt"), "--model-class", f"{tmp_path / 'net.py'}:Net",
+        "--handler", str(tmp_path / "handler.py"), "--name", "eval.npz"]
+    untouched = ["--model", "models:/fraud/3", "--eval-data", "runs:/abc/e.npz", "--labels", "a,b",
+                 "--model", "builtin:digits", "--eval-data", "https://h/x.npz", "--model", "hf:minilm",
+                 "--eval-data", "missing.npz", "--handler", "/abs/h.py"]
+    assert entry.resolve_paths(untouched, tmp_path) == untouched
+    # a bare name after hf: is a packaged model (hf:minilm), not a directory here
+    assert entry.resolve_paths(["--model", "hf:my-bert"], tmp_path) == ["--model", "hf:my-bert"]
+    assert entry.resolve_paths(["--model", "hf:./my-bert"], tmp_path) == [
+        "--model", f"hf:{tmp_path / 'my-bert'}"]
+
+
+def test_the_caller_is_found_through_the_mlflow_process(tmp_path: Path) -> None:
+    """As under `mlflow run`: the entry runs in pipelines/deploy, started by a shell started by a
+    process working in the caller's directory; make's SERVEGATE_CALLER_DIR wins when set."""
+    deploy_dir = ROOT / "pipelines" / "deploy"
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"import runpy\nentry = runpy.run_path({str(deploy_dir / 'deploy.py')!r})\n"
+                     "print('CALLER', entry['caller_dir']())\n")
+    shell = f"bash -c 'cd {deploy_dir} && {sys.executable} {probe}'; true"
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    found = subprocess.run(["sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert f"CALLER {tmp_path}" in found.stdout, found.stderr
+    given = subprocess.run(["sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, env=env | {"SERVEGATE_CALLER_DIR": "/srv/x"})
+    assert "CALLER /srv/x" in given.stdout, given.stderr
+
+
+def test_verbose_reaches_the_cli_as_a_flag() -> None:
+    entry = _deploy_entry()
+    assert entry.flag_values(["--server", "", "--verbose", "true"]) == ["--server", "", "--verbose"]
+    assert entry.flag_values(["--verbose", "false", "--name", "x"]) == ["--name", "x"]
