@@ -27,7 +27,8 @@ from servegate.backends._process import (
 )
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.config import TorchServeSettings
-from servegate.errors import ServerError, ServerNotRunning, ServerStartError
+from servegate.errors import ConfigError, ServerError, ServerNotRunning, ServerStartError
+from servegate.tls import check_server_pair, client_context, is_loopback
 
 KEY_FILE = "key_file.json"
 #: Answers (embeddings of a full batch as JSON) may be larger than requests.
@@ -49,14 +50,20 @@ class ServerState:
     #: (None in state files written before they were recorded).
     create_time: float | None = None
     cmdline: list[str] | None = None
+    #: The server's own certificate (https): its clients here pin it.
+    tls_cert: str | None = None
+    #: The operator opted in to plain HTTP on a network address (``--insecure-http``).
+    insecure_http: bool = False
 
     @property
     def endpoints(self) -> Endpoints:
         return Endpoints(self.inference, self.management, self.metrics)
 
     def client(self, timeout: float = 120.0) -> TorchServeClient:
+        """A client of this server: its certificate pinned when it serves https."""
         return TorchServeClient(self.endpoints, Path(self.key_file) if self.key_file else None,
-                                timeout=timeout)
+                                timeout=timeout, verify=client_context(self.tls_cert),
+                                allow_insecure_http=self.insecure_http)
 
 
 def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
@@ -69,6 +76,8 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
     store = model_store.resolve()
     return template.substitute(
         host=settings.host,
+        scheme=settings.scheme,
+        trust_vmargs=trust_vmargs(settings, model_store.parent),
         inference_port=ports["inference"],
         management_port=ports["management"],
         metrics_port=ports["metrics"],
@@ -82,7 +91,90 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         max_response_size=MAX_RESPONSE_SIZE,
         log4j_config=templates / "log4j2.xml",
     ) + (f"token_expiration_min={settings.token_expiration_min:g}\n"
-         if settings.token_expiration_min else "") + f"number_of_gpu={gpu_count()}\n"
+         if settings.token_expiration_min else "") + f"number_of_gpu={gpu_count()}\n" \
+        + tls_properties(settings)
+
+
+def tls_properties(settings: TorchServeSettings) -> str:
+    """TorchServe's own TLS: its certificate and key for the HTTP addresses (``https://``) and
+    for gRPC (``enable_grpc_ssl``); nothing without a certificate."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return ""
+    cert = _properties_value(str(settings.tls_cert.resolve()))
+    key = _properties_value(str(settings.tls_key.resolve()))
+    return f"certificate_file={cert}\nprivate_key_file={key}\nenable_grpc_ssl=true\n"
+
+
+#: The Java trust store's password: integrity only (the store holds public certificates); the
+#: command line shows it anyway.
+TRUSTSTORE_PASSWORD = "servegate-trust"  # noqa: S105 (not a secret)
+TRUSTSTORE = "truststore.p12"
+
+
+def trust_vmargs(settings: TorchServeSettings, workdir: Path) -> str:
+    """JVM options making ``<workdir>/truststore.p12`` (built from ``trust_ca`` at launch) the
+    only CAs the server trusts when it fetches archives over https; empty without ``trust_ca``."""
+    if settings.trust_ca is None:
+        return ""
+    store = _properties_value(str((workdir / TRUSTSTORE).resolve()))
+    return (f" -Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=PKCS12"
+            f" -Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}")
+
+
+def build_truststore(ca_bundle: Path, store: Path) -> int:
+    """Write every certificate of the PEM ``ca_bundle`` into the PKCS#12 trust store ``store``
+    with the JDK's keytool; the number of certificates (``ConfigError`` when none)."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    keytool = shutil.which("keytool")
+    if keytool is None:
+        raise ServerStartError("--trust-ca needs the JDK's keytool on PATH (openjdk-17-jdk-headless)")
+    try:
+        blocks = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                            ca_bundle.read_text(encoding="ascii"), re.S)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"CA bundle {ca_bundle} is not a readable PEM file: {exc}") from exc
+    if not blocks:
+        raise ConfigError(f"CA bundle {ca_bundle} holds no PEM certificate")
+    store.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, block in enumerate(blocks):
+            pem = Path(tmp) / f"ca{index}.pem"
+            pem.write_text(block + "\n", encoding="ascii")
+            done = subprocess.run(
+                [keytool, "-importcert", "-noprompt", "-alias", f"ca{index}", "-file", str(pem),
+                 "-keystore", str(store), "-storetype", "PKCS12",
+                 "-storepass", TRUSTSTORE_PASSWORD], capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                raise ConfigError(f"CA bundle {ca_bundle}: certificate {index + 1} was refused by "
+                                  f"keytool: {(done.stdout + done.stderr).strip()[-300:]}")
+    return len(blocks)
+
+
+def exposure(settings: TorchServeSettings) -> str:
+    """What other hosts reach when the server listens on ``settings.host`` (empty on loopback)."""
+    if is_loopback(settings.host):
+        return ""
+    where = "every interface" if settings.host in ("0.0.0.0", "::") else settings.host
+    transport = ("over TLS" if settings.tls_cert is not None else
+                 "over PLAIN HTTP: keys, requests and answers readable by anyone on the path")
+    return (f"TorchServe listens on {where}, {transport}: the inference and management APIs "
+            "(token auth: the keys of key_file.json), gRPC inference and management (the same "
+            "keys), and the metrics API (no key: model names, request counts and latencies)")
+
+
+def check_exposure(settings: TorchServeSettings) -> None:
+    """``ConfigError`` when a network address would be served without TLS and without the
+    operator's ``insecure_http`` opt-in, or when the certificate and key are unusable."""
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        check_server_pair(settings.tls_cert, settings.tls_key)
+    if not is_loopback(settings.host) and settings.tls_cert is None and not settings.insecure_http:
+        raise ConfigError(f"refusing to serve plain HTTP on {settings.host}: {exposure(settings)}. "
+                          "Give --tls-cert and --tls-key (https), or --insecure-http on a network "
+                          "you trust")
 
 
 def allowed_urls(settings: TorchServeSettings) -> str:
@@ -132,6 +224,9 @@ class LocalTorchServe(LocalServer[ServerState]):
     def _launch(self) -> ServerState:
         if not self.settings.token_auth:
             raise ServerStartError("servegate keeps TorchServe's token auth on; it cannot be disabled")
+        check_exposure(self.settings)
+        if self.settings.trust_ca is not None:
+            build_truststore(self.settings.trust_ca, self.workdir / TRUSTSTORE)
         self.model_store.mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         (self.workdir / KEY_FILE).unlink(missing_ok=True)
@@ -154,11 +249,13 @@ class LocalTorchServe(LocalServer[ServerState]):
             pid=process.pid,
             workdir=str(self.workdir),
             model_store=str(self.model_store),
-            inference=f"http://{s.host}:{ports['inference']}",
-            management=f"http://{s.host}:{ports['management']}",
-            metrics=f"http://{s.host}:{ports['metrics']}",
+            inference=f"{s.scheme}://{_url_host(s.host)}:{ports['inference']}",
+            management=f"{s.scheme}://{_url_host(s.host)}:{ports['management']}",
+            metrics=f"{s.scheme}://{_url_host(s.host)}:{ports['metrics']}",
             key_file=str(self.workdir / KEY_FILE),
             create_time=create_time,
+            tls_cert=str(s.tls_cert.resolve()) if s.tls_cert is not None else None,
+            insecure_http=s.insecure_http,
         ))
         # Up = the key file exists and the management API answers an authorised call.
         key_file = Path(state.key_file or "")
@@ -181,6 +278,11 @@ class LocalTorchServe(LocalServer[ServerState]):
         match ``server.json`` (otherwise the pid was reused: nothing is killed)."""
         stopped, stale = stop_recorded(state.pid, state.create_time, state.cmdline, timeout_s)
         return StopOutcome(stopped, stale)
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _management_answers(state: ServerState) -> bool:
