@@ -56,8 +56,8 @@ class TorchServeClient:
                  allow_insecure_http: bool = False) -> None:
         """``verify``: how https servers are verified (``tls.client_context``). The keys never
         go over plain HTTP to another host unless ``allow_insecure_http`` (``ConfigError``)."""
-        for url, kind in ((endpoints.inference, "the inference key"),
-                          (endpoints.management, "the management key")):
+        for url, kind in ((endpoints.inference, "inference key"),
+                          (endpoints.management, "management key")):
             require_private_channel(url, f"TorchServe's {kind}", allow_insecure=allow_insecure_http)
         self.endpoints = endpoints
         self.keys: Keys = keys if keys is not None and not isinstance(keys, Path) else KeyFile(keys)
