@@ -1,12 +1,13 @@
 """Production across hosts, as the README's "Production" section writes it, over a real network.
 
 A "serving host" is a network namespace of this test's own, joined to the root namespace (the
-"runner") by a veth pair on a private /24. On the serving host: `mlflow server` over TLS, and
-`servegate serve start --host <its address> --tls-cert ... --tls-key ...` (archives fetched by
-URL from the tracking server, verified against the test CA). On the runner: `make deploy` with
-the attach variables and an https:// tracking URI: a first promotion, a rejected challenger, a
-second promotion, `servegate rollback`, then a run whose load gate loses the link for a while,
-and the run after it. A throwaway CA signs both servers' certificates (SAN: the namespace's IP).
+"runner") by a veth pair on a private /24 (10.231.N.0/24, N unused here). On the serving host:
+`mlflow server` over TLS, and `servegate serve start --host <its address> --tls-cert ...
+--tls-key ... --trust-ca ...` (archives fetched by URL from the tracking server over https). On
+the runner: `make deploy` with the attach variables, the CA bundle and an https:// tracking URI:
+a first promotion (whose report's round trip and curl are checked), a run whose load gate loses
+the link for 8 s, the run after it, a rejected challenger, and `servegate rollback`. A throwaway
+CA signs both servers' certificates (SAN: the namespace's IP address).
 
 Skipped, saying why, only where namespaces cannot be made (not root, no `ip`, no netns support).
 """
@@ -41,7 +42,9 @@ from servegate.tls import client_context
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
-MLFLOW_PORT = 5443
+#: The README's ports: the serving host is a namespace of its own, where they are free.
+MLFLOW_PORT = 5000
+README_PORTS = ("--inference-port", "8080", "--management-port", "8081", "--metrics-port", "8082")
 #: Short load phases; the cut run's are longer, so that the link goes down inside one.
 FAST = ["-P", "compiler=eager", "-P", "load_users=4", "-P", "load_rounds=1",
         "-P", "max_regression_pct=400"]
@@ -134,12 +137,13 @@ def tracking_server(serving_host: ServingHost, ca: TestCA,
     url = f"https://{serving_host.address}:{MLFLOW_PORT}"
     process = subprocess.Popen(
         serving_host.exec(
-            sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-            f"sqlite:///{root}/db.sqlite", "--artifacts-destination", str(root / "artifacts"),
-            "--host", serving_host.address, "--port", str(MLFLOW_PORT), "--workers", "1",
+            sys.executable, "-m", "mlflow", "server", "--host", serving_host.address, "--port",
+            str(MLFLOW_PORT), "--backend-store-uri", f"sqlite:///{root}/db.sqlite",
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
             "--uvicorn-opts", f"--ssl-certfile {pair.cert} --ssl-keyfile {pair.key}"),
         cwd=root, stdout=(root / "server.log").open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True)
+        start_new_session=True,  # no job runner: eight processes this test does not use
+        env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -154,7 +158,11 @@ def tracking_server(serving_host: ServingHost, ca: TestCA,
         yield url, root
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +175,8 @@ def production(serving_host: ServingHost, tracking_server, ca: TestCA,
     workdir = tmp_path_factory.mktemp("serving-host") / "torchserve"
     command = serving_host.exec(
         sys.executable, "-m", "servegate.cli", "serve", "start", "--workdir", str(workdir),
-        "--host", serving_host.address, "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
+        "--host", serving_host.address, *README_PORTS,
+        "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
         "--trust-ca", str(ca.bundle), "--allow-mlflow-artifacts", "--token-expiration-min", "600")
     started = subprocess.run(command, capture_output=True, text=True, timeout=300,
                              env=os.environ | {"MLFLOW_TRACKING_URI": url,
@@ -177,7 +186,9 @@ def production(serving_host: ServingHost, tracking_server, ca: TestCA,
         assert started.returncode == 0, started.stdout + started.stderr
         assert "over TLS" in started.stderr  # what is exposed, said at start
         state = server.state()
-        assert state is not None and state.inference.startswith(f"https://{serving_host.address}:")
+        assert state is not None
+        assert (state.inference, state.management) == (f"https://{serving_host.address}:8080",
+                                                       f"https://{serving_host.address}:8081")
         yield state
     finally:
         server.stop()
