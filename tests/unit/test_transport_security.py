@@ -25,7 +25,7 @@ from servegate.backends.torchserve.local import (
     exposure,
     render_config,
 )
-from servegate.config import LoadSettings, TorchServeAttach, TorchServeSettings
+from servegate.config import LoadSettings, TFServingAttach, TorchServeAttach, TorchServeSettings
 from servegate.errors import ConfigError, ServerError
 from servegate.tls import check_server_pair, client_context, is_loopback, require_private_channel
 
@@ -90,6 +90,26 @@ def test_attaching_over_plain_http_to_another_host_needs_the_opt_in(
     assert attach is not None and attach.ca_bundle is None
     monkeypatch.setenv("SERVEGATE_TORCHSERVE_CA_BUNDLE", "/etc/ca.pem")
     assert TorchServeAttach.from_env().ca_bundle == Path("/etc/ca.pem")  # type: ignore[union-attr]
+
+
+def test_predict_reaches_the_attached_server_and_refuses_plain_http_to_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from servegate.cli import app
+
+    monkeypatch.setenv("SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "http://10.0.0.5:8081")
+    monkeypatch.setenv("SERVEGATE_TORCHSERVE_INFERENCE_URL", "http://10.0.0.5:8080")
+    monkeypatch.setenv("SERVEGATE_TORCHSERVE_KEYS", KEYS)
+    monkeypatch.delenv("SERVEGATE_ALLOW_INSECURE_HTTP", raising=False)
+    result = CliRunner().invoke(app, ["predict", "digits", "--data", "{}", "--workdir",
+                                      str(tmp_path)])
+    assert result.exit_code == 5, result.output
+    assert "refusing to send TorchServe's" in result.output and "plain HTTP" in result.output
+    # --server local ignores the attach variables: no local server here
+    local = CliRunner().invoke(app, ["predict", "digits", "--data", "{}", "--server", "local",
+                                     "--workdir", str(tmp_path)])
+    assert local.exit_code == 3 and "no TorchServe running" in local.output
 
 
 # ---- serving on a network address ----------------------------------------------------------
@@ -255,6 +275,10 @@ def test_locust_verifies_https_against_the_bundle_and_refuses_a_stranger(
     refused = run_load(**common, ca_bundle=str(stranger.bundle))
     assert refused.requests == refused.failures > 0
     assert any("CERTIFICATE_VERIFY_FAILED" in e["error"] for e in refused.errors), refused.errors
+    # the right CA, but the certificate names 127.0.0.1, not localhost: the host is checked too
+    misnamed = run_load(**common | {"host": tls_server.replace("127.0.0.1", "localhost")},
+                        ca_bundle=str(ca.bundle))
+    assert misnamed.requests == misnamed.failures > 0, misnamed
 
 
 def test_the_curl_shown_verifies_https_with_the_bundle() -> None:
@@ -268,7 +292,8 @@ def test_the_curl_shown_verifies_https_with_the_bundle() -> None:
 
 
 # ---- TF Serving: gRPC over TLS where configured ---------------------------------------------
-def test_tf_serving_grpc_goes_over_tls_verified_against_the_bundle(ca: TestCA, tmp_path: Path) -> None:
+def test_tf_serving_grpc_goes_over_tls_verified_against_the_bundle(
+        ca: TestCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The client's channel completes a TLS handshake with a gRPC server whose certificate the
     bundle's CA signed (TF Serving's ``--ssl_config_file``), and with nothing else."""
     from concurrent import futures
@@ -278,6 +303,9 @@ def test_tf_serving_grpc_goes_over_tls_verified_against_the_bundle(ca: TestCA, t
     from servegate.backends.tfserving.client import TFServingClient, grpc_credentials
 
     pair = ca.server("tfs", "127.0.0.1")
+    monkeypatch.setenv("SERVEGATE_TFSERVING_URL", "https://tfs.internal")
+    monkeypatch.setenv("SERVEGATE_TFSERVING_CA_BUNDLE", str(ca.bundle))
+    assert TFServingAttach.from_env().ca_bundle == ca.bundle  # type: ignore[union-attr]
     assert grpc_credentials(None) is None
     with pytest.raises(ConfigError, match="holds no PEM certificate"):
         grpc_credentials(pair.key)
@@ -300,3 +328,26 @@ def test_tf_serving_grpc_goes_over_tls_verified_against_the_bundle(ca: TestCA, t
         assert not ready(stranger.bundle)
     finally:
         server.stop(grace=None)
+
+
+def test_a_local_server_whose_certificate_does_not_name_its_host_fails_at_once(
+        ca: TestCA, tls_server: str, tmp_path: Path) -> None:
+    """Readiness over https pins the server's own certificate and checks the host against it:
+    a certificate for another name fails the start at once instead of after the ready timeout."""
+    from servegate.backends.torchserve.local import ServerState, _management_answers
+    from servegate.errors import ServerStartError
+
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(KEYS)
+    own = str(ca.directory / "local.crt.pem")
+
+    def state(url: str) -> ServerState:
+        return ServerState(pid=1, workdir=str(tmp_path), model_store=str(tmp_path), inference=url,
+                           management=url, metrics=url, key_file=str(key_file), tls_cert=own)
+
+    assert _management_answers(state(tls_server))
+    with pytest.raises(ServerStartError, match="does not verify"):
+        _management_answers(state(tls_server.replace("127.0.0.1", "localhost")))
+    pair = ca.server("any", "0.0.0.0")
+    with pytest.raises(ConfigError, match="not the wildcard 0.0.0.0"):
+        check_exposure(TorchServeSettings(host="0.0.0.0", tls_cert=pair.cert, tls_key=pair.key))

@@ -8,6 +8,7 @@ The server runs in its own process group, so stopping it leaves no worker behind
 from __future__ import annotations
 
 import os
+import ssl
 import string
 import sys
 from dataclasses import dataclass
@@ -154,11 +155,15 @@ def build_truststore(ca_bundle: Path, store: Path) -> int:
     return len(blocks)
 
 
+#: Addresses meaning every interface.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")
+
+
 def exposure(settings: TorchServeSettings) -> str:
     """What other hosts reach when the server listens on ``settings.host`` (empty on loopback)."""
     if is_loopback(settings.host):
         return ""
-    where = "every interface" if settings.host in ("0.0.0.0", "::") else settings.host
+    where = "every interface" if settings.host in WILDCARD_HOSTS else settings.host
     transport = ("over TLS" if settings.tls_cert is not None else
                  "over PLAIN HTTP: keys, requests and answers readable by anyone on the path")
     return (f"TorchServe listens on {where}, {transport}: the inference and management APIs "
@@ -171,6 +176,9 @@ def check_exposure(settings: TorchServeSettings) -> None:
     operator's ``insecure_http`` opt-in, or when the certificate and key are unusable."""
     if settings.tls_cert is not None and settings.tls_key is not None:
         check_server_pair(settings.tls_cert, settings.tls_key)
+        if settings.host in WILDCARD_HOSTS:
+            raise ConfigError(f"with TLS, --host must be the address or name the certificate names "
+                              f"(clients verify it), not the wildcard {settings.host}")
     if not is_loopback(settings.host) and settings.tls_cert is None and not settings.insecure_http:
         raise ConfigError(f"refusing to serve plain HTTP on {settings.host}: {exposure(settings)}. "
                           "Give --tls-cert and --tls-key (https), or --insecure-http on a network "
@@ -286,15 +294,32 @@ def _url_host(host: str) -> str:
 
 
 def _management_answers(state: ServerState) -> bool:
-    """The management API answers an authorised call (a dead frontend with a live launcher doesn't)."""
+    """The management API answers an authorised call (a dead frontend with a live launcher
+    doesn't). ``ServerStartError`` at once when it answers with a certificate that does not
+    verify (waiting would not change it)."""
     with state.client(timeout=5) as client:
         try:
             client.list_models()
             return True
-        except (ServerNotRunning, httpx.HTTPError):
+        except (ServerNotRunning, httpx.HTTPError) as exc:
+            if (refused := _certificate_refused(exc)) is not None:
+                raise ServerStartError(
+                    f"TorchServe answers at {state.management}, but its certificate "
+                    f"{state.tls_cert} does not verify there ({refused.verify_message}): it must "
+                    "name that host (subjectAltName)") from exc
             return False
         except ServerError:
             return True  # it answered, if only with an error
+
+
+def _certificate_refused(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc``, if that is what it is."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _torchserve_executable() -> str:
