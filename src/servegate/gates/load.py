@@ -87,7 +87,7 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
         out = Path(tmp) / "figures.json"
         env = locust_environment(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
                                  SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file,
-                                 SERVEGATE_CA_BUNDLE=ca_bundle or "")
+                                 **({"SERVEGATE_CA_BUNDLE": ca_bundle} if ca_bundle else {}))
         command = [
             sys.executable, "-m", "servegate.gates.locust_runner",
             "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),

@@ -54,11 +54,13 @@ class TorchServeClient:
     def __init__(self, endpoints: Endpoints, keys: Keys | Path | None, *,
                  timeout: float = 120.0, verify: ssl.SSLContext | bool = True,
                  allow_insecure_http: bool = False) -> None:
-        """``verify``: how https servers are verified (``tls.client_context``). The keys never
-        go over plain HTTP to another host unless ``allow_insecure_http`` (``ConfigError``)."""
-        for url, kind in ((endpoints.inference, "inference key"),
-                          (endpoints.management, "management key")):
-            require_private_channel(url, f"TorchServe's {kind}", allow_insecure=allow_insecure_http)
+        """``verify``: how https servers are verified (``tls.client_context``). Keys never go
+        over plain HTTP to another host unless ``allow_insecure_http`` (``ConfigError``)."""
+        if keys is not None:  # None: no key to send (a server without token auth)
+            for url, kind in ((endpoints.inference, "inference key"),
+                              (endpoints.management, "management key")):
+                require_private_channel(url, f"TorchServe's {kind}",
+                                        allow_insecure=allow_insecure_http)
         self.endpoints = endpoints
         self.keys: Keys = keys if keys is not None and not isinstance(keys, Path) else KeyFile(keys)
         #: The TLS verification of this client (Locust and curl are told the same CA bundle).
