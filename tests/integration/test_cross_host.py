@@ -158,8 +158,8 @@ def tracking_server(serving_host: ServingHost, ca: TestCA,
         yield url, root
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
+        try:  # uvicorn waits for keep-alive connections; a throwaway server need not
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
@@ -219,6 +219,12 @@ def deploy(env: dict[str, str], *params: str, report_dir: Path) -> subprocess.Co
                           capture_output=True, text=True, timeout=600)
 
 
+def servegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``servegate`` command on the runner."""
+    return subprocess.run([sys.executable, "-m", "servegate.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 def attached(state) -> TorchServeBackend:
     return TorchServeBackend.attach(state.inference, state.management,
                                     keys=StaticKeys(Path(state.key_file).read_text(), "TEST_KEYS"),
@@ -274,6 +280,19 @@ def _scenario(host: ServingHost, state, env: dict[str, str], tracking: MlflowCli
     answered = subprocess.run(["bash", "-c", curl], env=env, capture_output=True, text=True,
                               timeout=60)
     assert "predictions" in json.loads(answered.stdout), answered.stdout + answered.stderr
+    # `servegate predict` with the same variables reaches the attached server over TLS ...
+    body = json.dumps({"instances": digits.eval_x[:1].tolist()})
+    predicted = servegate(env, "predict", "digits", "--data", body)
+    assert predicted.returncode == 0 and "predictions" in predicted.stdout, predicted.stderr
+    # ... and refuses a server that cannot prove it is that server, or plain HTTP to it
+    stranger = TestCA(tmp_path / "stranger", "a stranger's CA")
+    spoofed = servegate(env | {"SERVEGATE_TORCHSERVE_CA_BUNDLE": str(stranger.bundle)},
+                        "predict", "digits", "--data", body)
+    assert spoofed.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in spoofed.stderr, spoofed.stderr
+    plain = {k: env[k].replace("https://", "http://") for k in (
+        "SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "SERVEGATE_TORCHSERVE_INFERENCE_URL")}
+    refused = servegate(env | plain, "predict", "digits", "--data", body)
+    assert refused.returncode == 5 and "refusing to send" in refused.stderr, refused.stderr
 
     # 2. the link goes down during the load gate, and comes back
     cut = _deploy_with_a_cut(host, env, tmp_path / "r2")
@@ -304,9 +323,7 @@ def _scenario(host: ServingHost, state, env: dict[str, str], tracking: MlflowCli
     assert served_and_registered(state, tracking)[1:] == ("3", "3")
 
     # 5. `servegate rollback` from the runner: the previous champion serves again
-    rolled = subprocess.run([sys.executable, "-m", "servegate.cli", "rollback", "digits",
-                             "--server", "attach"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    rolled = servegate(env, "rollback", "digits", "--server", "attach")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     versions, default, champion = served_and_registered(state, tracking)
     assert (default, champion) == (previous, previous) and ("3", False) in versions
