@@ -150,7 +150,7 @@ def serve_start(
     """Start TorchServe with token auth, on 127.0.0.1 unless --host says otherwise (or show the
     one already running)."""
     from servegate.backends.torchserve import LocalTorchServe
-    from servegate.backends.torchserve.local import check_exposure, exposure
+    from servegate.backends.torchserve.exposure import check_exposure, exposure
 
     prefixes = list(allow_url or [])
     if allow_mlflow_artifacts:

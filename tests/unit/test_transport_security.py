@@ -17,14 +17,9 @@ import pytest
 from tls_certs import TestCA
 
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
+from servegate.backends.torchserve.exposure import build_truststore, check_exposure, exposure
 from servegate.backends.torchserve.keys import StaticKeys
-from servegate.backends.torchserve.local import (
-    LocalTorchServe,
-    build_truststore,
-    check_exposure,
-    exposure,
-    render_config,
-)
+from servegate.backends.torchserve.local import LocalTorchServe, render_config
 from servegate.config import LoadSettings, TFServingAttach, TorchServeAttach, TorchServeSettings
 from servegate.errors import ConfigError, ServerError
 from servegate.tls import check_server_pair, client_context, is_loopback, require_private_channel
