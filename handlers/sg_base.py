@@ -4,7 +4,8 @@
 each request is parsed and validated on its own inside a guard that turns ANY exception into that
 request's own answer (``sg_errors.as_request_error``: 4xx for what a client can send, 500 only for
 a fault of ours), the good ones run through the model together, and if the batched call fails
-each request is retried alone so a poison input fails only itself. ``handle`` answers every
+the culprits are found by bisection (``_isolate``: halves, recursively; O(log n) model calls for
+one poison input, which then fails only itself). ``handle`` answers every
 request of the batch exactly once, in order, whatever happens. Batches are split into chunks of at
 most the archive's ``max_batch`` rows (the export-time bound of compiled artifacts). Each stage is
 timed; the means over the batches of the last ``METRICS_INTERVAL_S`` go out as TorchServe custom
@@ -29,11 +30,13 @@ from typing import Any
 import numpy as np
 import sg_codecs
 import sg_loaders
+import sg_tensors
 from sg_errors import ModelLoadError, RequestError, as_request_error
 
 SPEC_FILE = "servegate.json"
 METRICS_INTERVAL_S = 1.0
-DEFAULT_LIMITS = {"max_body_bytes": 1 << 20, "max_instances": 64}
+DEFAULT_LIMITS = {"max_body_bytes": 1 << 20, "max_instances": 64,
+                  "max_instance_elements": (1 << 20) // sg_tensors.BODY_BYTES_PER_INSTANCE_ELEMENT}
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class BatchingHandler:
         self.initialized = False
         self.spec: dict[str, Any] = {}
         self.model_name = "model"
+        self.batch_size = 1
         self.limits = dict(DEFAULT_LIMITS)
         self.max_batch: int | None = None
         self._predict: sg_loaders.Predictor | None = None
@@ -114,11 +118,13 @@ class BatchingHandler:
             model_name=context.model_name,
             max_workers=int(yaml_config.get("maxWorkers", yaml_config.get("minWorkers", 1))),
             gpu_id=None if gpu_id is None else int(gpu_id),
+            batch_size=int(properties.get("batch_size") or yaml_config.get("batchSize") or 1),
         )
 
     def setup(self, model_dir: str, *, model_name: str = "model", max_workers: int = 1,
-              gpu_id: int | None = None) -> None:
-        """Load and warm up from an unpacked archive directory (also usable without TorchServe)."""
+              gpu_id: int | None = None, batch_size: int = 1) -> None:
+        """Load and warm up from an unpacked archive directory (also usable without TorchServe);
+        ``batch_size``: the most requests TorchServe puts in one batch."""
         spec_path = os.path.join(model_dir, SPEC_FILE)
         try:
             with open(spec_path, encoding="utf-8") as fh:
@@ -128,7 +134,12 @@ class BatchingHandler:
         if model_dir not in sys.path:
             sys.path.insert(0, model_dir)
         self.model_name = model_name
-        self.limits = DEFAULT_LIMITS | (self.spec.get("limits") or {})
+        self.batch_size = max(1, int(batch_size))
+        recorded = self.spec.get("limits") or {}
+        self.limits = DEFAULT_LIMITS | recorded
+        # an archive that records no element limit gets the one derived from its body limit
+        self.limits["max_instance_elements"] = sg_tensors.instance_element_limit(
+            recorded | {"max_body_bytes": self.limits["max_body_bytes"]})
         max_batch = self.spec.get("max_batch")
         self.max_batch = int(max_batch) if max_batch else None
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
@@ -186,10 +197,17 @@ class BatchingHandler:
             return batch[0].arrays
         return tuple(np.concatenate(parts) for parts in zip(*(f.arrays for f in batch), strict=True))
 
-    def outputs(self, outputs: tuple[np.ndarray, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
+    def outputs(self, outputs: tuple[np.ndarray, ...], *,
+                v2: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
         """One request's rows of every model output -> (JSON rows, Open Inference Protocol
-        output tensors)."""
+        output tensors; ``v2=False``: not needed, may be left empty)."""
         raise NotImplementedError
+
+    def outputs_many(self, outputs: list[tuple[np.ndarray, ...]],
+                     v2: list[bool]) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        """``outputs`` of several requests at once (default: ``outputs`` of each; a task may
+        compute them for all rows together)."""
+        return [self.outputs(o, v2=w) for o, w in zip(outputs, v2, strict=True)]
 
     def check_rows(self, rows: int) -> None:
         """413 when one request carries more rows than ``limits.max_instances``."""
@@ -229,12 +247,21 @@ class BatchingHandler:
         timings.inference_ms = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
-        for (i, envelope, feats), result in zip(parsed, results, strict=True):
+        answered = [(i, envelope, feats, result)
+                    for (i, envelope, feats), result in zip(parsed, results, strict=True)
+                    if not isinstance(result, RequestError)]
+        for (i, envelope, _), result in zip(parsed, results, strict=True):
             if isinstance(result, RequestError):
                 replies[i] = Reply.error(result, envelope.request_id)
-                continue
+        try:  # all at once; if that fails, one by one below so only the culprit fails
+            together: list[Any] | None = self.outputs_many(
+                [r for *_, r in answered], [e.family == "v2" for _, e, _, _ in answered])
+        except Exception:
+            together = None
+        for k, (i, envelope, feats, result) in enumerate(answered):
             try:
-                rows, v2 = self.outputs(result)
+                rows, v2 = (together[k] if together is not None
+                            else self.outputs(result, v2=envelope.family == "v2"))
                 body = sg_codecs.encode(envelope, rows, v2, self.model_name, feats.single)
                 replies[i] = Reply(200, "OK", body)
             except Exception as exc:  # a postprocess fault must not fail the other requests
@@ -245,7 +272,7 @@ class BatchingHandler:
         return [r if r is not None else _LOST for r in replies], timings
 
     def _infer(self, batch: list[Features]) -> list[tuple[np.ndarray, ...] | RequestError]:
-        """Run the batch; on failure run each request alone so only the culprit fails."""
+        """Run the batch; if it fails, find the culprits by bisection so only they fail."""
         if not batch:
             return []
         try:
@@ -253,19 +280,29 @@ class BatchingHandler:
         except Exception as exc:
             if len(batch) == 1:  # nothing to isolate: this request is the culprit
                 return [_inference_error(exc)]
-            return [self._infer_one(f) for f in batch]
+            return self._isolate(batch)
 
-    def _infer_one(self, feats: Features) -> tuple[np.ndarray, ...] | RequestError:
-        try:
-            return self._split(self._run(self.collate([feats])), [feats])[0]
-        except Exception as exc:
-            return _inference_error(exc)
+    def _isolate(self, batch: list[Features]) -> list[tuple[np.ndarray, ...] | RequestError]:
+        """``batch`` (2+ requests) failed as a whole: run its first half (``_infer``, which
+        bisects it in turn if it fails); if that half succeeds, the culprit is in the second half,
+        which is split without being run whole; else the second half is run as well. A request
+        is only ever failed after it failed alone. With one poison input among n requests: at
+        most 2*log2(n) model calls after the failed one (running each request alone took n)."""
+        half = len(batch) // 2
+        first, second = batch[:half], batch[half:]
+        first_results = self._infer(first)
+        if len(second) > 1 and not any(isinstance(r, RequestError) for r in first_results):
+            return first_results + self._isolate(second)
+        return first_results + self._infer(second)
 
     def _run(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         """Every model output for ``inputs``, in chunks of at most ``max_batch`` rows (and of the
         largest bucket, and of what fitted in device memory)."""
         assert self._predict is not None, "handler used before setup()"
         rows = inputs[0].shape[0]
+        if self.buckets is None and self._chunk_rows is None and (
+                self.max_batch is None or rows <= self.max_batch):
+            return self._run_chunk(inputs)  # the common case: one call, nothing to cut or join
         limits = [n for n in (self.max_batch, self._chunk_rows,
                               self.buckets.batch[-1] if self.buckets else None) if n]
         step = min([rows, *limits])
@@ -293,7 +330,7 @@ class BatchingHandler:
         (the answers are cut back to the real rows)."""
         assert self._predict is not None
         if self.buckets is None:
-            return tuple(np.asarray(o) for o in self._predict(*inputs))
+            return self._predict(*inputs)  # a Predictor answers a tuple of numpy arrays
         rows = inputs[0].shape[0]
         padded = self.buckets.pad(inputs, self.pad_values())
         return tuple(np.asarray(o)[:rows] for o in self._predict(*padded))
@@ -308,9 +345,15 @@ class BatchingHandler:
             if output.ndim == 0 or output.shape[0] != total:
                 got = output.shape[0] if output.ndim else "a scalar"
                 raise RuntimeError(f"model output {k} has {got} rows for {total} inputs")
-        bounds = np.cumsum([f.rows for f in batch])[:-1]
-        per_output = [np.split(output, bounds) for output in outputs]
-        return [tuple(parts) for parts in zip(*per_output, strict=True)]
+        if len(batch) == 1:
+            return [outputs]
+        split: list[tuple[np.ndarray, ...]] = []
+        start = 0
+        for feats in batch:
+            stop = start + feats.rows
+            split.append(tuple(output[start:stop] for output in outputs))
+            start = stop
+        return split
 
     # ---- TorchServe entry --------------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:

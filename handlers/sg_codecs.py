@@ -63,6 +63,9 @@ class Envelope:
     single: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     tensors: tuple[V2Tensor, ...] = ()
+    #: Whether the body may hold JSON ``true``/``false`` (False only when its text has neither:
+    #: numeric decoding then skips the scan for booleans among the numbers).
+    booleans: bool = True
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -134,6 +137,7 @@ def parse(payload: Any, *, max_bytes: int, max_instances: int | None = None) -> 
     ``max_instances`` bounds what is unambiguously a row count here (``instances`` items, a v2
     tensor's first dimension); handlers count the rows of the other families after decoding.
     """
+    booleans = True  # an already decoded payload (TorchServe's decode_input_request) may hold any
     if isinstance(payload, (bytes, bytearray, memoryview)):
         payload = bytes(payload)
         _check_size(len(payload), max_bytes)
@@ -141,14 +145,16 @@ def parse(payload: Any, *, max_bytes: int, max_instances: int | None = None) -> 
             raise BadRequest("empty request", "the request body is empty")
         if payload.startswith(_IMAGE_MAGIC):
             return Envelope("raw", [payload], single=True)
+        booleans = _may_hold_booleans(payload)
         payload = load_json(payload)
     elif isinstance(payload, str):
         _check_size(len(payload.encode("utf-8", "surrogatepass")), max_bytes)
         if not payload.strip():
             raise BadRequest("empty request", "the request body is empty")
+        booleans = "true" in payload or "false" in payload
         payload = load_json(payload)
     try:
-        envelope = _envelope(payload)
+        envelope = _envelope(payload, booleans)
     except RequestError as exc:
         exc.request_id = payload.get("id") if isinstance(payload, dict) else None  # type: ignore[attr-defined]
         raise
@@ -157,6 +163,16 @@ def parse(payload: Any, *, max_bytes: int, max_instances: int | None = None) -> 
     if max_instances is not None and envelope.family in ("instances", "v2"):
         check_rows(len(envelope), max_instances)
     return envelope
+
+
+def _may_hold_booleans(body: bytes) -> bool:
+    """False only when ``body`` is UTF-8 JSON whose text holds neither ``true`` nor ``false``
+    (JSON writes these literals without escapes; UTF-16/32 bodies, which ``json.loads`` also
+    reads, are always scanned)."""
+    if b"true" in body or b"false" in body:
+        return True
+    # Valid UTF-16/32 JSON has a NUL byte in its first four (its first character is ASCII).
+    return b"\x00" in body[:4]
 
 
 def check_rows(rows: int, max_instances: int) -> None:
@@ -169,24 +185,24 @@ def _is_v2(inputs: Any) -> bool:
             and all(isinstance(i, dict) and "datatype" in i for i in inputs))
 
 
-def _envelope(payload: Any) -> Envelope:
+def _envelope(payload: Any, booleans: bool = True) -> Envelope:
     if isinstance(payload, list):
-        return Envelope("list", payload)
+        return Envelope("list", payload, booleans=booleans)
     if not isinstance(payload, dict):
         raise BadRequest("unknown envelope", f"expected a JSON object or list, got {type(payload).__name__}")
     if "instances" in payload:
         instances = payload["instances"]
         if not isinstance(instances, list):
             raise BadRequest("unknown envelope", '"instances" must be a list')
-        return Envelope("instances", instances)
+        return Envelope("instances", instances, booleans=booleans)
     if "inputs" in payload:
         inputs = payload["inputs"]
         if _is_v2(inputs):
-            return _v2_envelope(payload)
+            return _v2_envelope(payload, booleans)
         return Envelope("inputs", inputs if isinstance(inputs, list) else [inputs],
-                        single=not isinstance(inputs, list))
+                        single=not isinstance(inputs, list), booleans=booleans)
     if "data" in payload or "b64" in payload:
-        return Envelope("inputs", [payload.get("data", payload)], single=True)
+        return Envelope("inputs", [payload.get("data", payload)], single=True, booleans=booleans)
     keys = ", ".join(sorted(map(str, payload)))[:200] or "none"
     raise BadRequest(
         "unknown envelope",
@@ -194,18 +210,18 @@ def _envelope(payload: Any) -> Envelope:
     )
 
 
-def _v2_envelope(payload: dict[str, Any]) -> Envelope:
-    tensors = tuple(_v2_tensor(i, t) for i, t in enumerate(payload["inputs"]))
+def _v2_envelope(payload: dict[str, Any], booleans: bool = True) -> Envelope:
+    tensors = tuple(_v2_tensor(i, t, booleans) for i, t in enumerate(payload["inputs"]))
     rows = {t.rows for t in tensors}
     if len(rows) > 1:
         names = ", ".join(f"{t.name}: {t.rows}" for t in tensors)
         raise InvalidInput("wrong shape", f"the input tensors have different row counts ({names})")
     first = tensors[0]
     meta = {"id": payload.get("id"), "input_name": first.name, "datatype": first.datatype}
-    return Envelope("v2", first.data, meta=meta, tensors=tensors)
+    return Envelope("v2", first.data, meta=meta, tensors=tensors, booleans=booleans)
 
 
-def _v2_tensor(index: int, tensor: dict[str, Any]) -> V2Tensor:
+def _v2_tensor(index: int, tensor: dict[str, Any], booleans: bool = True) -> V2Tensor:
     name = tensor.get("name")
     name = name if isinstance(name, str) else f"input-{index}"
     datatype = str(tensor.get("datatype", "")).upper()
@@ -229,7 +245,8 @@ def _v2_tensor(index: int, tensor: dict[str, Any]) -> V2Tensor:
         raise InvalidInput("wrong dtype", f"{name}: unsupported datatype {datatype!r}")
     if not isinstance(data, list):
         data = [data]
-    array = json_array(data, np.dtype(V2_DATATYPES[datatype]), what=name, flat=True)
+    array = json_array(data, np.dtype(V2_DATATYPES[datatype]), what=name, flat=True,
+                       booleans=booleans)
     if array.size != count:
         raise InvalidInput("wrong shape", f"{name}: shape {shape} does not match {array.size} elements")
     try:
@@ -248,12 +265,14 @@ def _leaves(value: list[Any], depth: int) -> Any:
     return items
 
 
-def json_array(value: Any, dtype: np.dtype, *, what: str, flat: bool = False) -> np.ndarray:
+def json_array(value: Any, dtype: np.dtype, *, what: str, flat: bool = False,
+               booleans: bool = True) -> np.ndarray:
     """An array of ``dtype`` from decoded JSON, or a 422 naming ``what`` is wrong.
 
     JSON ``true``/``false`` are not numbers (only a ``bool`` input takes them, and 0/1); strings,
     nulls and objects are refused; integers must be whole and in range of an integer ``dtype``.
     ``flat``: v2 ``data`` may also be nested, the shape comes from the tensor's ``shape``.
+    ``booleans=False`` (the body's text holds no ``true``/``false``) skips the scan for them.
     """
     if isinstance(value, np.ndarray):
         array = value
@@ -263,7 +282,7 @@ def json_array(value: Any, dtype: np.dtype, *, what: str, flat: bool = False) ->
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise InvalidInput("wrong shape", f"{what}: ragged or irregular input: "
                                               f"{str(exc)[:200]}") from exc
-        if array.dtype.kind in "iuf" and array.ndim > 0 and isinstance(value, list):
+        if booleans and array.dtype.kind in "iuf" and array.ndim > 0 and isinstance(value, list):
             if bool in set(map(type, _leaves(value, array.ndim))):
                 raise InvalidInput("wrong dtype", f"{what}: booleans are not numbers ({dtype})")
     return cast(array, dtype, what=what)
@@ -338,9 +357,12 @@ def dumps(body: Any) -> str:
     """Strict JSON: NaN and infinities (a model can output them) become ``null``, never a bare
     ``NaN`` that JSON parsers refuse."""
     try:
-        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+        return _STRICT_JSON.encode(body)
     except ValueError:
-        return json.dumps(_finite(body), separators=(",", ":"), allow_nan=False)
+        return _STRICT_JSON.encode(_finite(body))
+
+
+_STRICT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per answer
 
 
 def encode(envelope: Envelope, rows: list[Any], v2_outputs: list[dict[str, Any]],

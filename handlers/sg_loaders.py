@@ -43,6 +43,9 @@ def torch_outputs(out: Any) -> tuple[np.ndarray, ...]:
     """Every output of a torch model as numpy (float16/bfloat16 as float32)."""
     import torch
 
+    if (type(out) is torch.Tensor and out.device.type == "cpu" and not out.requires_grad
+            and out.dtype not in (torch.bfloat16, torch.float16)):
+        return (out.numpy(),)  # the common case: one float32 CPU tensor, no copy
     arrays = []
     for leaf in _flatten(out):
         if isinstance(leaf, torch.Tensor):
@@ -164,9 +167,12 @@ def _torch_predictor(module: Any, placement: Placement) -> Predictor:
     import torch
 
     dtype, device = placement.torch_dtype(), placement.device
+    on_cpu = not placement.cuda
 
     def to_device(array: np.ndarray):  # -> torch.Tensor
         tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if on_cpu and (tensor.dtype == dtype or not tensor.is_floating_point()):
+            return tensor  # already where and what it must be: no .to()
         if tensor.is_floating_point():
             return tensor.to(device=device, dtype=dtype, non_blocking=False)
         return tensor.to(device=device)

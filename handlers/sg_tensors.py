@@ -13,57 +13,102 @@ A request reaches the inputs in one of these forms (``decode``):
   its input's per-instance shape);
 - v2 tensors, one per input, matched by name, else by position.
 
-Every mismatch is a 422 whose detail names the input.
+Every mismatch is a 422 whose detail names the input. An input with a ``-1`` dimension takes at
+most ``max_instance_elements`` values per instance (``servegate.json`` ``limits``; by default
+``max_body_bytes // 16``, 65,536 for a 1 MiB body); a larger instance is a 413 naming the limit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from sg_codecs import Envelope, V2Tensor, cast, json_array
-from sg_errors import InvalidInput, ModelLoadError
+from sg_errors import InvalidInput, ModelLoadError, PayloadTooLarge
 
 Decoded = tuple[tuple[np.ndarray, ...], int, bool]  # (arrays, rows, single)
+
+#: The default per-instance element limit of a ``-1`` input is the body limit over this: a JSON
+#: number takes at least 2 bytes, so one instance may hold 1/8 of what a full body can carry.
+BODY_BYTES_PER_INSTANCE_ELEMENT = 16
+
+
+def instance_element_limit(limits: dict[str, Any] | None) -> int:
+    """``limits.max_instance_elements``, else ``max_body_bytes // 16`` (65,536 for 1 MiB)."""
+    limits = limits or {}
+    recorded = limits.get("max_instance_elements")
+    if recorded:
+        return int(recorded)
+    return max(1, int(limits.get("max_body_bytes", 1 << 20)) // BODY_BYTES_PER_INSTANCE_ELEMENT)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One model input: its name, per-instance shape (``-1``: any size) and dtype."""
+    """One model input: its name, per-instance shape (``-1``: any size) and dtype; a ``-1`` input
+    takes at most ``max_elements`` values per instance (None: no limit)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
     allow_non_finite: bool = False
+    max_elements: int | None = None
 
     @classmethod
-    def from_json(cls, value: dict[str, Any], default_name: str) -> TensorSpec:
+    def from_json(cls, value: dict[str, Any], default_name: str,
+                  max_elements: int | None = None) -> TensorSpec:
         try:
             return cls(str(value.get("name") or default_name),
                        tuple(int(d) for d in value.get("shape", [])),
                        np.dtype(str(value.get("dtype", "float32"))),
-                       bool(value.get("allow_non_finite", False)))
+                       bool(value.get("allow_non_finite", False)), max_elements)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"invalid input spec {value!r}: {exc}") from exc
 
-    def matches(self, shape: Sequence[int]) -> bool:
+    @cached_property
+    def fixed(self) -> bool:
+        """No ``-1`` dimension: shapes are compared as tuples."""
+        return -1 not in self.shape
+
+    @cached_property
+    def what(self) -> str:
+        """How error details name this input (built once, not per request)."""
+        return f"input {self.name!r}"
+
+    def matches(self, shape: tuple[int, ...]) -> bool:
         """Whether ``shape`` is one instance's shape."""
+        if self.fixed:
+            return shape == self.shape
         return len(shape) == len(self.shape) and all(
             e == -1 or a == e for a, e in zip(shape, self.shape, strict=True))
+
+    def check_elements(self, shape: tuple[int, ...]) -> None:
+        """413 when one instance of a ``-1`` input holds more than ``max_elements`` values."""
+        if self.fixed or self.max_elements is None:
+            return
+        count = math.prod(shape)
+        if count > self.max_elements:
+            raise PayloadTooLarge("instance too large",
+                                  f"{self.what}: {count} values per instance of shape {list(shape)} "
+                                  f"> limit of {self.max_elements} (limits.max_instance_elements)")
 
     def describe(self) -> str:
         return f"{self.name!r} ({list(self.shape)}, {self.dtype})"
 
 
-def input_specs(spec: dict[str, Any]) -> tuple[TensorSpec, ...]:
-    """The model's inputs in order (schema 2 ``inputs``; schema 1 ``input``, named "input")."""
+def input_specs(spec: dict[str, Any], limits: dict[str, Any] | None = None) -> tuple[TensorSpec, ...]:
+    """The model's inputs in order (schema 2 ``inputs``; schema 1 ``input``, named "input"), with
+    the per-instance element limit of ``limits`` (default: the spec's own ``limits``)."""
+    max_elements = instance_element_limit(spec.get("limits") if limits is None else limits)
     inputs = spec.get("inputs")
     if inputs:
-        specs = tuple(TensorSpec.from_json(v, f"input_{i}") for i, v in enumerate(inputs))
+        specs = tuple(TensorSpec.from_json(v, f"input_{i}", max_elements)
+                      for i, v in enumerate(inputs))
     elif spec.get("input"):
-        specs = (TensorSpec.from_json(spec["input"] | {"name": "input"}, "input"),)
+        specs = (TensorSpec.from_json(spec["input"] | {"name": "input"}, "input", max_elements),)
     else:
         raise ModelLoadError("servegate.json describes no model input ('inputs' or 'input')")
     names = [s.name for s in specs]
@@ -86,14 +131,12 @@ def decode(envelope: Envelope, inputs: Sequence[TensorSpec]) -> Decoded:
         raise InvalidInput("wrong dtype", "this model takes numeric tensors, not raw bytes")
     if envelope.family == "v2":
         return _from_v2(envelope.tensors, inputs)
-    items = list(envelope.instances)
-    if envelope.family == "inputs" and envelope.single and isinstance(items[0], dict):
-        return _from_columns(items[0], inputs)
-    dicts = sum(isinstance(item, dict) for item in items)
-    if dicts == len(items):
-        return _from_rows(items, inputs)
-    if dicts:
-        raise InvalidInput("wrong shape", "instances mix row objects and plain values")
+    items = envelope.instances
+    if isinstance(items[0], dict):  # row objects (every item is checked), or columns
+        if envelope.family == "inputs" and envelope.single:
+            return _from_columns(items[0], inputs, envelope.booleans)
+        return _from_rows(items, inputs, envelope.booleans)
+    # plain values: an object among them is refused by json_array (not numbers)
     if len(inputs) != 1:
         raise InvalidInput(
             "wrong shape",
@@ -108,21 +151,23 @@ def _names(inputs: Sequence[TensorSpec]) -> str:
 
 
 def _finished(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """``array`` (batch first, instances of the spec's shape) checked and made contiguous."""
+    spec.check_elements(array.shape[1:])
     if not spec.allow_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput("non-finite input", f"input {spec.name!r}: NaN or Inf values are not allowed")
+        raise InvalidInput("non-finite input", f"{spec.what}: NaN or Inf values are not allowed")
     return np.ascontiguousarray(array)
 
 
-def _batched(spec: TensorSpec, array: np.ndarray, *, where: str = "") -> np.ndarray:
+def _batched(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     if array.ndim == 0 or not spec.matches(array.shape[1:]):
         got = list(array.shape[1:]) if array.ndim else "a scalar"
-        raise InvalidInput("wrong shape", f"input {spec.name!r}{where}: expected instances of shape "
+        raise InvalidInput("wrong shape", f"{spec.what}: expected instances of shape "
                                           f"{list(spec.shape)}, got {got}")
     return _finished(spec, array)
 
 
 def _from_values(envelope: Envelope, spec: TensorSpec) -> Decoded:
-    array = json_array(envelope.instances, spec.dtype, what=f"input {spec.name!r}")
+    array = json_array(envelope.instances, spec.dtype, what=spec.what, booleans=envelope.booleans)
     if envelope.family in ("list", "inputs") and spec.matches(array.shape):
         return (_finished(spec, array[np.newaxis]),), 1, True
     array = _batched(spec, array)
@@ -141,21 +186,24 @@ def _check_names(given: Sequence[str], inputs: Sequence[TensorSpec], where: str)
                                            f"{_names(inputs)}")
 
 
-def _from_rows(items: list[dict[str, Any]], inputs: Sequence[TensorSpec]) -> Decoded:
+def _from_rows(items: list[Any], inputs: Sequence[TensorSpec], booleans: bool = True) -> Decoded:
     expected = {s.name for s in inputs}
     for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput("wrong shape", "instances mix row objects and plain values")
         if item.keys() != expected:
             _check_names(list(item), inputs, f"instance {i}: ")
     arrays = tuple(
         _batched(spec, json_array([item[spec.name] for item in items], spec.dtype,
-                                  what=f"input {spec.name!r}"))
+                                  what=spec.what, booleans=booleans))
         for spec in inputs)
     return arrays, len(items), False
 
 
-def _from_columns(columns: dict[str, Any], inputs: Sequence[TensorSpec]) -> Decoded:
+def _from_columns(columns: dict[str, Any], inputs: Sequence[TensorSpec],
+                  booleans: bool = True) -> Decoded:
     _check_names(list(columns), inputs, "")
-    arrays = [json_array(columns[s.name], s.dtype, what=f"input {s.name!r}") for s in inputs]
+    arrays = [json_array(columns[s.name], s.dtype, what=s.what, booleans=booleans) for s in inputs]
     if all(s.matches(a.shape) for s, a in zip(inputs, arrays, strict=True)):
         return tuple(_finished(s, a[np.newaxis]) for s, a in zip(inputs, arrays, strict=True)), 1, True
     batched = tuple(_batched(s, a) for s, a in zip(inputs, arrays, strict=True))
@@ -186,9 +234,8 @@ def _from_v2(tensors: Sequence[V2Tensor], inputs: Sequence[TensorSpec]) -> Decod
     arrays = []
     for spec, tensor in zip(inputs, ordered, strict=True):
         if not isinstance(tensor.data, np.ndarray):
-            raise InvalidInput("wrong dtype", f"input {spec.name!r} takes numbers, not "
-                                              f"{tensor.datatype}")
-        array = cast(tensor.data, spec.dtype, what=f"input {spec.name!r}")
+            raise InvalidInput("wrong dtype", f"{spec.what} takes numbers, not {tensor.datatype}")
+        array = cast(tensor.data, spec.dtype, what=spec.what)
         arrays.append(_batched(spec, array))
     _same_rows(inputs, arrays)
     return tuple(arrays), arrays[0].shape[0], False

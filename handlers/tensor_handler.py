@@ -36,7 +36,7 @@ class TensorHandler(BatchingHandler):
             raise ModelLoadError(f"the tensor handler does not serve task {task!r}; "
                                  f"it serves {sorted(TASKS)}")
         self.task = TASKS[task]
-        self.inputs = sg_tensors.input_specs(self.spec)
+        self.inputs = sg_tensors.input_specs(self.spec, self.limits)
         self.classifier = (Classifier.from_spec(self.spec, model_dir)
                            if self.task == "classification" else None)
 
@@ -44,15 +44,23 @@ class TensorHandler(BatchingHandler):
         arrays, rows, single = sg_tensors.decode(envelope, self.inputs)
         return Features(arrays, rows, single)
 
-    def outputs(self, outputs: tuple[np.ndarray, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
+    def outputs_many(self, outputs: list[tuple[np.ndarray, ...]],
+                     v2: list[bool]) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        if self.classifier is None:
+            return super().outputs_many(outputs, v2)
+        return self.classifier.outputs_many([o[0] for o in outputs], v2)
+
+    def outputs(self, outputs: tuple[np.ndarray, ...], *,
+                v2: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
         if self.classifier is not None:
-            return self.classifier.outputs(outputs[0])
+            return self.classifier.outputs(outputs[0], v2=v2)
         names = sg_tensors.output_names(self.spec, len(outputs))
-        v2 = [sg_codecs.v2_tensor(name, output) for name, output in zip(names, outputs, strict=True)]
+        tensors = ([sg_codecs.v2_tensor(name, output)
+                    for name, output in zip(names, outputs, strict=True)] if v2 else [])
         columns = [_values(output, scalar=self.task == "regression") for output in outputs]
         if len(outputs) == 1:
-            return columns[0], v2
-        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)], v2
+            return columns[0], tensors
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)], tensors
 
 
 def _values(output: np.ndarray, *, scalar: bool) -> list[Any]:

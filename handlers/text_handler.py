@@ -57,9 +57,16 @@ class TextHandler(BatchingHandler):
         """Token padding for shape buckets: the tokenizer's pad id, and 0 in the mask."""
         return (self.encoder.pad_id, 0)
 
-    def outputs(self, outputs: tuple[np.ndarray, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
+    def outputs_many(self, outputs: list[tuple[np.ndarray, ...]],
+                     v2: list[bool]) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        if self.classifier is None:
+            return super().outputs_many(outputs, v2)
+        return self.classifier.outputs_many([o[0] for o in outputs], v2)
+
+    def outputs(self, outputs: tuple[np.ndarray, ...], *,
+                v2: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
         output = outputs[0]
         if self.classifier is not None:
-            return self.classifier.outputs(output)
+            return self.classifier.outputs(output, v2=v2)
         vectors = output.astype(np.float32, copy=False)
-        return vectors.tolist(), [sg_codecs.v2_tensor("embedding", vectors)]
+        return vectors.tolist(), [sg_codecs.v2_tensor("embedding", vectors)] if v2 else []

@@ -68,14 +68,22 @@ class LocalHandler:
         yaml_config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
         # As TorchServe's worker does: the unpacked archive on sys.path and the handler imported by
         # its module name, so the archive's modules import each other as they do in the worker.
+        # Modules of the same names imported before (another archive's) step aside until close():
+        # each archive runs its own handler code.
+        self._own = {p.stem for p in self.model_dir.glob("*.py")}
+        self._displaced = {n: sys.modules.pop(n) for n in self._own if n in sys.modules}
         sys.path.insert(0, str(self.model_dir))
-        module = importlib.import_module(Path(handler_file).stem)
-        handler_cls = next(v for v in vars(module).values()
-                           if isinstance(v, type) and v.__module__ == module.__name__
-                           and callable(getattr(v, "handle", None)))
-        self.handler = handler_cls()
-        self._context_args = (str(self.model_dir), self.model_name, yaml_config or {}, gpu_id)
-        self.handler.initialize(HarnessContext(*self._context_args))
+        try:
+            module = importlib.import_module(Path(handler_file).stem)
+            handler_cls = next(v for v in vars(module).values()
+                               if isinstance(v, type) and v.__module__ == module.__name__
+                               and callable(getattr(v, "handle", None)))
+            self.handler = handler_cls()
+            self._context_args = (str(self.model_dir), self.model_name, yaml_config or {}, gpu_id)
+            self.handler.initialize(HarnessContext(*self._context_args))
+        except BaseException:
+            self.close()
+            raise
 
     def batch(self, bodies: list[bytes | None]) -> list[tuple[int, Any]]:
         """Serve one batch of raw bodies (None: a request without body); (status, JSON) each."""
@@ -89,6 +97,9 @@ class LocalHandler:
     def close(self) -> None:
         if str(self.model_dir) in sys.path:
             sys.path.remove(str(self.model_dir))
+        for name in self._own:
+            sys.modules.pop(name, None)
+        sys.modules.update(self._displaced)
         self._tmp.cleanup()
 
     def __enter__(self) -> LocalHandler:

@@ -27,7 +27,7 @@ from servegate.gates.checks import Check, failed
 from servegate.gates.load import LoadResult, load_checks
 from servegate.gates.network import NetworkProbe, probe
 from servegate.gates.parity import ParityResult, parity_checks
-from servegate.gates.report import GateReport, write_report
+from servegate.gates.report import GateReport, image_samples, write_report
 from servegate.integrity import artifact_sha256
 from servegate.interrupts import signals_as_errors
 from servegate.lease import model_lease
@@ -149,7 +149,7 @@ class DeployPipeline:
         with mlflow.start_run(run_name="gate-parity", nested=True):
             self.say(f"gate: parity on the held-out set ({built.compiled_with}, {built.precision})")
             result = self.target.check_parity(self.server, self.config.model_name, version, model,
-                                              champion)
+                                              champion, self.config.limits)
             checks = parity_checks(result, self.config.parity, built.precision)
             for note in result.notes():
                 self.say(f"[yellow]{note}[/]")
@@ -261,7 +261,8 @@ class DeployPipeline:
         curl = self.target.curl(endpoint, access.key_shell, model, access.ca_bundle) if serving else ""
         self._report(GateReport(name, version, champion, decision, checks, parity, load, endpoint,
                                 curl, getattr(model, "eval_note", ""), server=server.access().where,
-                                network=self.network, load_notes=tuple(self.load_notes)), tmp)
+                                network=self.network, load_notes=tuple(self.load_notes),
+                                samples=image_samples(model, parity)), tmp)
         mlflow.log_metric("promoted", 1.0 if decision == "promoted" else 0.0)
         mlflow.set_tag("servegate.decision", decision)
         if decision == "rejected":

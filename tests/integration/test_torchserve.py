@@ -107,13 +107,44 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
             np.testing.assert_allclose(probs, expected[good_index[body]], atol=1e-5)
         else:
             assert 400 <= response.status_code < 500, (body[:80], response.status_code, response.text)
-            if len(body) > 1 << 20:  # refused by the frontend: max_request_size follows the handler's limit
+            if len(body) > 1 << 20:  # over the handler's limit: its own 413 (JSON, checked below)
                 assert response.status_code == 413
-                continue
             if body in ISSUE_11:
                 assert response.status_code == ISSUE_11[body], (body[:80], response.text)
             error = response.json()
             assert error["error"] and "detail" in error
+    after = backend.client.describe("batched", "1")[0]["workers"]
+    assert [(w["pid"], w["status"]) for w in after] == [(w["pid"], "READY") for w in before]
+
+
+def test_oversize_bodies_get_a_readable_413_not_a_reset(served, digits) -> None:
+    """Issue 24: a 4 MB body against the 1 MiB limit got TorchServe's empty 413, or a connection
+    reset for a client that sends ``Connection: close`` (urllib). Bodies up to 4x the limit now
+    reach the handler, whose 413 carries a JSON error; the worker keeps serving."""
+    import urllib.error
+    import urllib.request
+
+    from servegate.config import RequestLimits
+
+    state, backend = served
+    limit = RequestLimits().max_body_bytes
+    url = backend.endpoint("batched")
+    headers = backend.client.keys.header("inference") | {"Content-Type": "application/json"}
+    before = backend.client.describe("batched", "1")[0]["workers"]
+    for size in (limit + 1, 4_000_000, 4 * limit):
+        body = b'{"inputs": [' + b" " * (size - 14) + b"]}"
+        assert len(body) == size
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:  # urllib: Connection: close
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 413, size
+        error = json.loads(refused.value.read())
+        assert error["error"] == "payload too large" and f"limit of {limit} bytes" in error["detail"]
+        with httpx.Client(timeout=60) as client:  # keep-alive client
+            response = client.post(url, content=body, headers=headers)
+        assert response.status_code == 413 and response.json()["error"] == "payload too large"
+    good = httpx.post(url, content=json.dumps({"inputs": digits.eval_x[0].tolist()}), headers=headers)
+    assert good.status_code == 200
     after = backend.client.describe("batched", "1")[0]["workers"]
     assert [(w["pid"], w["status"]) for w in after] == [(w["pid"], "READY") for w in before]
 

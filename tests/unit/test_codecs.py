@@ -110,3 +110,29 @@ def test_request_body_prefers_the_raw_body() -> None:
     assert sg_codecs.request_body({"data": b"y"}) == b"y"
     with pytest.raises(RequestError):
         sg_codecs.request_body({})
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be",
+                                      "utf-32", "utf-32-le", "utf-32-be"])
+@pytest.mark.parametrize("text", ['{"inputs": [true, 1.0]}', '{"instances": [[0.5, false]]}',
+                                  '{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", '
+                                  '"data": [1.0, true]}]}'])
+def test_booleans_are_never_numbers_whatever_the_body_encoding(text: str, encoding: str) -> None:
+    """The scan for booleans is skipped only when the body's text holds no true/false: a UTF-16/32
+    body (which json.loads reads too) must still be scanned."""
+    sg_tensors = handler_module("sg_tensors")
+    spec = sg_tensors.TensorSpec("x", (2,), np.dtype(np.float32))
+    with pytest.raises(RequestError, match="booleans are not numbers") as caught:
+        sg_tensors.decode(sg_codecs.parse(text.encode(encoding), max_bytes=1000), [spec])
+    assert caught.value.status == 422
+
+
+@pytest.mark.parametrize(("body", "scanned"), [
+    (b'{"inputs": [0.5, 1.0]}', False),
+    ('{"inputs": [0.5, 1.0]}', False),
+    (b'{"inputs": [0.5, 1.0], "id": "true"}', True),  # the bytes are there: scanned (harmless)
+    ('{"inputs": [0.5, 1.0]}'.encode("utf-16"), True),
+    ({"inputs": [0.5, 1.0]}, True),  # decoded by TorchServe already: always scanned
+])
+def test_the_boolean_scan_is_skipped_only_for_utf8_text_without_true_or_false(body, scanned) -> None:
+    assert sg_codecs.parse(body, max_bytes=1000).booleans is scanned

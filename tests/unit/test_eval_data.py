@@ -153,3 +153,23 @@ def test_ambiguous_or_wrong_task_lists_the_choices() -> None:
     with pytest.raises(ConfigError, match="needs one output of class scores"):
         infer_task((np.zeros((4, 1)),), None, given="classification")
     assert infer_task((np.zeros((4, 3)),), None, given="tensor-classification") == "classification"
+
+
+def test_a_built_in_model_is_gated_on_the_eval_data_it_is_given(tmp_path: Path) -> None:
+    """Once ignored silently (issue 24): builtin:digits with eval_data gates on those rows."""
+    from sklearn.datasets import load_digits
+
+    from servegate.sources import load_torch_model
+
+    digits = load_digits()
+    x, y = (digits.data[-40:] / 16.0).astype(np.float32), digits.target[-40:]
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    model = load_torch_model("builtin:digits", eval_data=str(tmp_path / "mine.npz"))
+    np.testing.assert_array_equal(model.eval_x, x)
+    np.testing.assert_array_equal(model.eval_y, y)
+    assert "mine.npz (40 rows, labelled)" in model.eval_note
+    assert model.metrics["accuracy"] == pytest.approx(
+        float((model.reference(x).argmax(1) == y).mean()))
+    np.savez(tmp_path / "wide.npz", x=np.zeros((3, 65), np.float32))
+    with pytest.raises(ConfigError, match="rows of shape \\[65\\]"):
+        load_torch_model("builtin:digits", eval_data=str(tmp_path / "wide.npz"))

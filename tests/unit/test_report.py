@@ -164,3 +164,47 @@ def test_a_run_that_serves_nothing_says_so_instead_of_an_empty_endpoint(
     endpoint = markdown.split("## Endpoint", 1)[1]
     assert "```" not in endpoint
     assert f"Nothing of digits is served by this run: {why}, and there was no champion" in endpoint
+
+
+def test_an_image_model_report_shows_held_out_images_with_served_and_true_classes(
+        tmp_path: Path) -> None:
+    """The samples come from the model's own rows (as the gate sent them) and the served
+    classes the parity gate recorded; a hostile label is drawn as text in a picture, never HTML."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from servegate.gates.report import image_samples
+
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (value, 0, 0)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = [png(v) for v in (10, 120, 250)]
+
+    class ImageModel:
+        sends_images = True
+        labels = ["cat", "<script>alert(1)</script>", "$\\frac{a}{b}$"]
+        eval_x = np.zeros((3, 3, 16, 16), np.float32)
+        eval_y = np.array([0, 1, 2])
+
+        def request_rows(self, x: np.ndarray) -> list[dict[str, str]]:
+            return [{"b64": base64.b64encode(i).decode()} for i in images[:len(x)]]
+
+    parity = ParityResult(rows=3, max_abs_diff=0.0, top1_agreement=1.0, accuracy=2 / 3,
+                          reference_accuracy=2 / 3, champion_accuracy=None, abs_diffs=np.zeros(3),
+                          predicted=np.array([0, 2, 2]))
+    samples = image_samples(ImageModel(), parity, count=8)
+    assert [(s.image, s.predicted, s.truth) for s in samples] == [
+        (images[0], "cat", "cat"), (images[1], "$\\frac{a}{b}$", "<script>alert(1)</script>"),
+        (images[2], "$\\frac{a}{b}$", "$\\frac{a}{b}$")]
+    assert image_samples(ImageModel(), dataclasses.replace(parity, predicted=None)) == ()
+    report = GateReport("photos", "1", None, "promoted", [], parity, [], "", "", samples=samples)
+    files = write_report(report, tmp_path, hide_hosts=False, named={})
+    assert "eval_samples.png" in {f.name for f in files}
+    with Image.open(tmp_path / "eval_samples.png") as grid:
+        assert grid.width > 200 and grid.height > 100
+    page = (tmp_path / "gate_report.html").read_text()
+    assert "<script>" not in page and page.count("data:image/png;base64,") == 2

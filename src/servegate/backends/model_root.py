@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from servegate._atomic import atomic_write_text
@@ -149,8 +150,7 @@ class GfileRoot:
             inner = str(directory).rstrip("/").removeprefix(top).strip("/")
             for name in files:
                 with gfile.GFile(f"{str(directory).rstrip('/')}/{name}", "rb") as handle:
-                    blocks = iter(lambda h=handle: h.read(1 << 20), b"")
-                    hashes[f"{inner}/{name}" if inner else name] = stream_sha256(blocks)
+                    hashes[f"{inner}/{name}" if inner else name] = stream_sha256(_blocks(handle))
         return tree_sha256(hashes)
 
     def put_tree(self, local: Path, relative: str) -> None:
@@ -161,6 +161,12 @@ class GfileRoot:
             gfile.makedirs(remote)
             for name in files:
                 gfile.copy(str(Path(directory) / name), f"{remote}/{name}", overwrite=True)
+
+
+def _blocks(handle: Any) -> Iterator[bytes]:
+    """A file's bytes, a megabyte at a time."""
+    while block := handle.read(1 << 20):
+        yield bytes(block)
 
 
 def open_model_root(location: str | Path) -> ModelRoot:

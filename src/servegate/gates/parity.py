@@ -12,6 +12,7 @@ reference and against the served champion, with the checks that fit the model's 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,8 @@ import numpy as np
 
 from servegate.backends.base import ServingBackend
 from servegate.choices import CLASS_TASKS
-from servegate.config import ParityThresholds
-from servegate.errors import SourceError
+from servegate.config import ParityThresholds, RequestLimits
+from servegate.errors import ConfigError, SourceError
 from servegate.gates.checks import Check
 from servegate.parity_limits import EMBEDDING_PARITY_LIMITS, PARITY_LIMITS
 from servegate.sources.base import TorchModel
@@ -53,14 +54,47 @@ def _prediction_values(prediction: Any, task: str, names: list[str]) -> list[Any
     return [prediction]
 
 
+#: Room left in a request body for the JSON envelope around the instances.
+ENVELOPE_BYTES = 256
+
+
+def request_chunks(instances: list[Any], limits: RequestLimits | None = None,
+                   rows: int = 32) -> list[list[Any]]:
+    """``instances`` in consecutive requests that each fit the server's body limit (measured as
+    the JSON they are sent as) and hold at most ``rows`` (and ``max_instances``) instances; a
+    single instance over the limit is a ``ConfigError`` saying what to raise."""
+    limits = limits or RequestLimits()
+    budget = limits.max_body_bytes - ENVELOPE_BYTES
+    most = max(1, min(rows, limits.max_instances))
+    chunks: list[list[Any]] = []
+    current: list[Any] = []
+    size = 0
+    for index, instance in enumerate(instances):
+        encoded = len(json.dumps(instance, separators=(",", ":"))) + 1
+        if encoded > budget:
+            raise ConfigError(f"evaluation row {index} is {encoded} bytes as a JSON request, over "
+                              f"the servers' body limit of {limits.max_body_bytes} bytes: raise "
+                              "limits.max_body_bytes, or send it in a smaller form (an image "
+                              "model's rows go as PNG)")
+        if current and (size + encoded > budget or len(current) >= most):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(instance)
+        size += encoded
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def served_outputs(backend: ServingBackend, name: str, version: str | None, model: Any, x: Any,
-                   chunk: int = 32) -> tuple[np.ndarray, ...]:
+                   limits: RequestLimits | None = None) -> tuple[np.ndarray, ...]:
     """Every output of every row of ``x`` through the standard REST endpoint: class
-    probabilities, embedding vectors, regression values or raw tensors, in output order."""
+    probabilities, embedding vectors, regression values or raw tensors, in output order; sent
+    in requests that fit the body limit (``request_chunks``)."""
     task, names = _task(model), _output_names(model)
     columns: list[list[Any]] | None = None
-    for start in range(0, len(x), chunk):
-        answer = backend.predict(name, {"instances": _request_rows(model, x[start:start + chunk])}, version)
+    for chunk in request_chunks(_request_rows(model, x), limits):
+        answer = backend.predict(name, {"instances": chunk}, version)
         for prediction in answer["predictions"]:
             values = _prediction_values(prediction, task, names)
             columns = columns or [[] for _ in values]
@@ -70,11 +104,11 @@ def served_outputs(backend: ServingBackend, name: str, version: str | None, mode
 
 
 def served_probabilities(backend: ServingBackend, name: str, version: str | None,
-                         x: np.ndarray, chunk: int = 32) -> np.ndarray:
+                         x: np.ndarray, limits: RequestLimits | None = None) -> np.ndarray:
     """Class probabilities (or embedding vectors) of every row of ``x``."""
     rows = []
-    for start in range(0, len(x), chunk):
-        answer = backend.predict(name, {"instances": x[start:start + chunk].tolist()}, version)
+    for chunk in request_chunks(x.tolist(), limits):
+        answer = backend.predict(name, {"instances": chunk}, version)
         rows += [p["probabilities"] if isinstance(p, dict) else p for p in answer["predictions"]]
     return np.asarray(rows, dtype=np.float64)
 
@@ -100,6 +134,8 @@ class ParityResult:
     champion_rmse: float | None = None
     champion_mae: float | None = None
     labelled: bool = True
+    #: Classification: the served top-1 class of each row (for the report's sample images).
+    predicted: np.ndarray | None = None
 
     def metrics(self) -> dict[str, float]:
         figures: dict[str, float | None] = {
@@ -121,20 +157,21 @@ class ParityResult:
 
 
 def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel | Any,
-               champion_version: str | None) -> ParityResult:
-    """The held-out rows through the challenger (and the champion), against the reference."""
+               champion_version: str | None, limits: RequestLimits | None = None) -> ParityResult:
+    """The held-out rows through the challenger (and the champion), against the reference;
+    requests sized to fit ``limits`` (the handlers' body limit)."""
     if model.eval_x is None:
         raise SourceError("the model has no held-out set to gate on")
     task = _task(model)
     if task == "embedding" or (task == "text-classification" and model.eval_y is None
                                and not model.labels):
-        return _embedding_parity(backend, name, version, model)
+        return _embedding_parity(backend, name, version, model, limits)
     x, y = model.eval_x, model.eval_y
-    served = served_outputs(backend, name, version, model, x)
+    served = served_outputs(backend, name, version, model, x, limits)
     reference = _reference(model, x, task)
     flat_served, flat_reference = _flat(served), _flat(reference)
     diffs = np.abs(flat_served - flat_reference)
-    champion = (served_outputs(backend, name, champion_version, model, x)
+    champion = (served_outputs(backend, name, champion_version, model, x, limits)
                 if champion_version is not None else None)
     nan = float("nan")
     common: dict[str, Any] = dict(
@@ -143,7 +180,7 @@ def run_parity(backend: ServingBackend, name: str, version: str, model: TorchMod
     if task in CLASS_TASKS:
         top1 = served[0].argmax(1)
         return ParityResult(
-            **common, top1_agreement=float((top1 == reference[0].argmax(1)).mean()),
+            **common, predicted=top1, top1_agreement=float((top1 == reference[0].argmax(1)).mean()),
             accuracy=float((top1 == y).mean()) if y is not None else nan,
             reference_accuracy=float((reference[0].argmax(1) == y).mean()) if y is not None else nan,
             champion_accuracy=(float((champion[0].argmax(1) == y).mean())
@@ -183,10 +220,10 @@ def _errors(predicted: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 
 
 def _embedding_parity(backend: ServingBackend, name: str, version: str,
-                      model: Any) -> ParityResult:
+                      model: Any, limits: RequestLimits | None = None) -> ParityResult:
     """Embedding models have no labels: served vectors against the reference, by cosine."""
     x = model.eval_x
-    served = served_probabilities(backend, name, version, x)
+    served = served_probabilities(backend, name, version, x, limits)
     reference = model.reference(x).astype(np.float64)
     diffs = np.abs(served - reference)
     cosine = (served * reference).sum(1) / (

@@ -26,6 +26,15 @@ from servegate.redact import redact_host, redact_urls_in
 
 
 @dataclass(frozen=True)
+class EvalSample:
+    """One held-out image as it was sent, with the served and the true class."""
+
+    image: bytes
+    predicted: str
+    truth: str | None = None
+
+
+@dataclass(frozen=True)
 class GateReport:
     name: str
     version: str
@@ -44,6 +53,8 @@ class GateReport:
     network: NetworkProbe | None = None
     #: Warnings about the load measurement (a long round trip against the SLO).
     load_notes: tuple[str, ...] = ()
+    #: Image models: a few held-out images with their served and true classes.
+    samples: tuple[EvalSample, ...] = ()
 
 
 def _plots(report: GateReport, out: Path) -> list[Path]:
@@ -73,6 +84,8 @@ def _plots(report: GateReport, out: Path) -> list[Path]:
         paths.append(out / "latency_throughput.png")
         fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
+    if report.samples:
+        paths.append(_sample_grid(report.samples, out / "eval_samples.png"))
     if report.parity is not None:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         ax.hist(report.parity.abs_diffs, bins=30)
@@ -122,6 +135,59 @@ def _served_now(report: GateReport, show: Callable[[object], str]) -> str:
     else:
         why = f"v{version}: {show(report.decision)}"
     return f"Nothing of {name} is served by this run: {why}, and there was no champion before it."
+
+
+def image_samples(model: Any, parity: ParityResult | None, count: int = 8) -> tuple[EvalSample, ...]:
+    """The first ``count`` held-out images of an image model as the gate sent them, with the
+    class the challenger answered and the true class (empty for other models)."""
+    if not getattr(model, "sends_images", False) or parity is None or parity.predicted is None:
+        return ()
+    rows = model.request_rows(model.eval_x)[:count]
+    labels, truth = list(model.labels), model.eval_y
+
+    def name(index: Any) -> str:
+        return labels[int(index)] if 0 <= int(index) < len(labels) else str(index)
+
+    return tuple(EvalSample(base64.b64decode(row["b64"]), name(parity.predicted[i]),
+                            name(truth[i]) if truth is not None else None)
+                 for i, row in enumerate(rows))
+
+
+#: The largest image drawn in the report's sample grid (a thumbnail is made of anything larger).
+SAMPLE_PIXELS = 4_000_000
+
+
+def _sample_grid(samples: tuple[EvalSample, ...], path: Path) -> Path:
+    """Held-out images in a grid, each titled with its served (and true) class; a wrong answer
+    in red. Titles are drawn as plain text (no mathtext), so a label is never interpreted."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    columns = min(4, len(samples))
+    rows = (len(samples) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, sample in zip(axes.flat, samples, strict=False):
+        try:
+            with Image.open(io.BytesIO(sample.image)) as img:
+                if img.width * img.height > SAMPLE_PIXELS:
+                    img.thumbnail((1024, 1024))
+                ax.imshow(np.asarray(img.convert("RGB")))
+        except Exception:  # noqa: BLE001 (a picture that cannot be drawn is left blank)
+            continue
+        wrong = sample.truth is not None and sample.truth != sample.predicted
+        title = f"served: {sample.predicted[:24]}" + (
+            f"\ntrue: {sample.truth[:24]}" if sample.truth is not None else "")
+        ax.set_title(title, fontsize=8, color="red" if wrong else "black", usetex=False,
+                     parse_math=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _markdown(report: GateReport, plots: list[Path], shown: _Shown) -> str:

@@ -38,12 +38,36 @@ def load_torch_model(uri: str, options: SourceOptions | None = None, **fields: A
     if uri == "builtin:digits":
         from servegate.sources.digits import builtin_digits
 
-        return builtin_digits()
+        model = builtin_digits()
+        return with_eval_data(model, options) if options.eval_data else model
     if uri.startswith("builtin:"):
         raise SourceError(f"unknown built-in model {uri!r}; known: {', '.join(BUILTINS)}")
     from servegate.sources.imports import import_torch_file
 
     return import_torch_file(Path(uri).expanduser(), options)
+
+
+def with_eval_data(model: TorchModel, options: SourceOptions) -> TorchModel:
+    """A built-in model gated on the user's held-out set instead of its own (``eval_data``,
+    labels as class indices or the model's class names)."""
+    import numpy as np
+
+    from servegate.sources.eval_data import conform, labels_as_indices, read_table
+    from servegate.sources.schema import ModelSchema
+
+    assert options.eval_data is not None
+    data = conform(read_table(options.eval_data, label_column=options.label_column),
+                   ModelSchema(model.inputs))
+    model.eval_x = data.x
+    model.eval_y = (labels_as_indices(np.asarray(data.y), model.labels, data.source)
+                    if data.y is not None else None)
+    model.metrics.pop("accuracy", None)
+    if model.eval_y is not None:
+        model.metrics["accuracy"] = float((model.reference(data.x).argmax(-1) == model.eval_y).mean())
+    model.eval_note = (f"evaluation data: {data.source} ({len(data)} rows, "
+                       + ("labelled)" if data.y is not None else "no labels: accuracy is not gated)"))
+    model.params["dataset"] = data.source
+    return model
 
 
 __all__ = ["SourceOptions", "TorchModel", "load_torch_model"]

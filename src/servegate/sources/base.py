@@ -61,6 +61,9 @@ class TorchModel:
     image: dict[str, Any] = field(default_factory=dict)
     #: The largest batch the artifact may be compiled for (None: the serving maximum).
     max_batch: int | None = None
+    #: Image models: ``eval_x``'s rows as encoded images (what the gate sends); ``eval_x`` is
+    #: what the worker's preprocessing makes of them.
+    eval_images: tuple[bytes, ...] | None = None
 
     def __post_init__(self) -> None:
         self.task = canonical_task(self.task)
@@ -177,9 +180,26 @@ class TorchModel:
         """Every in-process output of the eager model on rows ``x``."""
         return self.forward_all(*self.model_inputs(x))
 
+    @property
+    def sends_images(self) -> bool:
+        """An image model with its preprocessing recorded: requests carry encoded images."""
+        return self.task == "image-classification" and bool(self.image)
+
     def request_rows(self, x: Batch) -> list[Any]:
-        """Rows as JSON request instances (lists, dicts of named inputs, or strings)."""
-        return [str(t) for t in np.asarray(x).reshape(-1)] if self.is_text else x.tolist()
+        """Rows as JSON request instances: lists, dicts of named inputs, strings (text), or
+        ``{"b64": ...}`` images (the held-out images themselves for ``eval_x``, else the rows
+        encoded as lossless PNG)."""
+        if self.is_text:
+            return [str(t) for t in np.asarray(x).reshape(-1)]
+        if self.sends_images:
+            import base64
+
+            from servegate.sources.images import encode_png
+
+            images = (self.eval_images if self.eval_images is not None and x is self.eval_x
+                      else encode_png(np.asarray(x), self.image))
+            return [{"b64": base64.b64encode(data).decode("ascii")} for data in images]
+        return x.tolist()
 
 
 def _random_input(rng: np.random.Generator, spec: TensorSpec, rows: int) -> np.ndarray:

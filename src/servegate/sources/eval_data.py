@@ -11,7 +11,9 @@ credentials reach the tracking server only) of
   inputs, one column per input holding arrays) and a label column (``label_column``, default
   ``label``); text models read a ``text`` column. Read with pandas/pyarrow.
 - a dataset logged to the model's run with ``mlflow.log_input`` whose source MLflow can load
-  (``dataset_from_run``).
+  (``dataset_from_run``);
+- image models (``servegate.sources.images``): an ImageFolder directory (class subfolders of
+  image files), or a table whose ``image`` column holds encoded images or paths beside it.
 
 Every reader ends in ``conform``: the arrays are checked against the model's ``ModelSchema``
 (count, shape and dtype per input) before anything is compiled, with an error that names the
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from servegate.errors import ConfigError, SourceError
+from servegate.sources.images import IMAGE_COLUMN
 from servegate.sources.schema import Batch, ModelSchema, Rows
 
 SUFFIXES = (".npz", ".csv", ".parquet", ".pq", ".jsonl", ".json")
@@ -43,6 +46,8 @@ class EvalData:
     x: Batch
     y: np.ndarray | None
     source: str
+    #: An image model's rows as the gate sends them (encoded images), when it has them.
+    images: tuple[bytes, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -56,6 +61,8 @@ class RawTable:
     labels: np.ndarray | None
     tabular: bool  # columns of a table (one per feature) rather than arrays of an npz
     source: str
+    #: Encoded images (an ImageFolder, or a table's ``image`` column), in row order.
+    images: list[bytes] | None = None
 
 
 # ---- locating ---------------------------------------------------------------------------------
@@ -89,8 +96,15 @@ def _single_file(path: Path) -> Path:
 
 # ---- reading ------------------------------------------------------------------------------------
 def read_table(uri: str, *, label_column: str = "label", what: str = "eval_data") -> RawTable:
-    """Read ``uri`` by its suffix into named arrays and labels (not yet matched to a model)."""
-    path = _single_file(local_copy(uri, what=what))
+    """Read ``uri`` by its suffix into named arrays and labels (not yet matched to a model); an
+    ImageFolder directory into its images and class names."""
+    from servegate.sources.images import is_image_folder, read_image_folder
+
+    located = local_copy(uri, what=what)
+    if is_image_folder(located):
+        images, labels = read_image_folder(located, uri)
+        return RawTable({}, labels, tabular=False, source=uri, images=images)
+    path = _single_file(located)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path, uri)
@@ -129,8 +143,13 @@ def _read_frame(path: Path, uri: str, label_column: str) -> RawTable:
     labels = None
     if label_column in frame.columns:
         labels = frame.pop(label_column).to_numpy()
+    images = None
+    if IMAGE_COLUMN in frame.columns:
+        from servegate.sources.images import column_images
+
+        images = column_images(frame.pop(IMAGE_COLUMN).to_numpy(), path.parent, uri)
     arrays = {str(c): _column_array(frame[c]) for c in frame.columns}
-    return RawTable(arrays, labels, tabular=True, source=uri)
+    return RawTable(arrays, labels, tabular=images is None, source=uri, images=images)
 
 
 def _column_array(column: Any) -> np.ndarray:

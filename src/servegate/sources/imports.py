@@ -139,7 +139,7 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
         info = mlflow.models.get_model_info(uri)
     except (MlflowException, OSError, ValueError) as exc:
         raise SourceError(f"cannot load {uri} from MLflow: {exc}") from exc
-    if is_text_model(info.metadata):
+    if info.metadata is not None and is_text_model(info.metadata):
         from servegate.sources.text_pyfunc import import_registered_text_model
 
         task = None if options.task in (None, "", "auto") else options.task
@@ -281,6 +281,29 @@ def _schema_from_table(table: RawTable) -> ModelSchema:
     return ModelSchema(tuple(specs))
 
 
+def _decoded_images(table: RawTable, options: SourceOptions) -> RawTable:
+    """Image evaluation data (an ImageFolder, an ``image`` column) as the model's input rows,
+    through the worker's own preprocessing; the images are kept to be sent as they are."""
+    from servegate.sources.images import decode_all
+
+    if not options.image:
+        raise ConfigError(f"eval_data {table.source} holds images: pass task=image-classification "
+                          "(and image_size, image_mean, image_std as the model was trained)")
+    assert table.images is not None
+    x = decode_all(table.images, options.image, table.source)
+    return RawTable({"x": x}, table.labels, tabular=False, source=table.source, images=table.images)
+
+
+def _as_served_images(data: EvalData, table: RawTable, image: dict[str, Any]) -> EvalData:
+    """The held-out rows of an image model as encoded images and what the worker makes of them:
+    the table's own images, else its tensor rows encoded as lossless PNG."""
+    from servegate.sources.images import decode_all, encode_png
+
+    images = table.images if table.images is not None else encode_png(np.asarray(data.x), image)
+    x = data.x if table.images is not None else decode_all(images, image, data.source)
+    return EvalData(x, data.y, data.source, images=tuple(images))
+
+
 def _evaluation_rows(uri: str, schema: ModelSchema | None, columns: list[str] | None,
                      options: SourceOptions, run_id: str | None,
                      example: tuple[np.ndarray, ...] | None) -> tuple[ModelSchema, EvalData, str]:
@@ -291,6 +314,8 @@ def _evaluation_rows(uri: str, schema: ModelSchema | None, columns: list[str] | 
         table = read_table(options.eval_data, label_column=options.label_column)
     elif run_id:
         table = dataset_from_run(run_id, label_column=options.label_column)
+    if table is not None and table.images is not None:
+        table = _decoded_images(table, options)
     if schema is None:
         if table is None:
             raise SourceError(f"{uri} records no input signature and no eval_data was given: pass "
@@ -298,6 +323,8 @@ def _evaluation_rows(uri: str, schema: ModelSchema | None, columns: list[str] | 
         schema = _schema_from_table(table)
     if table is not None:
         data = conform(table, schema, feature_columns=columns)
+        if options.image:  # an image model is gated on images, decoded as the worker decodes
+            data = _as_served_images(data, table, options.image)
         return schema, data, f"evaluation data: {data.source} ({len(data)} rows, " + (
             "labelled)" if data.y is not None else "no labels: accuracy is not gated)")
     if example is not None:
@@ -318,7 +345,8 @@ def build_tensor_model(module: Any, *, uri: str, options: SourceOptions, program
     """A tensor ``TorchModel`` with its evaluation data, task, labels and reference metrics."""
     schema, data, note = _evaluation_rows(uri, schema, columns, options, run_id, example)
     model = TorchModel(module=_eval_mode(module, program), input_shape=(), labels=[],
-                       inputs=schema.inputs, eval_x=data.x, source_uri=uri, program=program,
+                       inputs=schema.inputs, eval_x=data.x, eval_images=data.images,
+                       source_uri=uri, program=program,
                        model_file=model_file, model_class=model_class,
                        model_kwargs=dict(options.model_kwargs) if model_class else {},
                        eval_note=note, image=dict(options.image))
@@ -327,7 +355,7 @@ def build_tensor_model(module: Any, *, uri: str, options: SourceOptions, program
     except Exception as exc:  # the user's forward raising on the user's data
         raise SourceError(f"{uri} fails on its evaluation data {schema.describe()}: "
                           f"{type(exc).__name__}: {exc}") from exc
-    class_names = read_labels(options.labels) or labels_hint
+    class_names = read_labels(options.labels) or labels_hint or _folder_classes(data, outputs[0])
     model.task = infer_task(outputs, data.y, given=options.task, class_names=class_names)
     model.outputs = schema.outputs if len(schema.outputs) == len(outputs) else tuple(
         TensorSpec(f"output_{i}" if len(outputs) > 1 else "output", tuple(o.shape[1:]), o.dtype.name)
@@ -342,6 +370,15 @@ def build_tensor_model(module: Any, *, uri: str, options: SourceOptions, program
                     "labelled": data.y is not None, "inputs": schema.describe(),
                     "format": "exported_program" if program is not None else "module"}
     return model
+
+
+def _folder_classes(data: EvalData, first: np.ndarray) -> list[str] | None:
+    """Class names of image data labelled by name (an ImageFolder's folders), in name order,
+    when there are as many as the model has classes (torchvision's ImageFolder convention)."""
+    if data.images is None or data.y is None or np.asarray(data.y).dtype.kind not in "UO":
+        return None
+    names = sorted({str(v) for v in np.asarray(data.y).tolist()})
+    return names if first.ndim == 2 and len(names) == first.shape[1] else None
 
 
 def _attach_labels(model: TorchModel, data: EvalData, class_names: list[str] | None,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from servegate.backends.base import ServingBackend
-from servegate.config import LoadSettings, PipelineConfig
+from servegate.config import LoadSettings, PipelineConfig, RequestLimits
 from servegate.errors import ServerError
 from servegate.gates.load import LoadResult
 from servegate.gates.parity import ParityResult
@@ -73,8 +73,9 @@ class Target(Protocol):
         https server verified against ``ca_bundle``)."""
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
-                     champion: str | None) -> ParityResult:
-        """The held-out rows through the served challenger (and champion) against the reference."""
+                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
+        """The held-out rows through the served challenger (and champion) against the reference,
+        in requests that fit ``limits``."""
 
     def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
                      settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
@@ -92,10 +93,10 @@ class MeasuredTarget:
         return curl_command(url, key_shell, self.example_row(model), ca_bundle)
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
-                     champion: str | None) -> ParityResult:
+                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
         from servegate.gates.parity import run_parity
 
-        return run_parity(backend, name, version, model, champion)
+        return run_parity(backend, name, version, model, champion, limits)
 
     def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
                      settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:

@@ -81,3 +81,12 @@ class TorchServeTarget(MeasuredTarget):
 
     def example_row(self, model: Any) -> Any:
         return model.request_rows(model.example_batch(1))[0]
+
+    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+        """A JSON request of one held-out row; an image model's curl posts an image file as is
+        (``image.png`` stands for yours: PNG, JPEG, GIF, BMP, TIFF, WEBP)."""
+        if not getattr(model, "sends_images", False):
+            return super().curl(url, key_shell, model)
+        auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
+        return (f"curl -s {auth}-H 'Content-Type: application/octet-stream' "
+                f"--data-binary @image.png {url}")

@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 
 from servegate.backends.base import ServingBackend
-from servegate.config import LoadSettings, PipelineConfig
+from servegate.config import LoadSettings, PipelineConfig, RequestLimits
 from servegate.errors import ServerError
 from servegate.gates.load import LoadResult
 from servegate.gates.parity import ParityResult
@@ -87,7 +87,7 @@ class ScriptedTarget:
         return f"curl {url}"
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
-                     champion: str | None) -> ParityResult:
+                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
         if self.before_parity is not None:
             self.before_parity(version)
         backend.predict(name, {"instances": [[0.0]]}, version)  # it must be served
