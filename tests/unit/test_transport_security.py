@@ -285,6 +285,15 @@ def test_the_curl_shown_verifies_https_with_the_bundle() -> None:
                                           "/etc/ca.pem")
     assert "--cacert" not in curl_command("https://ts.example/predictions/m", None, [1.0])
 
+    from types import SimpleNamespace
+
+    from servegate.targets.torchserve import TorchServeTarget
+
+    image_model = SimpleNamespace(sends_images=True)
+    image = TorchServeTarget().curl("https://10.0.0.5:8443/predictions/m", None, image_model,
+                                    "/etc/ca.pem")
+    assert image.startswith("curl -s --cacert /etc/ca.pem ") and "@image.png" in image
+
 
 # ---- TF Serving: gRPC over TLS where configured ---------------------------------------------
 def test_tf_serving_grpc_goes_over_tls_verified_against_the_bundle(

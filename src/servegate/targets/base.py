@@ -118,8 +118,12 @@ def curl_command(url: str, key_shell: str | None, example: Any, ca_bundle: str |
     inputs, or a string)."""
     body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
     auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
-    cacert = f"--cacert {shlex.quote(ca_bundle)} " if ca_bundle and url.startswith("https://") else ""
-    return f"curl -s {cacert}{auth}-H 'Content-Type: application/json' -d {body} {url}"
+    return f"curl -s {curl_cacert(url, ca_bundle)}{auth}-H 'Content-Type: application/json' -d {body} {url}"
+
+
+def curl_cacert(url: str, ca_bundle: str | None) -> str:
+    """curl's ``--cacert`` option (and a space) for an https ``url``, or ``""``."""
+    return f"--cacert {shlex.quote(ca_bundle)} " if ca_bundle and url.startswith("https://") else ""
 
 
 def _rounded(value: Any) -> Any:
