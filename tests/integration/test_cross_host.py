@@ -185,13 +185,22 @@ def production(serving_host: ServingHost, tracking_server, ca: TestCA,
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert "over TLS" in started.stderr  # what is exposed, said at start
-        state = server.state()
-        assert state is not None
+        state = _reached_from_the_runner(server)
         assert (state.inference, state.management) == (f"https://{serving_host.address}:8080",
                                                        f"https://{serving_host.address}:8081")
         yield state
     finally:
         server.stop()
+
+
+def _reached_from_the_runner(server: LocalTorchServe, wait_s: float = 60):
+    """The started server's state once its management API answers the runner (each try has a
+    5 s budget: a loaded shared box may miss one)."""
+    deadline = time.monotonic() + wait_s
+    while (state := server.state()) is None:
+        assert time.monotonic() < deadline, f"TorchServe did not answer the runner in {wait_s:g}s"
+        time.sleep(1)
+    return state
 
 
 def runner_env(state, tracking_url: str, ca: TestCA, home: Path) -> dict[str, str]:
