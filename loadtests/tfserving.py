@@ -13,6 +13,7 @@ Environment:
                        bodies ({"instances": ...} / {"inputs": ...}); rows are posted in both forms
                        (default: one digits-shaped row)
   SERVEGATE_FORM       instances, inputs, or both (default: both, alternating)
+  SERVEGATE_CA_BUNDLE  a PEM file an https:// host is verified against (else the system's CAs)
 """
 
 from __future__ import annotations
@@ -49,8 +50,23 @@ def _bodies() -> list[bytes]:
     return [json.dumps(b).encode() for b in bodies]
 
 
+def _ssl_context(cafile: str | None = None):  # -> gevent.ssl.SSLContext
+    """Verify https servers (Locust's FastHttpUser verifies nothing by default): against
+    SERVEGATE_CA_BUNDLE when set (its CAs, or the server's own certificate), else ``cafile``."""
+    import gevent.ssl
+
+    bundle = os.environ.get("SERVEGATE_CA_BUNDLE") or None
+    context = gevent.ssl.create_default_context(cafile=bundle or cafile)
+    if bundle:
+        context.verify_flags |= gevent.ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 class TFServingPredictUser(FastHttpUser):
     """Posts samples to /v1/models/{name}[/versions/{v}|/labels/{l}]:predict as fast as it can."""
+
+    insecure = False
+    ssl_context_factory = staticmethod(_ssl_context)
 
     def on_start(self) -> None:
         self.path = _path()

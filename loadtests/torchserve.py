@@ -14,6 +14,7 @@ Environment:
                       (default: one digits-shaped instance)
   SERVEGATE_USER_RPS  requests per second per user (Locust's constant_throughput; the total
                       rate is this times the user count); unset: as fast as each user can
+  SERVEGATE_CA_BUNDLE a PEM file an https:// host is verified against (else the system's CAs)
 """
 
 from __future__ import annotations
@@ -46,8 +47,23 @@ def _wait_time():  # -> a Locust wait_time function
     return constant_throughput(rate) if rate > 0 else constant(0)
 
 
+def _ssl_context(cafile: str | None = None):  # -> gevent.ssl.SSLContext
+    """Verify https servers (Locust's FastHttpUser verifies nothing by default): against
+    SERVEGATE_CA_BUNDLE when set (its CAs, or the server's own certificate), else ``cafile``."""
+    import gevent.ssl
+
+    bundle = os.environ.get("SERVEGATE_CA_BUNDLE") or None
+    context = gevent.ssl.create_default_context(cafile=bundle or cafile)
+    if bundle:
+        context.verify_flags |= gevent.ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 class TorchServePredictUser(FastHttpUser):
     """Posts samples to /predictions/{name}[/{version}], as fast as it can or at a set rate."""
+
+    insecure = False
+    ssl_context_factory = staticmethod(_ssl_context)
 
     wait_time = _wait_time()
 

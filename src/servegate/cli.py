@@ -87,10 +87,15 @@ def fail(exc: errors.ServegateError) -> NoReturn:
 
 
 def _settings(workdir: Path | None, **overrides: Any) -> TorchServeSettings:
+    from pydantic import ValidationError
+
     values = {k: v for k, v in overrides.items() if v is not None}
     if workdir is not None:
         values["workdir"] = workdir
-    return TorchServeSettings(**values)
+    try:
+        return TorchServeSettings(**values)
+    except ValidationError as exc:
+        raise errors.ConfigError(f"invalid server settings: {_validation_message(exc)}") from exc
 
 
 def _valid(name: str, version: str | None = None) -> None:
@@ -129,21 +134,40 @@ def serve_start(
         "--allow-mlflow-artifacts", help="--allow-url for the artifacts of $MLFLOW_TRACKING_URI.")] = False,
     token_expiration_min: Annotated[float | None, typer.Option(
         help="Minutes a key lives (TorchServe: 60); clients given the keys need longer than a run.")] = None,
+    host: Annotated[str, typer.Option(
+        help="The address HTTP (inference, management, metrics) and gRPC listen on. Anything but "
+        "loopback is reachable from other hosts: give --tls-cert/--tls-key, or --insecure-http.")] = "127.0.0.1",
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="PEM certificate (chain) of TorchServe's own TLS: https and gRPC over TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        help="Its key: unencrypted RSA, PKCS#8 PEM (what TorchServe 0.12 reads).")] = None,
+    insecure_http: Annotated[bool, typer.Option(
+        "--insecure-http", help="Serve plain HTTP on a non-loopback --host (keys and requests "
+        "readable on the network): only on a network you trust. Token auth stays on.")] = False,
+    trust_ca: Annotated[Path | None, typer.Option(
+        help="PEM CA bundle the server trusts when it fetches archives over https (e.g. a tracking "
+        "server with a private CA); replaces Java's default CAs for those fetches.")] = None,
 ) -> None:
-    """Start TorchServe on 127.0.0.1 with token auth (or show the one already running)."""
+    """Start TorchServe with token auth, on 127.0.0.1 unless --host says otherwise (or show the
+    one already running)."""
     from servegate.backends.torchserve import LocalTorchServe
+    from servegate.backends.torchserve.exposure import check_exposure, exposure
 
     prefixes = list(allow_url or [])
     if allow_mlflow_artifacts:
         from servegate.artifact_urls import artifacts_prefix
 
         prefixes.append(artifacts_prefix(os.environ.get("MLFLOW_TRACKING_URI", "")))
+    settings = _settings(workdir, inference_port=inference_port, management_port=management_port,
+                         metrics_port=metrics_port, allowed_url_prefixes=tuple(prefixes) or None,
+                         token_expiration_min=token_expiration_min, host=host,
+                         tls_cert=tls_cert, tls_key=tls_key, insecure_http=insecure_http,
+                         trust_ca=trust_ca)
+    check_exposure(settings)
+    if exposed := exposure(settings):
+        console.print(f"[{'yellow' if settings.tls_cert else 'bold red'}]{exposed}[/]")
     with console.status("starting TorchServe"):
-        state = LocalTorchServe(_settings(workdir, inference_port=inference_port,
-                                          management_port=management_port,
-                                          metrics_port=metrics_port,
-                                          allowed_url_prefixes=tuple(prefixes) or None,
-                                          token_expiration_min=token_expiration_min)).start()
+        state = LocalTorchServe(settings).start()
     _print_state(state)
 
 
@@ -186,6 +210,8 @@ def _print_state(state: Any) -> None:
     table.add_row("metrics", f"{state.metrics}/metrics")
     table.add_row("key file", str(state.key_file))
     table.add_row("model store", state.model_store)
+    if getattr(state, "tls_cert", None):
+        table.add_row("certificate", state.tls_cert)
     out.print(table)
 
 
@@ -276,9 +302,12 @@ def predict(
     data: Annotated[str | None, typer.Option(help="JSON request body.")] = None,
     file: Annotated[Path | None, typer.Option(help="File holding the request body ('-': stdin).")] = None,
     version: Annotated[str | None, typer.Option(help="A version (default: the default one).")] = None,
+    server: Annotated[str, typer.Option(help="auto: the attached server when SERVEGATE_TORCHSERVE_* name one, else the local one; attach; local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
     workdir: WorkdirOption = None,
 ) -> None:
-    """Send one request to NAME's standard endpoint (token from the key file) and print the answer."""
+    """Send one request to NAME's standard endpoint and print the answer: the local server (token
+    from its key file, https verified against its certificate) or the attached one (its keys, an
+    https URL verified against $SERVEGATE_TORCHSERVE_CA_BUNDLE)."""
     _valid(name, version)
     if (data is None) == (file is None):
         raise errors.ConfigError("give exactly one of --data or --file")
@@ -290,8 +319,22 @@ def predict(
         payload = json.loads(body)
     except json.JSONDecodeError as exc:
         raise errors.ConfigError(f"the request body is not JSON: {exc}") from exc
-    answer = _running_backend(workdir).predict(name, payload, version)
+    with _serving_backend(workdir, server) as backend:
+        answer = backend.predict(name, payload, version)
     out.print_json(json.dumps(answer))
+
+
+def _serving_backend(workdir: Path | None, server: str):  # -> TorchServeBackend
+    """The attached server (``server`` attach, or auto with SERVEGATE_TORCHSERVE_* set), else
+    the local one already running; never starts a server."""
+    from servegate.config import TorchServeAttach, server_mode
+
+    mode = server_mode(server or None)
+    if mode == "local" or (mode == "auto" and TorchServeAttach.from_env() is None):
+        return _running_backend(workdir)
+    from servegate.backends.factory import open_torchserve
+
+    return open_torchserve(_settings(workdir), mode)
 
 
 @app.command("compilers")

@@ -122,6 +122,20 @@ def artifact_hosts() -> tuple[str, ...]:
     return tuple(h.strip().rstrip("/") for h in value.split(",") if h.strip())
 
 
+def allow_insecure_http() -> bool:
+    """The operator lets keys travel over plain HTTP to other hosts
+    (``SERVEGATE_ALLOW_INSECURE_HTTP=1``, for a network they trust); off by default."""
+    from servegate.tls import ALLOW_INSECURE_HTTP_ENV
+
+    return os.environ.get(ALLOW_INSECURE_HTTP_ENV, "").lower() in ("1", "true", "yes")
+
+
+def tracking_ca_bundle() -> str | None:
+    """The CA bundle MLflow verifies an https tracking server with
+    (MLflow's own ``MLFLOW_TRACKING_SERVER_CERT_PATH``), or None."""
+    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
+
+
 def allow_unverified_restore() -> bool:
     """The operator lets a champion without a recorded sha256 be restored
     (``SERVEGATE_ALLOW_UNVERIFIED_RESTORE=1``); off by default."""
@@ -190,6 +204,27 @@ class TorchServeSettings(_Settings):
     #: Minutes a management/inference key lives (TorchServe's default: 60). A long-lived server
     #: whose clients are given its keys needs longer than the longest run.
     token_expiration_min: float | None = Field(None, gt=0)
+    #: TorchServe's own TLS (``certificate_file``/``private_key_file``): PEM certificate (chain)
+    #: and an unencrypted RSA key in PKCS#8; HTTP and gRPC are then served over TLS only.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Explicit opt-in: serve plain HTTP on an address other hosts reach (``host`` not loopback,
+    #: no TLS): keys and requests cross the network readable. Token auth stays on either way.
+    insecure_http: bool = False
+    #: CA bundle (PEM) the server trusts when it fetches archives by ``https://`` URL (e.g. a
+    #: tracking server with a private CA); it replaces Java's default CAs for those fetches.
+    trust_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> TorchServeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give tls_cert and tls_key together")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with TLS, else ``http``."""
+        return "https" if self.tls_cert is not None else "http"
 
 
 
@@ -253,6 +288,9 @@ class TorchServeAttach(_Settings):
     key_file: Path | None = None
     keys: SecretStr | None = None
     model_store: Path | None = None
+    #: PEM CA bundle that ``https://`` URLs are verified against (a private CA); unset: the
+    #: system's CAs.
+    ca_bundle: Path | None = None
 
     PREFIX: ClassVar[str] = "SERVEGATE_TORCHSERVE_"
     KEYS_ENV: ClassVar[str] = "SERVEGATE_TORCHSERVE_KEYS"
@@ -281,6 +319,9 @@ class TFServingAttach(_Settings):
     grpc: str | None = None
     model_root: str | None = None
     server_root: str | None = None
+    #: PEM CA bundle: set, gRPC goes over TLS (an SSL channel credential) verified against it,
+    #: and an ``https://`` REST URL (a TLS-terminating proxy) is verified against it too.
+    ca_bundle: Path | None = None
 
     PREFIX: ClassVar[str] = "SERVEGATE_TFSERVING_"
 

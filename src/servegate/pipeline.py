@@ -257,7 +257,8 @@ class DeployPipeline:
         if decision != "rejected":
             registry.tag(version, {"servegate.gate": "passed"})
         endpoint = server.endpoint(name) if serving else ""
-        curl = self.target.curl(endpoint, server.access().key_shell, model) if serving else ""
+        access = server.access()
+        curl = self.target.curl(endpoint, access.key_shell, model, access.ca_bundle) if serving else ""
         self._report(GateReport(name, version, champion, decision, checks, parity, load, endpoint,
                                 curl, getattr(model, "eval_note", ""), server=server.access().where,
                                 network=self.network, load_notes=tuple(self.load_notes),

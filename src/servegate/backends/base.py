@@ -30,6 +30,9 @@ class ServerAccess:
     key_shell: str | None
     #: For people: which server, attached or local, and how archives reach it.
     where: str
+    #: The PEM file an ``https://`` inference URL is verified against (Locust, curl's
+    #: ``--cacert``), or None for the system's CAs.
+    ca_bundle: str | None = None
 
 
 @runtime_checkable

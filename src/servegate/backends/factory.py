@@ -15,7 +15,9 @@ from servegate.config import (
     TFServingAttach,
     TorchServeAttach,
     TorchServeSettings,
+    allow_insecure_http,
     attach_refused,
+    tracking_ca_bundle,
 )
 from servegate.errors import ConfigError, ServerError
 
@@ -35,7 +37,10 @@ def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> 
             keys = StaticKeys(attach.keys.get_secret_value(), TorchServeAttach.KEYS_ENV)
         backend = TorchServeBackend.attach(attach.inference_url, attach.management_url, keys=keys,
                                            model_store=attach.model_store,
-                                           metrics_url=attach.metrics_url)
+                                           metrics_url=attach.metrics_url,
+                                           ca_bundle=attach.ca_bundle,
+                                           allow_insecure_http=allow_insecure_http(),
+                                           tracking_ca_bundle=tracking_ca_bundle())
         try:  # both APIs and both keys, checked before anything is built
             backend.client.health()
             backend.client.list_models()
@@ -65,7 +70,7 @@ def open_tfserving(settings: TFServingSettings | None = None,
     configured = TFServingAttach.from_env() if mode != "local" else None
     if configured is not None:
         return TFServingBackend.attach(configured.url, configured.grpc, configured.model_root,
-                                       configured.server_root)
+                                       configured.server_root, ca_bundle=configured.ca_bundle)
     if mode == "attach":
         raise ConfigError(attach_refused("TF Serving", f"{ENV_URL}, {ENV_GRPC} and {ENV_MODEL_ROOT}"))
     return TFServingBackend.from_state(LocalTFServing(settings).start())

@@ -69,10 +69,12 @@ def locust_environment(**settings: str) -> dict[str, str]:
 
 def run_load(*, label: str, host: str, model: str, version: str | None, inference_key: str | None,
              samples: list[Any], settings: LoadSettings, locustfile: Path | None = None,
-             user_class: str = "TorchServePredictUser") -> LoadResult:
+             user_class: str = "TorchServePredictUser", ca_bundle: str | None = None) -> LoadResult:
     """Run a locustfile's user class (default: ``loadtests/torchserve.py`` against
     ``/predictions/{model}[/{version}]``) against one version; ``inference_key`` reaches the
-    Locust process in a key file only this user can read, never on its command line."""
+    Locust process in a key file only this user can read, never on its command line; an
+    ``https://`` host is verified against ``ca_bundle`` (its path: ``SERVEGATE_CA_BUNDLE``),
+    else the system's CAs."""
     with tempfile.TemporaryDirectory(prefix="servegate-load-") as tmp:
         samples_file = Path(tmp) / "samples.json"
         samples_file.write_text(json.dumps(samples), encoding="utf-8")
@@ -84,7 +86,8 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
             key_file = str(key_path)
         out = Path(tmp) / "figures.json"
         env = locust_environment(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
-                                 SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file)
+                                 SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file,
+                                 **({"SERVEGATE_CA_BUNDLE": ca_bundle} if ca_bundle else {}))
         command = [
             sys.executable, "-m", "servegate.gates.locust_runner",
             "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),

@@ -68,8 +68,9 @@ class Target(Protocol):
     def example_row(self, model: Any) -> Any:
         """One request instance, for the curl shown to a person."""
 
-    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
-        """A curl against ``url`` that works as pasted (the key read by ``key_shell``)."""
+    def curl(self, url: str, key_shell: str | None, model: Any, ca_bundle: str | None = None) -> str:
+        """A curl against ``url`` that works as pasted (the key read by ``key_shell``; an
+        https server verified against ``ca_bundle``)."""
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
                      champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
@@ -88,8 +89,8 @@ class MeasuredTarget:
     def example_row(self, model: Any) -> Any:
         raise NotImplementedError
 
-    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
-        return curl_command(url, key_shell, self.example_row(model))
+    def curl(self, url: str, key_shell: str | None, model: Any, ca_bundle: str | None = None) -> str:
+        return curl_command(url, key_shell, self.example_row(model), ca_bundle)
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
                      champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
@@ -106,16 +107,23 @@ class MeasuredTarget:
         if profile.locustfile is not None:
             extra["locustfile"] = profile.locustfile
         return run_ab(versions, settings=settings, host=access.inference_url, model=name,
-                      inference_key=access.inference_key, samples=profile.samples, **extra)
+                      inference_key=access.inference_key, samples=profile.samples,
+                      ca_bundle=access.ca_bundle, **extra)
 
 
-def curl_command(url: str, key_shell: str | None, example: Any) -> str:
+def curl_command(url: str, key_shell: str | None, example: Any, ca_bundle: str | None = None) -> str:
     """A curl that works as pasted; the token comes from ``key_shell`` (a shell expression
-    reading it where the server's keys are), never printed. ``example`` is one request
-    instance (a list, a dict of named inputs, or a string)."""
+    reading it where the server's keys are), never printed; an https server is verified against
+    ``ca_bundle`` (``--cacert``). ``example`` is one request instance (a list, a dict of named
+    inputs, or a string)."""
     body = shlex.quote(json.dumps({"instances": [_rounded(example)]}))
     auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
-    return f"curl -s {auth}-H 'Content-Type: application/json' -d {body} {url}"
+    return f"curl -s {curl_cacert(url, ca_bundle)}{auth}-H 'Content-Type: application/json' -d {body} {url}"
+
+
+def curl_cacert(url: str, ca_bundle: str | None) -> str:
+    """curl's ``--cacert`` option (and a space) for an https ``url``, or ``""``."""
+    return f"--cacert {shlex.quote(ca_bundle)} " if ca_bundle and url.startswith("https://") else ""
 
 
 def _rounded(value: Any) -> Any:

@@ -12,7 +12,7 @@ from rich.console import Console
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
 from servegate.errors import ConfigError, ServerError
-from servegate.targets.base import Built, LoadProfile, MeasuredTarget
+from servegate.targets.base import Built, LoadProfile, MeasuredTarget, curl_cacert
 
 
 class TorchServeTarget(MeasuredTarget):
@@ -82,11 +82,11 @@ class TorchServeTarget(MeasuredTarget):
     def example_row(self, model: Any) -> Any:
         return model.request_rows(model.example_batch(1))[0]
 
-    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+    def curl(self, url: str, key_shell: str | None, model: Any, ca_bundle: str | None = None) -> str:
         """A JSON request of one held-out row; an image model's curl posts an image file as is
         (``image.png`` stands for yours: PNG, JPEG, GIF, BMP, TIFF, WEBP)."""
         if not getattr(model, "sends_images", False):
-            return super().curl(url, key_shell, model)
+            return super().curl(url, key_shell, model, ca_bundle)
         auth = f'-H "Authorization: Bearer {key_shell}" ' if key_shell else ""
-        return (f"curl -s {auth}-H 'Content-Type: application/octet-stream' "
+        return (f"curl -s {curl_cacert(url, ca_bundle)}{auth}-H 'Content-Type: application/octet-stream' "
                 f"--data-binary @image.png {url}")

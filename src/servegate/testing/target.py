@@ -83,7 +83,7 @@ class ScriptedTarget:
     def example_row(self, model: Any) -> Any:
         return [0.0]
 
-    def curl(self, url: str, key_shell: str | None, model: Any) -> str:
+    def curl(self, url: str, key_shell: str | None, model: Any, ca_bundle: str | None = None) -> str:
         return f"curl {url}"
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from servegate.errors import (
     ServerStartError,
 )
 from servegate.naming import segment, validate_name
+from servegate.tls import client_context
 
 
 def version_number(version: str | int) -> int:
@@ -38,6 +40,21 @@ def version_number(version: str | int) -> int:
     return number
 
 
+def grpc_credentials(ca_bundle: Path | None) -> Any:
+    """gRPC SSL channel credentials trusting the PEM ``ca_bundle`` only, or None (plaintext)."""
+    if ca_bundle is None:
+        return None
+    import grpc
+
+    try:
+        roots = Path(ca_bundle).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"TF Serving CA bundle {ca_bundle} is unreadable: {exc}") from exc
+    if b"-----BEGIN CERTIFICATE-----" not in roots:
+        raise ConfigError(f"TF Serving CA bundle {ca_bundle} holds no PEM certificate")
+    return grpc.ssl_channel_credentials(root_certificates=roots)
+
+
 def build_reload_request(entries: list[ModelEntry]) -> Any:
     """The ``ReloadConfigRequest`` of ModelService.HandleReloadConfigRequest for ``entries``."""
     from tensorflow_serving.apis import model_management_pb2
@@ -48,11 +65,16 @@ def build_reload_request(entries: list[ModelEntry]) -> Any:
 class TFServingClient:
     """TF Serving's REST API (status, metadata, predict) and gRPC (ModelService, Predict)."""
 
-    def __init__(self, rest_url: str, grpc_target: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, rest_url: str, grpc_target: str, *, timeout: float = 60.0,
+                 ca_bundle: Path | None = None) -> None:
+        """``ca_bundle``: gRPC over TLS verified against that PEM bundle (an SSL channel
+        credential), and an ``https://`` REST URL verified against it; None: plaintext gRPC
+        (TF Serving's own, which has no TLS) and the system's CAs for https."""
         self.rest_url = rest_url.rstrip("/")
         self.grpc_target = grpc_target
         self.timeout = timeout
-        self._http = httpx.Client(timeout=timeout)
+        self.ca_bundle = ca_bundle
+        self._http = httpx.Client(timeout=timeout, verify=client_context(ca_bundle))
         self._channel: Any = None
 
     def close(self) -> None:
@@ -163,7 +185,9 @@ class TFServingClient:
         if self._channel is None:
             import grpc
 
-            self._channel = grpc.insecure_channel(self.grpc_target)
+            credentials = grpc_credentials(self.ca_bundle)
+            self._channel = (grpc.insecure_channel(self.grpc_target) if credentials is None else
+                             grpc.secure_channel(self.grpc_target, credentials))
         return self._channel
 
     def _call(self, stub_method: Any, request: Any, action: str) -> Any:

@@ -67,17 +67,20 @@ class TFServingBackend:
     @classmethod
     def attach(cls, rest_url: str, grpc_target: str | None = None,
                model_root: str | Path | None = None,
-               server_root: str | None = None) -> TFServingBackend:
+               server_root: str | None = None,
+               ca_bundle: Path | None = None) -> TFServingBackend:
         """A TF Serving started elsewhere: REST URL, gRPC target (default: REST host, port 8500)
         and where it reads models from: a directory, or a URI of a filesystem TensorFlow writes
         (gs://, s3://, hdfs://) for a server on another host (``models.config`` there records
-        what is deployed). ``ServerNotRunning`` when its REST API does not answer."""
+        what is deployed). With ``ca_bundle``, gRPC goes over TLS verified against it (and an
+        ``https://`` REST URL too). ``ServerNotRunning`` when its REST API does not answer."""
         if grpc_target is None:
             grpc_target = f"{urlsplit(rest_url).hostname}:8500"
         if model_root is None:
             raise ConfigError(f"attaching to TF Serving needs {ENV_MODEL_ROOT}: the directory that "
                               "server reads models from")
-        backend = cls(TFServingClient(rest_url, grpc_target), model_root, server_root=server_root)
+        backend = cls(TFServingClient(rest_url, grpc_target, ca_bundle=ca_bundle), model_root,
+                      server_root=server_root)
         if not backend.client.ping():
             backend.close()
             raise ServerNotRunning(f"no TF Serving answers at {rest_url}. {HOW_TO_PROVIDE}")
@@ -241,7 +244,8 @@ class TFServingBackend:
 
     def access(self) -> ServerAccess:
         return ServerAccess(inference_url=self.client.rest_url, inference_key=None, key_shell=None,
-                            where=f"TF Serving at {self.client.rest_url} (models under {self.server_root})")
+                            where=f"TF Serving at {self.client.rest_url} (models under {self.server_root})",
+                            ca_bundle=str(self.client.ca_bundle) if self.client.ca_bundle else None)
 
     def next_version(self, name: str) -> int:
         """A version number never used for ``name`` here: above the configured, served and

@@ -7,6 +7,7 @@ TorchServe's error answers become servegate exceptions that keep the server's me
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from servegate.errors import (
     ServerStartError,
 )
 from servegate.naming import segment, validate_name, validate_version
+from servegate.tls import require_private_channel
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -50,10 +52,20 @@ class TorchServeClient:
     kind = "torchserve"
 
     def __init__(self, endpoints: Endpoints, keys: Keys | Path | None, *,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, verify: ssl.SSLContext | bool = True,
+                 allow_insecure_http: bool = False) -> None:
+        """``verify``: how https servers are verified (``tls.client_context``). Keys never go
+        over plain HTTP to another host unless ``allow_insecure_http`` (``ConfigError``)."""
+        if keys is not None:  # None: no key to send (a server without token auth)
+            for url, kind in ((endpoints.inference, "inference key"),
+                              (endpoints.management, "management key")):
+                require_private_channel(url, f"TorchServe's {kind}",
+                                        allow_insecure=allow_insecure_http)
         self.endpoints = endpoints
         self.keys: Keys = keys if keys is not None and not isinstance(keys, Path) else KeyFile(keys)
-        self._http = httpx.Client(timeout=timeout)
+        #: The TLS verification of this client (Locust and curl are told the same CA bundle).
+        self.verify = verify
+        self._http = httpx.Client(timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self._http.close()

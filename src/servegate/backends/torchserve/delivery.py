@@ -15,6 +15,7 @@ copying into a store the server reads closes that gap.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from servegate.errors import ConfigError, IntegrityError, ServerError
 from servegate.integrity import artifact_sha256, stream_sha256
 from servegate.packaging.mar import archive_file_name
 from servegate.redact import redact_url
+from servegate.tls import client_context
 
 
 class ArchiveDelivery(Protocol):
@@ -66,11 +68,11 @@ class ArtifactUrl:
 
     description = "registered by URL from the artifact store"
 
-    def __init__(self, tracking_uri: str | None = None, *, verify: bool | str = True,
-                 timeout_s: float = 120.0) -> None:
+    def __init__(self, tracking_uri: str | None = None, *,
+                 verify: bool | str | ssl.SSLContext = True, timeout_s: float = 120.0) -> None:
         self._tracking_uri = tracking_uri
-        #: TLS verification of the check's fetch (True, or a CA bundle path).
-        self.verify = verify
+        #: TLS verification of the check's fetch (True, a context, or a CA bundle path).
+        self.verify = client_context(verify) if isinstance(verify, str) else verify
         self.timeout_s = timeout_s
 
     def locate(self, archive: Path, name: str, version: str, source_uri: str | None,

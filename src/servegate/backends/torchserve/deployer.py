@@ -10,6 +10,7 @@ from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.backends.torchserve.delivery import ArchiveDelivery, ArtifactUrl, ModelStoreCopy
 from servegate.backends.torchserve.keys import Keys
 from servegate.backends.torchserve.local import ServerState
+from servegate.tls import client_context
 
 
 class TorchServeBackend:
@@ -18,25 +19,38 @@ class TorchServeBackend:
     kind = "torchserve"
 
     def __init__(self, client: TorchServeClient, delivery: ArchiveDelivery | Path, *,
-                 ready_timeout_s: float = 180, attached: bool = False) -> None:
+                 ready_timeout_s: float = 180, attached: bool = False,
+                 ca_bundle: str | None = None) -> None:
         self.client = client
         self.delivery = ModelStoreCopy(delivery) if isinstance(delivery, Path) else delivery
         self.ready_timeout_s = ready_timeout_s
         self.attached = attached
+        #: What the client verifies https with, for Locust and curl (None: the system's CAs).
+        self.ca_bundle = ca_bundle
 
     @classmethod
     def from_state(cls, state: ServerState) -> TorchServeBackend:
-        return cls(state.client(), Path(state.model_store))
+        return cls(state.client(), Path(state.model_store), ca_bundle=state.tls_cert)
 
     @classmethod
     def attach(cls, inference_url: str, management_url: str, *, keys: Keys | Path | None,
-               model_store: Path | None = None, metrics_url: str = "") -> TorchServeBackend:
+               model_store: Path | None = None, metrics_url: str = "",
+               ca_bundle: Path | None = None, allow_insecure_http: bool = False,
+               tracking_ca_bundle: str | None = None) -> TorchServeBackend:
         """A TorchServe started elsewhere: its URLs and keys; archives are copied into
-        ``model_store`` when given (a shared filesystem), else registered by URL."""
+        ``model_store`` when given (a shared filesystem), else registered by URL. ``https://``
+        URLs are verified against ``ca_bundle`` (else the system's CAs); the keys go over plain
+        HTTP to another host only with ``allow_insecure_http`` (``ConfigError`` otherwise). The
+        check of an archive before the server fetches it from the tracking server verifies that
+        server against ``tracking_ca_bundle`` (MLflow's ``MLFLOW_TRACKING_SERVER_CERT_PATH``)."""
         endpoints = Endpoints(inference_url.rstrip("/"), management_url.rstrip("/"),
                               metrics_url.rstrip("/"))
-        delivery: ArchiveDelivery = ModelStoreCopy(model_store) if model_store else ArtifactUrl()
-        return cls(TorchServeClient(endpoints, keys), delivery, attached=True)
+        delivery: ArchiveDelivery = (ModelStoreCopy(model_store) if model_store else
+                                     ArtifactUrl(verify=client_context(tracking_ca_bundle)))
+        client = TorchServeClient(endpoints, keys, verify=client_context(ca_bundle),
+                                  allow_insecure_http=allow_insecure_http)
+        return cls(client, delivery, attached=True,
+                   ca_bundle=str(ca_bundle) if ca_bundle is not None else None)
 
     def close(self) -> None:
         self.client.close()
@@ -62,7 +76,8 @@ class TorchServeBackend:
             inference_key=self.client.keys.key("inference"),
             key_shell=self.client.keys.shell_expression("inference"),
             where=("attached to " if self.attached else "local server at ")
-            + self.client.endpoints.management + f" (archives {self.delivery.description})")
+            + self.client.endpoints.management + f" (archives {self.delivery.description})",
+            ca_bundle=self.ca_bundle)
 
     def set_default(self, name: str, version: str) -> None:
         self.client.set_default(name, version)

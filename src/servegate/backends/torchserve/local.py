@@ -8,6 +8,7 @@ The server runs in its own process group, so stopping it leaves no worker behind
 from __future__ import annotations
 
 import os
+import ssl
 import string
 import sys
 from dataclasses import dataclass
@@ -26,8 +27,15 @@ from servegate.backends._process import (
     stop_recorded,
 )
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
+from servegate.backends.torchserve.exposure import (
+    TRUSTSTORE,
+    TRUSTSTORE_PASSWORD,
+    build_truststore,
+    check_exposure,
+)
 from servegate.config import TorchServeSettings
 from servegate.errors import ServerError, ServerNotRunning, ServerStartError
+from servegate.tls import client_context
 
 KEY_FILE = "key_file.json"
 #: Answers (embeddings of a full batch as JSON) may be larger than requests.
@@ -49,14 +57,20 @@ class ServerState:
     #: (None in state files written before they were recorded).
     create_time: float | None = None
     cmdline: list[str] | None = None
+    #: The server's own certificate (https): its clients here pin it.
+    tls_cert: str | None = None
+    #: The operator opted in to plain HTTP on a network address (``--insecure-http``).
+    insecure_http: bool = False
 
     @property
     def endpoints(self) -> Endpoints:
         return Endpoints(self.inference, self.management, self.metrics)
 
     def client(self, timeout: float = 120.0) -> TorchServeClient:
+        """A client of this server: its certificate pinned when it serves https."""
         return TorchServeClient(self.endpoints, Path(self.key_file) if self.key_file else None,
-                                timeout=timeout)
+                                timeout=timeout, verify=client_context(self.tls_cert),
+                                allow_insecure_http=self.insecure_http)
 
 
 def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
@@ -69,6 +83,8 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
     store = model_store.resolve()
     return template.substitute(
         host=settings.host,
+        scheme=settings.scheme,
+        trust_vmargs=trust_vmargs(settings, model_store.parent),
         inference_port=ports["inference"],
         management_port=ports["management"],
         metrics_port=ports["metrics"],
@@ -82,7 +98,28 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         max_response_size=MAX_RESPONSE_SIZE,
         log4j_config=templates / "log4j2.xml",
     ) + (f"token_expiration_min={settings.token_expiration_min:g}\n"
-         if settings.token_expiration_min else "") + f"number_of_gpu={gpu_count()}\n"
+         if settings.token_expiration_min else "") + f"number_of_gpu={gpu_count()}\n" \
+        + tls_properties(settings)
+
+
+def tls_properties(settings: TorchServeSettings) -> str:
+    """TorchServe's own TLS: its certificate and key for the HTTP addresses (``https://``) and
+    for gRPC (``enable_grpc_ssl``); nothing without a certificate."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return ""
+    cert = _properties_value(str(settings.tls_cert.resolve()))
+    key = _properties_value(str(settings.tls_key.resolve()))
+    return f"certificate_file={cert}\nprivate_key_file={key}\nenable_grpc_ssl=true\n"
+
+
+def trust_vmargs(settings: TorchServeSettings, workdir: Path) -> str:
+    """JVM options making ``<workdir>/truststore.p12`` (built from ``trust_ca`` at launch) the
+    only CAs the server trusts when it fetches archives over https; empty without ``trust_ca``."""
+    if settings.trust_ca is None:
+        return ""
+    store = _properties_value(str((workdir / TRUSTSTORE).resolve()))
+    return (f" -Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=PKCS12"
+            f" -Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}")
 
 
 def allowed_urls(settings: TorchServeSettings) -> str:
@@ -132,6 +169,9 @@ class LocalTorchServe(LocalServer[ServerState]):
     def _launch(self) -> ServerState:
         if not self.settings.token_auth:
             raise ServerStartError("servegate keeps TorchServe's token auth on; it cannot be disabled")
+        check_exposure(self.settings)
+        if self.settings.trust_ca is not None:
+            build_truststore(self.settings.trust_ca, self.workdir / TRUSTSTORE)
         self.model_store.mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         (self.workdir / KEY_FILE).unlink(missing_ok=True)
@@ -154,11 +194,13 @@ class LocalTorchServe(LocalServer[ServerState]):
             pid=process.pid,
             workdir=str(self.workdir),
             model_store=str(self.model_store),
-            inference=f"http://{s.host}:{ports['inference']}",
-            management=f"http://{s.host}:{ports['management']}",
-            metrics=f"http://{s.host}:{ports['metrics']}",
+            inference=f"{s.scheme}://{_url_host(s.host)}:{ports['inference']}",
+            management=f"{s.scheme}://{_url_host(s.host)}:{ports['management']}",
+            metrics=f"{s.scheme}://{_url_host(s.host)}:{ports['metrics']}",
             key_file=str(self.workdir / KEY_FILE),
             create_time=create_time,
+            tls_cert=str(s.tls_cert.resolve()) if s.tls_cert is not None else None,
+            insecure_http=s.insecure_http,
         ))
         # Up = the key file exists and the management API answers an authorised call.
         key_file = Path(state.key_file or "")
@@ -183,16 +225,38 @@ class LocalTorchServe(LocalServer[ServerState]):
         return StopOutcome(stopped, stale)
 
 
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _management_answers(state: ServerState) -> bool:
-    """The management API answers an authorised call (a dead frontend with a live launcher doesn't)."""
+    """The management API answers an authorised call (a dead frontend with a live launcher
+    doesn't). ``ServerStartError`` at once when it answers with a certificate that does not
+    verify (waiting would not change it)."""
     with state.client(timeout=5) as client:
         try:
             client.list_models()
             return True
-        except (ServerNotRunning, httpx.HTTPError):
+        except (ServerNotRunning, httpx.HTTPError) as exc:
+            if (refused := _certificate_refused(exc)) is not None:
+                raise ServerStartError(
+                    f"TorchServe answers at {state.management}, but its certificate "
+                    f"{state.tls_cert} does not verify there ({refused.verify_message}): it must "
+                    "name that host (subjectAltName)") from exc
             return False
         except ServerError:
             return True  # it answered, if only with an error
+
+
+def _certificate_refused(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc``, if that is what it is."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _torchserve_executable() -> str:
