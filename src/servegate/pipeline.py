@@ -24,7 +24,7 @@ from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig, gate_policy_path
 from servegate.errors import GateFailed, Interrupted, PipelineError, ServerError
 from servegate.gates.checks import Check, failed
-from servegate.gates.load import LoadResult, load_checks
+from servegate.gates.load import Adaptive, LoadResult, load_checks
 from servegate.gates.network import NetworkProbe, probe
 from servegate.gates.parity import ParityResult, parity_checks
 from servegate.gates.report import GateReport, image_samples, write_report
@@ -32,7 +32,7 @@ from servegate.integrity import artifact_sha256
 from servegate.interrupts import signals_as_errors
 from servegate.lease import model_lease
 from servegate.locks import model_lock
-from servegate.policy import load_policy
+from servegate.policy import load_policy, policy_max_rounds
 from servegate.redact import redact_text
 from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG, CHALLENGER, CHAMPION, PREVIOUS, Registry
 from servegate.targets import Built, Target, get_target
@@ -172,8 +172,10 @@ class DeployPipeline:
                 versions.insert(0, (f"champion v{champion}", champion))
             self.say(f"gate: load on {' and '.join(t for t, _ in versions)} ({cfg.load.seconds:g}s each"
                      + (f", alternating in {cfg.load.rounds} rounds)" if champion else ")"))
+            adaptive = Adaptive(cfg.slos, max_rounds=policy_max_rounds(cfg.load.rounds,
+                                                                           gate_policy_path()))
             measured = self.target.measure_load(server, cfg.model_name, versions, cfg.load,
-                                                self.target.load_profile(model))
+                                                self.target.load_profile(model), adaptive)
             results = [measured[label] for label, _ in versions]
             challenger, champion_result = results[-1], results[0] if champion is not None else None
             checks = load_checks(challenger, champion_result, cfg.slos)

@@ -112,6 +112,15 @@ class GatePolicy:
                     for name, p in PARAMETERS.items()})
 
 
+def policy_max_rounds(asked: int, path: Path) -> int:
+    """How many load rounds a gate may run while its comparison with the champion is
+    inconclusive: the ``load_rounds`` maximum of the policy in ``path`` (never fewer than
+    ``asked``)."""
+    policy = load_policy(path)
+    maximum = policy.limits["load_rounds"].maximum
+    return max(asked, int(maximum)) if maximum is not None else asked
+
+
 def default_policy_path() -> Path:
     """The repository's policy file (``serving_configs/gate-policy.toml``)."""
     from servegate._resources import serving_configs_dir

@@ -179,6 +179,11 @@ def log_load(challenger: Any, champion: Any | None, checks: list[Any], network: 
                        | (champion.metrics("champion") if champion is not None else {}))
     for point in challenger.timeline:
         mlflow.log_metric("challenger_rps_timeline", point["rps"], step=int(point["t"]))
+    if (comparison := getattr(challenger, "comparison", None)) is not None:
+        mlflow.log_metrics({f"ratio_{name}_{bound}": getattr(getattr(comparison, name), bound)
+                            for name in ("p95", "p99", "rps") for bound in ("estimate", "low", "high")}
+                           | {"load_rounds": float(len(comparison.rounds))})
+        mlflow.log_dict(comparison.as_dict(), "load_comparison.json")
     mlflow.log_dict([c.as_dict() for c in checks], "checks.json")  # type: ignore[arg-type]
 
 

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TF = ["-P", "target=tfserving", "-P", "model=builtin:digits-keras", "-P", "load_seconds=2",
-      "-P", "load_users=4", "-P", "max_regression_pct=400"]
+      "-P", "load_users=4"]
 SERVER_ENV = ("SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_GRPC", "SERVEGATE_TFSERVING_MODEL_ROOT")
 
 
@@ -42,7 +42,7 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
     pipeline in this process) is gated against it and promoted; rollback moves the label back."""
     from servegate import api
     from servegate.backends.tfserving import TFServingBackend
-    from servegate.config import LoadSettings, PipelineConfig, SLOs
+    from servegate.config import LoadSettings, PipelineConfig
     from servegate.testing.tfserving_fake import FakeTFServing
 
     _, env = store
@@ -64,7 +64,7 @@ def test_gates_promotion_and_rollback_on_a_fake_tf_serving(store, tmp_path: Path
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         config = PipelineConfig(target="tfserving", model="builtin:digits-keras",
-                                load=LoadSettings(users=4, seconds=2), slos=SLOs(max_regression_pct=400))
+                                load=LoadSettings(users=4, seconds=2))
         second = api.deploy(config)  # (rejections: test_pipeline_decisions, test_user_models)
         assert (second.decision, second.champion_before) == ("promoted", "1")
         backend = TFServingBackend.attach(fake.rest_url, fake.grpc_target, root)
@@ -93,7 +93,7 @@ def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path,
 
     from servegate import api
     from servegate.backends.tfserving import TFServingBackend
-    from servegate.config import LoadSettings, PipelineConfig, SLOs
+    from servegate.config import LoadSettings, PipelineConfig
     from servegate.errors import ServerError
     from servegate.pipeline import DeployPipeline
     from servegate.testing.tfserving_fake import FakeTFServing
@@ -106,8 +106,7 @@ def test_a_users_13_feature_keras_model_through_tfserving(store, tmp_path: Path,
     root = tmp_path / "models"
     root.mkdir()
     config = PipelineConfig(model=str(model_file), name="wine", target="tfserving",
-                            eval_data=str(eval_csv), load=LoadSettings(users=4, seconds=2),
-                            slos=SLOs(max_regression_pct=400))
+                            eval_data=str(eval_csv), load=LoadSettings(users=4, seconds=2))
     with FakeTFServing() as fake:
         backend = TFServingBackend.attach(fake.rest_url, fake.grpc_target, root)
         try:

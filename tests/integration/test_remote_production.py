@@ -184,7 +184,7 @@ def test_the_workflow_promotes_onto_the_long_lived_server_and_rejects_a_worse_mo
     secrets = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_TOKEN": TRACKING_TOKEN,
                "TORCHSERVE_MANAGEMENT_URL": state.management,
                "TORCHSERVE_INFERENCE_URL": state.inference, "TORCHSERVE_KEYS": key_content}
-    fast = {"compiler": "eager", "load_seconds": "3", "max_regression_pct": "400"}
+    fast = {"compiler": "eager", "load_seconds": "3"}
     summary = tmp_path / "summary.md"
     with pipeline_home(tmp_path / "runner", MLFLOW_TRACKING_URI=url) as (home, runner_server):
         runner = home / "servegate"

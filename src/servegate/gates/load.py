@@ -1,4 +1,6 @@
-"""The load gate: Locust (in a subprocess) against one served version; SLO and regression checks."""
+"""The load gate: Locust (in a subprocess) against served versions, champion and challenger
+alternating in rounds; absolute SLO checks, and the comparison with the champion as a bootstrap
+interval over those rounds (``gates.compare``), with more rounds while it is inconclusive."""
 
 from __future__ import annotations
 
@@ -8,14 +10,15 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from servegate._resources import loadtests_dir
 from servegate.config import LoadSettings, SLOs
 from servegate.errors import PipelineError
 from servegate.gates.checks import Check
+from servegate.gates.compare import Comparison, Interval
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class LoadResult:
     histogram_ms: dict[str, int] = field(default_factory=dict)
     timeline: list[dict[str, float]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: The challenger's merged result: its comparison with the champion over the rounds.
+    comparison: Comparison | None = None
 
     @property
     def error_rate(self) -> float:
@@ -112,22 +117,31 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
     )
 
 
-def percentile(histogram: dict[str, int], fraction: float) -> float:
-    """Locust's percentile of a response-time histogram (ms -> count)."""
-    total = sum(histogram.values())
-    if not total:
-        return 0.0
-    needed = total * fraction
-    seen = 0
-    for key in sorted(histogram, key=float):
-        seen += histogram[key]
-        if seen >= needed:
-            return float(key)
-    return float(max(histogram, key=float))
+def summarize(phases: dict[str, list[LoadResult]], pair: tuple[str, str] | None, *,
+              replicates: int = 1000) -> tuple[dict[str, dict[str, float]], Comparison | None]:
+    """Each label's phases merged into p50/p95/p99, and the comparison of ``pair`` (champion,
+    challenger) over their rounds: computed with Locust's own percentiles, in a subprocess
+    (``servegate.gates.locust_stats``) since importing Locust monkey-patches the process."""
+    request = {"phases": {label: [{"histogram": r.histogram_ms, "requests": r.requests,
+                                   "seconds": r.seconds} for r in results]
+                          for label, results in phases.items()},
+               "pair": list(pair) if pair else None, "replicates": replicates}
+    try:
+        done = subprocess.run([sys.executable, "-m", "servegate.gates.locust_stats"],
+                              input=json.dumps(request), capture_output=True, text=True,
+                              timeout=300, env=locust_environment())
+    except subprocess.TimeoutExpired as exc:
+        raise PipelineError("the load gate's statistics did not finish") from exc
+    if done.returncode != 0:
+        raise PipelineError(f"the load gate's statistics failed: {done.stderr[-1500:]}")
+    answer = json.loads(done.stdout)
+    comparison = Comparison.from_dict(answer["comparison"]) if answer["comparison"] else None
+    return answer["figures"], comparison
 
 
-def merge(results: list[LoadResult]) -> LoadResult:
-    """One result from several phases against the same target (counts add, histograms merge)."""
+def merge(results: list[LoadResult], figures: dict[str, float]) -> LoadResult:
+    """One result from several phases against the same target (counts add, histograms merge;
+    ``figures``: the merged percentiles, as Locust computes them)."""
     histogram: Counter[str] = Counter()
     timeline: list[dict[str, float]] = []
     offset = 0.0
@@ -137,46 +151,124 @@ def merge(results: list[LoadResult]) -> LoadResult:
         offset += r.seconds
     seconds = sum(r.seconds for r in results)
     requests = sum(r.requests for r in results)
-    hist = dict(histogram)
     return LoadResult(
         label=results[0].label, requests=requests, failures=sum(r.failures for r in results),
         seconds=seconds, rps=requests / seconds if seconds else 0.0,
-        p50_ms=percentile(hist, 0.50), p95_ms=percentile(hist, 0.95), p99_ms=percentile(hist, 0.99),
-        load_cpu_seconds=sum(r.load_cpu_seconds for r in results), histogram_ms=hist,
+        p50_ms=figures["p50_ms"], p95_ms=figures["p95_ms"], p99_ms=figures["p99_ms"],
+        load_cpu_seconds=sum(r.load_cpu_seconds for r in results), histogram_ms=dict(histogram),
         timeline=timeline, errors=[e for r in results for e in r.errors][:10],
     )
 
 
+@dataclass(frozen=True)
+class Adaptive:
+    """When to run more rounds: while the comparison is inconclusive against ``slos``, up to
+    ``max_rounds`` (the gate policy's cap on ``load_rounds``)."""
+
+    slos: SLOs
+    max_rounds: int
+
+
 def run_ab(targets: list[tuple[str, str]], *, settings: LoadSettings,
-           **common: Any) -> dict[str, LoadResult]:
+           adaptive: Adaptive | None = None, **common: Any) -> dict[str, LoadResult]:
     """Load each (label, version) target, alternating between them for ``settings.rounds``
-    rounds of ``seconds / rounds`` each; return the merged result per label."""
+    rounds of ``seconds / rounds`` each (more, up to ``adaptive.max_rounds``, while the
+    comparison of the first target (champion) and the last (challenger) is inconclusive); return
+    the merged result per label, the challenger's carrying the comparison."""
     rounds = settings.rounds if len(targets) > 1 else 1
     phase = settings.model_copy(update={"seconds": settings.seconds / rounds})
     phases: dict[str, list[LoadResult]] = {label: [] for label, _ in targets}
-    for _ in range(rounds):
+
+    def one_round() -> None:
         for label, version in targets:
             phases[label].append(run_load(label=label, version=version, settings=phase, **common))
-    return {label: merge(results) for label, results in phases.items()}
+
+    for _ in range(rounds):
+        one_round()
+    pair = (targets[0][0], targets[-1][0]) if len(targets) > 1 else None
+    figures, comparison = summarize(phases, pair)
+    while (comparison is not None and adaptive is not None
+           and len(phases[targets[0][0]]) < adaptive.max_rounds
+           and not conclusive(comparison, adaptive.slos)):
+        one_round()
+        figures, comparison = summarize(phases, pair)
+    merged = {label: merge(results, figures[label]) for label, results in phases.items()}
+    if pair is not None:
+        merged[pair[1]] = replace(merged[pair[1]], comparison=comparison)
+    return merged
+
+
+# ---- decisions -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limits:
+    """The challenger/champion ratios allowed: latency at most, throughput at least."""
+
+    p95: float
+    p99: float
+    rps: float
+
+
+def allowed(champion_p95_ms: float, champion_p99_ms: float, slos: SLOs) -> Limits:
+    """``max_regression_pct`` as ratios; latency differences under ``regression_floor_ms`` are
+    noise whatever the percentage says."""
+    slack = slos.max_regression_pct / 100
+
+    def latency(champion_ms: float) -> float:
+        if champion_ms <= 0:
+            return float("inf")
+        return max(1 + slack, (champion_ms + slos.regression_floor_ms) / champion_ms)
+
+    return Limits(latency(champion_p95_ms), latency(champion_p99_ms), max(0.0, 1 - slack))
+
+
+Verdict = Literal["worse", "not worse", "inconclusive"]
+
+
+def verdicts(comparison: Comparison, slos: SLOs) -> dict[str, Verdict]:
+    """Per ratio: ``worse`` when its whole interval lies beyond the limit, ``not worse`` when
+    the whole interval is within it, ``inconclusive`` when it straddles it."""
+    limits = allowed(comparison.champion_p95_ms, comparison.champion_p99_ms, slos)
+
+    def latency(interval: Interval, limit: float) -> Verdict:
+        return "worse" if interval.low > limit else "not worse" if interval.high <= limit else "inconclusive"
+
+    def throughput(interval: Interval, limit: float) -> Verdict:
+        return "worse" if interval.high < limit else "not worse" if interval.low >= limit else "inconclusive"
+
+    return {"p95": latency(comparison.p95, limits.p95), "p99": latency(comparison.p99, limits.p99),
+            "rps": throughput(comparison.rps, limits.rps)}
+
+
+def conclusive(comparison: Comparison, slos: SLOs) -> bool:
+    return "inconclusive" not in verdicts(comparison, slos).values()
 
 
 def load_checks(challenger: LoadResult, champion: LoadResult | None, slos: SLOs) -> list[Check]:
-    """Absolute SLOs, and no regression beyond ``max_regression_pct`` against the champion."""
+    """Absolute SLOs; and, against the champion, the challenger/champion ratios of p95, p99 and
+    throughput: failed only when their whole interval lies beyond the allowed regression (the
+    check's value is the interval's bound nearest the limit). Without an interval (one round of
+    figures only) the point ratios are compared."""
     checks = [
         Check("load", "p95_ms", challenger.p95_ms, "<=", slos.p95_ms),
         Check("load", "p99_ms", challenger.p99_ms, "<=", slos.p99_ms),
         Check("load", "rps", challenger.rps, ">=", slos.min_rps),
         Check("load", "error_rate", challenger.error_rate, "<=", slos.max_error_rate),
     ]
-    if champion is not None and champion.requests:
-        slack = slos.max_regression_pct / 100
+    if champion is None or not champion.requests:
+        return checks
+    comparison = challenger.comparison
+    if comparison is None:
+        def point(a: float, b: float) -> Interval:
+            ratio = a / b if b > 0 else 1.0
+            return Interval(ratio, ratio, ratio)
 
-        def latency_limit(champion_ms: float) -> float:
-            return max(champion_ms * (1 + slack), champion_ms + slos.regression_floor_ms)
-
-        checks += [
-            Check("load", "p95_ms_vs_champion", challenger.p95_ms, "<=", latency_limit(champion.p95_ms)),
-            Check("load", "p99_ms_vs_champion", challenger.p99_ms, "<=", latency_limit(champion.p99_ms)),
-            Check("load", "rps_vs_champion", challenger.rps, ">=", champion.rps * (1 - slack)),
-        ]
-    return checks
+        comparison = Comparison(point(challenger.p95_ms, champion.p95_ms),
+                                point(challenger.p99_ms, champion.p99_ms),
+                                point(challenger.rps, champion.rps),
+                                champion.p95_ms, champion.p99_ms, rounds=())
+    limits = allowed(comparison.champion_p95_ms, comparison.champion_p99_ms, slos)
+    return checks + [
+        Check("load", "p95_ratio_vs_champion", comparison.p95.low, "<=", limits.p95),
+        Check("load", "p99_ratio_vs_champion", comparison.p99.low, "<=", limits.p99),
+        Check("load", "rps_ratio_vs_champion", comparison.rps.high, ">=", limits.rps),
+    ]

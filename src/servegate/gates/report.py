@@ -219,6 +219,19 @@ def _markdown(report: GateReport, plots: list[Path], shown: _Shown) -> str:
         for r in report.load:
             lines.append(f"| {t(r.label)} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
                          f"{r.p99_ms:.1f} | {r.error_rate:.2%} | {'yes' if r.load_bound else 'no'} |")
+        comparison = report.load[-1].comparison
+        if comparison is not None:
+            share = f"{comparison.confidence:.0%}"
+            lines += ["", f"Challenger / champion over {len(comparison.rounds)} rounds ({share} "
+                      "bootstrap intervals; rejected only when a whole interval lies beyond the "
+                      "allowed regression):", "",
+                      f"- p95: {comparison.p95.describe()}", f"- p99: {comparison.p99.describe()}",
+                      f"- throughput: {comparison.rps.describe()}", "",
+                      "| round | champion p95 ms | challenger p95 ms | champion req/s | challenger req/s |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {i} | {r.champion_p95_ms:.1f} | {r.challenger_p95_ms:.1f} | "
+                      f"{r.champion_rps:.1f} | {r.challenger_rps:.1f} |"
+                      for i, r in enumerate(comparison.rounds, 1)]
     if report.parity is not None:
         p = report.parity
         lines += ["", "## Parity", "", f"- task: {t(p.task)}", f"- rows: {p.rows}",

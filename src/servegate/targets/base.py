@@ -16,7 +16,7 @@ from rich.console import Console
 from servegate.backends.base import ServingBackend
 from servegate.config import LoadSettings, PipelineConfig, RequestLimits
 from servegate.errors import ServerError
-from servegate.gates.load import LoadResult
+from servegate.gates.load import Adaptive, LoadResult
 from servegate.gates.parity import ParityResult
 
 
@@ -78,8 +78,10 @@ class Target(Protocol):
         in requests that fit ``limits``."""
 
     def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
-                     settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
-        """Load each (label, version), alternating; the merged result per label."""
+                     settings: LoadSettings, profile: LoadProfile,
+                     adaptive: Adaptive | None = None) -> dict[str, LoadResult]:
+        """Load each (label, version), alternating (more rounds while ``adaptive`` says the
+        comparison is inconclusive); the merged result per label."""
 
 
 class MeasuredTarget:
@@ -99,15 +101,16 @@ class MeasuredTarget:
         return run_parity(backend, name, version, model, champion, limits)
 
     def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
-                     settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
+                     settings: LoadSettings, profile: LoadProfile,
+                     adaptive: Adaptive | None = None) -> dict[str, LoadResult]:
         from servegate.gates.load import run_ab
 
         access = backend.access()
         extra: dict[str, Any] = {"user_class": profile.user_class}
         if profile.locustfile is not None:
             extra["locustfile"] = profile.locustfile
-        return run_ab(versions, settings=settings, host=access.inference_url, model=name,
-                      inference_key=access.inference_key, samples=profile.samples,
+        return run_ab(versions, settings=settings, adaptive=adaptive, host=access.inference_url,
+                      model=name, inference_key=access.inference_key, samples=profile.samples,
                       ca_bundle=access.ca_bundle, **extra)
 
 

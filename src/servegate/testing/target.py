@@ -22,7 +22,7 @@ from rich.console import Console
 from servegate.backends.base import ServingBackend
 from servegate.config import LoadSettings, PipelineConfig, RequestLimits
 from servegate.errors import ServerError
-from servegate.gates.load import LoadResult
+from servegate.gates.load import Adaptive, LoadResult
 from servegate.gates.parity import ParityResult
 from servegate.targets.base import Built, LoadProfile
 
@@ -98,7 +98,8 @@ class ScriptedTarget:
                             abs_diffs=np.zeros(100))
 
     def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
-                     settings: LoadSettings, profile: LoadProfile) -> dict[str, LoadResult]:
+                     settings: LoadSettings, profile: LoadProfile,
+                     adaptive: Adaptive | None = None) -> dict[str, LoadResult]:
         if self.before_load is not None:
             self.before_load(versions[-1][1])
         results = {}
