@@ -15,6 +15,9 @@ Environment:
   SERVEGATE_USER_RPS  requests per second per user (Locust's constant_throughput; the total
                       rate is this times the user count); unset: as fast as each user can
   SERVEGATE_CA_BUNDLE a PEM file an https:// host is verified against (else the system's CAs)
+  SERVEGATE_REPLICAS_FILE  a fleet's replicas, a JSON list of {"url": inference URL, "key":
+                      its inference key or null}: each user sends its requests round-robin
+                      over them (one TorchServe's keys never open another's); unset: --host
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ def _samples() -> list[bytes]:
     return [json.dumps(b).encode() for b in bodies]
 
 
+def _replicas(key: str | None) -> list[tuple[str, dict[str, str]]]:
+    """(URL prefix, headers) per replica: the fleet's from SERVEGATE_REPLICAS_FILE, else the
+    host's own ("" prefix: Locust's --host) with ``key``."""
+    path = os.environ.get("SERVEGATE_REPLICAS_FILE")
+    listed = json.loads(Path(path).read_text(encoding="utf-8")) if path else [{"url": "", "key": key}]
+    return [(str(r["url"]).rstrip("/"), {"Content-Type": "application/json"}
+             | ({"Authorization": f"Bearer {r['key']}"} if r.get("key") else {})) for r in listed]
+
+
 def _wait_time():  # -> a Locust wait_time function
     rate = float(os.environ.get("SERVEGATE_USER_RPS") or 0)
     return constant_throughput(rate) if rate > 0 else constant(0)
@@ -59,6 +71,9 @@ def _ssl_context(cafile: str | None = None):  # -> gevent.ssl.SSLContext
     return context
 
 
+_USER_NUMBERS = itertools.count()
+
+
 class TorchServePredictUser(FastHttpUser):
     """Posts samples to /predictions/{name}[/{version}], as fast as it can or at a set rate."""
 
@@ -71,12 +86,13 @@ class TorchServePredictUser(FastHttpUser):
         name = os.environ["SERVEGATE_MODEL"]
         version = os.environ.get("SERVEGATE_VERSION", "")
         self.path = f"/predictions/{name}" + (f"/{version}" if version else "")
-        key = _inference_key()
-        self.headers = {"Content-Type": "application/json"}
-        if key:
-            self.headers["Authorization"] = f"Bearer {key}"
+        replicas = _replicas(_inference_key())
+        # each user starts at another replica, so that few users still spread over all of them
+        start = next(_USER_NUMBERS) % len(replicas)
+        self.targets = itertools.cycle(replicas[start:] + replicas[:start])
         self.bodies = itertools.cycle(_samples())
 
     @task
     def predict(self) -> None:
-        self.client.post(self.path, data=next(self.bodies), headers=self.headers, name=self.path)
+        prefix, headers = next(self.targets)
+        self.client.post(prefix + self.path, data=next(self.bodies), headers=headers, name=self.path)

@@ -28,7 +28,8 @@ _NOT_A_PATH = re.compile(r"^(builtin:|models:/|runs:/|mlflow-artifacts:|[a-z][a-
 
 #: The options whose MLproject parameters are declared ``float`` (MLproject has no int type that
 #: MLflow would not pass as e.g. "8.0") while ``servegate run`` takes an int.
-INTEGER_OPTIONS = frozenset({"--max-length", "--load-users", "--load-rounds", "--batch-size",
+INTEGER_OPTIONS = frozenset({"--max-length", "--load-users", "--load-rounds", "--load-processes",
+                             "--batch-size",
                              "--max-batch-delay-ms", "--workers-per-gpu"})
 
 

@@ -11,6 +11,7 @@ subclasses (``servegate.errors``); none prints except through the ``console`` it
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,31 @@ def rollback(name: str, *, target: str = "torchserve", server: str | None = None
         backend.close()
 
 
+def reconcile(name: str, *, target: str = "torchserve", server: str | None = None,
+              torchserve: TorchServeSettings | None = None,
+              console: Console | None = None) -> str:
+    """The registry's champion of ``name`` served (restored where a server or a fleet's
+    replica lacks it) and the default everywhere; a sentence saying what was done."""
+    import mlflow
+
+    from servegate.naming import validate_name
+    from servegate.reconcile import reconcile_locked
+
+    if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
+        mlflow.set_experiment(experiment_name())
+    config = PipelineConfig(name=validate_name(name), target=target, server=server_mode(server),
+                            torchserve=torchserve or TorchServeSettings())
+    backend, unreachable = open_backend(config)
+    if backend is None:
+        raise unreachable or ServegateError(f"no {target} server")
+    say = (console or Console(stderr=True)).print
+    try:
+        return reconcile_locked(backend, config.model_name, config.batching.min_workers,
+                                say).describe(config.model_name)
+    finally:
+        backend.close()
+
+
 def package(model: str, *, name: str, version: str, output_dir: Path, compiler: str = "eager",
             batching: BatchingConfig | None = None) -> Path:
     """A ``.mar`` archive of ``model`` (handlers, model-config.yaml, labels, warm-up sample)."""
@@ -92,4 +118,4 @@ def load_model(uri: str, **options: Any) -> Any:
 
 
 __all__ = ["GateFailed", "PipelineConfig", "PipelineResult", "ServegateError", "deploy",
-           "load_model", "open_backend", "package", "rollback"]
+           "load_model", "open_backend", "package", "reconcile", "rollback"]

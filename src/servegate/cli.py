@@ -401,6 +401,7 @@ def run(
     load_users: Annotated[int, typer.Option(help="Locust users.")] = 8,
     load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = 8.0,
     load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = 2,
+    load_processes: Annotated[int, typer.Option(help="Locust processes (a master and workers when more than one).")] = 1,
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
     workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = 1,
@@ -444,7 +445,8 @@ def run(
                                     min_top1_agreement=min_top1_agreement,
                                     max_accuracy_drop=max_accuracy_drop,
                                     max_metric_regression=max_metric_regression),
-            load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
+            load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds,
+                              processes=load_processes),
             batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
                                     workers_per_gpu=workers_per_gpu),
             compile_cache=compile_cache,  # type: ignore[arg-type]
@@ -540,6 +542,21 @@ def rollback_command(
     restored, demoted = api.rollback(name, target=target, server=server or None,
                                      torchserve=_settings(workdir), console=console)
     out.print(f"{name}: champion is v{restored} again (v{demoted} kept as previous-champion)")
+
+
+@app.command("reconcile")
+def reconcile_command(
+    name: str,
+    target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
+    server: Annotated[str, typer.Option(help="auto | attach | local (empty: $SERVEGATE_SERVER, else auto).")] = "",
+    workdir: WorkdirOption = None,
+) -> None:
+    """Bring the server (every replica of a fleet) to NAME's champion: restored from its
+    verified archive where missing (a replica that restarted empty), and the default."""
+    from servegate import api
+
+    out.print(api.reconcile(name, target=target, server=server or None,
+                            torchserve=_settings(workdir), console=console))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -277,10 +277,9 @@ def _prefixed_env(prefix: str, fields: Any) -> dict[str, str]:
     return {k: v for k, v in values.items() if k in fields}
 
 
-class TorchServeAttach(_Settings):
-    """A TorchServe started elsewhere, from ``SERVEGATE_TORCHSERVE_*``: its URLs; its keys as
-    the server's key file (a shared filesystem) or that file's content (a secret); and a model
-    store to copy archives into, else archives are registered by URL."""
+class TorchServeReplica(_Settings):
+    """One TorchServe of a fleet: its URLs, its own keys (each TorchServe generates its keys at
+    start, so replicas never share them) and, on a shared filesystem, its model store."""
 
     management_url: str
     inference_url: str
@@ -288,19 +287,60 @@ class TorchServeAttach(_Settings):
     key_file: Path | None = None
     keys: SecretStr | None = None
     model_store: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TorchServeReplica:
+        if self.key_file is not None and self.keys is not None:
+            raise ValueError("give a replica's key_file or its keys, not both")
+        return self
+
+
+class TorchServeAttach(_Settings):
+    """A TorchServe started elsewhere, from ``SERVEGATE_TORCHSERVE_*``: its URLs; its keys as
+    the server's key file (a shared filesystem) or that file's content (a secret); and a model
+    store to copy archives into, else archives are registered by URL.
+
+    A fleet (``SERVEGATE_TORCHSERVE_REPLICAS``, ``parse_replicas``) lists several replicas
+    instead; ``replicas`` then holds them and the single-server fields are unused."""
+
+    management_url: str = ""
+    inference_url: str = ""
+    metrics_url: str = ""
+    key_file: Path | None = None
+    keys: SecretStr | None = None
+    model_store: Path | None = None
     #: PEM CA bundle that ``https://`` URLs are verified against (a private CA); unset: the
     #: system's CAs.
     ca_bundle: Path | None = None
+    #: The replicas of a fleet (empty: one server).
+    replicas: tuple[TorchServeReplica, ...] = ()
 
     PREFIX: ClassVar[str] = "SERVEGATE_TORCHSERVE_"
     KEYS_ENV: ClassVar[str] = "SERVEGATE_TORCHSERVE_KEYS"
+    REPLICAS_ENV: ClassVar[str] = "SERVEGATE_TORCHSERVE_REPLICAS"
 
     @classmethod
     def from_env(cls) -> TorchServeAttach | None:
-        """The attached server, or None when ``SERVEGATE_TORCHSERVE_MANAGEMENT_URL`` is unset."""
+        """The attached server or fleet, or None when neither
+        ``SERVEGATE_TORCHSERVE_MANAGEMENT_URL`` nor ``..._REPLICAS`` is set."""
         from servegate.errors import ConfigError
 
-        env = _prefixed_env(cls.PREFIX, cls.model_fields)
+        env = _prefixed_env(cls.PREFIX, set(cls.model_fields) - {"replicas"})
+        replicas = os.environ.get(cls.REPLICAS_ENV, "").strip()
+        if replicas:
+            if "management_url" in env or "inference_url" in env:
+                raise ConfigError(f"give {cls.REPLICAS_ENV} or {cls.PREFIX}MANAGEMENT_URL/"
+                                  "..._INFERENCE_URL, not both")
+            for shared in ("key_file", "keys", "model_store", "metrics_url"):
+                if shared in env:
+                    raise ConfigError(
+                        f"{cls.PREFIX}{shared.upper()} names one server; a fleet's replicas each "
+                        f"have their own (TorchServe makes its keys at start): give them per "
+                        f"replica in {cls.REPLICAS_ENV} as JSON")
+            try:
+                return cls(replicas=parse_replicas(replicas), **env)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                raise ConfigError(f"{cls.REPLICAS_ENV}: {exc}") from exc
         if "management_url" not in env:
             return None
         if "inference_url" not in env:
@@ -308,6 +348,101 @@ class TorchServeAttach(_Settings):
         if "key_file" in env and "keys" in env:
             raise ConfigError(f"give {cls.PREFIX}KEY_FILE or {cls.KEYS_ENV}, not both")
         return cls(**env)
+
+
+def parse_replicas(text: str, resolve: Any = None) -> tuple[TorchServeReplica, ...]:
+    """The replicas of ``SERVEGATE_TORCHSERVE_REPLICAS``, in one of three forms:
+
+    - JSON, a list of objects with ``TorchServeReplica``'s fields (``management_url``,
+      ``inference_url``, and each replica's ``key_file`` or ``keys`` and ``model_store``);
+    - a comma list of ``MANAGEMENT_URL=INFERENCE_URL`` pairs (replicas without token auth, e.g.
+      pods behind a mesh policy: keys need the JSON form);
+    - ``dns:MANAGEMENT_URL=INFERENCE_URL`` whose host names a Kubernetes headless Service: one
+      replica per address its A records give (``resolve(host)``, default the stdlib's
+      ``getaddrinfo``), each with the pair's scheme and ports.
+
+    ``ConfigError`` for anything else, for duplicates and for an empty list."""
+    import json
+
+    from servegate.errors import ConfigError
+
+    text = text.strip()
+    try:
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"not valid JSON: {exc}") from exc
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise ConfigError("the JSON form is a list of objects")
+            replicas = tuple(TorchServeReplica(**item) for item in items)
+        elif text.startswith("dns:"):
+            management, inference = _url_pair(text.removeprefix("dns:"))
+            replicas = tuple(TorchServeReplica(management_url=_with_host(management, address),
+                                               inference_url=_with_host(inference, address))
+                             for address in _resolve_service(management, inference, resolve))
+        else:
+            replicas = tuple(TorchServeReplica(management_url=m, inference_url=i)
+                             for m, i in (_url_pair(p) for p in text.split(",") if p.strip()))
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
+    if not replicas:
+        raise ConfigError("no replica given")
+    seen = [r.management_url.rstrip("/") for r in replicas]
+    if len(set(seen)) != len(seen):
+        raise ConfigError("a replica is listed twice: " + ", ".join(sorted(
+            {u for u in seen if seen.count(u) > 1})))
+    return replicas
+
+
+def _url_pair(text: str) -> tuple[str, str]:
+    """``MANAGEMENT_URL=INFERENCE_URL``, both ``http(s)://host:port`` URLs."""
+    from urllib.parse import urlsplit
+
+    from servegate.errors import ConfigError
+
+    management, sep, inference = text.strip().partition("=")
+    if not sep:
+        raise ConfigError(f"{text.strip()!r} is not MANAGEMENT_URL=INFERENCE_URL")
+    for url in (management, inference):
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
+                or parts.password or parts.query or parts.fragment:
+            raise ConfigError(f"{url.strip()!r} is not an http(s)://host[:port] URL")
+    return management.strip().rstrip("/"), inference.strip().rstrip("/")
+
+
+def _resolve_service(management: str, inference: str, resolve: Any) -> list[str]:
+    """The IPv4 addresses of the pair's host (one host for both URLs), sorted, no duplicates."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from servegate.errors import ConfigError
+
+    host = urlsplit(management).hostname or ""
+    if urlsplit(inference).hostname != host:
+        raise ConfigError("the dns: form names one Service host for both URLs")
+    if resolve is None:
+        def resolve(name: str) -> list[str]:
+            try:
+                infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ConfigError(f"cannot resolve {name}: {exc}") from exc
+            return [str(info[4][0]) for info in infos]
+    addresses = sorted(set(resolve(host)))
+    if not addresses:
+        raise ConfigError(f"{host} resolves to no address")
+    return addresses
+
+
+def _with_host(url: str, address: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = address + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class TFServingAttach(_Settings):
@@ -366,6 +501,16 @@ class LoadSettings(_Settings):
     users: PositiveInt = 8
     seconds: float = Field(8.0, gt=0)
     rounds: PositiveInt = 2
+    #: Locust processes on this host (Locust's master and this many workers when more than
+    #: one): one process tops out near one core's worth of requests; users are spread over them.
+    processes: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _a_user_per_process(self) -> LoadSettings:
+        if self.processes > self.users:
+            raise ValueError(f"load_processes ({self.processes}) cannot exceed load_users "
+                             f"({self.users}): a process without a user loads nothing")
+        return self
 
 
 class ImagePreprocessing(_Settings):

@@ -12,6 +12,7 @@ are translated at the boundary with ``raise ... from exc`` so that the cause is 
     ├── ServerError                 a model server could not be started, reached or driven
     │   ├── ServerStartError        a local server did not start or never became ready
     │   ├── ServerNotRunning        no server at the address, or its state file is missing
+    │   ├── ReplicaFailed           one replica of a fleet failed a step (names it; cause kept)
     │   └── ServerRequestError      the server answered with an error (status + its message)
     │       ├── AuthError           rejected credentials (missing/expired token)
     │       └── ModelNotFound       no such model or version
@@ -62,6 +63,17 @@ class ServerStartError(ServerError):
 
 class ServerNotRunning(ServerError):
     """No server answers at the address, or its state file is missing."""
+
+
+class ReplicaFailed(ServerError):
+    """One replica of a fleet failed a step; the others were put back as far as possible.
+
+    ``replica`` names it (its management URL); the replica's own error is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, replica: str) -> None:
+        super().__init__(message)
+        self.replica = replica
 
 
 class ServerRequestError(ServerError):

@@ -70,6 +70,7 @@ PARAMETERS: dict[str, Parameter] = {
     "load_users": Parameter("load", "users", ("min", "max")),
     "load_seconds": Parameter("load", "seconds", ("min", "max")),
     "load_rounds": Parameter("load", "rounds", ("min", "max")),
+    "load_processes": Parameter("load", "processes", ("min", "max")),
 }
 
 

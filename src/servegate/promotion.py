@@ -126,12 +126,19 @@ def move_champion(registry: Registry, backend: Any, name: str, target: str, *,
         except Exception as exc:
             try:
                 _registry_before(registry, move)
-                if move.source is not None and _default(backend, name) != move.source:
-                    backend.set_default(name, move.source)
             except Exception as undo:  # the tag stays in-progress: the next run repairs it
                 raise PipelineError(f"{kind} of {name} v{target} failed on the server ({exc}) and "
                                     f"putting the registry back failed too ({undo}); the next "
                                     "run or `servegate rollback` repairs it") from exc
+            try:
+                if move.source is not None and _default(backend, name) != move.source:
+                    backend.set_default(name, move.source)
+            except Exception as undo:  # e.g. a fleet's replica down: the tag stays in-progress
+                raise PipelineError(f"{kind} of {name} v{target} failed on the server ({exc}); the "
+                                    f"registry is back at v{_v(move.source)}, but the server's "
+                                    f"default could not be checked or put back ({undo}); the next "
+                                    "run, `servegate reconcile` or `servegate rollback` repairs "
+                                    "it") from exc
             registry.set_model_tag(PROMOTION_TAG, f"reverted {move.describe()}: server step "
                                                   f"failed: {exc}")
             raise

@@ -38,6 +38,7 @@ LIMITS: dict[str, tuple[dict[str, float], float, list[float]]] = {
     "load_users": ({"min": 2, "max": 6}, 6, [1, 7, 100]),
     "load_seconds": ({"min": 2, "max": 20}, 20, [1, 21, 3600]),
     "load_rounds": ({"min": 1, "max": 4}, 4, [5]),
+    "load_processes": ({"min": 1, "max": 2}, 2, [3]),
 }
 
 

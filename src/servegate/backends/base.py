@@ -19,6 +19,15 @@ class VersionInfo:
 
 
 @dataclass(frozen=True)
+class ReplicaAccess:
+    """One replica's inference API, for a load generator that spreads over a fleet."""
+
+    inference_url: str
+    #: That replica's own key (TorchServe makes each server's keys at start). Not in repr.
+    inference_key: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
 class ServerAccess:
     """How clients other than the backend reach the server's inference API (Locust, curl)."""
 
@@ -33,6 +42,9 @@ class ServerAccess:
     #: The PEM file an ``https://`` inference URL is verified against (Locust, curl's
     #: ``--cacert``), or None for the system's CAs.
     ca_bundle: str | None = None
+    #: A fleet's replicas (``backends.torchserve.fleet``), which Locust spreads its requests
+    #: over; empty for one server (``inference_url`` then).
+    replicas: tuple[ReplicaAccess, ...] = ()
 
 
 @runtime_checkable
@@ -58,6 +70,9 @@ class ServingBackend(Protocol):
 
     def versions(self, name: str) -> list[VersionInfo]:
         """The versions of ``name`` being served (empty if none)."""
+
+    def default_version(self, name: str) -> str | None:
+        """The version the default endpoint of ``name`` serves (None: no such model)."""
 
     def predict(self, name: str, payload: Any, version: str | None = None) -> Any:
         """One prediction through the standard REST endpoint; returns the decoded JSON."""

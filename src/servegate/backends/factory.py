@@ -26,33 +26,70 @@ if TYPE_CHECKING:
 
 
 def open_torchserve(settings: TorchServeSettings, mode: ServerMode = "auto") -> Any:
-    """A ``TorchServeBackend``: the attached server, or the local one (started if need be)."""
+    """A ``TorchServeBackend``: the attached server, or the local one (started if need be);
+    a ``FleetBackend`` when ``SERVEGATE_TORCHSERVE_REPLICAS`` lists a fleet."""
     from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-    from servegate.backends.torchserve.keys import StaticKeys
 
     attach = TorchServeAttach.from_env() if mode != "local" else None
+    if attach is not None and attach.replicas:
+        return open_fleet(attach)
     if attach is not None:
-        keys: Any = attach.key_file
-        if attach.keys is not None:
-            keys = StaticKeys(attach.keys.get_secret_value(), TorchServeAttach.KEYS_ENV)
-        backend = TorchServeBackend.attach(attach.inference_url, attach.management_url, keys=keys,
-                                           model_store=attach.model_store,
-                                           metrics_url=attach.metrics_url,
-                                           ca_bundle=attach.ca_bundle,
-                                           allow_insecure_http=allow_insecure_http(),
-                                           tracking_ca_bundle=tracking_ca_bundle())
-        try:  # both APIs and both keys, checked before anything is built
-            backend.client.health()
-            backend.client.list_models()
-        except ServerError:
-            backend.close()
-            raise
-        return backend
+        return _attached(attach.inference_url, attach.management_url, attach.key_file,
+                         attach.keys, attach.model_store, attach.metrics_url, attach.ca_bundle,
+                         TorchServeAttach.KEYS_ENV)
     if mode == "attach":
         raise ConfigError(attach_refused(
             "TorchServe", f"{TorchServeAttach.PREFIX}MANAGEMENT_URL, ..._INFERENCE_URL and "
-                          f"{TorchServeAttach.KEYS_ENV} (its key_file.json content) or ..._KEY_FILE"))
+                          f"{TorchServeAttach.KEYS_ENV} (its key_file.json content) or ..._KEY_FILE "
+                          f"(or a fleet in {TorchServeAttach.REPLICAS_ENV})"))
     return TorchServeBackend.from_state(LocalTorchServe(settings).start())
+
+
+def _attached(inference_url: str, management_url: str, key_file: Any, keys: Any,
+              model_store: Any, metrics_url: str, ca_bundle: Any, keys_source: str) -> Any:
+    """A ``TorchServeBackend`` attached to one server, both APIs and keys checked first."""
+    from servegate.backends.torchserve import TorchServeBackend
+    from servegate.backends.torchserve.keys import StaticKeys
+
+    given: Any = key_file
+    if keys is not None:
+        given = StaticKeys(keys.get_secret_value(), keys_source)
+    backend = TorchServeBackend.attach(inference_url, management_url, keys=given,
+                                       model_store=model_store, metrics_url=metrics_url,
+                                       ca_bundle=ca_bundle,
+                                       allow_insecure_http=allow_insecure_http(),
+                                       tracking_ca_bundle=tracking_ca_bundle())
+    try:  # both APIs and both keys, checked before anything is built
+        backend.client.health()
+        backend.client.list_models()
+    except ServerError:
+        backend.close()
+        raise
+    return backend
+
+
+def open_fleet(attach: TorchServeAttach) -> Any:
+    """A ``FleetBackend`` over ``attach.replicas`` (every replica checked; one that does not
+    answer is a ``ReplicaFailed`` naming it, and nothing is opened)."""
+    from servegate.backends.torchserve.fleet import FleetBackend, Replica
+    from servegate.errors import ReplicaFailed
+
+    opened: list[Replica] = []
+    try:
+        for i, r in enumerate(attach.replicas):
+            try:
+                backend = _attached(r.inference_url, r.management_url, r.key_file, r.keys,
+                                    r.model_store, r.metrics_url, attach.ca_bundle,
+                                    f"{TorchServeAttach.REPLICAS_ENV}[{i}].keys")
+            except ServerError as exc:
+                raise ReplicaFailed(f"attach to replica {r.management_url}: {exc}",
+                                    replica=r.management_url) from exc
+            opened.append(Replica(r.management_url, backend))
+    except BaseException:
+        for replica in opened:
+            replica.backend.close()
+        raise
+    return FleetBackend(opened)
 
 
 def open_tfserving(settings: TFServingSettings | None = None,

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from servegate._resources import loadtests_dir
+from servegate.backends.base import ReplicaAccess
 from servegate.config import LoadSettings, SLOs
 from servegate.errors import PipelineError
 from servegate.gates.checks import Check
 from servegate.gates.compare import Comparison, Interval
+
+#: Above this many cores per load process, a phase is flagged load-bound.
+LOAD_BOUND_CORES = 0.8
 
 
 @dataclass(frozen=True)
@@ -39,21 +43,37 @@ class LoadResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
     #: The challenger's merged result: its comparison with the champion over the rounds.
     comparison: Comparison | None = None
+    #: Locust processes that generated the load (``load_cpu_seconds`` is theirs together).
+    processes: int = 1
+    #: Phases merged into this result, and how many of them were load-bound (None: this
+    #: result's own CPU figures decide, as for one phase).
+    phases: int = 1
+    load_bound_phases: int | None = None
 
     @property
     def error_rate(self) -> float:
         return self.failures / self.requests if self.requests else 1.0
 
     @property
+    def cores_per_process(self) -> float:
+        """CPU the load processes used, in cores, on average per process."""
+        return self.load_cpu_seconds / (self.seconds * self.processes) if self.seconds else 0.0
+
+    @property
     def load_bound(self) -> bool:
-        """The load generator used more than 0.8 of a core: it may be the bottleneck."""
-        return self.seconds > 0 and self.load_cpu_seconds / self.seconds > 0.8
+        """A phase's load processes used more than ``LOAD_BOUND_CORES`` of a core each: the load
+        generator may be the bottleneck (more ``load_processes``, or another host, would tell)."""
+        if self.load_bound_phases is not None:
+            return self.load_bound_phases > 0
+        return self.cores_per_process > LOAD_BOUND_CORES
 
     def metrics(self, prefix: str) -> dict[str, float]:
         return {f"{prefix}_{k}": float(v) for k, v in {
             "requests": self.requests, "rps": self.rps, "p50_ms": self.p50_ms,
             "p95_ms": self.p95_ms, "p99_ms": self.p99_ms, "error_rate": self.error_rate,
             "load_cpu_fraction": self.load_cpu_seconds / self.seconds if self.seconds else 0.0,
+            "load_cores_per_process": self.cores_per_process,
+            "load_bound_phases": float(self.load_bound_phases or int(self.load_bound)),
         }.items()}
 
 
@@ -74,12 +94,15 @@ def locust_environment(**settings: str) -> dict[str, str]:
 
 def run_load(*, label: str, host: str, model: str, version: str | None, inference_key: str | None,
              samples: list[Any], settings: LoadSettings, locustfile: Path | None = None,
-             user_class: str = "TorchServePredictUser", ca_bundle: str | None = None) -> LoadResult:
+             user_class: str = "TorchServePredictUser", ca_bundle: str | None = None,
+             replicas: tuple[ReplicaAccess, ...] = ()) -> LoadResult:
     """Run a locustfile's user class (default: ``loadtests/torchserve.py`` against
-    ``/predictions/{model}[/{version}]``) against one version; ``inference_key`` reaches the
-    Locust process in a key file only this user can read, never on its command line; an
-    ``https://`` host is verified against ``ca_bundle`` (its path: ``SERVEGATE_CA_BUNDLE``),
-    else the system's CAs."""
+    ``/predictions/{model}[/{version}]``) against one version, in ``settings.processes``
+    Locust processes; ``inference_key`` reaches the Locust process in a key file only this user
+    can read, never on its command line; an ``https://`` host is verified against ``ca_bundle``
+    (its path: ``SERVEGATE_CA_BUNDLE``), else the system's CAs. ``replicas`` (a fleet's, with
+    each one's key) go in a file of the same kind (``SERVEGATE_REPLICAS_FILE``): the users send
+    their requests round-robin over them."""
     with tempfile.TemporaryDirectory(prefix="servegate-load-") as tmp:
         samples_file = Path(tmp) / "samples.json"
         samples_file.write_text(json.dumps(samples), encoding="utf-8")
@@ -89,16 +112,24 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
             key_path.touch(mode=0o600)
             key_path.write_text(json.dumps({"inference": {"key": inference_key}}), encoding="utf-8")
             key_file = str(key_path)
+        replicas_file = ""
+        if replicas:
+            replicas_path = Path(tmp) / "replicas.json"
+            replicas_path.touch(mode=0o600)
+            replicas_path.write_text(json.dumps([{"url": r.inference_url, "key": r.inference_key}
+                                                 for r in replicas]), encoding="utf-8")
+            replicas_file = str(replicas_path)
         out = Path(tmp) / "figures.json"
         env = locust_environment(SERVEGATE_MODEL=model, SERVEGATE_VERSION=version or "",
                                  SERVEGATE_SAMPLES=str(samples_file), SERVEGATE_KEY_FILE=key_file,
+                                 SERVEGATE_REPLICAS_FILE=replicas_file,
                                  **({"SERVEGATE_CA_BUNDLE": ca_bundle} if ca_bundle else {}))
         command = [
             sys.executable, "-m", "servegate.gates.locust_runner",
             "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),
             "--user-class", user_class,
             "--host", host, "--users", str(settings.users), "--seconds", str(settings.seconds),
-            "--out", str(out),
+            "--processes", str(settings.processes), "--out", str(out),
         ]
         try:
             completed = subprocess.run(command, env=env, capture_output=True, text=True,
@@ -108,13 +139,15 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
         if completed.returncode != 0 or not out.exists():
             raise PipelineError(f"the load test against {label} failed: {completed.stderr[-1500:]}")
         figures = json.loads(out.read_text(encoding="utf-8"))
-    return LoadResult(
+    result = LoadResult(
         label=label, requests=figures["requests"], failures=figures["failures"],
         seconds=figures["seconds"], rps=figures["rps"], p50_ms=figures["p50_ms"],
         p95_ms=figures["p95_ms"], p99_ms=figures["p99_ms"],
         load_cpu_seconds=figures["load_cpu_seconds"], histogram_ms=figures["histogram_ms"],
         timeline=figures["timeline"], errors=figures["errors"],
+        processes=int(figures.get("load_processes", 1)),
     )
+    return replace(result, load_bound_phases=int(result.load_bound))
 
 
 def summarize(phases: dict[str, list[LoadResult]], pair: tuple[str, str] | None, *,
@@ -157,6 +190,10 @@ def merge(results: list[LoadResult], figures: dict[str, float]) -> LoadResult:
         p50_ms=figures["p50_ms"], p95_ms=figures["p95_ms"], p99_ms=figures["p99_ms"],
         load_cpu_seconds=sum(r.load_cpu_seconds for r in results), histogram_ms=dict(histogram),
         timeline=timeline, errors=[e for r in results for e in r.errors][:10],
+        processes=max(r.processes for r in results),
+        phases=sum(r.phases for r in results),
+        load_bound_phases=sum(int(r.load_bound) if r.load_bound_phases is None
+                              else r.load_bound_phases for r in results),
     )
 
 

@@ -57,6 +57,16 @@ class GateReport:
     samples: tuple[EvalSample, ...] = ()
 
 
+def _load_bound(result: LoadResult) -> str:
+    """``yes (k of n phases)`` when a phase's Locust processes used more than 0.8 of a core
+    each, else ``no``; with the processes and their cores per process."""
+    cores = f"{result.cores_per_process:.2f} cores/process x {result.processes}"
+    if not result.load_bound:
+        return f"no ({cores})"
+    phases = result.load_bound_phases if result.load_bound_phases is not None else 1
+    return f"yes ({phases} of {result.phases} phases; {cores})"
+
+
 def _plots(report: GateReport, out: Path) -> list[Path]:
     import matplotlib
 
@@ -218,7 +228,7 @@ def _markdown(report: GateReport, plots: list[Path], shown: _Shown) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for r in report.load:
             lines.append(f"| {t(r.label)} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
-                         f"{r.p99_ms:.1f} | {r.error_rate:.2%} | {'yes' if r.load_bound else 'no'} |")
+                         f"{r.p99_ms:.1f} | {r.error_rate:.2%} | {_load_bound(r)} |")
         comparison = report.load[-1].comparison
         if comparison is not None:
             share = f"{comparison.confidence:.0%}"

@@ -111,7 +111,7 @@ class MeasuredTarget:
             extra["locustfile"] = profile.locustfile
         return run_ab(versions, settings=settings, adaptive=adaptive, host=access.inference_url,
                       model=name, inference_key=access.inference_key, samples=profile.samples,
-                      ca_bundle=access.ca_bundle, **extra)
+                      ca_bundle=access.ca_bundle, replicas=access.replicas, **extra)
 
 
 def curl_command(url: str, key_shell: str | None, example: Any, ca_bundle: str | None = None) -> str:
