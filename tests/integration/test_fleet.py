@@ -71,8 +71,9 @@ class Fleet:
         return [TorchServeBackend.from_state(s) for s in self.states]
 
     def stop(self) -> None:
-        for server, state in zip(self.servers, self.states, strict=True):
-            server.stop()
+        with ThreadPoolExecutor(REPLICAS) as pool:
+            list(pool.map(lambda s: s.stop(), self.servers))
+        for state in self.states:
             assert group_processes(state.pid) == [], "TorchServe processes left behind"
 
 

@@ -49,6 +49,8 @@ class LoadResult:
     #: result's own CPU figures decide, as for one phase).
     phases: int = 1
     load_bound_phases: int | None = None
+    #: Requests of the warm-up before each measured window (in no figure above).
+    warmup_requests: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -146,6 +148,7 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
         load_cpu_seconds=figures["load_cpu_seconds"], histogram_ms=figures["histogram_ms"],
         timeline=figures["timeline"], errors=figures["errors"],
         processes=int(figures.get("load_processes", 1)),
+        warmup_requests=int(figures.get("warmup_requests", 0)),
     )
     return replace(result, load_bound_phases=int(result.load_bound))
 
@@ -191,6 +194,7 @@ def merge(results: list[LoadResult], figures: dict[str, float]) -> LoadResult:
         load_cpu_seconds=sum(r.load_cpu_seconds for r in results), histogram_ms=dict(histogram),
         timeline=timeline, errors=[e for r in results for e in r.errors][:10],
         processes=max(r.processes for r in results),
+        warmup_requests=sum(r.warmup_requests for r in results),
         phases=sum(r.phases for r in results),
         load_bound_phases=sum(int(r.load_bound) if r.load_bound_phases is None
                               else r.load_bound_phases for r in results),
