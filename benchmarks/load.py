@@ -7,6 +7,7 @@ is not rewritten at exit, so it misses up to the last second of the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -36,6 +37,8 @@ class LoadResult:
     p99_ms: float
     load_cpu_s: float
     load_window_s: float
+    #: Locust processes (``--processes``: a master and this many workers when more than one).
+    processes: int = 1
 
     @property
     def error_ratio(self) -> float:
@@ -50,18 +53,32 @@ class LoadResult:
         return self.load_cpu_s / self.load_window_s if self.load_window_s else 0.0
 
     @property
+    def cores_per_process(self) -> float:
+        return self.load_cores / self.processes
+
+    @property
     def load_bound(self) -> bool:
-        return self.load_cores > LOAD_BOUND_CORES
+        """The load processes used more than ``LOAD_BOUND_CORES`` of a core each."""
+        return self.cores_per_process > LOAD_BOUND_CORES
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"error_ratio": self.error_ratio,
                                "cpu_per_request_s": self.cpu_per_request_s,
-                               "load_cores": self.load_cores, "load_bound": self.load_bound}
+                               "load_cores": self.load_cores,
+                               "cores_per_process": self.cores_per_process,
+                               "load_bound": self.load_bound}
 
 
 def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of ``proc`` and its live descendants (Locust's workers)."""
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += float(times.user + times.system)
+    return total
 
 
 def _children_cpu() -> float:
@@ -70,9 +87,12 @@ def _children_cpu() -> float:
 
 
 def run_locust(locustfile: Path, *, host: str, users: int, seconds: int, workdir: Path,
-               env: dict[str, str] | None = None, names: tuple[str, ...] = ()) -> LoadResult:
+               env: dict[str, str] | None = None, names: tuple[str, ...] = (),
+               processes: int = 1) -> LoadResult:
     """Run ``locust --headless`` for ``seconds`` and return its aggregated figures (of the request
-    ``names`` only, when given: e.g. the good requests of a mixed load).
+    ``names`` only, when given: e.g. the good requests of a mixed load). ``processes`` > 1:
+    ``--processes`` (Locust forks a master and that many workers; the master's stats merge
+    theirs; the CPU is the whole process tree's).
 
     The CPU window starts when Locust logs that all users are spawned (its imports and start-up are
     excluded) and ends when the process exits (exact, from the reaped child's rusage).
@@ -83,6 +103,8 @@ def run_locust(locustfile: Path, *, host: str, users: int, seconds: int, workdir
     command = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
                "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", host,
                "--json-file", str(stats), "--only-summary", "--loglevel", "INFO"]
+    if processes > 1:
+        command += ["--processes", str(processes)]
     children_before = _children_cpu()
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})},
@@ -105,8 +127,10 @@ def run_locust(locustfile: Path, *, host: str, users: int, seconds: int, workdir
             process.kill()
             process.wait()
     cpu_total = _children_cpu() - children_before
-    return _read_stats(stats.with_suffix(".json"), log, names=names,
-                       load_cpu_s=cpu_total - cpu_start, load_window_s=t_end - t_start)
+    return dataclasses.replace(
+        _read_stats(stats.with_suffix(".json"), log, names=names,
+                    load_cpu_s=cpu_total - cpu_start, load_window_s=t_end - t_start),
+        processes=processes)
 
 
 def percentile(histogram: dict[int, int], count: int, fraction: float) -> float:

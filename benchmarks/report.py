@@ -167,7 +167,7 @@ def targets(rows: Sequence[Row], digits: CompilerTable, minilm: CompilerTable,
     auto, minimal = _row(rows, "digits_b8_auto"), _row(rows, "digits_minimal")
     eager = _row(rows, "digits_b8")
     handler = _ratio(auto.result.rps, minimal.result.rps)
-    ping = next(r for r in rows if r.model is None)
+    pings = [r for r in rows if r.model is None]
     bound = [f"{r.family} {r.label}" for r in rows if r.model is not None and r.result.load_bound]
     return [
         Target("digits", f"our handler and configuration ({digits.chosen}, batch 8) / minimal",
@@ -184,16 +184,19 @@ def targets(rows: Sequence[Row], digits: CompilerTable, minilm: CompilerTable,
                  Shape(8, text_tokens)),
         *_compilers("MiniLM", minilm),
         *_hardware(minilm, rows, text_tokens),
-        Target("Locust", "load generator ceiling on /ping (req/s)", ping.result.rps, "#", "", None,
-               f"{ping.result.cpu_per_request_s * 1e6:.0f} µs CPU per request, "
-               f"{ping.result.load_cores:.2f} cores"),
+        *(Target("Locust", f"load generator ceiling on /ping, {p.result.processes} "
+                 f"process{'es' if p.result.processes > 1 else ''} (req/s)", p.result.rps, "#", "",
+                 None, f"{p.result.cpu_per_request_s * 1e6:.0f} µs CPU per request, "
+                 f"{p.result.load_cores:.2f} cores" + ("; load-bound" if p.result.load_bound else ""))
+          for p in pings),
         Target("Locust", "model rows that were load-bound", float(len(bound)), "#", "0",
                not bound, "; ".join(bound) or f"none used > {LOAD_BOUND_CORES} of a core"),
     ]
 
 
 COLUMNS = ("model", "configuration", "req/s", "asked req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-           "frontend µs/req", "worker µs/req", "Locust µs/req", "Locust cores", "note")
+           "frontend µs/req", "worker µs/req", "Locust µs/req", "Locust cores", "Locust processes",
+           "note")
 
 
 def _cells(row: Row) -> list[str]:
@@ -202,7 +205,7 @@ def _cells(row: Row) -> list[str]:
     return [row.family, row.label, f"{r.rps:,.0f}", "" if row.rate is None else f"{row.rate:,.0f}",
             f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.error_ratio:.2%}",
             f"{frontend:.0f}", f"{workers:.0f}", f"{r.cpu_per_request_s * 1e6:.0f}",
-            f"{r.load_cores:.2f}",
+            f"{r.load_cores:.2f}", str(r.processes),
             "; ".join(filter(None, ["load-bound" if r.load_bound else "",
                                     f"good requests only; 1 in {row.bad_every} bad"
                                     if row.bad_every else ""]))]
@@ -235,7 +238,8 @@ def markdown(report: dict[str, Any], found: Sequence[Target], rows: Sequence[Row
         "", "## Served", "",
         *_table(COLUMNS, [_cells(r) for r in rows], left=(0, 1, len(COLUMNS) - 1)),
         "",
-        f"- load-bound: the Locust process used more than {s['load_bound_cores']} of a core.",
+        f"- load-bound: the Locust processes used more than {s['load_bound_cores']} of a core "
+        "each.",
         "- frontend / worker µs/req: CPU time of TorchServe's Java frontend and of its Python "
         "workers per request during the row (psutil).",
         "",

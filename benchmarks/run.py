@@ -56,6 +56,7 @@ class Load:
     samples: Path | None
     rate_of: str | None = None  # at RATE_FRACTION of this model's saturated req/s
     bad_every: int | None = None  # 1 request in this many is a bad body (figures: the good ones)
+    processes: int | None = None  # Locust processes (None: --processes)
 
 
 def machine() -> dict[str, Any]:
@@ -167,7 +168,9 @@ class Bench:
                  rate_of="minilm_b1_auto"),
             Load(f"ours, {b8}, same rate", "MiniLM", "minilm_b8_auto", m,
                  rate_of="minilm_b1_auto"),
-            Load("load generator ceiling (/ping)", "Locust", None, None),
+            Load("load generator ceiling (/ping), 1 process", "Locust", None, None, processes=1),
+            Load("load generator ceiling (/ping), 2 processes", "Locust", None, None,
+                 processes=2),
         ]
 
     def served(self, digits: Any, digits_table: CompilerTable, minilm: Any,
@@ -237,15 +240,17 @@ class Bench:
             env |= {"SERVEGATE_BAD_SAMPLES": str(self.bad_samples),
                     "SERVEGATE_BAD_EVERY": str(load.bad_every)}
         name = f"{load.family} {load.label}"
+        processes = load.processes or args.processes
         if args.warmup:  # JIT-warms the Java frontend and the worker; figures discarded
             self.say(f"[{i}/{total}] warming up: {name} ({args.warmup}s)")
             run_locust(locustfile, host=state.inference, users=args.users, seconds=args.warmup,
-                       workdir=self.work / "warmup", env=env)
+                       workdir=self.work / "warmup", env=env, processes=processes)
         self.say(f"[{i}/{total}] loading: {name} ({args.users} users, {args.seconds}s)")
         workdir = raw / f"{i:02d}-{load.model or 'ping'}{'-mixed' if load.bad_every else ''}"
         before = server_cpu.snapshot(state.pid)
         result = run_locust(locustfile, host=state.inference, users=args.users,
-                            seconds=args.seconds, workdir=workdir, env=env, names=names)
+                            seconds=args.seconds, workdir=workdir, env=env, names=names,
+                            processes=processes)
         cpu = server_cpu.between(before, server_cpu.snapshot(state.pid))
         if load.model is not None and load.rate_of is None and not load.bad_every:
             peak.setdefault(load.model, result.rps)
@@ -292,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="load seconds per row (10)")
     parser.add_argument("--users", type=int, default=16, help="Locust users (16)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded load seconds per row (3)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="Locust processes of the model rows (1); the /ping ceiling is "
+                             "measured with 1 and 2")
     parser.add_argument("--epochs", type=int, default=10, help="digits training epochs (10)")
     parser.add_argument("--delay-ms", type=int, default=None,
                         help="max batch delay of the batch-8 rows (default: the pipeline's)")
@@ -326,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "epochs": args.epochs, "worker_threads": bench.threads,
                      "batch_delay_ms": args.delay_ms, "server_warmup_seconds": args.server_warmup,
                      "text_tokens": TEXT_TOKENS, "rate_fraction": RATE_FRACTION,
-                     "load_bound_cores": LOAD_BOUND_CORES},
+                     "load_bound_cores": LOAD_BOUND_CORES, "processes": args.processes},
     }
     found: list[Target] = targets(rows, digits_table, minilm_table, TEXT_TOKENS)
     report["targets"] = [t.as_dict() for t in found]

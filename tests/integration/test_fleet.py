@@ -106,7 +106,7 @@ def requests_served(backend: TorchServeBackend, name: str) -> int:
         rf'ts_inference_requests_total{{[^}}]*model_name="{name}"[^}}]*}} ([0-9.e+]+)', text)))
 
 
-def test_a_run_promotes_across_every_replica_and_loads_them_all(attached: Fleet) -> None:
+def test_a_run_promotes_across_every_replica_and_loads_them_all(attached: Fleet, digits) -> None:
     from servegate import api
 
     config = PipelineConfig(model="builtin:digits", name="fleetrun", compiler="eager",
@@ -122,6 +122,24 @@ def test_a_run_promotes_across_every_replica_and_loads_them_all(attached: Fleet)
     deploy_runs = mlflow.search_runs(search_all_experiments=True,
                                      filter_string="attributes.run_name = 'deploy'")
     assert any("fleet of 3 replicas" in str(s) for s in deploy_runs["params.server"])
+
+    # the load gate's Locust spreads its users' requests over every replica, each with its key
+    from servegate.backends.factory import open_torchserve
+    from servegate.gates.load import run_load
+
+    with open_torchserve(TorchServeSettings(), "attach") as fleet:
+        before = [requests_served(r.backend, "fleetrun") for r in fleet.replicas]
+        access = fleet.access()
+        rows = digits.eval_x[:8]
+        load = run_load(label="fleet", host=access.inference_url, model="fleetrun", version=None,
+                        inference_key=access.inference_key, replicas=access.replicas,
+                        samples=[{"inputs": row.tolist()} for row in rows],
+                        settings=LoadSettings(users=2, seconds=2, rounds=1))
+        each = [requests_served(r.backend, "fleetrun") - b
+                for r, b in zip(fleet.replicas, before, strict=True)]
+    assert load.failures == 0 and load.requests > 30
+    total = sum(each)
+    assert all(n > 0.2 * total for n in each), each  # round-robin: about a third each
 
 
 def test_a_replica_killed_mid_promotion_reverts_all_and_reconcile_restores_it(
