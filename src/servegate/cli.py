@@ -66,6 +66,8 @@ serve_app = _App(help="Start, stop and inspect a local TorchServe.", no_args_is_
 models_app = _App(help="Register, route and remove model versions.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
+export_app = _App(help="Write deployment manifests for other platforms.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 WorkdirOption = Annotated[
     Path | None,
@@ -557,6 +559,39 @@ def reconcile_command(
 
     out.print(api.reconcile(name, target=target, server=server or None,
                             torchserve=_settings(workdir), console=console))
+
+
+@export_app.command("kserve")
+def export_kserve(
+    model: Annotated[str, typer.Argument(help="NAME or NAME@ALIAS (default alias: champion; the champion's export adds the challenger as a canary).")],
+    image: Annotated[str, typer.Option(help="servegate's TorchServe image the ServingRuntime runs.")],
+    storage_uri: Annotated[str, typer.Option(help="Where you upload out/storage/v<N> as <storage-uri>/v<N> (s3://, gs://, pvc://, https://).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory written.")] = Path("kserve"),
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "default",
+    cpu: Annotated[str, typer.Option(help="CPU request and limit.")] = "1",
+    memory: Annotated[str, typer.Option(help="Memory request and limit.")] = "2Gi",
+    gpus: Annotated[int, typer.Option(help="nvidia.com/gpu per replica (0: CPU only).")] = 0,
+    protocol: Annotated[str, typer.Option(help="v1 | v2: the KServe protocol clients speak.")] = "v1",
+    canary_percent: Annotated[int, typer.Option(help="Traffic the challenger's revision gets.")] = 10,
+    min_replicas: Annotated[int, typer.Option(help="Fewest replicas.")] = 1,
+    max_replicas: Annotated[int, typer.Option(help="Most replicas.")] = 3,
+    public: Annotated[bool, typer.Option("--public", help="Reachable from outside the cluster (default: cluster-local).")] = False,
+) -> None:
+    """KServe manifests (ServingRuntime, InferenceService, the challenger as a canary) and the
+    storage TorchServe reads, from the registry's verified archives (docs/fleet.md)."""
+    from servegate.kserve import KServeOptions, export
+
+    name, _, alias = model.partition("@")
+    _valid(name)
+    options = KServeOptions(image=image, storage_uri=storage_uri, namespace=namespace, cpu=cpu,
+                            memory=memory, gpus=gpus, protocol=protocol,  # type: ignore[arg-type]
+                            canary_percent=canary_percent, min_replicas=min_replicas,
+                            max_replicas=max_replicas, public=public)
+    done = export(name, options, out_dir, alias=alias or "champion")
+    out.print(f"{name}: v{done.champion}" + (f", canary v{done.challenger}" if done.challenger else "")
+              + f" -> {done.directory}")
+    for path in done.files:
+        out.print(f"  {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
