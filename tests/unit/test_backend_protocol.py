@@ -18,7 +18,7 @@ METHODS = sorted(name for name, value in vars(ServingBackend).items()
                  if callable(value) and not name.startswith("_"))
 
 
-@pytest.fixture(params=["torchserve", "tfserving", "memory"])
+@pytest.fixture(params=["torchserve", "tfserving", "memory", "fleet"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path):
     """Each backend, built without a server (nothing is called on it)."""
     if request.param == "torchserve":
@@ -26,6 +26,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path):
         made: object = TorchServeBackend(TorchServeClient(endpoints, None), tmp_path)
     elif request.param == "tfserving":
         made = TFServingBackend(TFServingClient("http://127.0.0.1:9", "127.0.0.1:9"), tmp_path)
+    elif request.param == "fleet":
+        from servegate.backends.torchserve.fleet import FleetBackend, Replica
+
+        made = FleetBackend([Replica("one", MemoryBackend()), Replica("two", MemoryBackend())])
     else:
         made = MemoryBackend()
     yield made
@@ -33,8 +37,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path):
 
 
 def test_the_protocol_is_the_pipelines_whole_interface() -> None:
-    assert METHODS == ["access", "close", "deploy", "endpoint", "ping", "predict", "set_default",
-                       "undeploy", "versions"]
+    assert METHODS == ["access", "close", "default_version", "deploy", "endpoint", "ping", "predict",
+                       "set_default", "undeploy", "versions"]
 
 
 def test_every_backend_is_a_serving_backend(backend: object) -> None:

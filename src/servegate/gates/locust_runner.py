@@ -81,7 +81,8 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
     warmup_requests = env.stats.total.num_requests
     env.stats.reset_all()
     cpu_before, started = _cpu_seconds(), time.monotonic()
-    sampler = gevent.spawn(_sample, env, started, timeline := [])
+    timeline: list[dict[str, float]] = []
+    sampler = gevent.spawn(_sample, env, started, timeline)
     gevent.sleep(args.seconds)
     runner.quit()
     sampler.kill()
@@ -111,7 +112,8 @@ def _master(args: argparse.Namespace) -> dict[str, Any]:
         env.stats.reset_all()  # nothing of the warm-up has arrived yet that workers will not drop
         runner.send_message(MEASURE)
         started = time.monotonic()
-        sampler = gevent.spawn(_sample, env, started, timeline := [])
+        timeline: list[dict[str, float]] = []
+        sampler = gevent.spawn(_sample, env, started, timeline)
         gevent.sleep(args.seconds)
         runner.send_message(FINISH)
         elapsed = time.monotonic() - started
@@ -159,7 +161,7 @@ def _worker(args: argparse.Namespace) -> int:
         if not state["measuring"]:
             state["warmup_requests"] += data["stats_total"]["num_requests"]
             data["stats"], data["errors"] = [], {}
-            data["stats_total"] = StatsEntry(env.stats, "Aggregated", None).serialize()
+            data["stats_total"] = StatsEntry(env.stats, "Aggregated", None).serialize()  # type: ignore[arg-type]
 
     def measure(environment: Any, msg: Any) -> None:
         runner._send_stats()  # the warm-up's last samples, dropped (not measuring yet)

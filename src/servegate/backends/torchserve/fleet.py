@@ -151,10 +151,10 @@ class FleetBackend:
             except ServerError as exc:
                 failures.append((replica, exc))
         if failures:
-            replica, exc = failures[0]
+            first, cause = failures[0]
             others = "".join(f"; replica {r.label} failed too: {e}" for r, e in failures[1:])
-            raise ReplicaFailed(f"unregister {name} v{version}: replica {replica.label} failed: "
-                                f"{exc}{others}", replica=replica.label) from exc
+            raise ReplicaFailed(f"unregister {name} v{version}: replica {first.label} failed: "
+                                f"{cause}{others}", replica=first.label) from cause
 
     @staticmethod
     def _undo(replicas: list[Replica], step: Callable[[Replica], None]) -> str:
