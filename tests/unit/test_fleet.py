@@ -221,3 +221,33 @@ def test_the_environment_names_a_fleet_or_one_server(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "http://c:8081")
     with pytest.raises(ConfigError, match="not both"):
         TorchServeAttach.from_env()
+
+
+def test_the_next_run_restores_the_champion_on_a_replica_that_came_back_empty(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from servegate.config import PipelineConfig
+    from servegate.errors import GateFailed
+    from servegate.pipeline import DeployPipeline
+    from servegate.testing import ScriptedModel, ScriptedTarget
+
+    mlflow.set_experiment("fleet")
+    backend, members = fleet()
+    target = ScriptedTarget(backend, [ScriptedModel(0.95, 10), ScriptedModel(0.80, 10)])
+
+    def run() -> None:
+        DeployPipeline(PipelineConfig(model="builtin:scripted"), backend, Console(quiet=True),
+                       target=target).run()
+
+    run()
+    assert defaults(members, "scripted") == ["1", "1", "1"]
+    members[1]._state.clear()  # replica 1 restarted: it serves nothing
+    seen = [len(m.calls) for m in members]
+    with pytest.raises(GateFailed):  # the worse challenger is rejected, after the restore
+        run()
+    assert defaults(members, "scripted") == ["1", "1", "1"]
+    assert [[v.version for v in m.versions("scripted")] for m in members] == [["1"]] * 3
+    restored = [[c for c in m.calls[n:] if c == ("deploy", "scripted", "1")]
+                for m, n in zip(members, seen, strict=True)]
+    assert restored == [[], [("deploy", "scripted", "1")], []]  # only where it was missing
