@@ -54,3 +54,62 @@ def test_more_processes_than_users_is_refused() -> None:
     with pytest.raises(ValidationError, match="cannot exceed load_users"):
         LoadSettings(users=2, processes=3)
     assert LoadSettings(users=2, processes=2).processes == 2
+
+
+def test_a_worker_servegate_did_not_start_voids_the_phase(tmp_path: Path) -> None:
+    """The master listens on loopback: a local process that joins it as a worker (here a real
+    Locust worker without the run's token) makes the phase fail instead of counting its figures."""
+    import subprocess
+    import sys
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import psutil
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    locustfile = tmp_path / "users.py"
+    locustfile.write_text("from locust import FastHttpUser, task\n"
+                          "class U(FastHttpUser):\n"
+                          "    @task\n"
+                          "    def get(self):\n"
+                          "        self.client.get('/')\n")
+    host = f"http://127.0.0.1:{server.server_port}"
+    common = ["--locustfile", str(locustfile), "--user-class", "U", "--host", host]
+    runner = [sys.executable, "-m", "servegate.gates.locust_runner"]
+    master = subprocess.Popen([*runner, *common, "--users", "4", "--seconds", "3", "--processes",
+                               "2", "--out", str(tmp_path / "figures.json")],
+                              stderr=subprocess.PIPE, text=True)
+    rogue = None
+    try:
+        deadline = time.monotonic() + 60
+        while rogue is None and time.monotonic() < deadline and master.poll() is None:
+            ports = [c.laddr.port for c in psutil.Process(master.pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN]
+            if ports:
+                rogue = subprocess.Popen([*runner, "--worker", "--master-port", str(ports[0]),
+                                          *common], stdin=subprocess.PIPE, text=True,
+                                         stderr=subprocess.DEVNULL)
+                assert rogue.stdin is not None
+                rogue.stdin.write("not-the-token\n")
+                rogue.stdin.close()
+            time.sleep(0.05)
+        _, err = master.communicate(timeout=120)
+    finally:
+        server.shutdown()
+        for process in (master, rogue):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert rogue is not None
+    assert master.returncode != 0 and "did not start" in err, err[-2000:]
+    assert not (tmp_path / "figures.json").exists()

@@ -11,21 +11,29 @@ bucket by bucket: the same percentiles one process computes). Exact windows: a w
 what its users recorded before the master's ``servegate_measure`` message (the warm-up), and
 answers the master's ``servegate_finish`` with its last report before ``servegate_done``, so
 every measured request is in the figures and none of the warm-up's is.
+
+The master listens on loopback, where any local process could connect as a worker or send
+statistics: each worker proves it is one of ours with a per-run token (given on its stdin, never
+on a command line) in a ``servegate_hello`` message, and a phase in which anything else joined or
+reported fails instead of producing figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import importlib.util
 import json
 import resource
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-MEASURE, FINISH, DONE = "servegate_measure", "servegate_finish", "servegate_done"
+MEASURE, FINISH, DONE, HELLO = ("servegate_measure", "servegate_finish", "servegate_done",
+                                "servegate_hello")
 #: How often a worker reports to the master (Locust's default: 3 s), for a smoother timeline.
 WORKER_REPORT_INTERVAL_S = 1.0
 
@@ -98,14 +106,39 @@ def _master(args: argparse.Namespace) -> dict[str, Any]:
     env = Environment(user_classes=[_user_class(args.locustfile, args.user_class)], host=args.host)
     runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=0)
     done: dict[str, dict[str, float]] = {}
+    token = secrets.token_hex(16)
+    ours: set[str] = set()
+    seen: set[str] = set()  # every node that said hello, reported or joined
+
+    def hello(environment: Any, msg: Any) -> None:
+        seen.add(msg.node_id)
+        if hmac.compare_digest(str((msg.data or {}).get("token", "")), token):
+            ours.add(msg.node_id)
+
+    runner.register_message(HELLO, hello)
     runner.register_message(DONE, lambda environment, msg: done.__setitem__(msg.node_id, msg.data))
+    env.events.worker_report.add_listener(lambda client_id, data: seen.add(client_id))
+    env.events.worker_connect.add_listener(lambda client_id: seen.add(client_id))
+
+    def trusted() -> None:
+        strangers = seen - ours
+        if strangers:
+            raise SystemExit(f"{len(strangers)} Locust worker(s) that servegate did not start "
+                             "joined the load gate's master or sent it statistics: no figures")
+
     command = [sys.executable, "-m", "servegate.gates.locust_runner", "--worker",
                "--master-port", str(runner.server.port), "--locustfile", str(args.locustfile),
                "--user-class", args.user_class, "--host", args.host]
-    workers = [subprocess.Popen(command) for _ in range(args.processes)]
+    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
+               for _ in range(args.processes)]
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write(token + "\n")
+        worker.stdin.close()
     try:
-        _wait(lambda: runner.worker_count >= args.processes, 60, "the load workers to connect",
-              workers)
+        _wait(lambda: len(ours) >= args.processes and runner.worker_count >= args.processes, 60,
+              "the load workers to connect", workers)
+        trusted()
         runner.start(args.users, spawn_rate=args.users)
         _wait(lambda: runner.user_count >= args.users, 60, "the users to start", workers)
         gevent.sleep(args.warmup_seconds)
@@ -122,6 +155,7 @@ def _master(args: argparse.Namespace) -> dict[str, Any]:
         figures = _figures(env, elapsed, timeline, [d["cpu_seconds"] for d in done.values()],
                            processes=args.processes,
                            warmup_requests=int(sum(d["warmup_requests"] for d in done.values())))
+        trusted()
         runner.quit()
     finally:
         for worker in workers:
@@ -151,8 +185,10 @@ def _worker(args: argparse.Namespace) -> int:
     from locust.stats import StatsEntry
 
     locust.runners.WORKER_REPORT_INTERVAL = WORKER_REPORT_INTERVAL_S
+    token = sys.stdin.readline().strip()
     env = Environment(user_classes=[_user_class(args.locustfile, args.user_class)], host=args.host)
     runner = env.create_worker_runner("127.0.0.1", args.master_port)
+    runner.send_message(HELLO, {"token": token})
     state = {"measuring": False, "cpu_before": 0.0, "warmup_requests": 0}
 
     def drop_warmup(client_id: str, data: dict[str, Any]) -> None:
