@@ -3,8 +3,8 @@
 Each replica is a backend of its own (a ``TorchServeBackend`` per TorchServe process or pod).
 The fleet keeps them in step, all or none:
 
-- ``deploy`` puts a version on every replica that lacks it; a replica that fails takes the
-  version off the replicas this call put it on, and ``ReplicaFailed`` names it;
+- ``deploy`` puts a version on every replica that lacks it, in parallel; if one fails, the
+  replicas this call reached drop it again, and ``ReplicaFailed`` names the one that failed;
 - ``set_default`` moves every replica's default; a replica that fails moves the others back to
   their own previous default, and ``ReplicaFailed`` names it (and any that could not move back);
 - ``versions`` lists a version only when EVERY replica serves it (a replica that came back
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -36,7 +37,40 @@ class ReplicaBackend(Protocol):
     """What the fleet needs of each replica: a ``ServingBackend`` with ``default_version``."""
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None, sha256: str | None = None) -> None: ...
+               source_uri: str | None = None, sha256: str | None = None) -> None:
+        """On every replica that lacks ``version``, all at once (one serving it as its default
+        keeps it: the champion restored on the others; one serving it otherwise gets this
+        archive instead); if any fails, the replicas this call reached drop it again."""
+        def place(replica: Replica) -> bool:
+            served = {v.version: v for v in replica.backend.versions(name)}
+            if version in served and served[version].is_default:
+                return False
+            if version in served:
+                replica.backend.undeploy(name, version)
+            replica.backend.deploy(artifact, name, version, workers=workers,
+                                   source_uri=source_uri, sha256=sha256)
+            return True
+
+        with ThreadPoolExecutor(max_workers=len(self.replicas)) as pool:
+            futures = [(replica, pool.submit(place, replica)) for replica in self.replicas]
+        placed: list[Replica] = []
+        failed: list[tuple[Replica, Exception]] = []
+        for replica, future in futures:
+            try:
+                if future.result():
+                    placed.append(replica)
+            except Exception as exc:  # noqa: BLE001 (undone below, then raised)
+                failed.append((replica, exc))
+        if not failed:
+            return
+        undone = self._undo(placed, lambda r: r.backend.undeploy(name, version))
+        replica, cause = failed[0]
+        if not isinstance(cause, ServerError):  # e.g. IntegrityError: its own kind, as it was
+            raise cause
+        others = "".join(f"; replica {r.label} failed too: {e}" for r, e in failed[1:])
+        raise ReplicaFailed(f"deploy {name} v{version}: replica {replica.label} failed: {cause}"
+                            f"{others}{undone}", replica=replica.label) from cause
+
     def set_default(self, name: str, version: str) -> None: ...
     def undeploy(self, name: str, version: str) -> None: ...
     def versions(self, name: str) -> list[VersionInfo]: ...
