@@ -63,6 +63,20 @@ def test_deploy_is_all_or_none_too() -> None:
     assert [[v.version for v in m.versions("digits")] for m in members] == [["1"]] * 3
 
 
+def test_an_archive_that_fails_its_hash_on_one_replica_leaves_none_and_keeps_its_kind() -> None:
+    from servegate.errors import IntegrityError
+
+    backend, members = fleet()
+
+    def tampered(*args: str) -> None:
+        raise IntegrityError("digits v1: the bytes in this replica's store differ")
+
+    members[2].hooks["deploy"] = tampered
+    with pytest.raises(IntegrityError):
+        backend.deploy(Path("/nowhere"), "digits", "1")
+    assert [m.versions("digits") for m in members] == [[], [], []]
+
+
 def test_a_version_is_served_only_when_every_replica_serves_it() -> None:
     backend, members = fleet()
     for v in ("1", "2"):

@@ -37,40 +37,7 @@ class ReplicaBackend(Protocol):
     """What the fleet needs of each replica: a ``ServingBackend`` with ``default_version``."""
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None, sha256: str | None = None) -> None:
-        """On every replica that lacks ``version``, all at once (one serving it as its default
-        keeps it: the champion restored on the others; one serving it otherwise gets this
-        archive instead); if any fails, the replicas this call reached drop it again."""
-        def place(replica: Replica) -> bool:
-            served = {v.version: v for v in replica.backend.versions(name)}
-            if version in served and served[version].is_default:
-                return False
-            if version in served:
-                replica.backend.undeploy(name, version)
-            replica.backend.deploy(artifact, name, version, workers=workers,
-                                   source_uri=source_uri, sha256=sha256)
-            return True
-
-        with ThreadPoolExecutor(max_workers=len(self.replicas)) as pool:
-            futures = [(replica, pool.submit(place, replica)) for replica in self.replicas]
-        placed: list[Replica] = []
-        failed: list[tuple[Replica, Exception]] = []
-        for replica, future in futures:
-            try:
-                if future.result():
-                    placed.append(replica)
-            except Exception as exc:  # noqa: BLE001 (undone below, then raised)
-                failed.append((replica, exc))
-        if not failed:
-            return
-        undone = self._undo(placed, lambda r: r.backend.undeploy(name, version))
-        replica, cause = failed[0]
-        if not isinstance(cause, ServerError):  # e.g. IntegrityError: its own kind, as it was
-            raise cause
-        others = "".join(f"; replica {r.label} failed too: {e}" for r, e in failed[1:])
-        raise ReplicaFailed(f"deploy {name} v{version}: replica {replica.label} failed: {cause}"
-                            f"{others}{undone}", replica=replica.label) from cause
-
+               source_uri: str | None = None, sha256: str | None = None) -> None: ...
     def set_default(self, name: str, version: str) -> None: ...
     def undeploy(self, name: str, version: str) -> None: ...
     def versions(self, name: str) -> list[VersionInfo]: ...
@@ -138,23 +105,38 @@ class FleetBackend:
     # ---- changes, all or none ----------------------------------------------------------------
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
                source_uri: str | None = None, sha256: str | None = None) -> None:
-        """On every replica that lacks ``version`` (one serving it as its default keeps it: the
-        champion restored on the others; one serving it otherwise gets this archive instead)."""
+        """On every replica that lacks ``version``, all at once (one serving it as its default
+        keeps it: the champion restored on the others; one serving it otherwise gets this
+        archive instead); if any fails, the replicas this call reached drop it again."""
+        def place(replica: Replica) -> bool:
+            served = {v.version: v for v in replica.backend.versions(name)}
+            if version in served and served[version].is_default:
+                return False
+            if version in served:
+                replica.backend.undeploy(name, version)
+            replica.backend.deploy(artifact, name, version, workers=workers,
+                                   source_uri=source_uri, sha256=sha256)
+            return True
+
+        with ThreadPoolExecutor(max_workers=len(self.replicas)) as pool:
+            futures = [(replica, pool.submit(place, replica)) for replica in self.replicas]
         placed: list[Replica] = []
-        for replica in self.replicas:
+        failed: list[tuple[Replica, Exception]] = []
+        for replica, future in futures:
             try:
-                served = {v.version: v for v in replica.backend.versions(name)}
-                if version in served and served[version].is_default:
-                    continue
-                if version in served:
-                    replica.backend.undeploy(name, version)
-                replica.backend.deploy(artifact, name, version, workers=workers,
-                                       source_uri=source_uri, sha256=sha256)
-                placed.append(replica)
-            except ServerError as exc:
-                undone = self._undo(placed, lambda r: r.backend.undeploy(name, version))
-                raise ReplicaFailed(f"deploy {name} v{version}: replica {replica.label} failed: "
-                                    f"{exc}{undone}", replica=replica.label) from exc
+                if future.result():
+                    placed.append(replica)
+            except Exception as exc:  # noqa: BLE001 (undone below, then raised)
+                failed.append((replica, exc))
+        if not failed:
+            return
+        undone = self._undo(placed, lambda r: r.backend.undeploy(name, version))
+        replica, cause = failed[0]
+        if not isinstance(cause, ServerError):  # e.g. IntegrityError: its own kind, as it was
+            raise cause
+        others = "".join(f"; replica {r.label} failed too: {e}" for r, e in failed[1:])
+        raise ReplicaFailed(f"deploy {name} v{version}: replica {replica.label} failed: {cause}"
+                            f"{others}{undone}", replica=replica.label) from cause
 
     def set_default(self, name: str, version: str) -> None:
         """Every replica's default to ``version``, or none: see the module's docstring."""
