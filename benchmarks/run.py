@@ -72,6 +72,7 @@ class Load:
     rate_of: str | None = None  # at RATE_FRACTION of this model's saturated req/s
     bad_every: int | None = None  # 1 request in this many is a bad body (figures: the good ones)
     typed: bool = False  # samples are (Content-Type, body) pairs (``locust_bodies.py``)
+    repeat: int = 0  # a headline row measured again beside its pair (1, 2, ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +240,14 @@ class Bench:
                 Load(f"ours, {b8}, same rate", "MiniLM", "minilm_b8_auto", m,
                      rate_of="minilm_b1_auto"),
             ]
+        if "digits" in measured:  # the headline pair again, each time in the other order
+            d, chosen = samples["digits"], measured["digits"].table.chosen
+            for repeat in range(1, self.args.pairs):
+                pair = [Load(f"ours, {b8}, {chosen} (auto), pair {repeat + 1}", "digits",
+                             "digits_b8_auto", d, repeat=repeat),
+                        Load(f"minimal handler (docs), batch 1, pair {repeat + 1}", "digits",
+                             "digits_minimal", d, repeat=repeat)]
+                plan += pair[::-1] if repeat % 2 else pair
         return plan + [Load("load generator ceiling (/ping)", "Locust", None, None)]
 
     def samples(self, measured: dict[str, Measured]) -> dict[str, Path]:
@@ -343,7 +352,7 @@ class Bench:
             peak.setdefault(load.model, result.rps)
         bad_not_4xx = failures_of(workdir, "bad") if load.bad_every else 0
         return Row(load.label, load.family, load.model, rate, result, cpu,
-                   bad_every=load.bad_every, bad_not_4xx=bad_not_4xx)
+                   bad_every=load.bad_every, bad_not_4xx=bad_not_4xx, repeat=load.repeat)
 
 
 def _check_digits(name: str, predict: Callable[[str, Any], Any], x: np.ndarray,
@@ -409,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="discarded load seconds before the first row: the JVM's JIT (10)")
     parser.add_argument("--shape-seconds", type=float, default=2.0,
                         help="MiniLM: timing budget per backend and shape (2)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="times the headline pair (ours auto batch 8, minimal) is measured "
+                             "side by side; the ratio is the median over the pairs (3)")
     parser.add_argument("--models", default=",".join(FAMILIES),
                         help=f"comma-separated subset of {', '.join(FAMILIES)} (all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="output dir")
@@ -445,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "batch_delay_ms": args.delay_ms, "server_warmup_seconds": args.server_warmup,
                      "text_tokens": TEXT_TOKENS, "rate_fraction": RATE_FRACTION,
                      "load_bound_cores": LOAD_BOUND_CORES, "image_size": IMAGE_SIZE,
+                     "headline_pairs": args.pairs,
                      "models": families},
     }
     tables = {family: m.table for family, m in measured.items()}
