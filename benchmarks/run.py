@@ -414,8 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="digits training epochs (10)")
     parser.add_argument("--delay-ms", type=int, default=None,
                         help="max batch delay of the batch-8 rows (default: the pipeline's)")
-    parser.add_argument("--server-warmup", type=int, default=10,
-                        help="discarded load seconds before the first row: the JVM's JIT (10)")
+    parser.add_argument("--server-warmup", type=int, default=30,
+                        help="discarded load seconds before the first row: the JVM's JIT (30)")
     parser.add_argument("--shape-seconds", type=float, default=2.0,
                         help="MiniLM: timing budget per backend and shape (2)")
     parser.add_argument("--pairs", type=int, default=3,

@@ -110,8 +110,8 @@ class BatchingHandler:
     # ---- lifecycle -------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
         """TorchServe entry: load the model the archive records on this worker's device
-        (``gpu_id`` for CUDA archives), then warm it up; the worker's socket reads buffered
-        (``sg_worker_io``)."""
+        (``gpu_id`` for CUDA archives), then warm it up. The worker reads each batch in one
+        piece and skips its per-batch INFO line (``sg_worker_io``)."""
         sg_worker_io.install()
         properties = context.system_properties
         yaml_config = getattr(context, "model_yaml_config", None) or {}

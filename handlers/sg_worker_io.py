@@ -3,8 +3,9 @@
 TorchServe 0.12's worker (``ts/protocol/otf_message_handler.py``) reads a batch field by field:
 each length prefix and each value with its own ``socket.recv``, three Python calls deep, about 40
 times per request for a client that sends 7 HTTP headers (41 ``recvfrom`` per request counted with
-strace under Locust; ~40 µs of worker CPU per request in process, as much as a quarter of our
-``handle()`` at batch 8). ``install`` replaces two functions of that module:
+strace under Locust; 63-66 µs of worker CPU per request at batch 8 in process, against 91-118 µs
+for our whole ``handle()``: ``benchmarks/worker_loop.py``). ``install`` replaces two functions of
+that module (20-24 µs per request, one ``recvfrom`` per batch):
 
 - ``_retrieve_buffer(conn, n)``: served from a buffer kept per socket, which one ``recv`` fills
   with whatever the socket holds (the command byte and load messages go through it);
@@ -21,8 +22,8 @@ load is answered, so no byte of the stream is left in the old reader's hands. On
 TorchServe version whose protocol the tests compare against (``TESTED_TORCHSERVE``).
 
 ``install`` also stops the worker's root-logger INFO lines ("Backend received inference at: ..."
-once per batch: ~40 µs of worker CPU here, plus a line the frontend reads and matches against
-three patterns). The frontend logs such lines at INFO to ``model_log``, which servegate's
+once per batch: ~14 µs of worker CPU per batch here, and a line the frontend reads and matches
+against three patterns). The frontend logs such lines at INFO to ``model_log``, which servegate's
 log4j2.xml keeps at WARN, so they were written nowhere. TorchServe's own loggers (``ts.*``, whose
 ``[METRICS]`` lines feed ``/metrics``) keep INFO.
 """
