@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 from rich.console import Console
 
 from servegate import promotion, steps, tracking
@@ -49,8 +48,9 @@ class DeployPipeline:
     def __init__(self, config: PipelineConfig, backend: ServingBackend | None,
                  console: Console | None = None, unreachable: ServerError | None = None,
                  target: Target | None = None) -> None:
-        self.run_state = steps.Run(config, target or get_target(config.target), backend,
-                                   console or Console(stderr=True))
+        target = target or get_target(config.target)
+        target.check_compiler(config.compiler)
+        self.run_state = steps.Run(config, target, backend, console or Console(stderr=True))
         self.unreachable = unreachable
 
     def run(self) -> PipelineResult:
@@ -60,10 +60,10 @@ class DeployPipeline:
         run = self.run_state
         name = run.config.model_name
         with model_lock(name), signals_as_errors(), model_lease(name), \
-                mlflow.start_run(run_name=f"deploy-{name}") as parent, \
+                tracking.step(f"deploy-{name}", nested=False) as run_id, \
                 tempfile.TemporaryDirectory(prefix="servegate-run-") as tmp:
             try:
-                return self._run(parent.info.run_id, Path(tmp))
+                return self._run(run_id, Path(tmp))
             except Interrupted as exc:
                 run.say(f"[red]{exc}: cleaning up[/]")
                 if run.challenger is not None:

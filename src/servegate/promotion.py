@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import mlflow
-
+from servegate import tracking
 from servegate.errors import IntegrityError, PipelineError
 from servegate.interrupts import critical
 from servegate.lease import current_owner, live_owners
@@ -182,8 +181,7 @@ def repair(registry: Registry, backend: Any, name: str, say: Say, *,
         message = (f"interrupted {move.kind} of {name} (v{_v(move.source)} -> v{move.target}) "
                    f"{outcome}: {why}")
         registry.set_model_tag(PROMOTION_TAG, f"{outcome} by repair {move.describe()}")
-        if mlflow.active_run() is not None:
-            mlflow.set_tag(REPAIR_RUN_TAG, message)
+        tracking.tag_active_run(REPAIR_RUN_TAG, message)
         say(f"[yellow]repair: {message}[/]")
         return outcome
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from rich.console import Console
 
 from servegate import promotion, tracking
@@ -58,7 +57,7 @@ def source(run: Run) -> tuple[Any, Registry, str]:
     """The model and its held-out data; a new registry version (or the given one), alias
     ``challenger``."""
     cfg = run.config
-    with mlflow.start_run(run_name="source", nested=True):
+    with tracking.step("source"):
         run.say(f"source: {cfg.model}")
         registered = tracking.registered_version(cfg.model) if cfg.model.startswith("models:/") else None
         if registered and Registry.for_model(registered[0]).version_for_alias(CHAMPION) == registered[1]:
@@ -80,7 +79,7 @@ def source(run: Run) -> tuple[Any, Registry, str]:
 
 def build(run: Run, model: Any, registry: Registry, version: str, workdir: Path) -> tuple[Built, str]:
     """The compiled, packaged artifact, logged; its sha256 recorded on the registry version."""
-    with mlflow.start_run(run_name="package", nested=True):
+    with tracking.step("package"):
         run.say(f"package: {run.target.name}, compiler={run.config.compiler}")
         built = run.target.build(model, run.config, version, workdir, run.console)
     sha256 = artifact_sha256(built.path)
@@ -91,7 +90,7 @@ def build(run: Run, model: Any, registry: Registry, version: str, workdir: Path)
 def deploy(run: Run, registry: Registry, built: Built, sha256: str, version: str) -> str | None:
     """Serve the challenger beside the champion (no default traffic); return the champion."""
     name, server, workers = run.config.model_name, run.server, run.config.batching.min_workers
-    with mlflow.start_run(run_name="deploy", nested=True):
+    with tracking.step("deploy"):
         champion = promotion.make_room(registry, server, name, version, workers, run.say)
         run.say(f"deploy: {name} v{version} (no default traffic)")
         run.deployed = True
@@ -104,7 +103,7 @@ def gate_parity(run: Run, model: Any, version: str, champion: str | None,
                 built: Built) -> tuple[ParityResult, list[Check]]:
     """The held-out set through the challenger (and champion), against the in-process model."""
     cfg = run.config
-    with mlflow.start_run(run_name="gate-parity", nested=True):
+    with tracking.step("gate-parity"):
         run.say(f"gate: parity on the held-out set ({built.compiled_with}, {built.precision})")
         result = run.target.check_parity(run.server, cfg.model_name, version, model, champion,
                                          cfg.limits)
@@ -120,7 +119,7 @@ def gate_load(run: Run, model: Any, version: str,
               champion: str | None) -> tuple[list[LoadResult], list[Check]]:
     """Locust on the champion and the challenger, alternating; the SLO and champion checks."""
     cfg, server = run.config, run.server
-    with mlflow.start_run(run_name="gate-load", nested=True):
+    with tracking.step("gate-load"):
         run.network = probe(server.ping, server.access().inference_url)
         run.say(f"gate: {run.network.describe()}")
         if note := run.network.note(cfg.slos.p95_ms):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,41 @@ def registered_version(uri: str) -> tuple[str, str]:
     if not version.isdigit():
         raise ConfigError(f"expected models:/NAME/VERSION or models:/NAME@ALIAS, got {uri}")
     return name, version
+
+
+@contextmanager
+def step(name: str, *, nested: bool = True) -> Iterator[str]:
+    """An MLflow run for a pipeline step (nested in the active run); yields its run id."""
+    with mlflow.start_run(run_name=name, nested=nested) as run:
+        yield run.info.run_id
+
+
+def tag_active_run(key: str, value: str) -> None:
+    """Tag the active run, if there is one (a repair outside a run tags nothing)."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tag(key, value)
+
+
+def log_build(params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """What a target's build chose and measured (params and metrics of the package step)."""
+    mlflow.log_params(params)
+    mlflow.log_metrics(metrics)
+
+
+def register_run_artifacts(name: str) -> str:
+    """A new version of ``name`` whose source is the active run's artifacts (no model logged:
+    test targets); return the version."""
+    client = mlflow.MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name)
+    run = mlflow.active_run()
+    source = mlflow.get_artifact_uri() if run else "none"
+    return str(client.create_model_version(name, source, run.info.run_id if run else None).version)
+
+
+def use_experiment(name: str) -> None:
+    """Runs go to the experiment ``name`` (created when missing)."""
+    mlflow.set_experiment(name)
 
 
 def log_config(config: Any) -> None:

@@ -444,8 +444,7 @@ def test_the_validator_refuses_escaping_names(bad: str) -> None:
 def test_every_entry_point_validates_names_and_versions(tmp_path: Path) -> None:
     from servegate.backends.tfserving import TFServingBackend, TFServingClient
     from servegate.backends.torchserve.client import Endpoints, TorchServeClient
-    from servegate.naming import validate_name, validate_version
-    from servegate.packaging.mar import archive_file_name
+    from servegate.naming import archive_file_name, validate_name, validate_version
 
     assert validate_name("all-MiniLM-L6-v2.q8") == "all-MiniLM-L6-v2.q8"
     assert validate_version(3) == "3"
