@@ -72,7 +72,7 @@ def tracking_uri() -> str:
     """The tracking server (or store) MLflow talks to."""
     import mlflow
 
-    return str(mlflow.gettracking_uri())
+    return str(mlflow.get_tracking_uri())
 
 
 def _refused(uri: str, what: str, why: str) -> SourceError:

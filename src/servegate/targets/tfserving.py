@@ -20,6 +20,7 @@ TF_COMPILERS = ("savedmodel", "xla", "tf-trt")
 
 class TFServingTarget(MeasuredTarget):
     name = "tfserving"
+    attach_needs = ("SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_MODEL_ROOT")
 
     def check_compiler(self, compiler: str) -> None:
         if compiler not in ("auto", "eager", *TF_COMPILERS):

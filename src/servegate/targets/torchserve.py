@@ -16,6 +16,8 @@ from servegate.targets.base import Built, LoadProfile, MeasuredTarget, curl_cace
 
 class TorchServeTarget(MeasuredTarget):
     name = "torchserve"
+    attach_needs = ("SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "SERVEGATE_TORCHSERVE_INFERENCE_URL",
+                    "SERVEGATE_TORCHSERVE_KEYS|SERVEGATE_TORCHSERVE_KEY_FILE")
 
     def check_compiler(self, compiler: str) -> None:
         from servegate.compilers import compiler_names

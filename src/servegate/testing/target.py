@@ -42,6 +42,7 @@ class ScriptedTarget:
     """A target that builds a small file per version and measures scripted figures."""
 
     name = "scripted"
+    attach_needs: tuple[str, ...] = ()
 
     def __init__(self, backend: ServingBackend, script: list[ScriptedModel]) -> None:
         self.backend = backend
