@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from servegate.config import PipelineConfig
 from servegate.errors import ConfigError
+
+if TYPE_CHECKING:  # the GPU check imports sources on a bare host without pydantic
+    from servegate.config import PipelineConfig
 
 
 @dataclass(frozen=True)
