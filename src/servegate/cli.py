@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -156,8 +155,9 @@ def serve_start(
     prefixes = list(allow_url or [])
     if allow_mlflow_artifacts:
         from servegate.artifact_urls import artifacts_prefix
+        from servegate.config import tracking_uri_setting
 
-        prefixes.append(artifacts_prefix(os.environ.get("MLFLOW_TRACKING_URI", "")))
+        prefixes.append(artifacts_prefix(tracking_uri_setting()))
     settings = _settings(workdir, inference_port=inference_port, management_port=management_port,
                          metrics_port=metrics_port, allowed_url_prefixes=tuple(prefixes) or None,
                          token_expiration_min=token_expiration_min, host=host,

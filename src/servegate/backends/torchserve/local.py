@@ -33,7 +33,7 @@ from servegate.backends.torchserve.exposure import (
     build_truststore,
     check_exposure,
 )
-from servegate.config import TorchServeSettings
+from servegate.config import TorchServeSettings, inherited_environment
 from servegate.errors import ServerError, ServerNotRunning, ServerStartError
 from servegate.tls import client_context
 
@@ -214,7 +214,8 @@ class LocalTorchServe(LocalServer[ServerState]):
         return super()._environment({
             "LOG_LOCATION": str(self.workdir / "logs"),
             "METRICS_LOCATION": str(self.workdir / "logs"),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                     *inherited_environment(("PATH",)).values()]),
             **(extra or {}),
         })
 
