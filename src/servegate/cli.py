@@ -151,6 +151,7 @@ def serve_start(
     one already running)."""
     from servegate.backends.torchserve import LocalTorchServe
     from servegate.backends.torchserve.exposure import check_exposure, exposure
+    from servegate.backends.torchserve.local import unapplied_options
 
     prefixes = list(allow_url or [])
     if allow_mlflow_artifacts:
@@ -166,8 +167,15 @@ def serve_start(
     check_exposure(settings)
     if exposed := exposure(settings):
         console.print(f"[{'yellow' if settings.tls_cert else 'bold red'}]{exposed}[/]")
+    server = LocalTorchServe(settings)
+    running = server.state()
     with console.status("starting TorchServe"):
-        state = LocalTorchServe(settings).start()
+        state = server.start()
+    if running is not None and (unapplied := unapplied_options(settings, state)):
+        console.print(f"[yellow]a TorchServe already runs in {server.workdir}; it was not "
+                      f"restarted, so these options do not apply: {'; '.join(unapplied)}. "
+                      "`servegate serve stop` first to start it with them (new keys: a restart "
+                      "makes new ones)[/]")
     _print_state(state)
 
 
