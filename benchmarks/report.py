@@ -6,6 +6,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.compilers import CompilerTable
@@ -300,3 +301,26 @@ def markdown(report: dict[str, Any], found: Sequence[Target], rows: Sequence[Row
         lines += [f"## Compilers in process: {table.title} ({table.threads} thread(s), median; "
                   f"auto chose **{table.chosen}**{hw})", "", *compiler_markdown(table), ""]
     return "\n".join(lines)
+
+
+#: Where ``make bench`` keeps its latest summary for people: between these lines of docs/benchmarks.md.
+DOCS_START, DOCS_END = "<!-- bench:start (written by make bench) -->", "<!-- bench:end -->"
+
+
+def docs_summary(text: str) -> str:
+    """The run's header (date, machine, versions, load) and its Targets table, from ``markdown``."""
+    head = text.split("## Targets", 1)[0].replace("# servegate bench", "Latest `make bench`:", 1)
+    targets_table = text.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    return head.strip() + "\n\n" + targets_table.strip() + "\n"
+
+
+def publish(text: str, page: Path) -> bool:
+    """Replace the summary between the markers of ``page`` with this run's; False (and nothing
+    written) when the page has no markers."""
+    current = page.read_text(encoding="utf-8") if page.exists() else ""
+    if DOCS_START not in current or DOCS_END not in current:
+        return False
+    before, rest = current.split(DOCS_START, 1)
+    after = rest.split(DOCS_END, 1)[1]
+    page.write_text(f"{before}{DOCS_START}\n{docs_summary(text)}{DOCS_END}{after}", encoding="utf-8")
+    return True

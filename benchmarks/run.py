@@ -34,7 +34,7 @@ from benchmarks.compilers import CompilerTable, measure_compilers
 from benchmarks.compilers import markdown as compiler_markdown
 from benchmarks.hardware import matmul_flops_per_s, model_flops
 from benchmarks.load import LOAD_BOUND_CORES, REPO, failures_of, run_locust
-from benchmarks.report import Row, Target, markdown, targets
+from benchmarks.report import Row, Target, markdown, publish, targets
 from benchmarks.samples import (
     bad_bodies,
     digits_bodies,
@@ -48,6 +48,7 @@ from servegate.compilers.driver import worker_threads
 from servegate.parity_limits import EMBEDDING_PARITY_LIMITS
 
 PREDICT_LOCUSTFILE = REPO / "loadtests" / "torchserve.py"
+DOCS_PAGE = REPO / "docs" / "benchmarks.md"
 PING_LOCUSTFILE = Path(__file__).with_name("locust_ping.py")
 MIXED_LOCUSTFILE = Path(__file__).with_name("locust_mixed.py")
 TYPED_LOCUSTFILE = Path(__file__).with_name("locust_bodies.py")
@@ -424,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(FAMILIES),
                         help=f"comma-separated subset of {', '.join(FAMILIES)} (all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="output dir")
+    parser.add_argument("--no-docs", dest="docs", action="store_false",
+                        help="leave docs/benchmarks.md's summary as it is (default: this run's)")
     args = parser.parse_args(argv)
     chosen = [name.strip().lower() for name in args.models.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(FAMILIES))
@@ -477,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           encoding="utf-8")
     (args.out / "latest.md").write_text(text, encoding="utf-8")
     console.print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
+    if args.docs and publish(text, DOCS_PAGE):
+        console.print(f"updated the summary in {DOCS_PAGE}")
     return 0
 
 

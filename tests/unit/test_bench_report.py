@@ -138,3 +138,26 @@ def test_the_headline_is_the_median_of_the_pairs_measured_side_by_side(measured)
     assert handler.value == pytest.approx(2.5) and handler.met is False
     assert "median of 3 pairs (3.30x, 2.00x, 2.50x)" in handler.detail
     assert "p99 20 vs 30 ms" in handler.detail  # medians of the pairs' p99s
+
+
+def test_make_bench_writes_its_summary_between_the_docs_markers(tmp_path) -> None:
+    """The bench table in the docs is written by `make bench`, with its date and machine."""
+    from pathlib import Path
+
+    from benchmarks.report import DOCS_END, DOCS_START, docs_summary, publish
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+    text = page.read_text(encoding="utf-8")
+    assert text.count(DOCS_START) == 1 and text.count(DOCS_END) == 1
+    kept = text.split(DOCS_START)[1].split(DOCS_END)[0]
+    assert "- date: 20" in kept and "- machine:" in kept and "| model | figure |" in kept
+    run = ("# servegate bench\n\n- date: 2030-01-01T00:00:00+00:00\n- machine: 2 cores, X\n\n"
+           "## Targets\n\n| model | figure |\n|---|---|\n| digits | 9.9x |\n\n## Served\n\n| a |\n")
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text(text, encoding="utf-8")
+    assert publish(run, copy)
+    written = copy.read_text(encoding="utf-8")
+    assert docs_summary(run) in written and "2030-01-01" in written and "## Served" not in written
+    assert written.split(DOCS_START)[0] == text.split(DOCS_START)[0]  # the rest untouched
+    (tmp_path / "plain.md").write_text("no markers", encoding="utf-8")
+    assert not publish(run, tmp_path / "plain.md")
