@@ -1,11 +1,14 @@
-"""``make bench``: one run, one table: the digits MLP and all-MiniLM-L6-v2, served and in process.
+"""``make bench``: one run, one table: the digits MLP, a small RGB CNN served with PNG images and
+all-MiniLM-L6-v2, served and in process.
 
 Every served row runs on the same local TorchServe (one worker per model, the worker's own thread
-count), the same Locust settings, and real request bodies: digits held-out rows, and held-out
-texts of exactly 32 tokens for MiniLM (so served batches have the shapes timed in process). The
-in-process tables time every compiler ``auto`` tries at every shape, on the worker's threads.
-Absolute figures on a shared 2-core box are noise: read the ratios, measured side by side.
-Results go to ``bench-results/latest.{json,md}``.
+count), the same Locust settings, and real request bodies: digits held-out rows, held-out 32x32
+images as PNG (alternately raw ``image/png`` bodies and ``{"instances": [{"b64": ...}]}`` JSON, as
+users send them; the worker decodes them), and held-out texts of exactly 32 tokens for MiniLM (so
+served batches have the shapes timed in process). The in-process tables time every compiler
+``auto`` tries at every shape, on the worker's threads. Absolute figures on a shared 2-core box are
+noise: read the ratios, measured side by side. ``--models`` runs a subset (the /ping row always
+runs). Results go to ``bench-results/latest.{json,md}``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,27 @@ from benchmarks.compilers import CompilerTable, measure_compilers
 from benchmarks.compilers import markdown as compiler_markdown
 from benchmarks.hardware import matmul_flops_per_s, model_flops
 from benchmarks.load import LOAD_BOUND_CORES, REPO, failures_of, run_locust
-from benchmarks.report import Row, Target, markdown, targets
-from benchmarks.samples import bad_bodies, digits_bodies, sentences_of_length, write_bodies, write_raw_bodies
+from benchmarks.report import Row, Target, markdown, publish, targets
+from benchmarks.samples import (
+    bad_bodies,
+    digits_bodies,
+    image_bodies,
+    sentences_of_length,
+    write_bodies,
+    write_raw_bodies,
+    write_typed_bodies,
+)
 from servegate.compilers.driver import worker_threads
 from servegate.parity_limits import EMBEDDING_PARITY_LIMITS
 
 PREDICT_LOCUSTFILE = REPO / "loadtests" / "torchserve.py"
+DOCS_PAGE = REPO / "docs" / "benchmarks.md"
 PING_LOCUSTFILE = Path(__file__).with_name("locust_ping.py")
 MIXED_LOCUSTFILE = Path(__file__).with_name("locust_mixed.py")
+TYPED_LOCUSTFILE = Path(__file__).with_name("locust_bodies.py")
+#: ``--models`` names -> the family the rows and targets carry.
+FAMILIES = {"digits": "digits", "images": "images", "minilm": "MiniLM"}
+IMAGE_SIZE = 32
 BAD_EVERY = 8  # the robustness row: 1 request in 8 is a body that once killed a batch (issue 11)
 SAMPLE_ROWS = 256
 CHECK_REQUESTS = 16
@@ -56,7 +72,17 @@ class Load:
     samples: Path | None
     rate_of: str | None = None  # at RATE_FRACTION of this model's saturated req/s
     bad_every: int | None = None  # 1 request in this many is a bad body (figures: the good ones)
+    typed: bool = False  # samples are (Content-Type, body) pairs (``locust_bodies.py``)
+    repeat: int = 0  # a headline row measured again beside its pair (1, 2, ...)
     processes: int | None = None  # Locust processes (None: --processes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """One model family timed in process: the model and its compiler table."""
+
+    model: Any
+    table: CompilerTable
 
 
 def machine() -> dict[str, Any]:
@@ -91,20 +117,40 @@ class Bench:
         self.args, self.work, self.progress = args, work, progress
         self.step = progress.add_task("starting", total=None)
         self.threads = worker_threads()
+        self.texts: list[str] = []  # MiniLM's request texts (set with the samples)
 
     def say(self, description: str) -> None:
         self.progress.update(self.step, description=description)
 
     # ---- in process ----------------------------------------------------------------------------
-    def compilers(self) -> tuple[Any, CompilerTable, Any, CompilerTable]:
-        from servegate.api import load_model
+    def compilers(self, families: Sequence[str]) -> dict[str, Measured]:
+        """Each family's model and its in-process compiler table, in ``FAMILIES`` order."""
+        measure = {"digits": self._digits, "images": self._images, "MiniLM": self._minilm}
+        return {family: measure[family]() for family in FAMILIES.values() if family in families}
+
+    def _digits(self) -> Measured:
         from servegate.sources.digits import builtin_digits
 
         self.say("training the digits model")
         digits = builtin_digits(epochs=self.args.epochs)
         self.say(f"digits: compiling and timing auto's candidates ({self.threads} thread)")
-        digits_table = measure_compilers(digits, self.work / "compile-digits",
-                                         title="digits MLP", threads=self.threads)
+        return Measured(digits, measure_compilers(digits, self.work / "compile-digits",
+                                                  title="digits MLP", threads=self.threads))
+
+    def _images(self) -> Measured:
+        from benchmarks.photos import photo_model
+
+        self.say(f"images: training a small RGB CNN ({IMAGE_SIZE}x{IMAGE_SIZE})")
+        photos = photo_model(self.work / "photos", size=IMAGE_SIZE)
+        self.say(f"images: compiling and timing auto's candidates ({self.threads} thread)")
+        return Measured(photos, measure_compilers(photos, self.work / "compile-photos",
+                                                  title=f"RGB CNN {IMAGE_SIZE}x{IMAGE_SIZE}",
+                                                  threads=self.threads, batch_sizes=(1, 8),
+                                                  budget_s=self.args.shape_seconds))
+
+    def _minilm(self) -> Measured:
+        from servegate.api import load_model
+
         self.say("all-MiniLM-L6-v2: importing")
         minilm = load_model("hf:minilm", task="embedding")
         self.say(f"all-MiniLM-L6-v2: compiling and timing auto's candidates ({self.threads} thread)")
@@ -114,13 +160,11 @@ class Bench:
                                          repeats=30, budget_s=self.args.shape_seconds)
         self.say("all-MiniLM-L6-v2: counting FLOPs; timing a float32 matmul")
         flops = {shape: model_flops(minilm, shape) for shape in minilm_table.shapes}
-        minilm_table = dataclasses.replace(minilm_table, flops=flops,
-                                           matmul_flops_per_s=matmul_flops_per_s(self.threads))
-        return digits, digits_table, minilm, minilm_table
+        return Measured(minilm, dataclasses.replace(
+            minilm_table, flops=flops, matmul_flops_per_s=matmul_flops_per_s(self.threads)))
 
     # ---- served --------------------------------------------------------------------------------
-    def archives(self, digits: Any, digits_table: CompilerTable, minilm: Any,
-                 minilm_table: CompilerTable) -> dict[str, Path]:
+    def archives(self, measured: dict[str, Measured]) -> dict[str, Path]:
         from benchmarks.archive import package_minimal
         from servegate.config import BatchingConfig
         from servegate.packaging.mar import build_mar, contents_for
@@ -130,62 +174,110 @@ class Bench:
         b8 = BatchingConfig(batch_size=8, max_batch_delay_ms=self.args.delay_ms)
         b1 = BatchingConfig(batch_size=1, max_batch_delay_ms=0)
 
-        def archive(model: Any, table: CompilerTable, backend: str, name: str,
-                    batching: BatchingConfig) -> Path:
+        def archive(family: str, backend: str, name: str, batching: BatchingConfig) -> Path:
+            model, table = measured[family].model, measured[family].table
             artifact = table.candidate(backend).artifact
             assert artifact is not None, f"{backend} has no artifact"
             return build_mar(contents_for(model, artifact, name=name, version="1",
                                           batching=batching), store)
 
-        return {
-            "digits_b8": archive(digits, digits_table, "eager", "digits_b8", b8),
-            "digits_b8_auto": archive(digits, digits_table, digits_table.chosen, "digits_b8_auto", b8),
-            "digits_b1": archive(digits, digits_table, "eager", "digits_b1", b1),
-            "digits_minimal": package_minimal(digits.module, digits.model_file, name="digits_minimal",
-                                              version="1", output_dir=store / "minimal"),
-            "minilm_b8_auto": archive(minilm, minilm_table, minilm_table.chosen, "minilm_b8_auto", b8),
-            "minilm_b1_auto": archive(minilm, minilm_table, minilm_table.chosen, "minilm_b1_auto", b1),
-        }
+        archives: dict[str, Path] = {}
+        if "digits" in measured:
+            digits, chosen = measured["digits"].model, measured["digits"].table.chosen
+            archives |= {
+                "digits_b8": archive("digits", "eager", "digits_b8", b8),
+                "digits_b8_auto": archive("digits", chosen, "digits_b8_auto", b8),
+                "digits_b1": archive("digits", "eager", "digits_b1", b1),
+                "digits_minimal": package_minimal(digits.module, digits.model_file,
+                                                  name="digits_minimal", version="1",
+                                                  output_dir=store / "minimal"),
+            }
+        if "images" in measured:
+            chosen = measured["images"].table.chosen
+            archives |= {"photos_b8_auto": archive("images", chosen, "photos_b8_auto", b8),
+                         "photos_b1_auto": archive("images", chosen, "photos_b1_auto", b1)}
+        if "MiniLM" in measured:
+            chosen = measured["MiniLM"].table.chosen
+            archives |= {"minilm_b8_auto": archive("MiniLM", chosen, "minilm_b8_auto", b8),
+                         "minilm_b1_auto": archive("MiniLM", chosen, "minilm_b1_auto", b1)}
+        return archives
 
-    def plan(self, digits_table: CompilerTable, minilm_table: CompilerTable,
-             samples: dict[str, Path]) -> list[Load]:
-        d, m = samples["digits"], samples["minilm"]
+    def plan(self, measured: dict[str, Measured], samples: dict[str, Path]) -> list[Load]:
         pct = f"{RATE_FRACTION:.0%}"
         b8 = f"batch 8/{self.args.delay_ms}ms"
-        return [
-            Load(f"ours, {b8}, eager", "digits", "digits_b8", d),
-            Load(f"ours, {b8}, eager, 1 in {BAD_EVERY} bodies bad", "digits", "digits_b8", d,
-                 bad_every=BAD_EVERY),
-            Load(f"ours, {b8}, {digits_table.chosen} (auto)", "digits", "digits_b8_auto", d),
-            Load("ours, batch 1, eager", "digits", "digits_b1", d),
-            Load("minimal handler (docs), batch 1", "digits", "digits_minimal", d),
-            Load(f"ours, batch 1, eager, at {pct} of its peak", "digits", "digits_b1", d,
-                 rate_of="digits_b1"),
-            Load(f"ours, {b8}, eager, same rate", "digits", "digits_b8", d, rate_of="digits_b1"),
-            Load(f"ours, {b8}, {minilm_table.chosen} (auto)", "MiniLM", "minilm_b8_auto", m),
-            Load(f"ours, batch 1, {minilm_table.chosen} (auto)", "MiniLM", "minilm_b1_auto", m),
-            Load(f"ours, batch 1, at {pct} of its peak", "MiniLM", "minilm_b1_auto", m,
-                 rate_of="minilm_b1_auto"),
-            Load(f"ours, {b8}, same rate", "MiniLM", "minilm_b8_auto", m,
-                 rate_of="minilm_b1_auto"),
-            Load("load generator ceiling (/ping), 1 process", "Locust", None, None, processes=1),
-            Load("load generator ceiling (/ping), 2 processes", "Locust", None, None,
-                 processes=2),
-        ]
+        plan: list[Load] = []
+        if "digits" in measured:
+            d, chosen = samples["digits"], measured["digits"].table.chosen
+            plan += [
+                Load(f"ours, {b8}, eager", "digits", "digits_b8", d),
+                Load(f"ours, {b8}, eager, 1 in {BAD_EVERY} bodies bad", "digits", "digits_b8", d,
+                     bad_every=BAD_EVERY),
+                Load(f"ours, {b8}, {chosen} (auto)", "digits", "digits_b8_auto", d),
+                Load("ours, batch 1, eager", "digits", "digits_b1", d),
+                Load("minimal handler (docs), batch 1", "digits", "digits_minimal", d),
+                Load(f"ours, batch 1, eager, at {pct} of its peak", "digits", "digits_b1", d,
+                     rate_of="digits_b1"),
+                Load(f"ours, {b8}, eager, same rate", "digits", "digits_b8", d, rate_of="digits_b1"),
+            ]
+        if "images" in measured:
+            p, chosen = samples["images"], measured["images"].table.chosen
+            png = f"PNG {IMAGE_SIZE}x{IMAGE_SIZE}, raw and b64"
+            plan += [
+                Load(f"ours, {b8}, {chosen} (auto), {png}", "images", "photos_b8_auto", p,
+                     typed=True),
+                Load(f"ours, batch 1, {chosen} (auto), {png}", "images", "photos_b1_auto", p,
+                     typed=True),
+                Load(f"ours, batch 1, at {pct} of its peak", "images", "photos_b1_auto", p,
+                     rate_of="photos_b1_auto", typed=True),
+                Load(f"ours, {b8}, same rate", "images", "photos_b8_auto", p,
+                     rate_of="photos_b1_auto", typed=True),
+            ]
+        if "MiniLM" in measured:
+            m, chosen = samples["minilm"], measured["MiniLM"].table.chosen
+            plan += [
+                Load(f"ours, {b8}, {chosen} (auto)", "MiniLM", "minilm_b8_auto", m),
+                Load(f"ours, batch 1, {chosen} (auto)", "MiniLM", "minilm_b1_auto", m),
+                Load(f"ours, batch 1, at {pct} of its peak", "MiniLM", "minilm_b1_auto", m,
+                     rate_of="minilm_b1_auto"),
+                Load(f"ours, {b8}, same rate", "MiniLM", "minilm_b8_auto", m,
+                     rate_of="minilm_b1_auto"),
+            ]
+        if "digits" in measured:  # the headline pair again, each time in the other order
+            d, chosen = samples["digits"], measured["digits"].table.chosen
+            for repeat in range(1, self.args.pairs):
+                pair = [Load(f"ours, {b8}, {chosen} (auto), pair {repeat + 1}", "digits",
+                             "digits_b8_auto", d, repeat=repeat),
+                        Load(f"minimal handler (docs), batch 1, pair {repeat + 1}", "digits",
+                             "digits_minimal", d, repeat=repeat)]
+                plan += pair[::-1] if repeat % 2 else pair
+        return plan + [Load("load generator ceiling (/ping), 1 process", "Locust", None, None,
+                            processes=1),
+                       Load("load generator ceiling (/ping), 2 processes", "Locust", None, None,
+                            processes=2)]
 
-    def served(self, digits: Any, digits_table: CompilerTable, minilm: Any,
-               minilm_table: CompilerTable, raw: Path) -> list[Row]:
+    def samples(self, measured: dict[str, Measured]) -> dict[str, Path]:
+        """Each family's request bodies, written for Locust."""
+        samples: dict[str, Path] = {}
+        if "digits" in measured:
+            x = measured["digits"].model.eval_x[:SAMPLE_ROWS]
+            samples["digits"] = write_bodies(self.work / "digits.json", digits_bodies(x))
+        if "images" in measured:
+            images = list(measured["images"].model.eval_images)
+            samples["images"] = write_typed_bodies(self.work / "images.json", image_bodies(images))
+        if "MiniLM" in measured:
+            texts = sentences_of_length(measured["MiniLM"].model, TEXT_TOKENS, 64)
+            self.texts = texts
+            samples["minilm"] = write_bodies(self.work / "minilm.json",
+                                             [{"inputs": t} for t in texts])
+        self.bad_samples = write_raw_bodies(self.work / "bad.json", bad_bodies())
+        return samples
+
+    def served(self, measured: dict[str, Measured], raw: Path) -> list[Row]:
         from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
         from servegate.config import TorchServeSettings
 
-        marfiles = self.archives(digits, digits_table, minilm, minilm_table)
-        x = digits.eval_x[:SAMPLE_ROWS]
-        texts = sentences_of_length(minilm, TEXT_TOKENS, 64)
-        samples = {
-            "digits": write_bodies(self.work / "digits.json", digits_bodies(x)),
-            "minilm": write_bodies(self.work / "minilm.json", [{"inputs": t} for t in texts]),
-        }
-        self.bad_samples = write_raw_bodies(self.work / "bad.json", bad_bodies())
+        marfiles = self.archives(measured)
+        samples = self.samples(measured)
         self.say(f"starting TorchServe and deploying {len(marfiles)} models")
         server = LocalTorchServe(TorchServeSettings(workdir=self.work / "torchserve"))
         try:
@@ -196,16 +288,26 @@ class Bench:
                     backend.deploy(mar, name, "1", workers=1)
                 self.say("checking served answers against in-process references")
                 for name in marfiles:
-                    if name.startswith("digits"):
-                        _check_digits(name, backend.predict, x, digits.reference(x))
-                    else:
-                        _check_embeddings(name, backend.predict, texts, minilm.reference(texts))
+                    self._check(name, backend, measured)
             finally:
                 backend.close()
-            return self._load_rows(self.plan(digits_table, minilm_table, samples), state, raw)
+            return self._load_rows(self.plan(measured, samples), state, raw)
         finally:
             self.say("stopping TorchServe")
             server.stop()
+
+    def _check(self, name: str, backend: Any, measured: dict[str, Measured]) -> None:
+        if name.startswith("digits"):
+            digits = measured["digits"].model
+            x = digits.eval_x[:SAMPLE_ROWS]
+            _check_digits(name, backend.predict, x, digits.reference(x))
+        elif name.startswith("photos"):
+            photos = measured["images"].model
+            _check_images(name, backend.client.predict_raw, photos.eval_images,
+                          photos.reference(photos.eval_x))
+        else:
+            minilm = measured["MiniLM"].model
+            _check_embeddings(name, backend.predict, self.texts, minilm.reference(self.texts))
 
     def _load_rows(self, plan: Sequence[Load], state: Any, raw: Path) -> list[Row]:
         args = self.args
@@ -233,7 +335,8 @@ class Bench:
         if load.rate_of is not None:
             rate = RATE_FRACTION * peak[load.rate_of]
             env["SERVEGATE_USER_RPS"] = f"{rate / args.users:.4f}"
-        locustfile = PING_LOCUSTFILE if load.model is None else PREDICT_LOCUSTFILE
+        locustfile = (PING_LOCUSTFILE if load.model is None else
+                      TYPED_LOCUSTFILE if load.typed else PREDICT_LOCUSTFILE)
         names: tuple[str, ...] = ()
         if load.bad_every:
             locustfile, names = MIXED_LOCUSTFILE, ("good",)
@@ -256,7 +359,7 @@ class Bench:
             peak.setdefault(load.model, result.rps)
         bad_not_4xx = failures_of(workdir, "bad") if load.bad_every else 0
         return Row(load.label, load.family, load.model, rate, result, cpu,
-                   bad_every=load.bad_every, bad_not_4xx=bad_not_4xx)
+                   bad_every=load.bad_every, bad_not_4xx=bad_not_4xx, repeat=load.repeat)
 
 
 def _check_digits(name: str, predict: Callable[[str, Any], Any], x: np.ndarray,
@@ -274,6 +377,24 @@ def _check_digits(name: str, predict: Callable[[str, Any], Any], x: np.ndarray,
         if got != int(expected[row]):
             raise RuntimeError(f"{name}: row {row} answered class {got}, reference "
                                f"{expected[row]}: {str(answer)[:300]}")
+
+
+def _check_images(name: str, predict_raw: Callable[..., Any], images: Sequence[bytes],
+                  reference: np.ndarray) -> None:
+    """A few images, raw and base64 alternately, as the load sends them; each top class must
+    match the model's in process on the worker's own decode of the same bytes."""
+    for row, (kind, body) in enumerate(image_bodies(list(images[:CHECK_REQUESTS]))):
+        response = predict_raw(name, body, content_type=kind)
+        if response.status_code != 200:
+            raise RuntimeError(f"{name}: image {row} ({kind}) answered {response.status_code}: "
+                               f"{response.text[:300]}")
+        answer = response.json()
+        # a raw image: the prediction itself; {"instances": [...]}: {"predictions": [...]}
+        prediction = answer["predictions"][0] if "predictions" in answer else answer
+        got, expected = str(prediction["label"]), str(int(reference[row].argmax()))
+        if got != expected:
+            raise RuntimeError(f"{name}: image {row} ({kind}) answered class {got}, reference "
+                               f"{expected}: {str(answer)[:300]}")
 
 
 def _check_embeddings(name: str, predict: Callable[[str, Any], Any], texts: Sequence[str],
@@ -303,12 +424,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="digits training epochs (10)")
     parser.add_argument("--delay-ms", type=int, default=None,
                         help="max batch delay of the batch-8 rows (default: the pipeline's)")
-    parser.add_argument("--server-warmup", type=int, default=10,
-                        help="discarded load seconds before the first row: the JVM's JIT (10)")
+    parser.add_argument("--server-warmup", type=int, default=30,
+                        help="discarded load seconds before the first row: the JVM's JIT (30)")
     parser.add_argument("--shape-seconds", type=float, default=2.0,
                         help="MiniLM: timing budget per backend and shape (2)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="times the headline pair (ours auto batch 8, minimal) is measured "
+                             "side by side; the ratio is the median over the pairs (3)")
+    parser.add_argument("--models", default=",".join(FAMILIES),
+                        help=f"comma-separated subset of {', '.join(FAMILIES)} (all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="output dir")
+    parser.add_argument("--no-docs", dest="docs", action="store_false",
+                        help="leave docs/benchmarks.md's summary as it is (default: this run's)")
     args = parser.parse_args(argv)
+    chosen = [name.strip().lower() for name in args.models.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(FAMILIES))
+    if unknown or not chosen:
+        parser.error(f"--models: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"known: {', '.join(FAMILIES)}")
+    families = [FAMILIES[name] for name in chosen]
     if args.delay_ms is None:
         from servegate.config import BatchingConfig
 
@@ -322,8 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp, \
             Progress(*columns, console=console, transient=True) as progress:
         bench = Bench(args, Path(tmp), progress)
-        digits, digits_table, minilm, minilm_table = bench.compilers()
-        rows = bench.served(digits, digits_table, minilm, minilm_table, args.out / "raw")
+        measured = bench.compilers(families)
+        rows = bench.served(measured, args.out / "raw")
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -334,23 +468,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "epochs": args.epochs, "worker_threads": bench.threads,
                      "batch_delay_ms": args.delay_ms, "server_warmup_seconds": args.server_warmup,
                      "text_tokens": TEXT_TOKENS, "rate_fraction": RATE_FRACTION,
-                     "load_bound_cores": LOAD_BOUND_CORES, "processes": args.processes},
+                     "load_bound_cores": LOAD_BOUND_CORES, "processes": args.processes,
+                     "image_size": IMAGE_SIZE,
+                     "headline_pairs": args.pairs,
+                     "models": families},
     }
-    found: list[Target] = targets(rows, digits_table, minilm_table, TEXT_TOKENS)
+    tables = {family: m.table for family, m in measured.items()}
+    found: list[Target] = targets(rows, tables.get("digits"), tables.get("MiniLM"), TEXT_TOKENS,
+                                  images=tables.get("images"))
     report["targets"] = [t.as_dict() for t in found]
     report["rows"] = [r.as_dict() for r in rows]
     report["compilers"] = {t.title: {"chosen": t.chosen, "threads": t.threads,
                                      "matmul_flops_per_s": t.matmul_flops_per_s,
                                      "flops": {s.label: f for s, f in t.flops.items()},
                                      "rows": t.rows()}
-                           for t in (digits_table, minilm_table)}
-    text = markdown(report, found, rows, [digits_table, minilm_table], compiler_markdown)
+                           for t in tables.values()}
+    text = markdown(report, found, rows, list(tables.values()), compiler_markdown)
     console.print(Markdown(text))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=1, default=str),
                                           encoding="utf-8")
     (args.out / "latest.md").write_text(text, encoding="utf-8")
     console.print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
+    if args.docs and publish(text, DOCS_PAGE):
+        console.print(f"updated the summary in {DOCS_PAGE}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Request bodies for the load rows: digits rows, and sentences of an exact token count."""
+"""Request bodies for the load rows: digits rows, sentences of an exact token count, images."""
 
 from __future__ import annotations
 
@@ -56,6 +56,32 @@ def bad_bodies() -> list[bytes]:
         b"{oops",
         json.dumps({"instances": [[0.0] * 64] * 65}).encode(),
     ]
+
+
+def image_bodies(images: list[bytes]) -> list[tuple[str, bytes]]:
+    """Encoded images as users send them, alternately: the raw bytes (``image/png``) and a
+    ``{"instances": [{"b64": ...}]}`` JSON body."""
+    import base64
+
+    bodies = []
+    for index, data in enumerate(images):
+        if index % 2:
+            body = json.dumps({"instances": [{"b64": base64.b64encode(data).decode("ascii")}]})
+            bodies.append(("application/json", body.encode()))
+        else:
+            bodies.append(("image/png", data))
+    return bodies
+
+
+def write_typed_bodies(path: Path, bodies: list[tuple[str, bytes]]) -> Path:
+    """(Content-Type, body) pairs as a JSON list of ``[content_type, base64 body]`` (for
+    ``locust_bodies.py``)."""
+    import base64
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([[kind, base64.b64encode(body).decode()] for kind, body in bodies]),
+                    encoding="utf-8")
+    return path
 
 
 def write_raw_bodies(path: Path, bodies: list[bytes]) -> Path:

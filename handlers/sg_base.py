@@ -31,6 +31,7 @@ import numpy as np
 import sg_codecs
 import sg_loaders
 import sg_tensors
+import sg_worker_io
 from sg_errors import ModelLoadError, RequestError, as_request_error
 
 SPEC_FILE = "servegate.json"
@@ -109,7 +110,9 @@ class BatchingHandler:
     # ---- lifecycle -------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
         """TorchServe entry: load the model the archive records on this worker's device
-        (``gpu_id`` for CUDA archives), then warm it up."""
+        (``gpu_id`` for CUDA archives), then warm it up. The worker reads each batch in one
+        piece and skips its per-batch INFO line (``sg_worker_io``)."""
+        sg_worker_io.install()
         properties = context.system_properties
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         gpu_id = properties.get("gpu_id")

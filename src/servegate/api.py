@@ -22,6 +22,7 @@ from servegate.config import (
     PipelineConfig,
     TorchServeSettings,
     experiment_name,
+    inside_mlflow_run,
     server_mode,
 )
 from servegate.errors import GateFailed, ServegateError, ServerError
@@ -40,19 +41,17 @@ def deploy(config: PipelineConfig, console: Console | None = None) -> PipelineRe
     """The gated deployment of ``config.model``: source, build, deploy as a new version with no
     default traffic, gate, then promote or reject (``GateFailed``). Opens the target's server
     (attached or local, by ``config.server``) and closes it afterwards."""
-    import os
-
-    import mlflow
-
+    from servegate import tracking
     from servegate.pipeline import DeployPipeline
     from servegate.targets import get_target
 
-    if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
-        mlflow.set_experiment(experiment_name())
+    target = get_target(config.target)
+    target.check_compiler(config.compiler)  # before a server is started for nothing
+    if not inside_mlflow_run():
+        tracking.use_experiment(experiment_name())
     backend, unreachable = open_backend(config)
     try:
-        return DeployPipeline(config, backend, console, unreachable,
-                              target=get_target(config.target)).run()
+        return DeployPipeline(config, backend, console, unreachable, target=target).run()
     finally:
         if backend is not None:
             backend.close()

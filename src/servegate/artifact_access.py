@@ -47,7 +47,7 @@ def origin(url: str) -> tuple[str, int] | None:
         return None
     scheme = parts.scheme.lower()
     if scheme == "mlflow-artifacts":  # MLflow speaks the tracking server's scheme to it
-        scheme = "https" if _tracking_uri().startswith("https://") else "http"
+        scheme = "https" if tracking_uri().startswith("https://") else "http"
     return parts.hostname.lower(), port or _DEFAULT_PORTS.get(scheme, 0)
 
 
@@ -56,7 +56,7 @@ def trusted_origins() -> set[tuple[str, int]]:
     from servegate.config import artifact_hosts
 
     trusted = set()
-    tracking = _tracking_uri()
+    tracking = tracking_uri()
     if urlsplit(tracking).scheme in ("http", "https") and (own := origin(tracking)):
         trusted.add(own)
     for host in artifact_hosts():
@@ -68,7 +68,8 @@ def trusted_origins() -> set[tuple[str, int]]:
     return trusted
 
 
-def _tracking_uri() -> str:
+def tracking_uri() -> str:
+    """The tracking server (or store) MLflow talks to."""
     import mlflow
 
     return str(mlflow.get_tracking_uri())
@@ -135,7 +136,7 @@ def check_direct(uri: str, *, what: str) -> None:
     if scheme in CLOUD_SCHEMES:
         return
     if scheme == "mlflow-artifacts" and not parts.netloc:
-        if urlsplit(_tracking_uri()).scheme not in ("http", "https"):
+        if urlsplit(tracking_uri()).scheme not in ("http", "https"):
             raise _refused(uri, what, "mlflow-artifacts:/ needs an http(s) MLFLOW_TRACKING_URI "
                                       "(an `mlflow server` serving artifacts)")
         return

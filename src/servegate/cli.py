@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -154,12 +153,14 @@ def serve_start(
     one already running)."""
     from servegate.backends.torchserve import LocalTorchServe
     from servegate.backends.torchserve.exposure import check_exposure, exposure
+    from servegate.backends.torchserve.local import unapplied_options
 
     prefixes = list(allow_url or [])
     if allow_mlflow_artifacts:
         from servegate.artifact_urls import artifacts_prefix
+        from servegate.config import tracking_uri_setting
 
-        prefixes.append(artifacts_prefix(os.environ.get("MLFLOW_TRACKING_URI", "")))
+        prefixes.append(artifacts_prefix(tracking_uri_setting()))
     settings = _settings(workdir, inference_port=inference_port, management_port=management_port,
                          metrics_port=metrics_port, allowed_url_prefixes=tuple(prefixes) or None,
                          token_expiration_min=token_expiration_min, host=host,
@@ -168,8 +169,15 @@ def serve_start(
     check_exposure(settings)
     if exposed := exposure(settings):
         console.print(f"[{'yellow' if settings.tls_cert else 'bold red'}]{exposed}[/]")
+    server = LocalTorchServe(settings)
+    running = server.state()
     with console.status("starting TorchServe"):
-        state = LocalTorchServe(settings).start()
+        state = server.start()
+    if running is not None and (unapplied := unapplied_options(settings, state)):
+        console.print(f"[yellow]a TorchServe already runs in {server.workdir}; it was not "
+                      f"restarted, so these options do not apply: {'; '.join(unapplied)}. "
+                      "`servegate serve stop` first to start it with them (new keys: a restart "
+                      "makes new ones)[/]")
     _print_state(state)
 
 

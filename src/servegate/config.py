@@ -180,6 +180,35 @@ def server_address_settings() -> dict[str, str]:
     return {name: os.environ[name] for name in SERVER_ADDRESS_SETTINGS if os.environ.get(name)}
 
 
+def tracking_uri_setting() -> str:
+    """``MLFLOW_TRACKING_URI`` as set (empty when unset: MLflow then uses its default store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
+def s3_endpoint() -> str | None:
+    """An S3-compatible store's endpoint (``MLFLOW_S3_ENDPOINT_URL``), or None for AWS."""
+    return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+
+
+def inside_mlflow_run() -> bool:
+    """Started by ``mlflow run`` (``MLFLOW_RUN_ID`` / ``MLFLOW_EXPERIMENT_ID`` are set): the run's
+    experiment is already chosen."""
+    return "MLFLOW_RUN_ID" in os.environ or "MLFLOW_EXPERIMENT_ID" in os.environ
+
+
+def ci_runner() -> tuple[str, str] | None:
+    """(runner name, run id) on GitHub Actions (``GITHUB_ACTIONS``, ``RUNNER_NAME``,
+    ``GITHUB_RUN_ID``), else None."""
+    if os.environ.get("GITHUB_ACTIONS") != "true":
+        return None
+    return os.environ.get("RUNNER_NAME", "runner"), os.environ.get("GITHUB_RUN_ID", "?")
+
+
+def inherited_environment(names: tuple[str, ...]) -> dict[str, str]:
+    """The variables ``names`` of this process's environment that are set (for a child's)."""
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 def home_dir() -> Path:
     """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
     return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()
@@ -598,17 +627,6 @@ class PipelineConfig(_Settings):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
-    def _known_target_and_compiler(self) -> PipelineConfig:
-        from servegate.errors import ConfigError
-        from servegate.targets import get_target
-
-        try:
-            get_target(self.target).check_compiler(self.compiler)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-    @model_validator(mode="after")
     def _within_the_gate_policy(self) -> PipelineConfig:
         """Gates as tight as the policy file's or tighter: else ``ConfigError`` (not wrapped)."""
         from servegate.policy import load_policy
@@ -651,14 +669,3 @@ class PipelineConfig(_Settings):
         """``name``, resolved (never None after validation)."""
         assert self.name is not None
         return self.name
-
-    def source_options(self):  # -> servegate.sources.options.SourceOptions
-        """How the model source is read (task, evaluation data, labels, trust...)."""
-        from servegate.sources.options import SourceOptions
-
-        return SourceOptions(
-            task=self.task, max_length=self.max_length, eval_data=self.eval_data,
-            label_column=self.label_column, text_column=self.text_column,
-            trust_pickle=self.trust_pickle, model_class=self.model_class,
-            model_kwargs=dict(self.model_kwargs), labels=self.labels,
-            image=self.image.model_dump(mode="json") if self.task == "image-classification" else {})

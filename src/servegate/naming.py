@@ -38,3 +38,9 @@ def validate_version(version: object, what: str = "version") -> str:
 def segment(value: str) -> str:
     """``value`` quoted as one URL path segment (``/`` and ``..`` cannot escape it)."""
     return quote(value, safe="")
+
+
+def archive_file_name(name: str, version: str) -> str:
+    """The model-store file name of one version (several versions live side by side); the name
+    and version are validated, so the file stays inside the store."""
+    return f"{validate_name(name)}.v{validate_version(version)}.mar"

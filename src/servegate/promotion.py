@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import mlflow
-
+from servegate import tracking
 from servegate.errors import IntegrityError, PipelineError
 from servegate.interrupts import critical
 from servegate.lease import current_owner, live_owners
@@ -86,10 +85,6 @@ class Move:
                    version("owner"))
 
 
-def _default(backend: Any, name: str) -> str | None:
-    return next((v.version for v in backend.versions(name) if v.is_default), None)
-
-
 def pending_move(registry: Registry) -> Move | None:
     """The interrupted move recorded on the registered model, if any."""
     return Move.parse(registry.model_tags().get(PROMOTION_TAG, ""))
@@ -131,7 +126,7 @@ def move_champion(registry: Registry, backend: Any, name: str, target: str, *,
                                     f"putting the registry back failed too ({undo}); the next "
                                     "run or `servegate rollback` repairs it") from exc
             try:
-                if move.source is not None and _default(backend, name) != move.source:
+                if move.source is not None and backend.default_version(name) != move.source:
                     backend.set_default(name, move.source)
             except Exception as undo:  # e.g. a fleet's replica down: the tag stays in-progress
                 raise PipelineError(f"{kind} of {name} v{target} failed on the server ({exc}); the "
@@ -193,8 +188,7 @@ def repair(registry: Registry, backend: Any, name: str, say: Say, *,
         message = (f"interrupted {move.kind} of {name} (v{_v(move.source)} -> v{move.target}) "
                    f"{outcome}: {why}")
         registry.set_model_tag(PROMOTION_TAG, f"{outcome} by repair {move.describe()}")
-        if mlflow.active_run() is not None:
-            mlflow.set_tag(REPAIR_RUN_TAG, message)
+        tracking.tag_active_run(REPAIR_RUN_TAG, message)
         say(f"[yellow]repair: {message}[/]")
         return outcome
 
@@ -303,3 +297,58 @@ def rollback(registry: Registry, backend: Any, name: str, workers: int,
         restore(registry, backend, name, restored, workers, say)
     move_champion(registry, backend, name, restored, kind="rollback")
     return restored, demoted
+
+
+# ---- the run's own moves: making room for a challenger, and its end -------------------------------
+def make_room(registry: Registry, backend: Any, name: str, version: str, workers: int,
+              say: Say) -> str | None:
+    """Before ``version`` is deployed: the registry's champion serves the default (restored
+    first if the server lost it), an older copy of ``version`` leaves, orphans go. Return the
+    champion (None on a first run)."""
+    champion = registry.version_for_alias(CHAMPION)
+    if champion == version:
+        raise PipelineError(f"{name} v{version} is already the champion")
+    served = {v.version for v in backend.versions(name)}
+    if champion is not None and champion not in served:
+        say(f"deploy: restoring champion v{champion} on the server")
+        restore(registry, backend, name, champion, workers, say)
+    if champion is not None:
+        default = backend.default_version(name)
+        if default not in (None, champion):
+            say(f"[yellow]deploy: the server's default was v{default}, the registry's champion "
+                f"is v{champion}: the server follows the registry[/]")
+        backend.set_default(name, champion)
+    if version in served:  # e.g. the previous champion, gated again: serve the new archive
+        say(f"deploy: {name} v{version} is served from an earlier archive; replacing it")
+        backend.undeploy(name, version)
+    remove_orphans(backend, name, {champion, registry.version_for_alias(PREVIOUS)} - {version}, say)
+    return champion
+
+
+def decide(registry: Registry, backend: Any, name: str, version: str, failures: list[str],
+           promote_it: bool, say: Say) -> str:
+    """The gate's outcome carried out: ``rejected`` (the challenger leaves), ``promoted``, or
+    ``passed, not promoted`` (gate only); the registry version records it."""
+    if failures:
+        reject(registry, backend, name, version, "; ".join(failures), say)
+        return "rejected"
+    registry.tag(version, {"servegate.gate": "passed"})
+    if promote_it:
+        promote(registry, backend, name, version, say)
+        return "promoted"
+    return "passed, not promoted"
+
+
+def abandon(registry: Registry, backend: Any, name: str, version: str, deployed: bool,
+            reason: str, say: Say) -> None:
+    """After a signal: the challenger leaves the server (if it was deployed) and its alias;
+    its version records why. Best effort: what cannot be done now, the next run repairs."""
+    try:
+        if deployed and backend is not None:
+            withdraw(registry, backend, name, version, say)
+        if registry.version_for_alias(CHALLENGER) == version:
+            registry.delete_alias(CHALLENGER)
+        if registry.version_for_alias(CHAMPION) != version:
+            registry.tag(version, {"servegate.gate": f"interrupted ({reason})"})
+    except Exception as cleanup:  # noqa: BLE001 (report, then end the run anyway)
+        say(f"[red]cleanup after {reason} incomplete: {cleanup}[/]")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,84 @@ def registered_version(uri: str) -> tuple[str, str]:
     return name, version
 
 
+@contextmanager
+def step(name: str, *, nested: bool = True) -> Iterator[str]:
+    """An MLflow run for a pipeline step (nested in the active run); yields its run id."""
+    with mlflow.start_run(run_name=name, nested=nested) as run:
+        yield run.info.run_id
+
+
+def tag_active_run(key: str, value: str) -> None:
+    """Tag the active run, if there is one (a repair outside a run tags nothing)."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tag(key, value)
+
+
+def log_build(params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """What a target's build chose and measured (params and metrics of the package step)."""
+    mlflow.log_params(params)
+    mlflow.log_metrics(metrics)
+
+
+def register_run_artifacts(name: str) -> str:
+    """A new version of ``name`` whose source is the active run's artifacts (no model logged:
+    test targets); return the version."""
+    client = mlflow.MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name)
+    run = mlflow.active_run()
+    source = mlflow.get_artifact_uri() if run else "none"
+    return str(client.create_model_version(name, source, run.info.run_id if run else None).version)
+
+
+def use_experiment(name: str) -> None:
+    """Runs go to the experiment ``name`` (created when missing)."""
+    mlflow.set_experiment(name)
+
+
+def log_config(config: Any) -> None:
+    """A run's settings as params (the local servers' own settings are not the run's)."""
+    servers = {"torchserve", "tfserving"}
+    mlflow.log_params(flat_params(config.model_dump(mode="json", exclude=servers)))
+
+
+def log_registered(name: str, version: str) -> None:
+    mlflow.set_tags({"registered_model": name, "registered_version": version})
+
+
+def log_deployed(champion: str | None, challenger: str, where: str, endpoint: str) -> None:
+    """Which versions the run served, and where (hosts hidden where they are secret)."""
+    mlflow.log_params({"champion": champion or "none", "challenger": challenger,
+                       "server": redact_text(where), "endpoint": redact_text(endpoint)})
+
+
+def log_report(report: Any, folder: Path, copy_to: Path | None = None) -> None:
+    """The gate report written to ``folder``, logged under ``report/``, copied to ``copy_to``."""
+    import shutil
+
+    from servegate.gates.report import write_report
+
+    write_report(report, folder)
+    log_artifact_dir(folder, "report")
+    if copy_to is not None:
+        shutil.copytree(folder, copy_to, dirs_exist_ok=True)
+
+
+def end_run(decision: str, status: str | None = None) -> None:
+    """The run's decision (a tag, and ``promoted`` as a metric); ``status`` ends the run so."""
+    mlflow.set_tag("servegate.decision", decision)
+    if status is None:
+        mlflow.log_metric("promoted", 1.0 if decision == "promoted" else 0.0)
+    else:
+        mlflow.end_run(status)
+
+
 def log_source(model: Any, source: str) -> None:
-    """The model's own params and metrics, and where it came from."""
+    """The model's own params and metrics, where it came from, and its evaluation note."""
     mlflow.log_params({f"model.{k}": redact_text(str(v)) for k, v in model.params.items()}
                       | {"source": redact_text(source)})
+    if note := getattr(model, "eval_note", ""):
+        mlflow.set_tag("servegate.eval_data", redact_text(note)[:5000])
     if model.metrics:
         mlflow.log_metrics(model.metrics)
 

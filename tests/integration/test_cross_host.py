@@ -46,8 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_PORT = 5000
 README_PORTS = ("--inference-port", "8080", "--management-port", "8081", "--metrics-port", "8082")
 #: Short load phases; the cut run's are longer, so that the link goes down inside one.
-FAST = ["-P", "compiler=eager", "-P", "load_users=4", "-P", "load_rounds=1",
-        "-P", "max_regression_pct=400"]
+FAST = ["-P", "compiler=eager", "-P", "load_users=4", "-P", "load_rounds=1"]
 #: How long the link stays down, and when it goes down after the load gate starts.
 CUT_AFTER_S, CUT_FOR_S = 9.0, 8.0
 

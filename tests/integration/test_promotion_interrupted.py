@@ -23,8 +23,7 @@ from servegate.config import TorchServeSettings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--compiler", "eager", "--load-seconds", "2", "--load-users", "2", "--load-rounds", "1",
-        "--max-regression-pct", "400"]
+FAST = ["--compiler", "eager", "--load-seconds", "2", "--load-users", "2", "--load-rounds", "1"]
 
 
 @pytest.fixture(scope="module")

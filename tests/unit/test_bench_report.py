@@ -87,3 +87,77 @@ def test_server_cpu_counts_a_process_that_started_in_between_whole() -> None:
     before = {1: ("frontend", 10.0), 2: ("worker", 5.0)}
     after = {1: ("frontend", 10.5), 2: ("worker", 6.0), 3: ("worker", 0.25)}
     assert between(before, after) == ServerCpu(frontend_s=0.5, workers_s=1.25)
+
+
+def test_an_image_row_gets_the_same_ratios_and_a_subset_only_its_own(measured) -> None:
+    rows, digits, _ = measured
+    images = _table("images", [Shape(1), Shape(8)], [0.2, 0.5], [0.1, 0.3])
+    rows = [r for r in rows if r.family != "MiniLM"] + [
+        _row("photos_b8_auto", 1800, 12, family="images"),
+        _row("photos_b1_auto", 600, 20, family="images"),
+        _row("photos_b1_auto", 420, 5, family="images", rate=420),
+        _row("photos_b8_auto", 420, 7, family="images", rate=420),
+    ]
+    found = {(t.model, t.name): t for t in targets(rows, digits, None, 32, images=images)}
+    gain = found[("images", "batching gain (batch 8 / batch 1)")]
+    assert gain.value == pytest.approx(3.0) and gain.met
+    p95 = found[("images", "batching p95 at 70% of batch 1's peak (batch 8 / batch 1)")]
+    assert p95.value == pytest.approx(7 / 5) and p95.met is False
+    assert found[("images", "serving efficiency (onnx, batch 8)")].value == pytest.approx(
+        1800 / (8 / 0.0003))
+    assert not [key for key in found if key[0] == "MiniLM"]  # not measured: no targets
+    worker = found[("digits", "worker CPU per request, ours (auto, batch 8) / minimal")]
+    assert worker.value == pytest.approx(1000 / 3300)  # same CPU seconds over more requests
+
+
+def test_image_bodies_alternate_raw_png_and_base64_json() -> None:
+    import base64
+    import json
+
+    from benchmarks.samples import image_bodies
+
+    bodies = image_bodies([b"\x89PNG-a", b"\x89PNG-b"])
+    assert bodies[0] == ("image/png", b"\x89PNG-a")
+    kind, body = bodies[1]
+    assert kind == "application/json"
+    assert base64.b64decode(json.loads(body)["instances"][0]["b64"]) == b"\x89PNG-b"
+
+
+def test_the_headline_is_the_median_of_the_pairs_measured_side_by_side(measured) -> None:
+    """Load drifts between rows on a shared box: each pair shares it, so the median pair ratio
+    is the figure (here pairs of 3.3x, 2.0x and 2.5x: 2.5x, not the first pair's 3.3x)."""
+    import dataclasses
+
+    rows, digits, minilm = measured
+    again = [dataclasses.replace(_row("digits_b8_auto", rps, 10, p99=p99), repeat=i)
+             for i, rps, p99 in ((1, 1000, 40), (2, 2000, 20))]
+    minimal = [dataclasses.replace(_row("digits_minimal", rps, 18, p99=30), repeat=i)
+               for i, rps in ((1, 500), (2, 800))]
+    found = {(t.model, t.name): t for t in targets(rows + again + minimal, digits, minilm, 32)}
+    handler = found[("digits", "our handler and configuration (onnx, batch 8) / minimal")]
+    assert handler.value == pytest.approx(2.5) and handler.met is False
+    assert "median of 3 pairs (3.30x, 2.00x, 2.50x)" in handler.detail
+    assert "p99 20 vs 30 ms" in handler.detail  # medians of the pairs' p99s
+
+
+def test_make_bench_writes_its_summary_between_the_docs_markers(tmp_path) -> None:
+    """The bench table in the docs is written by `make bench`, with its date and machine."""
+    from pathlib import Path
+
+    from benchmarks.report import DOCS_END, DOCS_START, docs_summary, publish
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+    text = page.read_text(encoding="utf-8")
+    assert text.count(DOCS_START) == 1 and text.count(DOCS_END) == 1
+    kept = text.split(DOCS_START)[1].split(DOCS_END)[0]
+    assert "- date: 20" in kept and "- machine:" in kept and "| model | figure |" in kept
+    run = ("# servegate bench\n\n- date: 2030-01-01T00:00:00+00:00\n- machine: 2 cores, X\n\n"
+           "## Targets\n\n| model | figure |\n|---|---|\n| digits | 9.9x |\n\n## Served\n\n| a |\n")
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text(text, encoding="utf-8")
+    assert publish(run, copy)
+    written = copy.read_text(encoding="utf-8")
+    assert docs_summary(run) in written and "2030-01-01" in written and "## Served" not in written
+    assert written.split(DOCS_START)[0] == text.split(DOCS_START)[0]  # the rest untouched
+    (tmp_path / "plain.md").write_text("no markers", encoding="utf-8")
+    assert not publish(run, tmp_path / "plain.md")

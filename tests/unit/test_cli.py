@@ -74,3 +74,29 @@ def test_run_refuses_a_name_other_than_the_registered_one() -> None:
     result = runner.invoke(app, ["run", "--model", "models:/tabular/2", "--name", "other"])
     assert result.exit_code == 5
     assert "registered as 'tabular' but name is 'other'" in result.output
+
+
+def test_a_reused_server_says_which_options_it_did_not_apply(tmp_path: Path, monkeypatch) -> None:
+    """`serve start` on a directory whose server runs returns that server: the options it was not
+    started with are named, not silently dropped (issue 26)."""
+    from servegate.backends.torchserve import local
+    from servegate.config import TorchServeSettings
+
+    state = local.ServerState(pid=1, workdir=str(tmp_path), model_store=str(tmp_path),
+                              inference="http://127.0.0.1:8080", management="http://127.0.0.1:8081",
+                              metrics="http://127.0.0.1:8082", key_file=None,
+                              allowed_url_prefixes=[], token_expiration_min=None)
+    same = TorchServeSettings(workdir=tmp_path, inference_port=8080)
+    assert local.unapplied_options(same, state) == []
+    other = TorchServeSettings(workdir=tmp_path, inference_port=9090, token_expiration_min=1440,
+                               allowed_url_prefixes=("https://mlflow.example/api/2.0/mlflow-artifacts/artifacts/",))
+    named = local.unapplied_options(other, state)
+    assert named == ["--inference-port 9090 (it uses 8080)", "--allow-url/--allow-mlflow-artifacts",
+                     "--token-expiration-min 1440"]
+    monkeypatch.setattr(local.LocalTorchServe, "state", lambda self: state)
+    monkeypatch.setattr(local.LocalTorchServe, "start", lambda self: state)
+    monkeypatch.setattr("servegate.cli._print_state", lambda state: None)
+    result = runner.invoke(app, ["serve", "start", "--workdir", str(tmp_path),
+                                 "--token-expiration-min", "1440"])
+    assert result.exit_code == 0, result.output
+    assert "already runs" in result.output and "--token-expiration-min 1440" in result.output

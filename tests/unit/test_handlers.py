@@ -220,7 +220,8 @@ def test_stage_metrics_are_per_batch_means_sent_once_per_interval(handler: Local
     serve(6)
     sent = dict(recorder.sent)
     assert sent["BatchSize"] == 4.0  # (2 + 4 + 6) / 3 batches
-    assert all(sent[name] >= 0 for name in ("PreprocessTime", "InferenceTime", "PostprocessTime"))
+    # means of real stage times, in ms: positive, and far below a second for a 6-row MLP batch
+    assert all(0 < sent[name] < 1000 for name in ("PreprocessTime", "InferenceTime", "PostprocessTime"))
 
 
 # ---- user models: servegate.json schema 2, served without custom handlers ---------------------

@@ -42,7 +42,9 @@ def _options(eval_data: Path, **more: object):
     config = PipelineConfig(model="models:/photos/1", task="image-classification",
                             image={"size": (SIZE, SIZE), "mean": [0, 0, 0], "std": [1, 1, 1]},
                             eval_data=str(eval_data), **more)
-    return config.source_options()
+    from servegate.sources import SourceOptions
+
+    return SourceOptions.from_config(config)
 
 
 def _worker(data: bytes) -> np.ndarray:

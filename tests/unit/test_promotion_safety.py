@@ -21,7 +21,7 @@ from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILA
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from servegate import promotion
+from servegate import promotion, steps
 from servegate.cli import app, exit_code
 from servegate.config import PipelineConfig, TorchServeSettings
 from servegate.errors import (
@@ -146,13 +146,13 @@ def test_a_promotion_killed_between_its_steps_is_finished_by_the_next_run(store:
     class Stop(Exception):
         pass
 
-    def stop_after_repair(self):  # the run's first step after the repair
+    def stop_after_repair(run):  # the run's first step after the repair
         raise Stop
 
     pipeline = DeployPipeline(PipelineConfig(name="digits"), backend)
-    pipeline.say = say  # type: ignore[method-assign]
+    pipeline.run_state.say = say  # type: ignore[method-assign]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DeployPipeline, "source", stop_after_repair)
+        mp.setattr(steps, "source", stop_after_repair)
         with pytest.raises(Stop):
             pipeline.run()
     assert backend.default_version("digits") == "3" and registry.version_for_alias(CHAMPION) == "3"
@@ -203,24 +203,25 @@ def test_sigterm_during_a_run_withdraws_the_challenger_and_ends_the_run_killed(
     mlflow.set_experiment("t")
     temp_dirs: list[Path] = []
 
-    def source(self):
+    def source(run):
         registry.set_alias("challenger", "2")
+        run.challenger = "2"
         return object(), registry, "2"
 
-    def build(self, model, registry, version, workdir):
+    def build(run, model, registry, version, workdir):
         temp_dirs.append(workdir)
         archive = workdir / "digits.v2.mar"
         archive.write_bytes(b"archive")
-        return Built(archive, "file:///nowhere/digits.v2.mar", "eager", "fp32")
+        return Built(archive, "file:///nowhere/digits.v2.mar", "eager", "fp32"), None
 
-    def gate_parity(self, *args):  # the challenger is on the server: a CI job is cancelled
+    def gate_parity(run, *args):  # the challenger is on the server: a CI job is cancelled
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
         raise AssertionError("SIGTERM did not interrupt the run")
 
-    monkeypatch.setattr(DeployPipeline, "source", source)
-    monkeypatch.setattr(DeployPipeline, "build", build)
-    monkeypatch.setattr(DeployPipeline, "gate_parity", gate_parity)
+    monkeypatch.setattr(steps, "source", source)
+    monkeypatch.setattr(steps, "build", build)
+    monkeypatch.setattr(steps, "gate_parity", gate_parity)
     previous_handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as info:
         DeployPipeline(PipelineConfig(name="digits"), backend).run()
@@ -377,8 +378,8 @@ def test_an_mlflow_outage_during_the_champion_lookup_stops_the_run(
     monkeypatch.setattr(registry.client, "get_model_version_by_alias", outage)
     mlflow.set_experiment("t")
     with pytest.raises(RegistryError, match="Service Unavailable"):
-        DeployPipeline(PipelineConfig(name="digits"), backend).deploy(
-            registry, Built(Path("/x"), "runs:/x/archive/digits.v2.mar", "eager", "fp32"), "2")
+        steps.deploy(DeployPipeline(PipelineConfig(name="digits"), backend).run_state, registry,
+                     Built(Path("/x"), "runs:/x/archive/digits.v2.mar", "eager", "fp32"), None, "2")
     assert [v.version for v in backend.versions("digits")] == ["1"]  # nothing deployed
 
 
@@ -443,8 +444,7 @@ def test_the_validator_refuses_escaping_names(bad: str) -> None:
 def test_every_entry_point_validates_names_and_versions(tmp_path: Path) -> None:
     from servegate.backends.tfserving import TFServingBackend, TFServingClient
     from servegate.backends.torchserve.client import Endpoints, TorchServeClient
-    from servegate.naming import validate_name, validate_version
-    from servegate.packaging.mar import archive_file_name
+    from servegate.naming import archive_file_name, validate_name, validate_version
 
     assert validate_name("all-MiniLM-L6-v2.q8") == "all-MiniLM-L6-v2.q8"
     assert validate_version(3) == "3"

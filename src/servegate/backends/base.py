@@ -72,7 +72,7 @@ class ServingBackend(Protocol):
         """The versions of ``name`` being served (empty if none)."""
 
     def default_version(self, name: str) -> str | None:
-        """The version the default endpoint of ``name`` serves (None: no such model)."""
+        """The version the default endpoint of ``name`` routes to (None: not served)."""
 
     def predict(self, name: str, payload: Any, version: str | None = None) -> Any:
         """One prediction through the standard REST endpoint; returns the decoded JSON."""

@@ -14,9 +14,6 @@ import numpy as np
 
 from servegate.errors import CompileError
 
-#: The flag a TF Serving needs to run XLA-compiled functions on CPU.
-TFSERVING_XLA_FLAG = "--xla_cpu_compilation_enabled=true"
-
 
 @dataclass(frozen=True)
 class XlaCheck:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from servegate._resources import loadtests_dir
 from servegate.backends.base import ReplicaAccess
-from servegate.config import LoadSettings, SLOs
+from servegate.config import LoadSettings, SLOs, inherited_environment
 from servegate.errors import PipelineError
 from servegate.gates.checks import Check
 from servegate.gates.compare import Comparison, Interval
@@ -88,9 +88,9 @@ INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "
 def locust_environment(**settings: str) -> dict[str, str]:
     """The Locust process's whole environment: ``INHERITED_ENV``, a ``PYTHONPATH`` reaching
     servegate however this process did (installed or ``src/``), and ``settings``."""
-    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    env = inherited_environment((*INHERITED_ENV, "PYTHONPATH"))
     package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     return env | settings
 
 

@@ -3,13 +3,14 @@ load phases: a gate run from a far-away runner must not be mistaken for a slow m
 
 from __future__ import annotations
 
-import os
 import socket
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
+
+from servegate.config import ci_runner
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,8 @@ class NetworkProbe:
 def load_origin() -> str:
     """This machine, as a person would recognise it (a CI runner says which)."""
     host = socket.gethostname()
-    if os.environ.get("GITHUB_ACTIONS") == "true":
-        runner = os.environ.get("RUNNER_NAME", "runner")
-        return f"GitHub Actions {runner} ({host}, run {os.environ.get('GITHUB_RUN_ID', '?')})"
+    if (runner := ci_runner()) is not None:
+        return f"GitHub Actions {runner[0]} ({host}, run {runner[1]})"
     return host
 
 

@@ -25,6 +25,7 @@ from servegate.artifacts import CompiledArtifact
 from servegate.choices import CLASS_TASKS
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.errors import PackagingError
+from servegate.naming import archive_file_name
 from servegate.packaging.spec import (
     SPEC_FILE,
     TASK_HANDLERS,
@@ -40,14 +41,6 @@ _ARCHIVER_LOCK = threading.Lock()
 LABELS_FILE = "index_to_name.json"
 WARMUP_FILE = "warmup.json"
 MODEL_CONFIG_FILE = "model-config.yaml"
-
-
-def archive_file_name(name: str, version: str) -> str:
-    """The model-store file name of one version (several versions live side by side); the name
-    and version are validated, so the file stays inside the store."""
-    from servegate.naming import validate_name, validate_version
-
-    return f"{validate_name(name)}.v{validate_version(version)}.mar"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import numpy as np
 
 from servegate.errors import PackagingError
 from servegate.sources.digits_keras import KerasModel
+from servegate.tfserving_protos.requests import predict_request
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
@@ -147,22 +148,6 @@ def _build_archive(model: KerasModel, path: Path, *, top_k: int, jit_compile: bo
         archive.add_endpoint(SERVING_IMAGES, serve_images,
                              input_signature=[tf.TensorSpec([None], tf.string, IMAGE_KEY)])
     archive.write_out(str(path), verbose=False)
-
-
-def predict_request(name: str, signature: str, inputs: dict[str, Any],
-                    version: int | None = None) -> Any:
-    """A ``tensorflow.serving.PredictRequest`` (numpy arrays or lists become TensorProtos)."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = int(version)
-    for key, value in inputs.items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-    return request
 
 
 def write_warmup(path: Path, name: str, rows: np.ndarray,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from servegate.errors import ConfigError
+
+if TYPE_CHECKING:  # the GPU check imports sources on a bare host without pydantic
+    from servegate.config import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,17 @@ class SourceOptions:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     labels: str | None = None
     image: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> SourceOptions:
+        """The source options of a run's settings (the image preprocessing only for an
+        ``image-classification`` run)."""
+        return cls(task=config.task, max_length=config.max_length, eval_data=config.eval_data,
+                   label_column=config.label_column, text_column=config.text_column,
+                   trust_pickle=config.trust_pickle, model_class=config.model_class,
+                   model_kwargs=dict(config.model_kwargs), labels=config.labels,
+                   image=(config.image.model_dump(mode="json")
+                          if config.task == "image-classification" else {}))
 
 
 def read_labels(value: str | None) -> list[str] | None:

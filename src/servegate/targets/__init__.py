@@ -16,12 +16,19 @@ def register_target(name: str, factory: Callable[[], Target]) -> None:
 
 
 def get_target(name: str) -> Target:
-    """The target called ``name``; ``ConfigError`` lists the known ones otherwise."""
+    """The target called ``name``; ``ConfigError`` lists the known ones otherwise, or says what
+    a registered one lacks of the ``Target`` protocol."""
     _builtins()
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise ConfigError(f"unknown target {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown target {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    target = factory()
+    if not isinstance(target, Target):
+        members = [m for m in dir(Target) if not m.startswith("_")] + ["name", "attach_needs"]
+        lacks = sorted({m for m in members if not hasattr(target, m)})
+        raise ConfigError(f"registered target {name!r} is not a servegate Target: it lacks "
+                          f"{', '.join(lacks)}")
+    return target
 
 
 def _builtins() -> None:

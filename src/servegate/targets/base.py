@@ -9,7 +9,7 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from rich.console import Console
 
@@ -41,10 +41,14 @@ class LoadProfile:
     user_class: str = "TorchServePredictUser"
 
 
+@runtime_checkable
 class Target(Protocol):
     """One serving target: every step of the pipeline that depends on the server."""
 
     name: str
+    #: The environment variables an attached server of this kind needs (``|``: alternatives);
+    #: the workflow's validator checks them before anything is installed.
+    attach_needs: tuple[str, ...]
 
     def check_compiler(self, compiler: str) -> None:
         """``ConfigError`` unless ``compiler`` (a name, ``auto``, or a comma list) applies."""

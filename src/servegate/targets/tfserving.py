@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from rich.console import Console
 
 from servegate.backends.base import ServingBackend
@@ -21,6 +20,7 @@ TF_COMPILERS = ("savedmodel", "xla", "tf-trt")
 
 class TFServingTarget(MeasuredTarget):
     name = "tfserving"
+    attach_needs = ("SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_MODEL_ROOT")
 
     def check_compiler(self, compiler: str) -> None:
         if compiler not in ("auto", "eager", *TF_COMPILERS):
@@ -75,9 +75,9 @@ class TFServingTarget(MeasuredTarget):
             converted = workdir / "tf-trt" / config.model_name / version
             convert_trt(report.path, converted, precision="FP16")
             report = replace(report, path=converted)
-        mlflow.log_params({"compiler": config.compiler, "compiler.chosen": compiler,
-                           "format": "savedmodel"})
-        mlflow.log_metrics({"tf2_max_abs_diff": report.tf2_max_abs_diff,
+        tracking.log_build({"compiler": config.compiler, "compiler.chosen": compiler,
+                            "format": "savedmodel"},
+                           {"tf2_max_abs_diff": report.tf2_max_abs_diff,
                             "tf1_max_abs_diff": report.tf1_max_abs_diff,
                             "image_max_abs_diff": report.image_max_abs_diff,
                             "export_seconds": report.seconds})

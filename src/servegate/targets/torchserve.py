@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from rich.console import Console
 
 from servegate.backends.base import ServingBackend
@@ -17,6 +16,8 @@ from servegate.targets.base import Built, LoadProfile, MeasuredTarget, curl_cace
 
 class TorchServeTarget(MeasuredTarget):
     name = "torchserve"
+    attach_needs = ("SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "SERVEGATE_TORCHSERVE_INFERENCE_URL",
+                    "SERVEGATE_TORCHSERVE_KEYS|SERVEGATE_TORCHSERVE_KEY_FILE")
 
     def check_compiler(self, compiler: str) -> None:
         from servegate.compilers import compiler_names
@@ -35,9 +36,9 @@ class TorchServeTarget(MeasuredTarget):
         return open_torchserve(config.torchserve, config.server), None
 
     def load_model(self, config: PipelineConfig) -> Any:
-        from servegate.sources import load_torch_model
+        from servegate.sources import SourceOptions, load_torch_model
 
-        return load_torch_model(config.model, config.source_options())
+        return load_torch_model(config.model, SourceOptions.from_config(config))
 
     def register(self, model: Any, name: str) -> str:
         from servegate import tracking
@@ -69,10 +70,10 @@ class TorchServeTarget(MeasuredTarget):
                                 max_batch=artifact_max_batch(model, config.batching, config.limits),
                                 handler_file=config.handler)
         archive = build_mar(contents, workdir)
-        mlflow.log_params({"compiler": config.compiler, "compiler.chosen": artifact.backend,
-                           "archive": archive.name}
-                          | config.batching.model_config_yaml(device=artifact.device))
-        mlflow.log_metric("archive_bytes", archive.stat().st_size)
+        tracking.log_build({"compiler": config.compiler, "compiler.chosen": artifact.backend,
+                            "archive": archive.name}
+                           | config.batching.model_config_yaml(device=artifact.device),
+                           {"archive_bytes": archive.stat().st_size})
         uri = tracking.log_artifact_file(archive, "archive")
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from rich.console import Console
 
+from servegate import tracking
 from servegate.backends.base import ServingBackend
 from servegate.config import LoadSettings, PipelineConfig, RequestLimits
 from servegate.errors import ServerError
@@ -42,6 +42,7 @@ class ScriptedTarget:
     """A target that builds a small file per version and measures scripted figures."""
 
     name = "scripted"
+    attach_needs: tuple[str, ...] = ()
 
     def __init__(self, backend: ServingBackend, script: list[ScriptedModel]) -> None:
         self.backend = backend
@@ -61,12 +62,7 @@ class ScriptedTarget:
 
     def register(self, model: Any, name: str) -> str:
         """A registered version whose source is this run's artifacts (no model is logged)."""
-        client = mlflow.MlflowClient()
-        if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name)
-        run = mlflow.active_run()
-        source = mlflow.get_artifact_uri() if run else "none"
-        version = str(client.create_model_version(name, source, run.info.run_id if run else None).version)
+        version = tracking.register_run_artifacts(name)
         self.by_version[version] = model
         return version
 
@@ -74,8 +70,7 @@ class ScriptedTarget:
               console: Console) -> Built:
         path = workdir / f"{config.model_name}.v{version}.mar"
         path.write_bytes(f"scripted {version} {model.accuracy} {model.p95_ms}".encode())
-        mlflow.log_artifact(str(path), artifact_path="archive")
-        return Built(path, f"{mlflow.get_artifact_uri('archive')}/{path.name}", "scripted", "fp32")
+        return Built(path, tracking.log_artifact_file(path, "archive"), "scripted", "fp32")
 
     def load_profile(self, model: Any) -> LoadProfile:
         return LoadProfile(samples=[])

@@ -229,7 +229,7 @@ class TFServingClient:
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        from servegate.packaging.savedmodel import predict_request
+        from servegate.tfserving_protos.requests import predict_request
 
         if version is not None and label is not None:
             raise ConfigError("give a version or a label, not both")

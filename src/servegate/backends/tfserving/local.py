@@ -60,6 +60,10 @@ class TFServingState:
         return TFServingClient(self.rest_url, self.grpc_target)
 
 
+#: The flag a TF Serving needs to run XLA-compiled functions on CPU (``compiler=xla``).
+TFSERVING_XLA_FLAG = "--xla_cpu_compilation_enabled=true"
+
+
 def docker_has_image(image: str = DOCKER_IMAGE) -> bool:
     """A Docker engine answers and holds ``image`` (nothing is pulled)."""
     if shutil.which("docker") is None:
@@ -116,8 +120,6 @@ class LocalTFServing(LocalServer[TFServingState]):
                  "--model_config_file_poll_wait_seconds=0", "--file_system_poll_wait_seconds=1",
                  "--enable_model_warmup=true"]
         if s.xla:
-            from servegate.compilers.tf_xla import TFSERVING_XLA_FLAG
-
             flags.append(TFSERVING_XLA_FLAG)
         return flags
 

@@ -14,15 +14,16 @@ copying into a store the server reads closes that gap.
 
 from __future__ import annotations
 
-import os
 import ssl
 from pathlib import Path
 from typing import Protocol
 
 from servegate._atomic import atomic_copy
+from servegate.artifact_access import tracking_uri
+from servegate.config import s3_endpoint
 from servegate.errors import ConfigError, IntegrityError, ServerError
 from servegate.integrity import artifact_sha256, stream_sha256
-from servegate.packaging.mar import archive_file_name
+from servegate.naming import archive_file_name
 from servegate.redact import redact_url
 from servegate.tls import client_context
 
@@ -86,8 +87,8 @@ class ArtifactUrl:
         if not source_uri.rstrip("/").endswith("/" + expected):
             raise ConfigError(f"{redact_url(source_uri)} is not {expected}: the server names the archive it "
                               "downloads after the URL")
-        url = fetch_url(source_uri, self._tracking_uri or _tracking_uri(),
-                        os.environ.get("MLFLOW_S3_ENDPOINT_URL"))
+        url = fetch_url(source_uri, self._tracking_uri or tracking_uri(),
+                        s3_endpoint())
         if sha256 is not None:
             served = self._fetched_sha256(url, f"{name} v{version}")
             if served != sha256:
@@ -108,9 +109,3 @@ class ArtifactUrl:
         except httpx.HTTPError as exc:
             raise ServerError(f"{what}: cannot fetch {redact_url(url)} to check it before the "
                               f"server does: {exc}") from exc
-
-
-def _tracking_uri() -> str:
-    import mlflow
-
-    return str(mlflow.get_tracking_uri())

@@ -33,7 +33,7 @@ from servegate.backends.torchserve.exposure import (
     build_truststore,
     check_exposure,
 )
-from servegate.config import TorchServeSettings
+from servegate.config import TorchServeSettings, inherited_environment
 from servegate.errors import ServerError, ServerNotRunning, ServerStartError
 from servegate.tls import client_context
 
@@ -61,6 +61,10 @@ class ServerState:
     tls_cert: str | None = None
     #: The operator opted in to plain HTTP on a network address (``--insecure-http``).
     insecure_http: bool = False
+    #: What else it was started with (to say which options a later ``start`` did not apply).
+    allowed_url_prefixes: list[str] | None = None
+    token_expiration_min: float | None = None
+    trust_ca: str | None = None
 
     @property
     def endpoints(self) -> Endpoints:
@@ -201,6 +205,9 @@ class LocalTorchServe(LocalServer[ServerState]):
             create_time=create_time,
             tls_cert=str(s.tls_cert.resolve()) if s.tls_cert is not None else None,
             insecure_http=s.insecure_http,
+            allowed_url_prefixes=list(s.allowed_url_prefixes),
+            token_expiration_min=s.token_expiration_min,
+            trust_ca=str(s.trust_ca.resolve()) if s.trust_ca is not None else None,
         ))
         # Up = the key file exists and the management API answers an authorised call.
         key_file = Path(state.key_file or "")
@@ -214,7 +221,8 @@ class LocalTorchServe(LocalServer[ServerState]):
         return super()._environment({
             "LOG_LOCATION": str(self.workdir / "logs"),
             "METRICS_LOCATION": str(self.workdir / "logs"),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                     *inherited_environment(("PATH",)).values()]),
             **(extra or {}),
         })
 
@@ -223,6 +231,37 @@ class LocalTorchServe(LocalServer[ServerState]):
         match ``server.json`` (otherwise the pid was reused: nothing is killed)."""
         stopped, stale = stop_recorded(state.pid, state.create_time, state.cmdline, timeout_s)
         return StopOutcome(stopped, stale)
+
+
+def unapplied_options(settings: TorchServeSettings, state: ServerState) -> list[str]:
+    """The options of ``settings`` that the server already running (``state``) was not started
+    with: a ``start`` returns that server as it is, so they do not apply until it restarts."""
+    from urllib.parse import urlsplit
+
+    differs: list[str] = []
+    inference = urlsplit(state.inference)
+    if settings.host.strip("[]") != (inference.hostname or ""):
+        differs.append(f"--host {settings.host} (it listens on {inference.hostname})")
+    for name, asked, url in (("inference-port", settings.inference_port, state.inference),
+                             ("management-port", settings.management_port, state.management),
+                             ("metrics-port", settings.metrics_port, state.metrics)):
+        if asked and asked != urlsplit(url).port:
+            differs.append(f"--{name} {asked} (it uses {urlsplit(url).port})")
+    asked_cert = str(settings.tls_cert.resolve()) if settings.tls_cert is not None else None
+    if asked_cert != state.tls_cert:
+        differs.append("--tls-cert/--tls-key" if asked_cert else "no TLS (it serves https)")
+    if settings.insecure_http != state.insecure_http:
+        differs.append("--insecure-http")
+    if settings.allowed_url_prefixes and list(settings.allowed_url_prefixes) != (
+            state.allowed_url_prefixes or []):
+        differs.append("--allow-url/--allow-mlflow-artifacts")
+    if settings.token_expiration_min is not None and (
+            settings.token_expiration_min != state.token_expiration_min):
+        differs.append(f"--token-expiration-min {settings.token_expiration_min:g}")
+    asked_ca = str(settings.trust_ca.resolve()) if settings.trust_ca is not None else None
+    if asked_ca is not None and asked_ca != state.trust_ca:
+        differs.append("--trust-ca")
+    return differs
 
 
 def _url_host(host: str) -> str:
