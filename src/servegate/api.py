@@ -11,7 +11,6 @@ subclasses (``servegate.errors``); none prints except through the ``console`` it
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +79,9 @@ def reconcile(name: str, *, target: str = "torchserve", server: str | None = Non
               console: Console | None = None) -> str:
     """The registry's champion of ``name`` served (restored where a server or a fleet's
     replica lacks it) and the default everywhere; a sentence saying what was done."""
-    import mlflow
-
     from servegate.naming import validate_name
     from servegate.reconcile import reconcile_locked
 
-    if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
-        mlflow.set_experiment(experiment_name())
     config = PipelineConfig(name=validate_name(name), target=target, server=server_mode(server),
                             torchserve=torchserve or TorchServeSettings())
     backend, unreachable = open_backend(config)

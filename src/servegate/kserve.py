@@ -137,7 +137,7 @@ def config_properties(name: str, version: str, *, gpus: int = 0) -> str:
 
 
 def _archive(name: str, version: str) -> str:
-    from servegate.packaging.mar import archive_file_name
+    from servegate.naming import archive_file_name
 
     return archive_file_name(name, version)
 

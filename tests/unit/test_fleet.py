@@ -139,6 +139,7 @@ def test_a_replica_killed_mid_promotion_reverts_the_others_and_the_registry(stor
     def kill_replica_2(name: str, version: str) -> None:  # replica 0 moved; then 2 dies
         members[2].hooks["set_default"] = down
         members[2].versions = lambda n: down()  # type: ignore[method-assign]
+        members[2].default_version = lambda n: down()  # type: ignore[method-assign]
 
     members[1].hooks["set_default"] = kill_replica_2
     with pytest.raises(PipelineError) as failed:

@@ -3,8 +3,8 @@ points down this list, or sideways where named; no import cycle; MLflow is spoke
 boundary; settings are read from the environment only in config.py.
 
     cli, api, testing
-    pipeline, steps
-    targets, tracking, promotion
+    pipeline, steps, reconcile
+    targets, tracking, promotion, kserve
     compilers, packaging, backends, gates      (packaging may use compilers; anything may type
                                                 against backends.base, the server protocol)
     sources
@@ -22,8 +22,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "servegate"
 LEVELS = {
     "cli": 5, "api": 5, "testing": 5,
-    "pipeline": 4, "steps": 4,
-    "targets": 3, "tracking": 3, "promotion": 3,
+    "pipeline": 4, "steps": 4, "reconcile": 4,
+    "targets": 3, "tracking": 3, "promotion": 3, "kserve": 3,
     "compilers": 2, "packaging": 2, "backends": 2, "gates": 2,
     "sources": 1,
 }
