@@ -421,48 +421,12 @@ def run(
 ) -> None:
     """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected).
     Gate options may tighten the gate policy's limits, never loosen them (`servegate policy`)."""
-    from pydantic import ValidationError
-
-    from servegate.config import (
-        ImagePreprocessing,
-        LoadSettings,
-        ParityThresholds,
-        PipelineConfig,
-        SLOs,
-        home_dir,
-        server_mode,
-    )
+    from servegate.config import RUN_PARAMETERS, config_from_parameters, home_dir
     from servegate.runlog import new_log_path, run_log
 
-    try:
-        config = PipelineConfig(
-            model=model, name=name or None, target=target, compiler=compiler,
-            task=None if task == "auto" else task, max_length=max_length or None,
-            eval_data=eval_data or None, label_column=label_column, text_column=text_column,
-            labels=labels or None, trust_pickle=trust_pickle,  # type: ignore[arg-type]
-            model_class=model_class or None, model_kwargs=_json_object(model_kwargs, "model_kwargs"),
-            handler=Path(handler).expanduser().resolve() if handler else None,
-            image=ImagePreprocessing(size=_numbers(image_size, int, "image_size"),  # type: ignore[arg-type]
-                                     mode=image_mode,  # type: ignore[arg-type]
-                                     mean=_numbers(image_mean, float, "image_mean"),
-                                     std=_numbers(image_std, float, "image_std")),
-            slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
-                      max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
-            parity=ParityThresholds(parity_atol=parity_atol, parity_rtol=parity_rtol,
-                                    min_top1_agreement=min_top1_agreement,
-                                    max_accuracy_drop=max_accuracy_drop,
-                                    max_metric_regression=max_metric_regression),
-            load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds),
-            batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
-                                    workers_per_gpu=workers_per_gpu),
-            compile_cache=compile_cache,  # type: ignore[arg-type]
-            promote=promote,  # type: ignore[arg-type]
-            **({"report_dir": report_dir} if report_dir is not None else {}),
-            torchserve=_settings(workdir),
-            server=server_mode(server or None),
-        )
-    except ValidationError as exc:
-        raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
+    given = {name: value for name, value in locals().items() if name in RUN_PARAMETERS}
+    config = config_from_parameters(given).model_copy(update={
+        "torchserve": _settings(workdir), **({"report_dir": report_dir} if report_dir else {})})
     log_path = new_log_path(home_dir() / "logs")
     with run_log(log_path, verbose=verbose):
         result = _run_pipeline(config, log_path)
@@ -489,23 +453,6 @@ def _run_pipeline(config: Any, log_path: Path) -> Any:
 
 def _validation_message(exc: Any) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-
-
-def _json_object(text: str, option: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError as exc:
-        raise errors.ConfigError(f"{option} must be a JSON object: {exc}") from exc
-    if not isinstance(value, dict):
-        raise errors.ConfigError(f"{option} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _numbers(text: str, kind: type, option: str) -> list[Any]:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise errors.ConfigError(f"{option} must be a comma list of numbers, got {text!r}") from exc
 
 
 def _print_result(result: Any) -> None:
