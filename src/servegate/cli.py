@@ -424,19 +424,10 @@ def run(
 ) -> None:
     """The pipeline: source -> package -> deploy -> gates -> promote or roll back (exit 1 if rejected).
     Gate options may tighten the gate policy's limits, never loosen them (`servegate policy`)."""
-    from pydantic import ValidationError
-
-    from servegate.config import (
-        ImagePreprocessing,
-        LoadSettings,
-        ParityThresholds,
-        PipelineConfig,
-        SLOs,
-        home_dir,
-        server_mode,
-    )
+    from servegate.config import RUN_PARAMETERS, config_from_parameters, home_dir
     from servegate.runlog import new_log_path, run_log
 
+<<<<<<< HEAD
     try:
         config = PipelineConfig(
             model=model, name=name or None, target=target, compiler=compiler,
@@ -467,6 +458,11 @@ def run(
         )
     except ValidationError as exc:
         raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
+=======
+    given = {name: value for name, value in locals().items() if name in RUN_PARAMETERS}
+    config = config_from_parameters(given).model_copy(update={
+        "torchserve": _settings(workdir), **({"report_dir": report_dir} if report_dir else {})})
+>>>>>>> plugin
     log_path = new_log_path(home_dir() / "logs")
     with run_log(log_path, verbose=verbose):
         result = _run_pipeline(config, log_path)
@@ -493,23 +489,6 @@ def _run_pipeline(config: Any, log_path: Path) -> Any:
 
 def _validation_message(exc: Any) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-
-
-def _json_object(text: str, option: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError as exc:
-        raise errors.ConfigError(f"{option} must be a JSON object: {exc}") from exc
-    if not isinstance(value, dict):
-        raise errors.ConfigError(f"{option} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _numbers(text: str, kind: type, option: str) -> list[Any]:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise errors.ConfigError(f"{option} must be a comma list of numbers, got {text!r}") from exc
 
 
 def _print_result(result: Any) -> None:

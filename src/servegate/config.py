@@ -669,3 +669,110 @@ class PipelineConfig(_Settings):
         """``name``, resolved (never None after validation)."""
         assert self.name is not None
         return self.name
+
+
+def _flag(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        from servegate.errors import ConfigError
+
+        raise ConfigError(f"expected true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
+def _number_list(kind: type) -> Any:
+    def convert(value: Any) -> list[Any]:
+        if isinstance(value, (list, tuple)):
+            return [kind(v) for v in value]
+        return [kind(float(v)) if kind is int else kind(v) for v in str(value).split(",") if v.strip()]
+    return convert
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    import json
+
+    if isinstance(value, dict):
+        return value
+    parsed = json.loads(str(value) or "{}")
+    if not isinstance(parsed, dict):
+        raise ValueError(f"a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _empty_is_none(kind: type = str) -> Any:
+    return lambda value: None if value in ("", None) else kind(value)
+
+
+#: Each run parameter (as the MLproject, the workflow and ``mlflow deployments -C`` name it):
+#: where ``PipelineConfig`` keeps it, and how its text becomes that field's value.
+RUN_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "model": (("model",), str),
+    "name": (("name",), _empty_is_none()),
+    "task": (("task",), lambda v: None if v in ("", "auto", None) else str(v)),
+    "eval_data": (("eval_data",), _empty_is_none()),
+    "label_column": (("label_column",), str),
+    "text_column": (("text_column",), str),
+    "labels": (("labels",), _empty_is_none()),
+    "trust_pickle": (("trust_pickle",), _flag),
+    "model_class": (("model_class",), _empty_is_none()),
+    "model_kwargs": (("model_kwargs",), _json_object),
+    "handler": (("handler",), _empty_is_none(lambda v: Path(v).expanduser().resolve())),
+    "image_size": (("image", "size"), _number_list(int)),
+    "image_mode": (("image", "mode"), str),
+    "image_mean": (("image", "mean"), _number_list(float)),
+    "image_std": (("image", "std"), _number_list(float)),
+    "max_length": (("max_length",), lambda v: int(float(v)) or None),
+    "target": (("target",), str),
+    "compiler": (("compiler",), str),
+    "compile_cache": (("compile_cache",), str),
+    "p95_ms": (("slos", "p95_ms"), float),
+    "p99_ms": (("slos", "p99_ms"), float),
+    "min_rps": (("slos", "min_rps"), float),
+    "max_error_rate": (("slos", "max_error_rate"), float),
+    "max_regression_pct": (("slos", "max_regression_pct"), float),
+    "parity_atol": (("parity", "parity_atol"), float),
+    "parity_rtol": (("parity", "parity_rtol"), float),
+    "max_metric_regression": (("parity", "max_metric_regression"), float),
+    "min_top1_agreement": (("parity", "min_top1_agreement"), float),
+    "max_accuracy_drop": (("parity", "max_accuracy_drop"), float),
+    "load_users": (("load", "users"), lambda v: int(float(v))),
+    "load_seconds": (("load", "seconds"), float),
+    "load_rounds": (("load", "rounds"), lambda v: int(float(v))),
+    "batch_size": (("batching", "batch_size"), lambda v: int(float(v))),
+    "max_batch_delay_ms": (("batching", "max_batch_delay_ms"), lambda v: int(float(v))),
+    "workers_per_gpu": (("batching", "workers_per_gpu"), lambda v: int(float(v))),
+    "promote": (("promote",), _flag),
+    "server": (("server",), lambda v: server_mode(str(v) or None)),
+}
+
+
+def config_from_parameters(parameters: dict[str, Any]) -> PipelineConfig:
+    """A ``PipelineConfig`` from run parameters by name (``RUN_PARAMETERS``), as text or values;
+    unset parameters keep their defaults. An unknown name or a value that does not convert is a
+    ``ConfigError`` naming it; the result is validated (gate policy included)."""
+    from pydantic import ValidationError
+
+    from servegate.errors import ConfigError
+
+    unknown = sorted(set(parameters) - set(RUN_PARAMETERS))
+    if unknown:
+        raise ConfigError(f"unknown parameters {', '.join(unknown)}; known: "
+                          f"{', '.join(RUN_PARAMETERS)}")
+    values: dict[str, Any] = {}
+    for name, value in parameters.items():
+        path, convert = RUN_PARAMETERS[name]
+        try:
+            converted = convert(value)
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise ConfigError(f"parameter {name}={value!r}: {exc}") from exc
+        if converted is None and len(path) == 1 and name not in ("name", "task", "max_length"):
+            continue  # empty: the default
+        target = values
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = converted
+    try:
+        return PipelineConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError("invalid parameters: " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from exc

@@ -37,8 +37,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path):
 
 
 def test_the_protocol_is_the_pipelines_whole_interface() -> None:
-    assert METHODS == ["access", "close", "default_version", "deploy", "endpoint", "ping",
-                       "predict", "set_default", "undeploy", "versions"]
+    assert METHODS == ["access", "close", "default_version", "deploy", "endpoint", "names",
+                       "ping", "predict", "set_default", "undeploy", "versions"]
 
 
 def test_every_backend_is_a_serving_backend(backend: object) -> None:

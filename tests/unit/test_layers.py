@@ -2,7 +2,7 @@
 points down this list, or sideways where named; no import cycle; MLflow is spoken only at its
 boundary; settings are read from the environment only in config.py.
 
-    cli, api, testing
+    cli, api, testing, deployments (the MLflow plugin)
     pipeline, steps, reconcile
     targets, tracking, promotion, kserve
     compilers, packaging, backends, gates      (packaging may use compilers; anything may type
@@ -21,7 +21,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "servegate"
 LEVELS = {
-    "cli": 5, "api": 5, "testing": 5,
+    "cli": 5, "api": 5, "testing": 5, "deployments": 5,
     "pipeline": 4, "steps": 4, "reconcile": 4,
     "targets": 3, "tracking": 3, "promotion": 3, "kserve": 3,
     "compilers": 2, "packaging": 2, "backends": 2, "gates": 2,
@@ -32,8 +32,9 @@ SIDEWAYS = {("packaging", "compilers")}
 #: Modules any layer may type against.
 INTERFACES = {"servegate.backends.base"}
 #: Where MLflow is spoken: writes (tracking), aliases and tags (registry, lease), artifact reads
-#: (artifact_access) and model imports (sources).
-MLFLOW_BOUNDARY = ("tracking.py", "registry.py", "lease.py", "artifact_access.py", "sources/")
+#: (artifact_access), model imports (sources), and MLflow's deployments plugin (deployments).
+MLFLOW_BOUNDARY = ("tracking.py", "registry.py", "lease.py", "artifact_access.py", "sources/",
+                   "deployments.py")
 #: Settings are read here only; dispatch.py runs on a bare Python before servegate is installed.
 ENV_READERS = ("config.py", "dispatch.py")
 #: Where the environment is changed, for a library that takes its settings from it (torch's

@@ -74,6 +74,9 @@ class ServingBackend(Protocol):
     def default_version(self, name: str) -> str | None:
         """The version the default endpoint of ``name`` routes to (None: not served)."""
 
+    def names(self) -> list[str]:
+        """The model names the server serves."""
+
     def predict(self, name: str, payload: Any, version: str | None = None) -> Any:
         """One prediction through the standard REST endpoint; returns the decoded JSON."""
 

@@ -83,6 +83,9 @@ class MemoryBackend:
         return [VersionInfo(name, v, v == model["default"], info["workers"], info["workers"])
                 for v, info in sorted(model["versions"].items(), key=lambda kv: int(kv[0]))]
 
+    def names(self) -> list[str]:
+        return sorted(self._load())
+
     def default_version(self, name: str) -> str | None:
         model = self._load().get(name)
         return None if model is None else model["default"]

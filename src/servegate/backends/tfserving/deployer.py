@@ -213,6 +213,10 @@ class TFServingBackend:
                 for v, state in sorted(states.items(), key=lambda kv: int(kv[0]))
                 if state != "END"]
 
+    def names(self) -> list[str]:
+        """The models ``models.config`` names (the state servegate keeps for the server)."""
+        return sorted(self.entries())
+
     def default_version(self, name: str) -> str | None:
         stable = self.labels(name).get(STABLE)
         return None if stable is None else str(stable)

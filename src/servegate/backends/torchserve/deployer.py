@@ -91,6 +91,9 @@ class TorchServeBackend:
     def default_version(self, name: str) -> str | None:
         return self.client.default_version(name)
 
+    def names(self) -> list[str]:
+        return self.client.list_models()
+
     def predict(self, name: str, payload: Any, version: str | None = None) -> Any:
         return self.client.predict(name, payload, version)
 
