@@ -427,42 +427,9 @@ def run(
     from servegate.config import RUN_PARAMETERS, config_from_parameters, home_dir
     from servegate.runlog import new_log_path, run_log
 
-<<<<<<< HEAD
-    try:
-        config = PipelineConfig(
-            model=model, name=name or None, target=target, compiler=compiler,
-            task=None if task == "auto" else task, max_length=max_length or None,
-            eval_data=eval_data or None, label_column=label_column, text_column=text_column,
-            labels=labels or None, trust_pickle=trust_pickle,  # type: ignore[arg-type]
-            model_class=model_class or None, model_kwargs=_json_object(model_kwargs, "model_kwargs"),
-            handler=Path(handler).expanduser().resolve() if handler else None,
-            image=ImagePreprocessing(size=_numbers(image_size, int, "image_size"),  # type: ignore[arg-type]
-                                     mode=image_mode,  # type: ignore[arg-type]
-                                     mean=_numbers(image_mean, float, "image_mean"),
-                                     std=_numbers(image_std, float, "image_std")),
-            slos=SLOs(p95_ms=p95_ms, p99_ms=p99_ms, min_rps=min_rps,
-                      max_error_rate=max_error_rate, max_regression_pct=max_regression_pct),
-            parity=ParityThresholds(parity_atol=parity_atol, parity_rtol=parity_rtol,
-                                    min_top1_agreement=min_top1_agreement,
-                                    max_accuracy_drop=max_accuracy_drop,
-                                    max_metric_regression=max_metric_regression),
-            load=LoadSettings(users=load_users, seconds=load_seconds, rounds=load_rounds,
-                              processes=load_processes),
-            batching=BatchingConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
-                                    workers_per_gpu=workers_per_gpu),
-            compile_cache=compile_cache,  # type: ignore[arg-type]
-            promote=promote,  # type: ignore[arg-type]
-            **({"report_dir": report_dir} if report_dir is not None else {}),
-            torchserve=_settings(workdir),
-            server=server_mode(server or None),
-        )
-    except ValidationError as exc:
-        raise errors.ConfigError(f"invalid parameters: {_validation_message(exc)}") from exc
-=======
     given = {name: value for name, value in locals().items() if name in RUN_PARAMETERS}
     config = config_from_parameters(given).model_copy(update={
         "torchserve": _settings(workdir), **({"report_dir": report_dir} if report_dir else {})})
->>>>>>> plugin
     log_path = new_log_path(home_dir() / "logs")
     with run_log(log_path, verbose=verbose):
         result = _run_pipeline(config, log_path)

@@ -738,6 +738,7 @@ RUN_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
     "load_users": (("load", "users"), lambda v: int(float(v))),
     "load_seconds": (("load", "seconds"), float),
     "load_rounds": (("load", "rounds"), lambda v: int(float(v))),
+    "load_processes": (("load", "processes"), lambda v: int(float(v))),
     "batch_size": (("batching", "batch_size"), lambda v: int(float(v))),
     "max_batch_delay_ms": (("batching", "max_batch_delay_ms"), lambda v: int(float(v))),
     "workers_per_gpu": (("batching", "workers_per_gpu"), lambda v: int(float(v))),
