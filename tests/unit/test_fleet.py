@@ -1,6 +1,6 @@
 """Issue 21.2: a fleet of replicas, all or none. The decisions with in-memory replicas
 (``servegate.testing.MemoryBackend``) and MLflow on SQLite; three real TorchServes in
-tests/integration/test_fleet.py."""
+tests/integration/test_fleet_replicas.py."""
 
 from __future__ import annotations
 
