@@ -38,6 +38,16 @@ def test_a_fleet_is_a_serving_backend() -> None:
     assert isinstance(fleet()[0], ServingBackend)
 
 
+def test_names_lists_a_model_on_any_replica_and_a_dead_replica_is_named() -> None:
+    backend, members = fleet()
+    members[1].deploy(Path("/nowhere"), "wine", "1")  # a partial deployment is still listed
+    backend.deploy(Path("/nowhere"), "digits", "1")
+    assert backend.names() == ["digits", "wine"]
+    members[2].names = down  # type: ignore[method-assign]
+    with pytest.raises(ReplicaFailed, match="replica-2"):
+        backend.names()
+
+
 def test_set_default_moves_every_replica_or_none_and_names_the_one_that_failed() -> None:
     backend, members = fleet()
     for v in ("1", "2"):
