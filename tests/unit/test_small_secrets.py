@@ -55,7 +55,8 @@ def test_locust_gets_a_minimal_environment_and_the_key_in_a_0600_file(tmp_path: 
     assert leaked == {}
     assert set(seen["env"]) - set(load.INHERITED_ENV) - {"DUMP_TO"} <= {
         "PYTHONPATH", "SERVEGATE_MODEL", "SERVEGATE_VERSION", "SERVEGATE_SAMPLES",
-        "SERVEGATE_KEY_FILE", "SERVEGATE_REPLICAS_FILE"} | {k for k in seen["env"] if k.startswith(("LC_", "GEVENT"))}
+        "SERVEGATE_KEY_FILE", "SERVEGATE_REPLICAS_FILE"} | {
+            k for k in seen["env"] if k.startswith(("LC_", "GEVENT"))}
     assert seen["key_mode"] == "0o600" and json.loads(seen["key"]) == {
         "inference": {"key": "inference-key"}}
     assert "inference-key" not in json.dumps(seen["env"])
