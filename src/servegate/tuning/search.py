@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 from servegate.errors import ConfigError, ServerError
@@ -189,6 +189,16 @@ class TuneResult:
 
     def by_status(self, status: Status) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
+
+    def to_json(self) -> str:
+        """Every point with its status, reason and figures; the winner, SLO and costs."""
+        import json
+
+        return json.dumps({"slo": asdict(self.slo), "costs": asdict(self.costs),
+                           "winner": asdict(self.winner.point) if self.winner else None,
+                           "grid_measurements": self.grid_measurements,
+                           "measurements": self.measurements, "notes": list(self.notes),
+                           "points": [asdict(o) for o in self.outcomes]}, indent=1)
 
 
 class Bench(Protocol):
