@@ -4,19 +4,19 @@ v1, tuned with scratch versions loaded by Locust, and v1 untouched afterwards.""
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 from pipeline_env import pipeline_home
-from rich.console import Console
+from typer.testing import CliRunner
 
 from servegate.backends.torchserve import TorchServeBackend
-from servegate.config import BatchingConfig, PipelineConfig, SLOs
+from servegate.config import BatchingConfig
 from servegate.packaging.builder import package_model
 from servegate.sources import TorchModel
-from servegate.tuning.search import SLO, Space, dominates
 
 pytestmark = pytest.mark.integration
 NAME = "tunemlp"
@@ -55,53 +55,62 @@ def served(tmp_path_factory: pytest.TempPathFactory):
             backend.close()
 
 
+def _label(point: dict) -> str:
+    return f"b{point['batch_size']}-d{point['max_batch_delay_ms']}ms-w{point['workers']}"
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    return a["rps"] >= b["rps"] and a["p95_ms"] <= b["p95_ms"] and (
+        a["rps"] > b["rps"] or a["p95_ms"] < b["p95_ms"])
+
+
 def test_tune_measures_a_frontier_and_leaves_only_the_champion(served) -> None:
-    from servegate import api
+    """`servegate tune` as a person runs it (the CLI, in this process), then its MLflow run."""
+    from servegate.cli import app
 
     backend, rows, state = served
     before = backend.predict(NAME, {"instances": rows[:2].tolist()})
-    slo = SLOs(p95_ms=200.0, p99_ms=400.0)
-    space = Space(batch_sizes=(1, 4, 16), delays_ms=(1, 5, 80), workers=(1, 2), users=(2, 8))
-    tuned = api.tune(NAME, config=PipelineConfig(name=NAME, server="local", slos=slo),
-                     space=space, max_points=3, seconds=1.5, console=Console(quiet=True))
-    result = tuned.result
-    assert tuned.version == "1"
+    shown = CliRunner().invoke(app, [
+        "tune", NAME, "--p95-ms", "200", "--p99-ms", "400", "--max-points", "3",
+        "--duration-s", "1.5", "--users", "2,8", "--batch-sizes", "1,4,16",
+        "--delays-ms", "1,5,80", "--workers", "1,2", "--server", "local", "--all"])
+    print(shown.output)
+    assert shown.exit_code == 0, shown.output
+    run_id = re.search(r"MLflow run: ([0-9a-f]{32})", shown.output)[1]
+    logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/tune/frontier.json"))
+    points = logged["points"]
+    measured = [p for p in points if p["levels"]]
 
-    measured = result.measured
     assert 1 <= len(measured) <= 3
-    assert all(m.requests > 0 and m.error_rate == 0.0 for o in measured for m in o.levels)
-    assert result.measurements < result.grid_measurements
-    # The winner is the fastest measured point within the SLO.
-    assert result.winner is not None and result.winner.best is not None
-    assert SLO(200.0, 400.0).met(result.winner.best)
-    within = [o.best.rps for o in measured if o.best is not None]
-    assert result.winner.best.rps == max(within)
+    assert all(m["requests"] > 0 and m["error_rate"] == 0.0 for p in measured for m in p["levels"])
+    assert logged["measurements"] < logged["grid_measurements"] == 2 * (2 + 6 + 6)  # users x points
+    # The winner is the fastest measured point within the SLO, and the CLI says how to use it.
+    winner = next(p for p in points if p["point"] == logged["winner"])
+    best = winner["best"]
+    assert best["p95_ms"] <= 200 and best["p99_ms"] <= 400 and best["error_rate"] == 0
+    assert best["rps"] == max(p["best"]["rps"] for p in measured if p["best"])
+    w = logged["winner"]
+    assert (f"mlflow run pipelines/deploy -P batch_size={w['batch_size']} "
+            f"-P max_batch_delay_ms={w['max_batch_delay_ms']}") in shown.output
     # A delay a lone request would wait too long for (80 ms > 25% of 200) is never applied.
-    trapped = [o for o in result.outcomes if o.point.max_batch_delay_ms == 80]
-    assert trapped and all(o.status == "pruned" and not o.levels for o in trapped)
-    # No frontier point is beaten on both axes by another measured point.
-    for a in result.frontier:
-        assert not any(dominates(b.best, a.best) for b in measured if b is not a and b.best)
-    assert all(o.status != "frontier" for o in result.by_status("dominated"))
+    trapped = [p for p in points if p["point"]["max_batch_delay_ms"] == 80]
+    assert trapped and all(p["status"] == "pruned" and not p["levels"] for p in trapped)
+    # No frontier point is beaten on both axes by another measured point; the beaten are marked.
+    for a in (p for p in points if p["status"] == "frontier"):
+        assert not any(_dominates(b["best"], a["best"]) for b in measured if b is not a and b["best"])
+    for d in (p for p in points if p["status"] == "dominated"):
+        better = next(b for b in measured if d["reason"] == f"dominated by {_label(b['point'])}")
+        assert _dominates(better["best"], d["best"])
 
     # Scratch versions are gone (server and model store); the champion serves as before.
     assert [v.version for v in backend.versions(NAME)] == ["1"]
     assert backend.default_version(NAME) == "1"
     assert sorted(p.name for p in backend.delivery.model_store.glob(f"{NAME}.v*.mar")) == [f"{NAME}.v1.mar"]
-    after = backend.predict(NAME, {"instances": rows[:2].tolist()})
-    assert after == before
+    assert backend.predict(NAME, {"instances": rows[:2].tolist()}) == before
 
-    # Logged to MLflow: the winner's figures, the plot and the table of points.
-    run = mlflow.get_run(tuned.run_id)
-    assert run.data.metrics["winner.rps"] == pytest.approx(result.winner.best.rps)
-    assert run.data.params["tune.batch_size"] == str(result.winner.point.batch_size)
-    files = {f.path for f in mlflow.MlflowClient().list_artifacts(tuned.run_id, "tune")}
+    # Logged to MLflow: the winner as params and metrics, the plot beside the table of points.
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["winner.rps"] == pytest.approx(best["rps"])
+    assert run.data.params["tune.batch_size"] == str(w["batch_size"])
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "tune")}
     assert files == {"tune/frontier.png", "tune/frontier.json"}
-    logged = json.loads(mlflow.artifacts.load_text(f"runs:/{tuned.run_id}/tune/frontier.json"))
-    assert logged["winner"] == {"batch_size": result.winner.point.batch_size,
-                                "max_batch_delay_ms": result.winner.point.max_batch_delay_ms,
-                                "workers": result.winner.point.workers}
-    print("\n" + "\n".join(f"{o.point.label:>14} {o.status:>11} "
-                           + " ".join(f"{m.users}u:{m.rps:.0f}rps/p95 {m.p95_ms:.0f}ms" for m in o.levels)
-                           + f"  {o.reason}" for o in result.outcomes if o.levels or o.status == "pruned"))
-    print(f"costs: {result.costs}; {result.measurements} of {result.grid_measurements} measurements")

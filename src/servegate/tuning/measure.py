@@ -8,8 +8,9 @@ beside the champion (never the default: the champion's traffic is untouched), lo
 exactly as the load gate loads a challenger (``gates.load.run_load``), then unregistered and its
 archive removed from the model store.
 
-Before the search, ``measure_costs`` times the archive's handler in process (``harness``) on one
-request and on the largest batch, and the round trip of single requests to the served version
+Before the search, ``measure_costs`` times the archive's handler in a process of its own
+(``tuning.handler_costs``: the harness, no credentials in its environment) on one request and on
+the largest batch, and the round trip of single requests to the served version
 (less its handler time and the batch delay a lone request waits) as the frontend's cost.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -113,26 +116,32 @@ def _median_ms(call: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) -> tuple[float, float]:
+    """The archive's handler on 1 and ``largest_batch`` requests, in milliseconds: timed in a
+    subprocess (``tuning.handler_costs``) whose environment holds no credentials, since the
+    archive's own code runs there."""
+    from servegate.gates.load import locust_environment
+
+    command = [sys.executable, "-m", "servegate.tuning.handler_costs", str(archive),
+               str(largest_batch), str(repeats)]
+    try:
+        done = subprocess.run(command, input=body, capture_output=True, timeout=600,
+                              env=locust_environment())
+    except subprocess.TimeoutExpired as exc:
+        raise PackagingError(f"timing {archive.name}'s handler did not finish") from exc
+    if done.returncode != 0:
+        raise PackagingError(f"timing {archive.name}'s handler failed: "
+                             f"{done.stderr.decode(errors='replace')[-1500:]}")
+    figures = json.loads(done.stdout)
+    return float(figures["batch1_ms"]), float(figures["largest_ms"])
+
+
 def measure_costs(archive: Path, client: Any, name: str, version: str, *, largest_batch: int,
                   cores: int, repeats: int = 15) -> Costs:
     """What a request costs: the archive's handler in process on 1 and ``largest_batch``
     requests, and a served round trip of one request less that and the batch delay it waits."""
-    from servegate.harness import LocalHandler
-
     body = json.dumps(request_samples(archive)[0]).encode()
-    with LocalHandler(archive) as handler:
-        def run(n: int) -> Callable[[], object]:
-            def call() -> object:
-                replies = handler.batch([body] * n)
-                if any(status != 200 for status, _ in replies):
-                    raise PackagingError(f"{archive.name}'s handler refused its own warm-up sample: "
-                                         f"{replies[0]}")
-                return replies
-            return call
-
-        run(largest_batch)()  # warm up both shapes
-        one = _median_ms(run(1), repeats)
-        largest = _median_ms(run(largest_batch), max(3, repeats // 3))
+    one, largest = handler_costs(archive, body, largest_batch, repeats)
 
     def served() -> object:
         response = client.predict_raw(name, body, version=version)
