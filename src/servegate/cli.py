@@ -534,6 +534,7 @@ def tune_command(
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes searched.")] = "1,2,4,8,16,32",
     delays_ms: Annotated[str, typer.Option(help="Max batch delays searched (ms, >= 1: TorchServe reads 0 as 100).")] = "1,2,5,10,20",
     workers: Annotated[str, typer.Option(help="Workers searched (default: 1 to the cores, at most 4).")] = "",
+    threads: Annotated[str, typer.Option(help="Threads per worker searched (0: the handler's rule, cores left to the frontend / workers).")] = "0",
     cores: Annotated[int | None, typer.Option(help="The server's cores (default: this host's).")] = None,
     all_points: Annotated[bool, typer.Option("--all", help="List pruned and unreached points too.")] = False,
     server: Annotated[str, typer.Option(help="auto | attach | local (empty: $SERVEGATE_SERVER, else auto).")] = "",
@@ -562,7 +563,7 @@ def tune_command(
     space = Space(batch_sizes=_numbers(batch_sizes, "--batch-sizes"),
                   delays_ms=_numbers(delays_ms, "--delays-ms"),
                   workers=_numbers(workers, "--workers") or tuple(range(1, min(host_cores, 4) + 1)),
-                  users=_numbers(users, "--users"))
+                  users=_numbers(users, "--users"), threads=_numbers(threads, "--threads"))
     tuned = api.tune(name, version=version, config=config, space=space, max_points=max_points,
                      seconds=duration_s, cores=host_cores, console=console)
     result = tuned.result
@@ -572,11 +573,16 @@ def tune_command(
     if result.winner is not None and result.winner.best is not None:
         p, m = result.winner.point, result.winner.best
         out.print(f"winner: batch_size={p.batch_size} max_batch_delay_ms={p.max_batch_delay_ms} "
-                  f"workers={p.workers}: {m.rps:.1f} req/s at {m.users} users, p95 {m.p95_ms:.1f} ms, "
-                  f"p99 {m.p99_ms:.1f} ms")
-        out.print(f"deploy with it: mlflow run pipelines/deploy {run_parameters(result)}"
-                  + (f"  (and {p.workers} workers: model-config.yaml minWorkers/maxWorkers)"
-                     if p.workers > 1 else ""), soft_wrap=True)
+                  f"workers={p.workers} threads={p.threads or 'auto'}: {m.rps:.1f} req/s at "
+                  f"{m.users} users, p95 {m.p95_ms:.1f} ms, p99 {m.p99_ms:.1f} ms")
+        out.print(f"deploy with it: mlflow run pipelines/deploy {run_parameters(result)}",
+                  soft_wrap=True)
+        if p.workers > 1 or p.threads:
+            out.print(f"  workers and threads are not pipeline parameters yet: {p.workers} workers"
+                      + (f", {p.threads} threads per worker" if p.threads else "")
+                      + f" (archive: servegate package --batch-size {p.batch_size} "
+                      f"--max-batch-delay-ms {p.max_batch_delay_ms} --workers {p.workers})",
+                      soft_wrap=True)
     out.print(f"MLflow run: {tuned.run_id} (frontier plot: tune/{tuned.plot})")
 
 

@@ -33,6 +33,7 @@ def _archive(path: Path, *, warmup: object = None, config: dict | None = None) -
             "batchSize": 8, "maxBatchDelay": 2, "minWorkers": 1, "maxWorkers": 1,
             "responseTimeout": 120, "deviceType": "cpu"}))
         zf.writestr("model.pt2", b"\x00weights\xff" * 100)
+        zf.writestr("servegate.json", json.dumps({"format": "export", "intra_op_threads": None}))
         zf.writestr("warmup.json", json.dumps(warmup if warmup is not None
                                               else {"instances": [[1.0, 2.0], [3.0, 4.0]]}))
     return path
@@ -148,3 +149,12 @@ def test_tune_refuses_bad_search_options_before_touching_a_server(tmp_path: Path
     assert result.exit_code == 5, result.output
     assert message in result.output
     assert not any(tmp_path.iterdir()), "no server was started"
+
+
+def test_a_point_with_threads_sets_them_in_the_spec_only(tmp_path: Path) -> None:
+    source = _archive(tmp_path / "m.v3.mar")
+    auto = scratch_archive(source, tmp_path / "a.mar", "900001", Point(4, 2, 1))
+    pinned = scratch_archive(source, tmp_path / "b.mar", "900002", Point(4, 2, 1, threads=3))
+    with zipfile.ZipFile(source) as a, zipfile.ZipFile(auto) as b, zipfile.ZipFile(pinned) as c:
+        assert b.read("servegate.json") == a.read("servegate.json")
+        assert json.loads(c.read("servegate.json")) == {"format": "export", "intra_op_threads": 3}

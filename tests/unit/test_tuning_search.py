@@ -26,7 +26,8 @@ from servegate.tuning.search import (
 class CostModel:
     """A closed-loop server: ``users`` requests outstanding, batches of up to ``batch_size``
     that wait the whole delay when fewer requests than that are outstanding (TorchServe's
-    batcher), ``fixed_ms + row_ms x rows`` per batch on each of up to ``cores`` workers, and a
+    batcher), ``fixed_ms + row_ms x rows`` per batch on each of up to ``cores`` workers (faster
+    with more threads per worker, slower when workers x threads oversubscribe the cores), and a
     frontend that passes at most ``cores`` requests per ``frontend_ms``."""
 
     frontend_ms: float = 0.5
@@ -47,7 +48,9 @@ class CostModel:
     def figures(self, point: Point, users: int) -> Measurement:
         rows = min(users, point.batch_size)
         wait = point.max_batch_delay_ms if 1 < point.batch_size and users < point.batch_size else 0
-        service = self.handler_ms(rows) * max(1.0, point.workers / self.cores)
+        threads = point.threads or max(1, (self.cores - 1) // point.workers)
+        service = (self.handler_ms(rows) / threads ** 0.8
+                   * max(1.0, point.workers * threads / self.cores, point.workers / self.cores))
         capacity = min(min(point.workers, self.cores) * rows * 1000 / service,
                        self.cores * 1000 / self.frontend_ms)
         base = self.frontend_ms + wait + service
@@ -216,3 +219,16 @@ def test_costs_interpolate_between_the_measured_batches() -> None:
     assert costs.floor_ms(Point(8, 5, 1)) == pytest.approx(6.5)  # the lone request waits 5 ms
     assert costs.floor_ms(Point(1, 5, 1)) == pytest.approx(1.5)
     assert costs.ceiling_rps(Point(16, 5, 4)) == pytest.approx(2 * 16 * 1000 / 16.0)
+
+
+def test_threads_per_worker_are_searched_when_asked_and_the_winner_holds() -> None:
+    model = CostModel(cores=8, **HEAVY)
+    space = Space(SPACE.batch_sizes, SPACE.delays_ms, (1, 2, 4), SPACE.users, threads=(0, 1, 2, 4))
+    slo = SLO(200.0, 400.0)
+    result = search(space, model.costs(), slo, model, max_points=16)
+    assert {p.threads for p in model.history} - {0}, "the threads axis was walked"
+    assert result.winner is not None and result.winner.best is not None
+    assert slo.met(result.winner.best)
+    assert result.winner.best.rps >= 0.9 * grid_best(model, space, slo)
+    assert result.measurements <= 0.1 * result.grid_measurements
+    assert Point(8, 5, 2, 4).label == "b8-d5ms-w2-t4" and Point(8, 5, 2).label == "b8-d5ms-w2"

@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ import yaml
 from servegate.config import LoadSettings
 from servegate.errors import ConfigError, ModelNotFound, PackagingError, ServerError
 from servegate.naming import archive_file_name, validate_name, validate_version
+from servegate.packaging.spec import SPEC_FILE
 from servegate.tuning.search import Costs, Measurement, Point
 
 #: Scratch versions are numbered from here (registry versions stay far below).
@@ -59,8 +61,8 @@ def archive_batching(archive: Path) -> dict[str, Any]:
 
 def scratch_archive(source: Path, target: Path, version: str, point: Point) -> Path:
     """``source`` rewritten as ``version`` with ``point``'s batching, at ``target``. Members are
-    copied as bytes (nothing is extracted); only the manifest's version and the model-config's
-    batching and workers change."""
+    copied as bytes (nothing is extracted); only the manifest's version, the model-config's
+    batching and workers and, when the point sets them, the spec's threads per worker change."""
     validate_version(version)
     config = archive_batching(source) | {
         "batchSize": point.batch_size, "maxBatchDelay": point.max_batch_delay_ms,
@@ -79,6 +81,10 @@ def scratch_archive(source: Path, target: Path, version: str, point: Point) -> P
                     manifest = json.loads(data)
                     manifest["model"]["modelVersion"] = version
                     data = json.dumps(manifest, indent=2).encode()
+                elif info.filename == SPEC_FILE and point.threads:
+                    spec = json.loads(data)
+                    spec["intra_op_threads"] = point.threads
+                    data = json.dumps(spec, indent=1).encode()
                 dst.writestr(info, data)
             dst.writestr(MODEL_CONFIG, yaml.safe_dump(config, sort_keys=False))
         os.replace(partial, target)
@@ -88,6 +94,14 @@ def scratch_archive(source: Path, target: Path, version: str, point: Point) -> P
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+def _manifest_version(archive: Path) -> str:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return str(json.loads(zf.read(MANIFEST))["model"]["modelVersion"])
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        raise PackagingError(f"cannot read {archive.name}'s version: {exc}") from exc
 
 
 def request_samples(archive: Path) -> list[Any]:
@@ -117,18 +131,24 @@ def _median_ms(call: Callable[[], object], repeats: int) -> float:
 
 
 def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) -> tuple[float, float]:
-    """The archive's handler on 1 and ``largest_batch`` requests, in milliseconds: timed in a
-    subprocess (``tuning.handler_costs``) whose environment holds no credentials, since the
-    archive's own code runs there."""
+    """The archive's handler on 1 and ``largest_batch`` requests, on one thread, in
+    milliseconds: a copy of the archive set to one thread, timed in a subprocess
+    (``tuning.handler_costs``) whose environment holds no credentials, since the archive's own
+    code runs there."""
     from servegate.gates.load import locust_environment
 
-    command = [sys.executable, "-m", "servegate.tuning.handler_costs", str(archive),
-               str(largest_batch), str(repeats)]
-    try:
-        done = subprocess.run(command, input=body, capture_output=True, timeout=600,
-                              env=locust_environment())
-    except subprocess.TimeoutExpired as exc:
-        raise PackagingError(f"timing {archive.name}'s handler did not finish") from exc
+    config = archive_batching(archive)
+    one_thread = Point(int(config.get("batchSize", 1)), int(config.get("maxBatchDelay", 1)), 1, 1)
+    with tempfile.TemporaryDirectory(prefix="servegate-tune-") as tmp:
+        copy = scratch_archive(archive, Path(tmp) / archive.name,
+                               _manifest_version(archive), one_thread)
+        command = [sys.executable, "-m", "servegate.tuning.handler_costs", str(copy),
+                   str(largest_batch), str(repeats)]
+        try:
+            done = subprocess.run(command, input=body, capture_output=True, timeout=600,
+                                  env=locust_environment())
+        except subprocess.TimeoutExpired as exc:
+            raise PackagingError(f"timing {archive.name}'s handler did not finish") from exc
     if done.returncode != 0:
         raise PackagingError(f"timing {archive.name}'s handler failed: "
                              f"{done.stderr.decode(errors='replace')[-1500:]}")

@@ -33,7 +33,7 @@ def _rank(o: Outcome) -> tuple[int, float]:
 def points_table(result: TuneResult, name: str, *, all_points: bool = False) -> Table:
     """Measured points (all of them with ``all_points``), frontier first, winner starred."""
     slo = result.slo
-    table = Table("", "batch", "delay ms", "workers", "status", "users", "req/s", "p50 ms",
+    table = Table("", "batch", "delay ms", "workers", "threads", "status", "users", "req/s", "p50 ms",
                   "p95 ms", "p99 ms", "why",
                   title=f"{name}: tuned for p95 <= {slo.p95_ms:g} ms, p99 <= {slo.p99_ms:g} ms "
                         f"({result.measurements} of {result.grid_measurements} grid measurements)")
@@ -45,7 +45,8 @@ def points_table(result: TuneResult, name: str, *, all_points: bool = False) -> 
                     f"{shown.p95_ms:.1f}", f"{shown.p99_ms:.1f}"] if shown else [""] * 5)
         star = "*" if result.winner is not None and o.point == result.winner.point else ""
         table.add_row(star, str(o.point.batch_size), str(o.point.max_batch_delay_ms),
-                      str(o.point.workers), o.status, *figures, o.reason)
+                      str(o.point.workers), str(o.point.threads or "auto"), o.status, *figures,
+                      o.reason)
     return table
 
 
@@ -72,7 +73,7 @@ def mlflow_figures(result: TuneResult) -> tuple[dict[str, Any], dict[str, float]
     if result.winner is not None:
         p = result.winner.point
         params |= {"tune.batch_size": p.batch_size, "tune.max_batch_delay_ms": p.max_batch_delay_ms,
-                   "tune.workers": p.workers}
+                   "tune.workers": p.workers, "tune.threads": p.threads or "auto"}
     c = result.costs
     metrics: dict[str, float] = {
         "cost.handler_ms_batch1": c.handler_ms_batch1, "cost.handler_ms_largest": c.handler_ms_largest,

@@ -3,7 +3,8 @@
 Pure decisions, no server: a ``Bench`` applies a point and measures it at a load level (the real
 one registers a scratch version on TorchServe and runs Locust; tests use a cost model).
 
-The search is cheaper than the full grid of batch sizes x delays x workers x load levels:
+The search is cheaper than the full grid of batch sizes x delays x workers x threads per
+worker x load levels:
 
 1. **Costs first.** What the handler costs in process at batch 1 and at the largest batch, and
    what the frontend costs per request (``Costs``), bound each point before it is measured: a
@@ -13,7 +14,7 @@ The search is cheaper than the full grid of batch sizes x delays x workers x loa
 2. **TorchServe's traps.** A ``maxBatchDelay`` of 0 means its 100 ms default (refused), and the
    batcher waits the whole delay for a batch that does not fill even when the worker is free, so
    a delay over ``DELAY_SHARE`` of the p95 budget is pruned.
-3. **One axis at a time** (batch size, then workers, then delay), each walked upwards and
+3. **One axis at a time** (batch size, then workers, threads, delay), each walked upwards and
    stopped as soon as throughput stops growing by ``gain``; at each point the load levels are
    walked upwards too, stopped when the SLO breaks or throughput stops growing.
 4. **The frontier.** Measured points that another measured point beats on both throughput and
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, Protocol
 
 from servegate.errors import ConfigError, ServerError
@@ -36,7 +37,7 @@ DELAY_SHARE = 0.25
 #: The compute ceiling is interpolated between two measured batch sizes: this much slack before
 #: it prunes a point.
 CEILING_SLACK = 1.25
-#: Rounds of coordinate ascent around the best point (each: workers, delay, batch size).
+#: Rounds of coordinate ascent around the best point (each: workers, threads, delay, batch).
 PASSES = 3
 
 
@@ -47,10 +48,14 @@ class Point:
     batch_size: int
     max_batch_delay_ms: int
     workers: int
+    #: Intra-op threads per worker (0: the handler's rule, the cores left to the frontend
+    #: shared by the workers).
+    threads: int = 0
 
     @property
     def label(self) -> str:
-        return f"b{self.batch_size}-d{self.max_batch_delay_ms}ms-w{self.workers}"
+        threads = f"-t{self.threads}" if self.threads else ""
+        return f"b{self.batch_size}-d{self.max_batch_delay_ms}ms-w{self.workers}{threads}"
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,9 @@ class Costs:
     """What one request costs, measured before the search.
 
     ``handler_ms_batch1`` / ``handler_ms_largest``: the handler (decode, forward, encode) on one
-    request and on ``largest_batch`` requests, in process; ``frontend_ms``: a request's round trip
-    at batch 1 on the live server minus the handler's part; ``cores``: the server's cores."""
+    request and on ``largest_batch`` requests, in process on one thread; ``frontend_ms``: a
+    request's round trip at batch 1 on the live server minus the handler's part; ``cores``: the
+    server's cores."""
 
     handler_ms_batch1: float
     handler_ms_largest: float
@@ -111,9 +117,14 @@ class Costs:
         wait = point.max_batch_delay_ms if point.batch_size > 1 else 0
         return self.frontend_ms + self.handler_ms_batch1 + wait
 
+    def threads(self, point: Point) -> int:
+        """Threads per worker: the point's, else the handler's rule (``sg_loaders``)."""
+        return point.threads or max(1, (self.cores - 1) // max(1, point.workers))
+
     def ceiling_rps(self, point: Point) -> float:
-        """The most the workers' compute can serve (full batches, no frontend cost)."""
-        busy = min(point.workers, self.cores)
+        """The most the workers' compute can serve: full batches, no frontend cost, and every
+        thread as fast as the one measured (cores busy: at most all of them)."""
+        busy = min(point.workers * self.threads(point), self.cores)
         return busy * point.batch_size * 1000.0 / max(self.handler_ms(point.batch_size), 1e-6)
 
     def fill_ms(self, batch: int) -> float:
@@ -130,10 +141,13 @@ class Space:
     delays_ms: tuple[int, ...] = (1, 2, 5, 10, 20)
     workers: tuple[int, ...] = (1, 2)
     users: tuple[int, ...] = (4, 16)
+    #: Threads per worker (0: the handler's rule).
+    threads: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
         for what, values in (("batch sizes", self.batch_sizes), ("delays", self.delays_ms),
-                             ("workers", self.workers), ("load levels (users)", self.users)):
+                             ("workers", self.workers), ("load levels (users)", self.users),
+                             ("threads", self.threads)):
             if not values:
                 raise ConfigError(f"tune: no {what} to search")
             if any(int(v) != v or v < 0 for v in values):
@@ -143,12 +157,13 @@ class Space:
                               "'no delay'; give 1 ms or more")
         if min(self.batch_sizes) < 1 or min(self.workers) < 1 or min(self.users) < 1:
             raise ConfigError("tune: batch sizes, workers and users start at 1")
-        for name in ("batch_sizes", "delays_ms", "workers", "users"):
+        for name in ("batch_sizes", "delays_ms", "workers", "users", "threads"):
             object.__setattr__(self, name, tuple(sorted(set(int(v) for v in getattr(self, name)))))
 
     def grid(self) -> list[Point]:
-        return [Point(b, d, w) for b in self.batch_sizes
-                for d in (self.delays_ms[:1] if b == 1 else self.delays_ms) for w in self.workers]
+        return [Point(b, d, w, t) for b in self.batch_sizes
+                for d in (self.delays_ms[:1] if b == 1 else self.delays_ms) for w in self.workers
+                for t in self.threads]
 
 
 Status = Literal["frontier", "dominated", "over SLO", "failed", "pruned", "not reached"]
@@ -327,8 +342,8 @@ def search(space: Space, costs: Costs, slo: SLO, bench: Bench, *, max_points: in
 
     # Pass 1: the batch axis from the seed the costs give, upwards, then downwards (smaller
     # batches only while their ceiling can beat the best).
-    first_workers = space.workers[0]
-    batch_axis = [Point(b, seed_delay(b, costs, slo, space.delays_ms), first_workers)
+    first_workers, first_threads = space.workers[0], space.threads[0]
+    batch_axis = [Point(b, seed_delay(b, costs, slo, space.delays_ms), first_workers, first_threads)
                   for b in space.batch_sizes]
     start = batch_axis.index(seed_point(batch_axis, costs, pruned))
     walk("batch", batch_axis[start:], over_slo_stops=False)
@@ -342,24 +357,34 @@ def search(space: Space, costs: Costs, slo: SLO, bench: Bench, *, max_points: in
         walk(axis, points[at + 1:], over_slo_stops=latency_rises, previous=anchor)
         walk(axis, points[at - 1::-1] if at else [], over_slo_stops=False, previous=anchor)
 
-    # Then coordinate ascent around the best: workers, delay, batch size; again while it moves.
+    # Then coordinate ascent around the best: workers, threads, delay, batch size; again
+    # while it moves.
     for _ in range(PASSES):
         if not best:
             break
         anchor = best[0].point
-        b, d, w = anchor.batch_size, anchor.max_batch_delay_ms, anchor.workers
-        around("workers", [Point(b, d, x) for x in space.workers], space.workers.index(w),
-               latency_rises=False)
-        b, d, w = (best[0].point.batch_size, best[0].point.max_batch_delay_ms,
-                   best[0].point.workers)
-        if b > 1:  # a longer delay only adds latency once batches are full
-            around("delay", [Point(b, x, w) for x in space.delays_ms], space.delays_ms.index(d),
-                   latency_rises=True)
-        b, d, w = (best[0].point.batch_size, best[0].point.max_batch_delay_ms,
-                   best[0].point.workers)
-        around("batch", [Point(x, d if x > 1 else space.delays_ms[0], w)
-                         for x in space.batch_sizes], space.batch_sizes.index(b),
-               latency_rises=False)
+        around("workers", [replace(anchor, workers=x) for x in space.workers],
+               space.workers.index(anchor.workers), latency_rises=False)
+        if len(space.threads) > 1:  # by the threads each would run (0: the handler's rule)
+            at = best[0].point
+            axis = sorted((replace(at, threads=x) for x in space.threads),
+                          key=lambda p: (costs.threads(p), p.threads))
+            around("threads", axis, axis.index(at), latency_rises=False)
+        at = best[0].point
+        if at.batch_size > 1:  # a longer delay only adds latency once batches are full
+            around("delay", [replace(at, max_batch_delay_ms=x) for x in space.delays_ms],
+                   space.delays_ms.index(at.max_batch_delay_ms), latency_rises=True)
+        at = best[0].point
+
+        def delay_for(x: int, at: Point = at) -> int:
+            if x == 1:
+                return space.delays_ms[0]
+            return (at.max_batch_delay_ms if at.batch_size > 1
+                    else seed_delay(x, costs, slo, space.delays_ms))
+
+        around("batch", [replace(at, batch_size=x, max_batch_delay_ms=delay_for(x))
+                         for x in space.batch_sizes],
+               space.batch_sizes.index(at.batch_size), latency_rises=False)
         if best[0].point == anchor:
             break
     return _result(grid, measured, pruned, stopped, slo, costs, space)
