@@ -12,7 +12,7 @@ subclasses (``servegate.errors``); none prints except through the ``console`` it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -26,6 +26,10 @@ from servegate.config import (
 )
 from servegate.errors import ConfigError, GateFailed, ServegateError, ServerError
 from servegate.pipeline import PipelineResult
+
+if TYPE_CHECKING:
+    from servegate.tuning.report import Tuned
+    from servegate.tuning.search import Space
 
 
 def open_backend(config: PipelineConfig) -> tuple[Any, ServerError | None]:
@@ -96,14 +100,15 @@ def reconcile(name: str, *, target: str = "torchserve", server: str | None = Non
 
 
 def tune(name: str, *, version: str | None = None, config: PipelineConfig | None = None,
-         space: Any = None, max_points: int = 12, seconds: float = 5.0,
-         cores: int | None = None, console: Console | None = None) -> Any:
+         space: Space | None = None, max_points: int = 12, seconds: float = 5.0,
+         cores: int | None = None, console: Console | None = None) -> Tuned:
     """Search TorchServe's batch size, batch delay and workers for ``name`` (``version``, else
     the server's default) for the highest throughput within ``config.slos`` (p95, p99, error
     rate), measuring scratch versions with Locust on the live server (``servegate.tuning``);
     the frontier is logged to an MLflow run (params, metrics, a plot). Returns a
-    ``tuning.report.Tuned``. ``space``: a ``tuning.search.Space`` (default: batch sizes 1-32,
-    delays 1-20 ms, workers 1..cores, 4-32 users); ``cores``: the server's (default: here)."""
+    ``tuning.report.Tuned``. ``space``: the values searched (default: batch sizes 1-32, delays
+    1-20 ms, workers 1..cores (at most 4), 4-32 users); ``cores``: the server's (default: this
+    host's). Scratch versions an interrupted tune left behind are removed first."""
     import os
     import tempfile
 
@@ -111,7 +116,12 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
     from servegate.interrupts import signals_as_errors
     from servegate.locks import model_lock
     from servegate.naming import archive_file_name, validate_name, validate_version
-    from servegate.tuning.measure import TorchServeBench, measure_costs, request_samples
+    from servegate.tuning.measure import (
+        TorchServeBench,
+        measure_costs,
+        remove_leftovers,
+        request_samples,
+    )
     from servegate.tuning.report import Tuned, frontier_plot, mlflow_figures
     from servegate.tuning.search import SLO, Space, search
 
@@ -136,6 +146,8 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
             if not hasattr(backend, "delivery") or not hasattr(backend, "client"):
                 raise ConfigError("tune runs against one TorchServe, not a fleet: tune on one "
                                   "replica (its settings then go to every replica)")
+            for left in remove_leftovers(backend, name):
+                say(f"removed scratch version {name} v{left} (left by an interrupted tune)")
             version = version or backend.default_version(name)
             if version is None:
                 raise ConfigError(f"{name} is not served: deploy it first")

@@ -19,6 +19,7 @@ from servegate.tuning.measure import (
     SCRATCH_FIRST,
     TorchServeBench,
     archive_batching,
+    remove_leftovers,
     request_samples,
     scratch_archive,
 )
@@ -91,8 +92,13 @@ class FakeBackend:
     held: set[str] = field(default_factory=lambda: {"1", str(SCRATCH_FIRST)})
     calls: list[tuple[str, str]] = field(default_factory=list)
 
+    default: str = "1"
+
     def versions(self, name: str) -> list[VersionInfo]:
-        return [VersionInfo(name, v, v == "1", 1, 1) for v in sorted(self.held)]
+        return [VersionInfo(name, v, v == self.default, 1, 1) for v in sorted(self.held)]
+
+    def default_version(self, name: str) -> str:
+        return self.default
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1) -> None:
         assert artifact.exists() and artifact.parent == self.delivery.model_store
@@ -158,3 +164,15 @@ def test_a_point_with_threads_sets_them_in_the_spec_only(tmp_path: Path) -> None
     with zipfile.ZipFile(source) as a, zipfile.ZipFile(auto) as b, zipfile.ZipFile(pinned) as c:
         assert b.read("servegate.json") == a.read("servegate.json")
         assert json.loads(c.read("servegate.json")) == {"format": "export", "intra_op_threads": 3}
+
+
+def test_leftover_scratch_versions_are_removed_but_never_the_default(tmp_path: Path) -> None:
+    backend = FakeBackend(FakeDelivery(tmp_path), held={"1", "7", "900001", "900005", "1.0"})
+    for version in backend.held:
+        (tmp_path / f"m.v{version}.mar").write_bytes(b"x")
+    assert remove_leftovers(backend, "m") == ["900001", "900005"]
+    assert backend.held == {"1", "7", "1.0"}  # another tool's version name is left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.v1.0.mar", "m.v1.mar", "m.v7.mar"]
+    backend.default = "900001"  # someone made a scratch version the default: not ours to drop
+    backend.held.add("900001")
+    assert remove_leftovers(backend, "m") == [] and "900001" in backend.held

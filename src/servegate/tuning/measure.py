@@ -121,6 +121,23 @@ def request_samples(archive: Path) -> list[Any]:
     return [{"instances": [row]} for row in rows]
 
 
+def remove_leftovers(backend: Any, name: str) -> list[str]:
+    """Unregister the scratch versions of ``name`` an interrupted tune left (numbered from
+    ``SCRATCH_FIRST``; never the default version) and delete their archives from the model
+    store; return their versions."""
+    default = backend.default_version(name)
+    left = sorted((v.version for v in backend.versions(name)
+                   if v.version.isdigit() and int(v.version) >= SCRATCH_FIRST
+                   and v.version != default), key=int)
+    for version in left:
+        backend.undeploy(name, version)
+    store = getattr(backend.delivery, "model_store", None)
+    if store is not None:
+        for version in left:
+            (Path(store) / archive_file_name(name, version)).unlink(missing_ok=True)
+    return left
+
+
 def _median_ms(call: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
