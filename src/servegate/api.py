@@ -116,14 +116,9 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
     from servegate.interrupts import signals_as_errors
     from servegate.locks import model_lock
     from servegate.naming import archive_file_name, validate_name, validate_version
-    from servegate.tuning.measure import (
-        TorchServeBench,
-        measure_costs,
-        remove_leftovers,
-        request_samples,
-    )
-    from servegate.tuning.report import Tuned, frontier_plot, mlflow_figures
-    from servegate.tuning.search import SLO, Space, search
+    from servegate.tuning.measure import tune_archive
+    from servegate.tuning.report import Tuned, mlflow_figures, write_files
+    from servegate.tuning.search import SLO, Space
 
     validate_name(name)
     if version is not None:
@@ -146,8 +141,6 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
             if not hasattr(backend, "delivery") or not hasattr(backend, "client"):
                 raise ConfigError("tune runs against one TorchServe, not a fleet: tune on one "
                                   "replica (its settings then go to every replica)")
-            for left in remove_leftovers(backend, name):
-                say(f"removed scratch version {name} v{left} (left by an interrupted tune)")
             version = version or backend.default_version(name)
             if version is None:
                 raise ConfigError(f"{name} is not served: deploy it first")
@@ -157,19 +150,13 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
                 raise ConfigError(f"{name} v{version}'s archive is not in the server's model store "
                                   f"({store}): tune needs it to make scratch versions")
             say(f"tune {name} v{version}: timing the handler in process and the frontend")
-            costs = measure_costs(archive, backend.client, name, version,
-                                  largest_batch=max(space.batch_sizes), cores=cores)
-            say(f"costs: handler {costs.handler_ms_batch1:.2f} ms at batch 1, "
-                f"{costs.handler_ms_largest:.2f} ms at batch {costs.largest_batch}; "
-                f"frontend {costs.frontend_ms:.2f} ms per request; {cores} cores")
-            bench = TorchServeBench(backend, name, archive, request_samples(archive), seconds,
-                                    processes=config.load.processes, say=say)
             with tracking.step(f"tune-{name}", nested=inside_mlflow_run()) as run_id:
-                result = search(space, costs, slo, bench, max_points=max_points, say=say)
+                result = tune_archive(backend, name, archive, version, space=space, slo=slo,
+                                      max_points=max_points, seconds=seconds, cores=cores,
+                                      processes=config.load.processes, say=say)
                 params, metrics = mlflow_figures(result)
                 with tempfile.TemporaryDirectory(prefix="servegate-tune-") as tmp:
-                    plot = frontier_plot(result, Path(tmp) / "frontier.png")
-                    (Path(tmp) / "frontier.json").write_text(result.to_json(), encoding="utf-8")
+                    plot = write_files(result, Path(tmp))
                     tracking.log_tuning({"tune.name": name, "tune.version": version} | params,
                                         metrics, Path(tmp))
                 return Tuned(result, name, version, run_id, plot.name)

@@ -416,6 +416,8 @@ def run(
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
     workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = 1,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
+    tune: Annotated[str, typer.Option(help="Search the challenger's batching within the SLO before the gates (servegate tune): true | false.")] = "false",
+    tune_points: Annotated[int, typer.Option(help="With tune: the most configurations measured.")] = 6,
     server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
     report_dir: Annotated[Path | None, typer.Option(
         help="Also copy the gate report here.", show_default="$SERVEGATE_REPORT_DIR")] = None,

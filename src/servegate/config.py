@@ -604,6 +604,10 @@ class PipelineConfig(_Settings):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     promote: bool = True
+    #: Search the challenger's batching (``servegate tune``) on the server before it is deployed
+    #: and gated, measuring at most ``tune_points`` configurations; the archive takes the winner.
+    tune: bool = False
+    tune_points: PositiveInt = 6
     #: Also copy the gate report here (``SERVEGATE_REPORT_DIR``).
     report_dir: Path | None = Field(default_factory=report_dir_from_env)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
@@ -743,6 +747,8 @@ RUN_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
     "max_batch_delay_ms": (("batching", "max_batch_delay_ms"), lambda v: int(float(v))),
     "workers_per_gpu": (("batching", "workers_per_gpu"), lambda v: int(float(v))),
     "promote": (("promote",), _flag),
+    "tune": (("tune",), _flag),
+    "tune_points": (("tune_points",), lambda v: int(float(v))),
     "server": (("server",), lambda v: server_mode(str(v) or None)),
 }
 

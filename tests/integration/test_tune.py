@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from pipeline_env import pipeline_home
+from rich.console import Console
 from typer.testing import CliRunner
 
 from servegate.backends.torchserve import TorchServeBackend
@@ -114,3 +115,45 @@ def test_tune_measures_a_frontier_and_leaves_only_the_champion(served) -> None:
     assert run.data.params["tune.batch_size"] == str(w["batch_size"])
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "tune")}
     assert files == {"tune/frontier.png", "tune/frontier.json"}
+
+
+def test_tune_true_in_the_pipeline_serves_the_challenger_with_the_winner(served, tmp_path) -> None:
+    """`tune=true`: the challenger's batching is searched before it is deployed and gated, and
+    it is served (and recorded in the registry) with the winner's."""
+    from mlflow import MlflowClient
+
+    from servegate import api
+    from servegate.config import LoadSettings, PipelineConfig, SLOs
+    from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG
+    from servegate.tuning.measure import archive_batching
+
+    backend, rows, _ = served
+    program = torch.export.export(TinyMLP().eval(), (torch.from_numpy(rows[:2]),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", max=4096)},))
+    torch.export.save(program, tmp_path / "mlp.pt2")
+    np.savez(tmp_path / "eval.npz", x=rows)
+    result = api.deploy(PipelineConfig(
+        model=str(tmp_path / "mlp.pt2"), eval_data=str(tmp_path / "eval.npz"), name="tunepipe",
+        task="tensor", compiler="eager", server="local",
+        tune=True, tune_points=2, slos=SLOs(p95_ms=200.0, p99_ms=400.0),
+        load=LoadSettings(users=4, seconds=3, rounds=1)), Console(quiet=True))
+    assert result.decision == "promoted"
+    runs = mlflow.search_runs(experiment_names=["tune-test"], filter_string="tags.mlflow.runName = 'tune'",
+                              output_format="list")
+    assert len(runs) == 1
+    tuned = runs[0].data.params
+    print({k: v for k, v in tuned.items() if k.startswith("tune.")},
+          {k: round(v, 2) for k, v in runs[0].data.metrics.items() if "." not in k or k.startswith(("winner", "cost"))})
+    store = backend.delivery.model_store
+    served_config = archive_batching(store / f"tunepipe.v{result.version}.mar")
+    assert served_config["batchSize"] == int(tuned["tune.batch_size"])
+    assert served_config["maxBatchDelay"] == int(tuned["tune.max_batch_delay_ms"])
+    assert served_config["minWorkers"] == int(tuned["tune.workers"])
+    tags = MlflowClient().get_model_version("tunepipe", result.version).tags
+    assert tags[ARCHIVE_TAG].startswith(runs[0].info.artifact_uri)
+    from servegate.integrity import artifact_sha256
+
+    assert tags[ARCHIVE_SHA256_TAG] == artifact_sha256(store / f"tunepipe.v{result.version}.mar")
+    assert [v.version for v in backend.versions("tunepipe")] == [result.version]
+    assert sorted(p.name for p in store.glob("tunepipe.v*.mar")) == [f"tunepipe.v{result.version}.mar"]
+    assert len(backend.predict("tunepipe", {"instances": rows[:3].tolist()})["predictions"]) == 3

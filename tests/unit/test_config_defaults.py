@@ -59,6 +59,8 @@ PARAMETERS: dict[str, tuple[str, Any]] = {
     "max_batch_delay_ms": ("batching.max_batch_delay_ms", lambda v: int(float(v))),
     "workers_per_gpu": ("batching.workers_per_gpu", lambda v: int(float(v))),
     "promote": ("promote", lambda v: str(v).lower() == "true"),
+    "tune": ("tune", lambda v: str(v).lower() == "true"),
+    "tune_points": ("tune_points", lambda v: int(float(v))),
     "server": ("server", lambda v: v or "auto"),
 }
 

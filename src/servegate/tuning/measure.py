@@ -36,7 +36,7 @@ from servegate.config import LoadSettings
 from servegate.errors import ConfigError, ModelNotFound, PackagingError, ServerError
 from servegate.naming import archive_file_name, validate_name, validate_version
 from servegate.packaging.spec import SPEC_FILE
-from servegate.tuning.search import Costs, Measurement, Point
+from servegate.tuning.search import SLO, Costs, Measurement, Point, Space, TuneResult, search
 
 #: Scratch versions are numbered from here (registry versions stay far below).
 SCRATCH_FIRST = 900_001
@@ -174,9 +174,10 @@ def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) 
 
 
 def measure_costs(archive: Path, client: Any, name: str, version: str, *, largest_batch: int,
-                  cores: int, repeats: int = 15) -> Costs:
+                  cores: int, waited_ms: float | None = None, repeats: int = 15) -> Costs:
     """What a request costs: the archive's handler in process on 1 and ``largest_batch``
-    requests, and a served round trip of one request less that and the batch delay it waits."""
+    requests, and the served round trip of one request to ``version`` less that and the batch
+    delay it waits (``waited_ms``; default: the archive's own delay when it batches)."""
     body = json.dumps(request_samples(archive)[0]).encode()
     one, largest = handler_costs(archive, body, largest_batch, repeats)
 
@@ -189,9 +190,11 @@ def measure_costs(archive: Path, client: Any, name: str, version: str, *, larges
 
     served()
     round_trip = _median_ms(served, repeats * 2)
-    config = archive_batching(archive)
-    waited = float(config.get("maxBatchDelay", 0) or 0) if int(config.get("batchSize", 1)) > 1 else 0.0
-    frontend = max(0.05, round_trip - one - waited)
+    if waited_ms is None:
+        config = archive_batching(archive)
+        batches = int(config.get("batchSize", 1)) > 1
+        waited_ms = float(config.get("maxBatchDelay", 0) or 0) if batches else 0.0
+    frontend = max(0.05, round_trip - one - waited_ms)
     return Costs(handler_ms_batch1=one, handler_ms_largest=largest, largest_batch=largest_batch,
                  frontend_ms=frontend, cores=cores)
 
@@ -232,13 +235,19 @@ class TorchServeBench:
 
     @contextmanager
     def _applied(self, point: Point) -> Iterator[Callable[[int], Measurement]]:
+        with self.serving(point) as version:
+            yield lambda users: self._load(version, point, users)
+
+    @contextmanager
+    def serving(self, point: Point) -> Iterator[str]:
+        """A scratch version of ``point`` served while the context lasts; yields its version."""
         version = self._scratch_version()
         placed = self.store / archive_file_name(self.name, version)
         self.say(f"{point.label}: scratch version {version}")
         try:
             scratch_archive(self.archive, placed, version, point)
             self.backend.deploy(placed, self.name, version, workers=point.workers)
-            yield lambda users: self._load(version, point, users)
+            yield version
         finally:
             self._drop(version, placed)
 
@@ -269,3 +278,27 @@ class TorchServeBench:
         return Measurement(users=users, rps=result.rps, p50_ms=result.p50_ms,
                            p95_ms=result.p95_ms, p99_ms=result.p99_ms,
                            error_rate=result.error_rate, requests=result.requests)
+
+
+def tune_archive(backend: Any, name: str, archive: Path, served_version: str | None, *,
+                 space: Space, slo: SLO, max_points: int, seconds: float, cores: int,
+                 processes: int = 1, say: Callable[[str], None] = lambda _: None) -> TuneResult:
+    """The whole search for ``archive`` of ``name`` on ``backend``: the costs (the round trip
+    on ``served_version``, else on a batch-1 scratch version), then ``search`` over scratch
+    versions. Scratch versions an interrupted tune left are removed first."""
+    for left in remove_leftovers(backend, name):
+        say(f"removed scratch version {name} v{left} (left by an interrupted tune)")
+    bench = TorchServeBench(backend, name, archive, request_samples(archive), seconds,
+                            processes=processes, say=say)
+    largest = max(space.batch_sizes)
+    if served_version is not None:
+        costs = measure_costs(archive, backend.client, name, served_version, largest_batch=largest,
+                              cores=cores)
+    else:
+        with bench.serving(Point(1, space.delays_ms[0], 1)) as version:
+            costs = measure_costs(archive, backend.client, name, version, largest_batch=largest,
+                                  cores=cores, waited_ms=0.0)
+    say(f"costs: handler {costs.handler_ms_batch1:.2f} ms at batch 1, {costs.handler_ms_largest:.2f} "
+        f"ms at batch {costs.largest_batch} (one thread); frontend {costs.frontend_ms:.2f} ms per "
+        f"request; {cores} cores")
+    return search(space, costs, slo, bench, max_points=max_points, say=say)

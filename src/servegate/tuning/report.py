@@ -126,3 +126,10 @@ def frontier_plot(result: TuneResult, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_files(result: TuneResult, folder: Path) -> Path:
+    """``frontier.png`` and ``frontier.json`` (every point) into ``folder``; return the plot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "frontier.json").write_text(result.to_json(), encoding="utf-8")
+    return frontier_plot(result, folder / "frontier.png")
