@@ -143,7 +143,8 @@ def test_tune_true_in_the_pipeline_serves_the_challenger_with_the_winner(served,
     assert len(runs) == 1
     tuned = runs[0].data.params
     print({k: v for k, v in tuned.items() if k.startswith("tune.")},
-          {k: round(v, 2) for k, v in runs[0].data.metrics.items() if "." not in k or k.startswith(("winner", "cost"))})
+          {k: round(v, 2) for k, v in runs[0].data.metrics.items()
+           if "." not in k or k.startswith(("winner", "cost"))})
     store = backend.delivery.model_store
     served_config = archive_batching(store / f"tunepipe.v{result.version}.mar")
     assert served_config["batchSize"] == int(tuned["tune.batch_size"])
