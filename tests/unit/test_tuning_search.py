@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from servegate.errors import ConfigError, ServerRequestError
+from servegate.errors import ConfigError, ServerNotRunning, ServerRequestError
 from servegate.tuning import search as search_module
 from servegate.tuning.search import (
     SLO,
@@ -232,3 +232,15 @@ def test_threads_per_worker_are_searched_when_asked_and_the_winner_holds() -> No
     assert result.winner.best.rps >= 0.9 * grid_best(model, space, slo)
     assert result.measurements <= 0.1 * result.grid_measurements
     assert Point(8, 5, 2, 4).label == "b8-d5ms-w2-t4" and Point(8, 5, 2).label == "b8-d5ms-w2"
+
+
+def test_a_server_that_went_away_stops_the_search_instead_of_failing_every_point() -> None:
+    class Gone(CostModel):
+        def applied(self, point: Point):
+            self.history.append(point)
+            raise ServerNotRunning("TorchServe unreachable")
+
+    model = Gone(**LIGHT)
+    with pytest.raises(ServerNotRunning):
+        run(model, 200.0)
+    assert len(model.history) == 1

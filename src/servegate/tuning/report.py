@@ -38,7 +38,7 @@ def points_table(result: TuneResult, name: str, *, all_points: bool = False) -> 
                   title=f"{name}: tuned for p95 <= {slo.p95_ms:g} ms, p99 <= {slo.p99_ms:g} ms "
                         f"({result.measurements} of {result.grid_measurements} grid measurements)")
     for o in sorted(result.outcomes, key=_rank):
-        if not all_points and not o.levels:
+        if not all_points and not o.levels and o.status != "failed":
             continue
         shown = o.best or (o.levels[-1] if o.levels else None)
         figures = ([str(shown.users), f"{shown.rps:.1f}", f"{shown.p50_ms:.1f}",

@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, Protocol
 
-from servegate.errors import ConfigError, ServerError
+from servegate.errors import ConfigError, ServerError, ServerNotRunning
 
 #: A step along an axis (or a load level) must add this share of throughput to go on.
 GAIN = 0.05
@@ -280,7 +280,9 @@ def _measure(point: Point, users: Iterable[int], slo: SLO, bench: Bench,
                     reason = f"throughput stopped growing at {count} users"
                     break
                 best = m
-    except ServerError as exc:
+    except ServerNotRunning:
+        raise  # the server is gone: nothing more can be measured
+    except ServerError as exc:  # this point's version failed (a worker died, a refusal)
         return Outcome(point, "failed", f"{type(exc).__name__}: {exc}", tuple(levels))
     if best is None:
         return Outcome(point, "over SLO", reason, tuple(levels))
