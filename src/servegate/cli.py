@@ -414,6 +414,7 @@ def run(
     load_processes: Annotated[int, typer.Option(help="Locust processes (a master and workers when more than one).")] = 1,
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
+    workers: Annotated[int, typer.Option(help="TorchServe workers of the version (CPU artifacts).")] = 1,
     workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = 1,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
     tune: Annotated[str, typer.Option(help="Search the challenger's batching within the SLO before the gates (servegate tune): true | false.")] = "false",
@@ -551,8 +552,8 @@ def tune_command(
 
     from servegate import api
     from servegate.config import PipelineConfig, SLOs, server_mode
-    from servegate.tuning.report import points_table, run_parameters
-    from servegate.tuning.search import Space
+    from servegate.gates.tune_report import points_table, run_parameters
+    from servegate.gates.tune_search import Space
 
     _valid(name, version)
     try:
@@ -579,12 +580,9 @@ def tune_command(
                   f"{m.users} users, p95 {m.p95_ms:.1f} ms, p99 {m.p99_ms:.1f} ms")
         out.print(f"deploy with it: mlflow run pipelines/deploy {run_parameters(result)}",
                   soft_wrap=True)
-        if p.workers > 1 or p.threads:
-            out.print(f"  workers and threads are not pipeline parameters yet: {p.workers} workers"
-                      + (f", {p.threads} threads per worker" if p.threads else "")
-                      + f" (archive: servegate package --batch-size {p.batch_size} "
-                      f"--max-batch-delay-ms {p.max_batch_delay_ms} --workers {p.workers})",
-                      soft_wrap=True)
+        if p.threads:
+            out.print(f"  threads per worker are not a pipeline parameter yet: {p.threads} (the "
+                      "archive's servegate.json intra_op_threads)", soft_wrap=True)
     out.print(f"MLflow run: {tuned.run_id} (frontier plot: tune/{tuned.plot})")
 
 

@@ -43,6 +43,9 @@ class BatchingConfig(_Settings):
         if self.batch_size > 1 and self.max_batch_delay_ms == 0:
             raise ValueError("max_batch_delay_ms must be at least 1 when batch_size > 1: "
                              "TorchServe treats 0 as its 100 ms default")
+        if self.max_workers < self.min_workers:  # `workers` sets min_workers: max follows it
+            # (TorchServe ignores a model-config whose maxWorkers is below its minWorkers)
+            object.__setattr__(self, "max_workers", self.min_workers)
         return self
 
     def model_config_yaml(self, device: str = "cpu", gpus: int | None = None) -> dict[str, Any]:
@@ -745,6 +748,7 @@ RUN_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
     "load_processes": (("load", "processes"), lambda v: int(float(v))),
     "batch_size": (("batching", "batch_size"), lambda v: int(float(v))),
     "max_batch_delay_ms": (("batching", "max_batch_delay_ms"), lambda v: int(float(v))),
+    "workers": (("batching", "min_workers"), lambda v: int(float(v))),
     "workers_per_gpu": (("batching", "workers_per_gpu"), lambda v: int(float(v))),
     "promote": (("promote",), _flag),
     "tune": (("tune",), _flag),

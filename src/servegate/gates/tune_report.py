@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from servegate.tuning.search import Outcome, TuneResult
+from servegate.gates.tune_search import Outcome, TuneResult
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,12 @@ def counts(result: TuneResult) -> dict[str, int]:
 
 
 def run_parameters(result: TuneResult) -> str:
-    """The winner as the MLproject's parameters (``workers`` is not one: see the docs)."""
+    """The winner as the MLproject's parameters (threads per worker are not one)."""
     if result.winner is None:
         return ""
     p = result.winner.point
-    return f"-P batch_size={p.batch_size} -P max_batch_delay_ms={p.max_batch_delay_ms}"
+    return (f"-P batch_size={p.batch_size} -P max_batch_delay_ms={p.max_batch_delay_ms} "
+            f"-P workers={p.workers}")
 
 
 def mlflow_figures(result: TuneResult) -> tuple[dict[str, Any], dict[str, float]]:
