@@ -88,3 +88,13 @@ def test_without_a_winner_the_archive_stays_as_built(stepped, monkeypatch) -> No
     assert steps.tune(run, registry, built, "old-sha", "2", tmp_path) == (built, "old-sha")  # type: ignore[arg-type]
     assert registry.tags == {} and run.config == before
     assert ("tuning", "frontier.json", "frontier.png") in logged
+
+
+def test_the_workers_parameter_sets_both_bounds_torchserve_reads() -> None:
+    from servegate.config import config_from_parameters
+
+    batching = config_from_parameters({"workers": "3.0", "batch_size": "16"}).batching
+    assert (batching.min_workers, batching.max_workers) == (3, 3)
+    written = batching.model_config_yaml()
+    assert written["minWorkers"] == written["maxWorkers"] == 3 and written["batchSize"] == 16
+    assert config_from_parameters({}).batching.max_workers == 1
