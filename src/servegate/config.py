@@ -634,6 +634,13 @@ class PipelineConfig(_Settings):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
+    def _tune_is_torchserves(self) -> PipelineConfig:
+        if self.tune and self.target != "torchserve":
+            raise ValueError(f"tune searches TorchServe's batching; {self.target}'s is not searched "
+                             "yet (drop tune=true)")
+        return self
+
+    @model_validator(mode="after")
     def _within_the_gate_policy(self) -> PipelineConfig:
         """Gates as tight as the policy file's or tighter: else ``ConfigError`` (not wrapped)."""
         from servegate.policy import load_policy

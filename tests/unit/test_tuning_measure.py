@@ -89,6 +89,7 @@ class FakeBackend:
 
     delivery: FakeDelivery
     refuse: bool = False
+    client: object = None  # TorchServe's client (unused without a load)
     held: set[str] = field(default_factory=lambda: {"1", str(SCRATCH_FIRST)})
     calls: list[tuple[str, str]] = field(default_factory=list)
 
@@ -143,6 +144,8 @@ def test_a_server_without_a_model_store_is_refused(tmp_path: Path) -> None:
     backend.delivery = object()  # type: ignore[assignment]  # registered by URL: no store
     with pytest.raises(ConfigError, match="model store"):
         TorchServeBench(backend, "m", tmp_path / "m.v1.mar", [], seconds=1.0)
+    with pytest.raises(ConfigError, match="not a fleet"):  # a fleet has neither
+        TorchServeBench(object(), "m", tmp_path / "m.v1.mar", [], seconds=1.0)
 
 
 @pytest.mark.parametrize("option, message", [

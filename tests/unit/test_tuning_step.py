@@ -98,3 +98,12 @@ def test_the_workers_parameter_sets_both_bounds_torchserve_reads() -> None:
     written = batching.model_config_yaml()
     assert written["minWorkers"] == written["maxWorkers"] == 3 and written["batchSize"] == 16
     assert config_from_parameters({}).batching.max_workers == 1
+
+
+def test_tune_is_refused_for_a_target_other_than_torchserve() -> None:
+    from servegate.config import config_from_parameters
+    from servegate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tune searches TorchServe"):
+        config_from_parameters({"tune": "true", "target": "tfserving"})
+    assert config_from_parameters({"tune": "false", "target": "tfserving"}).tune is False

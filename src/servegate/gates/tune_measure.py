@@ -216,11 +216,12 @@ class TorchServeBench:
 
     def __post_init__(self) -> None:
         validate_name(self.name)
-        store = getattr(self.backend.delivery, "model_store", None)
-        if store is None:
-            raise ConfigError("tune registers scratch versions from the server's model store: "
-                              "attach with SERVEGATE_TORCHSERVE_MODEL_STORE (a shared store) or "
-                              "tune on a local server")
+        store = getattr(getattr(self.backend, "delivery", None), "model_store", None)
+        if store is None or not hasattr(self.backend, "client"):
+            raise ConfigError("tune registers scratch versions from one TorchServe's model store "
+                              "(not a fleet's, nor by URL): attach with "
+                              "SERVEGATE_TORCHSERVE_MODEL_STORE (a shared store) or tune on a "
+                              "local server")
         self.store = Path(store)
         self._taken: set[str] = set()
 
@@ -288,10 +289,10 @@ def tune_archive(backend: Any, name: str, archive: Path, served_version: str | N
     """The whole search for ``archive`` of ``name`` on ``backend``: the costs (the round trip
     on ``served_version``, else on a batch-1 scratch version), then ``search`` over scratch
     versions. Scratch versions an interrupted tune left are removed first."""
-    for left in remove_leftovers(backend, name):
-        say(f"removed scratch version {name} v{left} (left by an interrupted tune)")
     bench = TorchServeBench(backend, name, archive, request_samples(archive), seconds,
                             processes=processes, say=say)
+    for left in remove_leftovers(backend, name):
+        say(f"removed scratch version {name} v{left} (left by an interrupted tune)")
     largest = max(space.batch_sizes)
     if served_version is not None:
         costs = measure_costs(archive, backend.client, name, served_version, largest_batch=largest,
