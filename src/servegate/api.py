@@ -12,7 +12,7 @@ subclasses (``servegate.errors``); none prints except through the ``console`` it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -24,8 +24,12 @@ from servegate.config import (
     inside_mlflow_run,
     server_mode,
 )
-from servegate.errors import GateFailed, ServegateError, ServerError
+from servegate.errors import ConfigError, GateFailed, ServegateError, ServerError
 from servegate.pipeline import PipelineResult
+
+if TYPE_CHECKING:
+    from servegate.gates.tune_report import Tuned
+    from servegate.gates.tune_search import Space
 
 
 def open_backend(config: PipelineConfig) -> tuple[Any, ServerError | None]:
@@ -95,6 +99,71 @@ def reconcile(name: str, *, target: str = "torchserve", server: str | None = Non
         backend.close()
 
 
+def tune(name: str, *, version: str | None = None, config: PipelineConfig | None = None,
+         space: Space | None = None, max_points: int = 12, seconds: float = 5.0,
+         cores: int | None = None, console: Console | None = None) -> Tuned:
+    """Search TorchServe's batch size, batch delay and workers for ``name`` (``version``, else
+    the server's default) for the highest throughput within ``config.slos`` (p95, p99, error
+    rate), measuring scratch versions with Locust on the live server (``servegate.gates.tune_*``);
+    the frontier is logged to an MLflow run (params, metrics, a plot). Returns a
+    ``gates.tune_report.Tuned``. ``space``: the values searched (default: batch sizes 1-32, delays
+    1-20 ms, workers 1..cores (at most 4), 4-32 users); ``cores``: the server's (default: this
+    host's). Scratch versions an interrupted tune left behind are removed first."""
+    import os
+    import tempfile
+
+    from servegate import tracking
+    from servegate.gates.tune_measure import tune_archive
+    from servegate.gates.tune_report import Tuned, mlflow_figures, write_files
+    from servegate.gates.tune_search import SLO, Space
+    from servegate.interrupts import signals_as_errors
+    from servegate.locks import model_lock
+    from servegate.naming import archive_file_name, validate_name, validate_version
+
+    validate_name(name)
+    if version is not None:
+        validate_version(version)
+    config = config or PipelineConfig(name=name)
+    if config.target != "torchserve":
+        raise ConfigError(f"tune searches TorchServe's batching; {config.target}'s batching "
+                          "parameters are not searched yet")
+    cores = cores or os.cpu_count() or 1
+    space = space or Space(workers=tuple(range(1, min(cores, 4) + 1)), users=(4, 8, 16, 32))
+    slo = SLO(config.slos.p95_ms, config.slos.p99_ms, config.slos.max_error_rate)
+    say = (console or Console(stderr=True)).print
+    if not inside_mlflow_run():
+        tracking.use_experiment(experiment_name())
+    backend, unreachable = open_backend(config)
+    if backend is None:
+        raise unreachable or ServegateError("no TorchServe")
+    try:
+        with model_lock(name), signals_as_errors():
+            if not hasattr(backend, "delivery") or not hasattr(backend, "client"):
+                raise ConfigError("tune runs against one TorchServe, not a fleet: tune on one "
+                                  "replica (its settings then go to every replica)")
+            version = version or backend.default_version(name)
+            if version is None:
+                raise ConfigError(f"{name} is not served: deploy it first")
+            store = getattr(backend.delivery, "model_store", None)
+            archive = Path(store) / archive_file_name(name, version) if store else None
+            if archive is None or not archive.is_file():
+                raise ConfigError(f"{name} v{version}'s archive is not in the server's model store "
+                                  f"({store}): tune needs it to make scratch versions")
+            say(f"tune {name} v{version}: timing the handler in process and the frontend")
+            with tracking.step(f"tune-{name}", nested=inside_mlflow_run()) as run_id:
+                result = tune_archive(backend, name, archive, version, space=space, slo=slo,
+                                      max_points=max_points, seconds=seconds, cores=cores,
+                                      processes=config.load.processes, say=say)
+                params, metrics = mlflow_figures(result)
+                with tempfile.TemporaryDirectory(prefix="servegate-tune-") as tmp:
+                    plot = write_files(result, Path(tmp))
+                    tracking.log_tuning({"tune.name": name, "tune.version": version} | params,
+                                        metrics, Path(tmp))
+                return Tuned(result, name, version, run_id, plot.name)
+    finally:
+        backend.close()
+
+
 def package(model: str, *, name: str, version: str, output_dir: Path, compiler: str = "eager",
             batching: BatchingConfig | None = None) -> Path:
     """A ``.mar`` archive of ``model`` (handlers, model-config.yaml, labels, warm-up sample)."""
@@ -112,4 +181,4 @@ def load_model(uri: str, **options: Any) -> Any:
 
 
 __all__ = ["GateFailed", "PipelineConfig", "PipelineResult", "ServegateError", "deploy",
-           "load_model", "open_backend", "package", "reconcile", "rollback"]
+           "load_model", "open_backend", "package", "reconcile", "rollback", "tune"]

@@ -414,8 +414,11 @@ def run(
     load_processes: Annotated[int, typer.Option(help="Locust processes (a master and workers when more than one).")] = 1,
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
+    workers: Annotated[int, typer.Option(help="TorchServe workers of the version (CPU artifacts).")] = 1,
     workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = 1,
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
+    tune: Annotated[str, typer.Option(help="Search the challenger's batching within the SLO before the gates (servegate tune): true | false.")] = "false",
+    tune_points: Annotated[int, typer.Option(help="With tune: the most configurations measured.")] = 6,
     server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
     report_dir: Annotated[Path | None, typer.Option(
         help="Also copy the gate report here.", show_default="$SERVEGATE_REPORT_DIR")] = None,
@@ -513,6 +516,74 @@ def reconcile_command(
 
     out.print(api.reconcile(name, target=target, server=server or None,
                             torchserve=_settings(workdir), console=console))
+
+
+def _numbers(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise errors.ConfigError(f"{what}: a comma list of whole numbers, got {text!r}") from exc
+
+
+@app.command("tune")
+def tune_command(
+    name: str,
+    version: Annotated[str | None, typer.Option(help="The version to tune (default: the server's default).")] = None,
+    p95_ms: Annotated[float | None, typer.Option(help="p95 budget (default: the pipeline's SLO).")] = None,
+    p99_ms: Annotated[float | None, typer.Option(help="p99 budget (default: the pipeline's SLO).")] = None,
+    max_points: Annotated[int, typer.Option(help="Most configurations measured.")] = 12,
+    duration_s: Annotated[float, typer.Option(help="Seconds of load per point and load level.")] = 5.0,
+    users: Annotated[str, typer.Option(help="Load levels (Locust users), walked upwards.")] = "4,8,16,32",
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes searched.")] = "1,2,4,8,16,32",
+    delays_ms: Annotated[str, typer.Option(help="Max batch delays searched (ms, >= 1: TorchServe reads 0 as 100).")] = "1,2,5,10,20",
+    workers: Annotated[str, typer.Option(help="Workers searched (default: 1 to the cores, at most 4).")] = "",
+    threads: Annotated[str, typer.Option(help="Threads per worker searched (0: the handler's rule, cores left to the frontend / workers).")] = "0",
+    cores: Annotated[int | None, typer.Option(help="The server's cores (default: this host's).")] = None,
+    all_points: Annotated[bool, typer.Option("--all", help="List pruned and unreached points too.")] = False,
+    server: Annotated[str, typer.Option(help="auto | attach | local (empty: $SERVEGATE_SERVER, else auto).")] = "",
+    workdir: WorkdirOption = None,
+) -> None:
+    """Search NAME's batch size, batch delay and workers on the live TorchServe for the highest
+    throughput within the p95/p99 SLO (scratch versions beside the champion, loaded with
+    Locust as the load gate loads); print the frontier and the winner as pipeline parameters."""
+    import os
+
+    from pydantic import ValidationError
+
+    from servegate import api
+    from servegate.config import PipelineConfig, SLOs, server_mode
+    from servegate.gates.tune_report import points_table, run_parameters
+    from servegate.gates.tune_search import Space
+
+    _valid(name, version)
+    try:
+        slos = SLOs(**{k: v for k, v in (("p95_ms", p95_ms), ("p99_ms", p99_ms)) if v is not None})
+        config = PipelineConfig(name=name, server=server_mode(server or None), slos=slos,
+                                torchserve=_settings(workdir))
+    except ValidationError as exc:
+        raise errors.ConfigError(f"invalid tune settings: {_validation_message(exc)}") from exc
+    host_cores = cores or os.cpu_count() or 1
+    space = Space(batch_sizes=_numbers(batch_sizes, "--batch-sizes"),
+                  delays_ms=_numbers(delays_ms, "--delays-ms"),
+                  workers=_numbers(workers, "--workers") or tuple(range(1, min(host_cores, 4) + 1)),
+                  users=_numbers(users, "--users"), threads=_numbers(threads, "--threads"))
+    tuned = api.tune(name, version=version, config=config, space=space, max_points=max_points,
+                     seconds=duration_s, cores=host_cores, console=console)
+    result = tuned.result
+    out.print(points_table(result, f"{name} v{tuned.version}", all_points=all_points))
+    for note in result.notes:
+        out.print(f"note: {note}")
+    if result.winner is not None and result.winner.best is not None:
+        p, m = result.winner.point, result.winner.best
+        out.print(f"winner: batch_size={p.batch_size} max_batch_delay_ms={p.max_batch_delay_ms} "
+                  f"workers={p.workers} threads={p.threads or 'auto'}: {m.rps:.1f} req/s at "
+                  f"{m.users} users, p95 {m.p95_ms:.1f} ms, p99 {m.p99_ms:.1f} ms")
+        out.print(f"deploy with it: mlflow run pipelines/deploy {run_parameters(result)}",
+                  soft_wrap=True)
+        if p.threads:
+            out.print(f"  threads per worker are not a pipeline parameter yet: {p.threads} (the "
+                      "archive's servegate.json intra_op_threads)", soft_wrap=True)
+    out.print(f"MLflow run: {tuned.run_id} (frontier plot: tune/{tuned.plot})")
 
 
 @export_app.command("kserve")

@@ -43,6 +43,9 @@ class BatchingConfig(_Settings):
         if self.batch_size > 1 and self.max_batch_delay_ms == 0:
             raise ValueError("max_batch_delay_ms must be at least 1 when batch_size > 1: "
                              "TorchServe treats 0 as its 100 ms default")
+        if self.max_workers < self.min_workers:  # `workers` sets min_workers: max follows it
+            # (TorchServe ignores a model-config whose maxWorkers is below its minWorkers)
+            object.__setattr__(self, "max_workers", self.min_workers)
         return self
 
     def model_config_yaml(self, device: str = "cpu", gpus: int | None = None) -> dict[str, Any]:
@@ -604,6 +607,10 @@ class PipelineConfig(_Settings):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     promote: bool = True
+    #: Search the challenger's batching (``servegate tune``) on the server before it is deployed
+    #: and gated, measuring at most ``tune_points`` configurations; the archive takes the winner.
+    tune: bool = False
+    tune_points: PositiveInt = 6
     #: Also copy the gate report here (``SERVEGATE_REPORT_DIR``).
     report_dir: Path | None = Field(default_factory=report_dir_from_env)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
@@ -625,6 +632,13 @@ class PipelineConfig(_Settings):
             return validate_name(name)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _tune_is_torchserves(self) -> PipelineConfig:
+        if self.tune and self.target != "torchserve":
+            raise ValueError(f"tune searches TorchServe's batching; {self.target}'s is not searched "
+                             "yet (drop tune=true)")
+        return self
 
     @model_validator(mode="after")
     def _within_the_gate_policy(self) -> PipelineConfig:
@@ -741,8 +755,11 @@ RUN_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
     "load_processes": (("load", "processes"), lambda v: int(float(v))),
     "batch_size": (("batching", "batch_size"), lambda v: int(float(v))),
     "max_batch_delay_ms": (("batching", "max_batch_delay_ms"), lambda v: int(float(v))),
+    "workers": (("batching", "min_workers"), lambda v: int(float(v))),
     "workers_per_gpu": (("batching", "workers_per_gpu"), lambda v: int(float(v))),
     "promote": (("promote",), _flag),
+    "tune": (("tune",), _flag),
+    "tune_points": (("tune_points",), lambda v: int(float(v))),
     "server": (("server",), lambda v: server_mode(str(v) or None)),
 }
 

@@ -90,6 +90,8 @@ class DeployPipeline:
             raise self.unreachable or ServerError(f"no {cfg.target} server")
         server = run.backend
         try:  # any failure (or signal) from here on takes a non-default challenger off again
+            if cfg.tune:
+                built, sha256 = steps.tune(run, registry, built, sha256, version, tmp)
             champion = steps.deploy(run, registry, built, sha256, version)
             parity, checks = steps.gate_parity(run, model, version, champion, built)
             load, load_gate_checks = steps.gate_load(run, model, version, champion)

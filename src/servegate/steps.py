@@ -87,6 +87,52 @@ def build(run: Run, model: Any, registry: Registry, version: str, workdir: Path)
     return built, sha256
 
 
+def tune(run: Run, registry: Registry, built: Built, sha256: str, version: str,
+         workdir: Path) -> tuple[Built, str]:
+    """``tune=true``: the built archive's batch size, delay and workers searched on the server
+    within the run's SLO (scratch versions, never the challenger itself: ``gates.tune_search``);
+    the archive takes the winner's, is logged again with its sha256, and the run's batching
+    becomes the winner's. No configuration within the SLO: the archive stays as built."""
+    import os
+    from dataclasses import replace
+
+    from servegate.gates.tune_measure import scratch_archive, tune_archive
+    from servegate.gates.tune_report import mlflow_figures, write_files
+    from servegate.gates.tune_search import SLO, Space
+
+    cfg, name = run.config, run.config.model_name
+    cores = os.cpu_count() or 1
+    users = cfg.load.users
+    space = Space(workers=tuple(range(1, min(cores, 4) + 1)),
+                  users=tuple(sorted({max(1, users // 2), users, 2 * users})))
+    with tracking.step("tune"):
+        run.say(f"tune: {name} v{version}'s batching, at most {cfg.tune_points} configurations")
+        result = tune_archive(run.server, name, built.path, None, space=space,
+                              slo=SLO(cfg.slos.p95_ms, cfg.slos.p99_ms, cfg.slos.max_error_rate),
+                              max_points=cfg.tune_points, seconds=max(1.5, cfg.load.seconds / 4),
+                              cores=cores, processes=cfg.load.processes, say=run.say)
+        params, metrics = mlflow_figures(result)
+        folder = workdir / "tune"
+        write_files(result, folder)
+        tracking.log_tuning(params, metrics, folder)
+        if result.winner is None or result.winner.best is None:
+            run.say("[yellow]tune: no configuration met the SLO; the archive keeps its batching[/]")
+            return built, sha256
+        point, best = result.winner.point, result.winner.best
+        run.say(f"tune: batch_size={point.batch_size} max_batch_delay_ms={point.max_batch_delay_ms} "
+                f"workers={point.workers}: {best.rps:.1f} req/s, p95 {best.p95_ms:.1f} ms "
+                f"({result.measurements} of {result.grid_measurements} grid measurements)")
+        (workdir / "tuned").mkdir(exist_ok=True)
+        tuned = scratch_archive(built.path, workdir / "tuned" / built.path.name, version, point)
+        uri = tracking.log_artifact_file(tuned, "archive")
+    tuned_sha256 = artifact_sha256(tuned)
+    registry.tag(version, {ARCHIVE_TAG: uri, ARCHIVE_SHA256_TAG: tuned_sha256})
+    run.config = cfg.model_copy(update={"batching": cfg.batching.model_copy(update={
+        "batch_size": point.batch_size, "max_batch_delay_ms": point.max_batch_delay_ms,
+        "min_workers": point.workers, "max_workers": point.workers})})
+    return replace(built, path=tuned, uri=uri), tuned_sha256
+
+
 def deploy(run: Run, registry: Registry, built: Built, sha256: str, version: str) -> str | None:
     """Serve the challenger beside the champion (no default traffic); return the champion."""
     name, server, workers = run.config.model_name, run.server, run.config.batching.min_workers

@@ -287,3 +287,11 @@ def save_compile_cache(cache: Any) -> None:
     run = mlflow.active_run()
     if run is not None:
         cache.save_to_mlflow(mlflow.MlflowClient(), run.info.run_id)
+
+
+def log_tuning(params: dict[str, Any], metrics: dict[str, float], folder: Path) -> None:
+    """``servegate tune``'s settings, each measured point's figures, and its files (the
+    frontier plot and table) under ``tune/``."""
+    mlflow.log_params({k: redact_text(str(v)) for k, v in params.items()})
+    mlflow.log_metrics(metrics)
+    mlflow.log_artifacts(str(folder), artifact_path="tune")

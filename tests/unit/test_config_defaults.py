@@ -57,8 +57,11 @@ PARAMETERS: dict[str, tuple[str, Any]] = {
     "load_processes": ("load.processes", lambda v: int(float(v))),
     "batch_size": ("batching.batch_size", lambda v: int(float(v))),
     "max_batch_delay_ms": ("batching.max_batch_delay_ms", lambda v: int(float(v))),
+    "workers": ("batching.min_workers", lambda v: int(float(v))),
     "workers_per_gpu": ("batching.workers_per_gpu", lambda v: int(float(v))),
     "promote": ("promote", lambda v: str(v).lower() == "true"),
+    "tune": ("tune", lambda v: str(v).lower() == "true"),
+    "tune_points": ("tune_points", lambda v: int(float(v))),
     "server": ("server", lambda v: v or "auto"),
 }
 

@@ -1,0 +1,109 @@
+"""The pipeline's ``tune=true`` step without a server: what it does with the search's winner
+(the archive rewritten, logged, its hash recorded, the run's batching changed) and without one
+(the archive kept as built)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from servegate import steps
+from servegate.config import PipelineConfig
+from servegate.gates import tune_measure as measure
+from servegate.gates.tune_measure import archive_batching
+from servegate.gates.tune_search import SLO, Costs, Measurement, Outcome, Point, TuneResult
+from servegate.integrity import artifact_sha256
+from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG
+from servegate.targets import Built
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def tag(self, version: str, tags: dict[str, str]) -> None:
+        self.tags.setdefault(version, {}).update(tags)
+
+
+def _result(winner: Point | None) -> TuneResult:
+    best = Measurement(8, 900.0, 5.0, 9.0, 12.0, 0.0, 9000)
+    outcomes = (Outcome(winner, "frontier", "", (best,), best),) if winner else ()
+    return TuneResult(outcomes, outcomes[0] if outcomes else None, SLO(50, 100),
+                      Costs(0.5, 2.0, 32, 1.0, 2), grid_measurements=100, measurements=3)
+
+
+@pytest.fixture
+def stepped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    archive = tmp_path / "m.v2.mar"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": "m", "modelVersion": "2"}}))
+        zf.writestr("model-config.yaml", yaml.safe_dump({"batchSize": 8, "maxBatchDelay": 2,
+                                                         "minWorkers": 1, "maxWorkers": 1}))
+    logged: list[tuple[str, ...]] = []
+
+    @contextmanager
+    def step(name: str, nested: bool = True):
+        logged.append(("step", name))
+        yield "run-id"
+
+    monkeypatch.setattr(steps.tracking, "step", step)
+    def log_tuning(params: dict, metrics: dict, folder: Path) -> None:
+        logged.append(("tuning", *sorted(p.name for p in folder.iterdir())))
+
+    monkeypatch.setattr(steps.tracking, "log_tuning", log_tuning)
+    monkeypatch.setattr(steps.tracking, "log_artifact_file",
+                        lambda path, where: f"runs:/tune-run/{where}/{path.name}")
+    run = steps.Run(PipelineConfig(name="m", tune=True, server="local"), None, object(),  # type: ignore[arg-type]
+                    Console(quiet=True))
+    built = Built(archive, "runs:/package-run/archive/m.v2.mar", "eager", "float32")
+    return run, built, archive, logged, tmp_path
+
+
+def test_the_winner_becomes_the_archive_the_registry_and_the_runs_batching(stepped, monkeypatch) -> None:
+    run, built, archive, logged, tmp_path = stepped
+    monkeypatch.setattr(measure, "tune_archive", lambda *a, **k: _result(Point(16, 5, 2)))
+    registry = FakeRegistry()
+    tuned, sha256 = steps.tune(run, registry, built, "old-sha", "2", tmp_path)  # type: ignore[arg-type]
+    assert tuned.path != archive and tuned.uri == "runs:/tune-run/archive/m.v2.mar"
+    assert archive_batching(tuned.path) == {"batchSize": 16, "maxBatchDelay": 5, "minWorkers": 2,
+                                            "maxWorkers": 2}
+    assert sha256 == artifact_sha256(tuned.path)
+    assert registry.tags == {"2": {ARCHIVE_TAG: tuned.uri, ARCHIVE_SHA256_TAG: sha256}}
+    b = run.config.batching
+    assert (b.batch_size, b.max_batch_delay_ms, b.min_workers, b.max_workers) == (16, 5, 2, 2)
+    assert ("tuning", "frontier.json", "frontier.png") in logged
+
+
+def test_without_a_winner_the_archive_stays_as_built(stepped, monkeypatch) -> None:
+    run, built, archive, logged, tmp_path = stepped
+    monkeypatch.setattr(measure, "tune_archive", lambda *a, **k: _result(None))
+    registry = FakeRegistry()
+    before = run.config
+    assert steps.tune(run, registry, built, "old-sha", "2", tmp_path) == (built, "old-sha")  # type: ignore[arg-type]
+    assert registry.tags == {} and run.config == before
+    assert ("tuning", "frontier.json", "frontier.png") in logged
+
+
+def test_the_workers_parameter_sets_both_bounds_torchserve_reads() -> None:
+    from servegate.config import config_from_parameters
+
+    batching = config_from_parameters({"workers": "3.0", "batch_size": "16"}).batching
+    assert (batching.min_workers, batching.max_workers) == (3, 3)
+    written = batching.model_config_yaml()
+    assert written["minWorkers"] == written["maxWorkers"] == 3 and written["batchSize"] == 16
+    assert config_from_parameters({}).batching.max_workers == 1
+
+
+def test_tune_is_refused_for_a_target_other_than_torchserve() -> None:
+    from servegate.config import config_from_parameters
+    from servegate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tune searches TorchServe"):
+        config_from_parameters({"tune": "true", "target": "tfserving"})
+    assert config_from_parameters({"tune": "false", "target": "tfserving"}).tune is False
