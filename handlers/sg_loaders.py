@@ -109,8 +109,14 @@ def load_model(spec: dict[str, Any], model_dir: str, threads: int,
         raise ModelLoadError(f"cannot load {fmt} artifact {spec['artifact']!r}: {exc}") from exc
 
 
+#: What an out-of-memory error says: torch's and CUDA's, and onnxruntime's arena ("Failed to
+#: allocate memory for requested buffer of size ...").
+OUT_OF_MEMORY_MARKERS = ("out of memory", "failed to allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is the device running out of memory (torch's error, or a runtime's)."""
+    """Whether ``exc`` is the device running out of memory (torch's error, or a runtime's:
+    onnxruntime raises its own exception types, derived from ``Exception`` only)."""
     try:
         import torch
 
@@ -118,7 +124,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
             return True
     except ImportError:
         pass
-    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
+    runtime = isinstance(exc, (RuntimeError, MemoryError)) or type(exc).__module__.startswith(
+        "onnxruntime")
+    message = str(exc).lower()
+    return runtime and any(marker in message for marker in OUT_OF_MEMORY_MARKERS)
 
 
 def free_device_memory() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +211,70 @@ def test_on_a_gpu_the_worker_loads_on_its_device(tmp_path: Path) -> None:
     np.testing.assert_allclose(predict(ids, x)[0], reference, atol=1e-4)
     assert torch.cuda.current_device() == 0
 
+
+
+class _Activation:
+    """Stands for what a forward pass holds on the device while it runs."""
+
+
+def test_the_oom_retry_runs_after_the_failed_attempt_is_freed(digits_handler, digits,
+                                                              monkeypatch) -> None:
+    """Inside the ``except`` block the traceback keeps the failed call's frames (and tensors)
+    alive: ``empty_cache`` must come after it, when nothing of the failed attempt is left."""
+    handler = digits_handler.handler
+    predict, activations, alive_at_free = handler._predict, [], []
+
+    def small_device(*arrays: np.ndarray):
+        activation = _Activation()
+        activations.append(weakref.ref(activation))
+        if len(arrays[0]) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return predict(*arrays)
+
+    loaders = sys.modules["sg_loaders"]  # the archive's own copy, which the handler calls
+    monkeypatch.setattr(loaders, "free_device_memory",
+                        lambda: alive_at_free.append(sum(r() is not None for r in activations)))
+    handler._predict = small_device
+    replies = digits_handler.batch(_bodies(digits.eval_x[:12], 3))
+    assert [status for status, _ in replies] == [200] * 4
+    assert alive_at_free and set(alive_at_free) == {0}
+
+
+def test_the_chunk_size_grows_back_once_memory_is_free_again(digits_handler, digits,
+                                                             monkeypatch) -> None:
+    handler = digits_handler.handler
+    monkeypatch.setattr(sys.modules["sg_base"], "CHUNK_GROWTH_AFTER", 2)
+    predict, calls, short_of_memory = handler._predict, [], [True]
+
+    def device(*arrays: np.ndarray):
+        calls.append(len(arrays[0]))
+        if short_of_memory[0] and len(arrays[0]) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return predict(*arrays)
+
+    bodies = _bodies(digits.eval_x[:12], 3)
+    expected = digits_handler.batch(bodies)
+    handler._predict = device
+    for _ in range(12):  # a lasting shortage: tries at a larger size become rarer
+        _assert_same(digits_handler.batch(bodies), expected)
+    failed = [i for i, rows in enumerate(calls) if rows > 4]
+    gaps = np.diff(failed[1:]).tolist()  # calls between two tries at a larger size
+    assert failed[:2] == [0, 1] and len(failed) <= 6  # 12 and 6 rows failed, then few tries
+    assert len(gaps) >= 2 and gaps == sorted(gaps) and gaps[-1] > gaps[0]
+    short_of_memory[0] = False  # the shortage was transient: the memory is back
+    calls.clear()
+    for _ in range(12):
+        _assert_same(digits_handler.batch(bodies), expected)
+    assert calls[-1] == 12  # a whole batch in one call again
+
+
+def test_onnxruntime_allocation_failures_are_out_of_memory() -> None:
+    pybind = pytest.importorskip("onnxruntime.capi.onnxruntime_pybind11_state")
+    arena = pybind.RuntimeException(
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+        "MatMul node. Status Message: bfc_arena.cc:376 void* onnxruntime::BFCArena::"
+        "AllocateRawInternal(size_t, bool) Failed to allocate memory for requested buffer of size 8")
+    assert sg_loaders.is_out_of_memory(arena)
+    assert sg_loaders.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not sg_loaders.is_out_of_memory(pybind.Fail("[ONNXRuntimeError] : 1 : FAIL : bad input"))
+    assert not sg_loaders.is_out_of_memory(ValueError("failed to allocate memory"))  # a user's error
