@@ -293,6 +293,7 @@ def _load_onnx(spec: dict[str, Any], path: str, placement: Placement) -> Predict
                                  "no CUDAExecutionProvider: install onnxruntime-gpu (make setup-gpu)")
         providers = [("CUDAExecutionProvider", {"device_id": placement.index}), "CPUExecutionProvider"]
     session = ort.InferenceSession(path, options, providers=providers)
+    check_providers(session, placement)
     names = [i.name for i in session.get_inputs()]
     floating = {i.name: i.type == "tensor(float16)" for i in session.get_inputs()}
 
@@ -303,6 +304,20 @@ def _load_onnx(spec: dict[str, Any], path: str, placement: Placement) -> Predict
                      for o in session.run(None, feeds))
 
     return predict
+
+
+def check_providers(session: Any, placement: Placement) -> None:
+    """A CUDA placement's session must have the CUDA provider: onnxruntime falls back to the CPU
+    provider silently when CUDA's fails to load (missing CUDA or cuDNN libraries, another CUDA
+    version), and the archive would be served on the CPU, many times slower."""
+    if not placement.cuda:
+        return
+    got = list(session.get_providers())
+    if "CUDAExecutionProvider" not in got:
+        raise ModelLoadError(
+            f"this ONNX archive runs on CUDA, and onnxruntime gave the session only {got}: its CUDA "
+            "provider failed to load (see onnxruntime's warning above: the CUDA and cuDNN libraries "
+            "onnxruntime-gpu was built for must be installed); refusing to serve it on the CPU")
 
 
 def _load_torch_tensorrt(spec: dict[str, Any], path: str, placement: Placement) -> Predictor:

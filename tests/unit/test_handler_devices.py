@@ -278,3 +278,33 @@ def test_onnxruntime_allocation_failures_are_out_of_memory() -> None:
     assert sg_loaders.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert not sg_loaders.is_out_of_memory(pybind.Fail("[ONNXRuntimeError] : 1 : FAIL : bad input"))
     assert not sg_loaders.is_out_of_memory(ValueError("failed to allocate memory"))  # a user's error
+
+
+def test_an_onnx_cuda_session_that_fell_back_to_the_cpu_is_refused(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """onnxruntime drops a CUDA provider that fails to load and runs on the CPU, saying nothing
+    but a warning: the loader checks what the session really got."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    real_session, asked = ort.InferenceSession, []
+
+    def cuda_fails_to_load(model, options=None, providers=None):
+        asked.append([p if isinstance(p, str) else p[0] for p in providers])
+        return real_session(model, options, providers=["CPUExecutionProvider"])  # the fallback
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", cuda_fails_to_load)
+    with pytest.raises(sg_errors.ModelLoadError, match="only \\['CPUExecutionProvider'\\]"):
+        sg_loaders._load_onnx({}, str(path), sg_loaders.Placement("cuda:1"))
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    predict = sg_loaders._load_onnx({}, str(path), sg_loaders.Placement("cpu"))  # a CPU archive
+    np.testing.assert_array_equal(predict(np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32))[0],
+                                  [[0.0, 2.0, 0.0, 4.0]])
