@@ -231,12 +231,45 @@ def _load_state_dict(spec: dict[str, Any], path: str, placement: Placement) -> P
     return _torch_predictor(model.to(placement.device, placement.torch_dtype()).eval(), placement)
 
 
+def program_devices(program: Any) -> set[str]:
+    """Every device an ExportedProgram names: its weights, buffers and constants, the devices
+    its graph's tensors live on, and ``device=`` arguments baked into its nodes (``torch.export``
+    records the export device, e.g. in ``aten.arange(..., device=...)``)."""
+    import torch
+
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    devices = {str(t.device) for t in tensors if isinstance(t, torch.Tensor)}
+    for node in program.graph.nodes:
+        device = node.kwargs.get("device")
+        if isinstance(device, torch.device):
+            devices.add(str(device))
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            devices.add(str(value.device))
+    return devices
+
+
+def on_device(program: Any, device: str) -> Any:
+    """``program`` moved to ``device`` (``cuda:N``) with ``torch.export.passes.move_to_device_pass``
+    when it names any other device: ``.to(device)`` on its module moves the weights but not the
+    devices baked into the graph, and a worker on ``gpu_id`` 1 would mix devices."""
+    import torch
+    from torch.export.passes import move_to_device_pass
+
+    target = str(torch.device(device))
+    if program_devices(program) <= {target}:
+        return program
+    return move_to_device_pass(program, target)
+
+
 def _exported_module(path: str, placement: Placement) -> Any:
     """An ExportedProgram's module on the placement's device (exported in its dtype already)."""
     import torch
 
-    module = torch.export.load(path).module()
-    return module.to(placement.device) if placement.cuda else module
+    program = torch.export.load(path)
+    if not placement.cuda:
+        return program.module()
+    return on_device(program, placement.device).module().to(placement.device)
 
 
 def _load_exported_program(spec: dict[str, Any], path: str, placement: Placement) -> Predictor:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.export import passes as torch_export_passes
 
 from servegate._resources import handler_module
 from servegate.harness import HarnessContext, LocalHandler
@@ -308,3 +309,38 @@ def test_an_onnx_cuda_session_that_fell_back_to_the_cpu_is_refused(tmp_path: Pat
     predict = sg_loaders._load_onnx({}, str(path), sg_loaders.Placement("cpu"))  # a CPU archive
     np.testing.assert_array_equal(predict(np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32))[0],
                                   [[0.0, 2.0, 0.0, 4.0]])
+
+
+class _BakesItsDevice(nn.Module):
+    """``torch.arange(..., device=x.device)``: torch.export records the export device in the graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + torch.arange(x.shape[1], device=x.device)
+
+
+def test_an_exported_program_is_moved_to_the_workers_device(tmp_path: Path, monkeypatch) -> None:
+    def exported():  # the pass moves the program it is given: a fresh one each time
+        return torch.export.export(_BakesItsDevice().eval(), (torch.randn(2, 4),))
+
+    program = exported()
+    assert sg_loaders.program_devices(program) == {"cpu"}
+    assert sg_loaders.on_device(program, "cpu") is program  # already there: nothing to do
+    moved = sg_loaders.on_device(exported(), "meta")  # the real pass, to a device this host has
+    assert sg_loaders.program_devices(moved) == {"meta"}
+    passes = []
+
+    def recording_pass(ep, location):
+        passes.append(location)
+        return ep
+
+    monkeypatch.setattr(torch_export_passes, "move_to_device_pass", recording_pass)
+    sg_loaders.on_device(program, "cuda:1")  # exported on another device than the worker's
+    assert passes == ["cuda:1"]
+    torch.export.save(program, tmp_path / "model.pt2")
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no CUDA to move to
+    sg_loaders._exported_module(str(tmp_path / "model.pt2"), sg_loaders.Placement("cuda:1"))
+    assert passes == ["cuda:1", "cuda:1"]  # the loader of exported, inductor and TensorRT artifacts
