@@ -344,3 +344,18 @@ def test_an_exported_program_is_moved_to_the_workers_device(tmp_path: Path, monk
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no CUDA to move to
     sg_loaders._exported_module(str(tmp_path / "model.pt2"), sg_loaders.Placement("cuda:1"))
     assert passes == ["cuda:1", "cuda:1"]  # the loader of exported, inductor and TensorRT artifacts
+
+
+def test_mean_pooling_of_a_half_precision_model_is_computed_in_float32() -> None:
+    from servegate.sources.text_net import mean_pool_normalize
+
+    torch.manual_seed(0)
+    hidden = (1000 + torch.rand(3, 128, 16) * 100).half()  # summed over 128 tokens: > 65504
+    mask = torch.ones(3, 128, dtype=torch.int64)
+    mask[1, 5:] = 0
+    mask[2] = 0  # no real token (1e-9 is 0 in float16: 0 / 0)
+    pooled = mean_pool_normalize(hidden, mask)
+    assert pooled.dtype == torch.float16 and torch.isfinite(pooled).all()
+    reference = mean_pool_normalize(hidden.double(), mask).float()
+    torch.testing.assert_close(pooled.float()[:2], reference[:2], atol=1e-3, rtol=0)
+    assert (pooled[2] == 0).all()
