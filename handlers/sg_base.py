@@ -35,6 +35,11 @@ import sg_worker_io
 from sg_errors import ModelLoadError, RequestError, as_request_error
 
 SPEC_FILE = "servegate.json"
+#: torch.compile modes that capture CUDA graphs (``servegate.compilers.variants`` keeps the same).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+#: Calls of each bucket at warm-up when CUDA graphs are captured: cudagraph trees run a new shape
+#: eagerly first (warm-up), record its graph on a later call, and replay it from then on.
+CUDA_GRAPH_WARM_UP_CALLS = 3
 #: Calls in a row that must fit at the learned chunk size before it is doubled again; twice as
 #: many after each out-of-memory error that follows (a shortage that lasts), up to the maximum.
 CHUNK_GROWTH_AFTER = 32
@@ -171,17 +176,28 @@ class BatchingHandler:
         with open(os.path.join(model_dir, name), "rb") as fh:
             return fh.read()
 
+    def bucket_warm_up_calls(self) -> int:
+        """Calls of each bucket shape at warm-up: ``CUDA_GRAPH_WARM_UP_CALLS`` when the archive's
+        torch.compile mode captures CUDA graphs on a GPU (so that every graph is recorded before
+        the first request), else 1 (kernels compiled)."""
+        cuda_graphs = (self.spec.get("device") == "cuda"
+                       and self.spec.get("compile_mode") in CUDA_GRAPH_MODES)
+        return CUDA_GRAPH_WARM_UP_CALLS if cuda_graphs else 1
+
     def _warm_up_buckets(self, model_dir: str) -> None:
-        """Run the model once at every bucket shape (CUDA graphs are captured and kernels compiled
-        before the first request), from the warm-up request's features."""
+        """Run the model at every bucket shape (``bucket_warm_up_calls`` times: CUDA graphs are
+        recorded and kernels compiled before the first request), from the warm-up request's
+        features."""
         sample = self._warm_up_sample(model_dir)
         if self.buckets is None or sample is None:
             return
         assert self._predict is not None
+        calls = self.bucket_warm_up_calls()
         try:
             _, feats = self.prepare(sample)
             for inputs in self.buckets.shapes_of(feats.arrays, self.pad_values()):
-                self._predict(*inputs)
+                for _ in range(calls):
+                    self._predict(*inputs)
         except Exception as exc:
             raise ModelLoadError(f"warm-up of the shape buckets failed: {exc}") from exc
 

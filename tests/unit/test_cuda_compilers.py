@@ -222,3 +222,30 @@ def test_a_cuda_archive_records_device_dtype_buckets_and_its_fallback(tmp_path: 
     assert config["minWorkers"] == config["maxWorkers"] == 4
     raw = json.loads(zipfile.ZipFile(archive).read("servegate.json"))
     assert raw["compile_mode"] is None
+
+
+@pytest.mark.parametrize(("name", "bucketed"), [("inductor-cudagraphs-fp16-cuda", True),
+                                                ("inductor-max-autotune-fp16-cuda", True),
+                                                ("inductor-fp16-cuda", False)])
+def test_every_cuda_graph_mode_gets_shape_buckets(name: str, bucketed: bool, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    """``max-autotune`` captures CUDA graphs too: without buckets each distinct batch x length
+    would record a graph of its own, without bound."""
+    from servegate.compilers import aoti, export
+
+    compiler = compilers.get_compiler(name)
+    monkeypatch.setattr(type(compiler), "unavailable_reason", lambda self: None)
+    exported = CompiledArtifact(backend="export-fp16-cuda", format="exported_program",
+                                path=tmp_path / "model.pt2", device="cuda", dtype="float16")
+    monkeypatch.setattr(export.ExportCompiler, "compile", lambda self, model, workdir, **kw: exported)
+    text = SimpleNamespace(is_text=True, max_length=128)
+    artifact = compiler.compile(text, tmp_path, max_batch=8)
+    assert artifact.format == "inductor" and aoti.InductorCompiler is type(compiler)
+    assert artifact.buckets == (bucket_sizes(text, 8) if bucketed else None)
+
+
+def test_the_handlers_know_the_same_cuda_graph_modes() -> None:
+    from servegate._resources import handler_module
+    from servegate.compilers.variants import CUDA_GRAPH_MODES
+
+    assert handler_module("sg_base").CUDA_GRAPH_MODES == CUDA_GRAPH_MODES

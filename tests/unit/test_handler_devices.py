@@ -359,3 +359,24 @@ def test_mean_pooling_of_a_half_precision_model_is_computed_in_float32() -> None
     reference = mean_pool_normalize(hidden.double(), mask).float()
     torch.testing.assert_close(pooled.float()[:2], reference[:2], atol=1e-3, rtol=0)
     assert (pooled[2] == 0).all()
+
+
+@pytest.mark.parametrize(("device", "mode", "calls"), [("cuda", "reduce-overhead", 3),
+                                                       ("cuda", "max-autotune", 3),
+                                                       ("cuda", None, 1), ("cpu", None, 1)])
+def test_the_warm_up_calls_each_bucket_until_its_cuda_graph_is_recorded(
+        digits_handler, device: str, mode: str | None, calls: int) -> None:
+    """cudagraph trees warm a new shape up on its first call and record it on a later one: one
+    warm-up call would leave the recording to the first real request of each bucket."""
+    handler = digits_handler.handler
+    handler.spec = dict(handler.spec, device=device, compile_mode=mode)
+    handler.buckets = sg_base.Buckets((1, 2, 4))
+    predict, shapes = handler._predict, []
+
+    def recording(*arrays: np.ndarray):
+        shapes.append(arrays[0].shape[0])
+        return predict(*arrays)
+
+    handler._predict = recording
+    handler._warm_up_buckets(str(digits_handler.model_dir))
+    assert shapes == [b for b in (1, 2, 4) for _ in range(calls)]
