@@ -367,7 +367,29 @@ def _load_torch_tensorrt(spec: dict[str, Any], path: str, placement: Placement) 
         import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops)
     except ImportError as exc:
         raise ModelLoadError("torch_tensorrt is not installed in this worker's environment") from exc
+    if mismatch := tensorrt_mismatch(spec.get("built_for") or {}, _installed_tensorrt()):
+        raise ModelLoadError(mismatch)
     return _torch_predictor(_exported_module(path, placement), placement)
+
+
+def _installed_tensorrt() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tensorrt")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def tensorrt_mismatch(built: dict[str, Any], installed: str | None) -> str | None:
+    """Why an engine built with TensorRT ``built["tensorrt"]`` cannot run with ``installed``,
+    or None (an archive that does not record the version is not refused)."""
+    wanted = built.get("tensorrt")
+    if not wanted or wanted == installed:
+        return None
+    return (f"this TensorRT engine was built with TensorRT {wanted}; this worker has "
+            f"{'TensorRT ' + installed if installed else 'no tensorrt package'}: an engine runs only "
+            "with the TensorRT version that built it; rebuild the archive in this environment")
 
 
 _LOADERS: dict[str, Callable[[dict[str, Any], str, Placement], Predictor]] = {

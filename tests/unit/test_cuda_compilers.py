@@ -187,7 +187,7 @@ def test_tensorrt_gets_one_dynamic_input_per_model_input() -> None:
     text = SimpleNamespace(is_text=True, max_length=256, example_inputs=lambda rows: (ids, ids.copy()))
     ranges = input_ranges(text, 64)
     assert [(lo, opt, hi, dt) for lo, opt, hi, dt in ranges] == [
-        ((1, 1), (32, 128), (64, 256), np.dtype("int64"))] * 2
+        ((1, 16), (8, 128), (64, 256), np.dtype("int64"))] * 2
     image = SimpleNamespace(is_text=False, max_length=None,
                             example_inputs=lambda rows: (np.zeros((2, 3, 8, 8), np.float32),))
     assert input_ranges(image, 16) == [((1, 3, 8, 8), (8, 3, 8, 8), (16, 3, 8, 8), np.dtype("float32"))]
@@ -249,3 +249,44 @@ def test_the_handlers_know_the_same_cuda_graph_modes() -> None:
     from servegate.compilers.variants import CUDA_GRAPH_MODES
 
     assert handler_module("sg_base").CUDA_GRAPH_MODES == CUDA_GRAPH_MODES
+
+
+def test_tensorrt_shapes_share_batch_and_sequence_and_follow_the_buckets() -> None:
+    """input_ids and attention_mask share one batch and one sequence dimension; the sequence
+    starts at the smallest token bucket (never below the export's 2); opt is the common serving
+    size rounded up to a bucket."""
+    import torch
+
+    from servegate.compilers.tensorrt import dynamic_shapes, tensorrt_profile
+
+    ids = ((2, 7), np.dtype("int64"))
+    profile = tensorrt_profile([ids, ids], is_text=True,
+                               buckets={"batch": [1, 2, 4, 16], "tokens": [16, 32, 64, 100]})
+    assert profile.dims == {"batch": (1, 16), "sequence": (16, 100)}
+    assert [(p.min_shape, p.opt_shape, p.max_shape, p.axes) for p in profile.inputs] == [
+        ((1, 16), (16, 100), (16, 100), {0: "batch", 1: "sequence"})] * 2
+    assert tensorrt_profile([ids], is_text=True, buckets={"batch": [1], "tokens": [1, 8]}).dims == {
+        "batch": (1, 2), "sequence": (2, 8)}
+    small = tensorrt_profile([ids], is_text=True, buckets={"batch": [1, 2, 4], "tokens": [16, 32]})
+    assert small.inputs[0].opt_shape == (4, 32)
+    image = tensorrt_profile([((2, 3, 8, 8), np.dtype("float32"))], is_text=False,
+                             buckets={"batch": [1, 2, 4, 8, 16], "tokens": []})
+    assert image.dims == {"batch": (1, 16)} and image.inputs[0].axes == {0: "batch"}
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(30, 4)
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            weights = mask.unsqueeze(-1).float()
+            return (self.embedding(ids) * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    text = tensorrt_profile([ids, ids], is_text=True,
+                            buckets={"batch": [1, 2, 4, 8], "tokens": [16, 32, 64]})
+    shapes = dynamic_shapes(text)
+    assert shapes[0][0] is shapes[1][0] and shapes[0][1] is shapes[1][1]  # one Dim each, shared
+    example = torch.ones(text.inputs[0].opt_shape, dtype=torch.int64)
+    program = torch.export.export(Pooled().eval(), (example, example.clone()), dynamic_shapes=shapes)
+    served = program.module()(torch.ones(3, 40, dtype=torch.int64), torch.ones(3, 40, dtype=torch.int64))
+    assert served.shape == (3, 4)  # another batch and length than the example's: accepted

@@ -380,3 +380,11 @@ def test_the_warm_up_calls_each_bucket_until_its_cuda_graph_is_recorded(
     handler._predict = recording
     handler._warm_up_buckets(str(digits_handler.model_dir))
     assert shapes == [b for b in (1, 2, 4) for _ in range(calls)]
+
+
+def test_a_tensorrt_engine_from_another_tensorrt_version_is_refused() -> None:
+    assert sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, "10.3.0") is None
+    assert sg_loaders.tensorrt_mismatch({}, "10.3.0") is None  # older archives record no version
+    refused = sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, "10.7.0")
+    assert refused and "10.3.0" in refused and "10.7.0" in refused
+    assert "no tensorrt package" in sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, None)
