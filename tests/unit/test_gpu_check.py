@@ -102,6 +102,12 @@ def test_a_deadline_ends_the_run_with_what_was_done(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["deadline_reached"] is True
 
 
+def test_the_default_run_ends_within_eight_minutes(gpu) -> None:
+    assert gpu.parse_args([]).deadline == 480
+    assert gpu.parse_args(["--deadline", "30"]).deadline == 30
+    assert gpu.HARD_STOP_GRACE_S <= 10  # the hard stop follows the deadline closely
+
+
 def test_evaluate_stops_at_the_deadline_and_keeps_what_was_measured(gpu, tmp_path: Path) -> None:
     from servegate.compilers.select import evaluate
 
