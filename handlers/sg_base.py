@@ -159,11 +159,16 @@ class BatchingHandler:
         max_batch = self.spec.get("max_batch")
         self.max_batch = int(max_batch) if max_batch else None
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
-        self._predict = sg_loaders.load_model(self.spec, model_dir, threads, gpu_id)
-        self.buckets = Buckets.from_spec(self.spec.get("buckets"))
-        self.configure(model_dir)
-        self._warm_up_buckets(model_dir)
-        self._warm_up(model_dir)
+        compiles = self.spec.get("format") in sg_loaders.COMPILES_IN_WORKER
+        if compiles:
+            sg_loaders.share_compile_cache(model_dir)
+        # torch.compile compiles lazily: loading and warming up are the compile, under the lock
+        with sg_loaders.compile_lock(model_dir) if compiles else contextlib.nullcontext():
+            self._predict = sg_loaders.load_model(self.spec, model_dir, threads, gpu_id)
+            self.buckets = Buckets.from_spec(self.spec.get("buckets"))
+            self.configure(model_dir)
+            self._warm_up_buckets(model_dir)
+            self._warm_up(model_dir)
         self.initialized = True
 
     def configure(self, model_dir: str) -> None:

@@ -17,10 +17,11 @@ TensorRT engine). Inputs go to the device once per batch and outputs come back o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,49 @@ def load_model(spec: dict[str, Any], model_dir: str, threads: int,
 #: What an out-of-memory error says: torch's and CUDA's, and onnxruntime's arena ("Failed to
 #: allocate memory for requested buffer of size ...").
 OUT_OF_MEMORY_MARKERS = ("out of memory", "failed to allocate memory")
+
+
+#: Formats that may compile in the worker: ``inductor`` always, ``aoti`` when its package was built
+#: for another GPU (recompiled from its fallback ExportedProgram).
+COMPILES_IN_WORKER = ("inductor", "aoti")
+#: The model directory's compile caches (Inductor's and Triton's), shared by its workers.
+WORKER_CACHE_DIR = ".sg-compile-cache"
+_CACHE_ENV = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+
+
+def share_compile_cache(model_dir: str) -> dict[str, str]:
+    """Point Inductor's and Triton's caches of this worker at the model directory, which every
+    worker of the model shares (TorchServe unpacks an archive once per model): the first worker
+    compiles, the others and restarted ones load compiled code. Variables already set (an
+    operator's shared cache) are kept. Returns what was set."""
+    chosen = {}
+    for name, folder in _CACHE_ENV.items():
+        if os.environ.get(name):
+            continue
+        path = os.path.join(os.path.abspath(model_dir), WORKER_CACHE_DIR, folder)
+        os.makedirs(path, exist_ok=True)
+        os.environ[name] = chosen[name] = path
+    return chosen
+
+
+@contextlib.contextmanager
+def compile_lock(model_dir: str) -> Iterator[None]:
+    """One worker of the model compiles at a time (an exclusive ``flock`` on a file of the model
+    directory): the next one then finds the first one's code in the shared cache instead of
+    compiling the same kernels alongside it. Without ``fcntl`` (not Unix), no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder = os.path.join(model_dir, WORKER_CACHE_DIR)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "compile.lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

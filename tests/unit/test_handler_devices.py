@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
+import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -388,3 +391,66 @@ def test_a_tensorrt_engine_from_another_tensorrt_version_is_refused() -> None:
     refused = sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, "10.7.0")
     assert refused and "10.3.0" in refused and "10.7.0" in refused
     assert "no tensorrt package" in sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, None)
+
+
+def test_workers_of_a_model_share_one_compile_cache(tmp_path: Path, monkeypatch) -> None:
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    chosen = sg_loaders.share_compile_cache(str(tmp_path))
+    cache = tmp_path / sg_loaders.WORKER_CACHE_DIR
+    assert chosen == {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+                      "TRITON_CACHE_DIR": str(cache / "triton")}
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/operators/cache")
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    assert sg_loaders.share_compile_cache(str(tmp_path)) == {"TRITON_CACHE_DIR": str(cache / "triton")}
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/operators/cache"  # an operator's choice stays
+
+
+def test_one_worker_compiles_at_a_time(tmp_path: Path) -> None:
+    events: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with sg_loaders.compile_lock(str(tmp_path)):
+            events.append("first in")
+            inside.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait(5)
+    with sg_loaders.compile_lock(str(tmp_path)):  # another open file: as another worker
+        events.append("second in")
+    thread.join()
+    assert events == ["first in", "first out", "second in"]
+
+
+def test_an_inductor_archive_loads_and_warms_up_under_the_lock_with_the_shared_cache(
+        digits_handler, tmp_path: Path, monkeypatch) -> None:
+    import fcntl
+    import shutil
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    model_dir = tmp_path / "model"
+    shutil.copytree(digits_handler.model_dir, model_dir)
+    spec = json.loads((model_dir / "servegate.json").read_text())
+    (model_dir / "servegate.json").write_text(json.dumps(spec | {"format": "inductor"}))
+    predict, seen = digits_handler.handler._predict, []
+
+    def compiling_load(spec, directory, threads, gpu_id=None):
+        with open(model_dir / sg_loaders.WORKER_CACHE_DIR / "compile.lock", "a+b") as other:
+            try:  # another worker's attempt to take the lock now
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("lock free")
+            except BlockingIOError:
+                seen.append("lock held")
+        seen.append(os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+        return predict
+
+    monkeypatch.setattr(sys.modules["sg_loaders"], "load_model", compiling_load)
+    handler = type(digits_handler.handler)()
+    handler.setup(str(model_dir))
+    assert seen == ["lock held", str(model_dir / sg_loaders.WORKER_CACHE_DIR / "inductor")]
