@@ -10,6 +10,7 @@ import re
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -290,3 +291,97 @@ def test_tensorrt_shapes_share_batch_and_sequence_and_follow_the_buckets() -> No
     program = torch.export.export(Pooled().eval(), (example, example.clone()), dynamic_shapes=shapes)
     served = program.module()(torch.ones(3, 40, dtype=torch.int64), torch.ones(3, 40, dtype=torch.int64))
     assert served.shape == (3, 4)  # another batch and length than the example's: accepted
+
+
+def _small_text_model(tmp_path: Path):
+    """A tiny sentence encoder with a WordPiece tokenizer (random weights)."""
+    pytest.importorskip("tokenizers")
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from servegate.sources.base import TensorSpec, TorchModel
+    from servegate.sources.text_net import SentenceEmbedding
+
+    words = [f"w{i}" for i in range(40)]
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3} | {w: i + 4 for i, w in enumerate(words)}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    module = SentenceEmbedding(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=32,
+                               max_position_embeddings=64).eval()
+    rng = np.random.default_rng(0)
+    sentences = np.array([" ".join(rng.choice(words, size=int(rng.integers(3, 20))))
+                          for _ in range(16)])
+    return TorchModel(module=module, input_shape=(), labels=[], task="embedding",
+                      tokenizer_file=tmp_path / "tokenizer.json", max_length=64, eval_x=sentences,
+                      outputs=(TensorSpec("embedding", (16,)),), source_uri="random:tiny")
+
+
+class _FakeTensorRT:
+    """torch_tensorrt's calls the compiler makes, recorded; the 'engine' is the program itself."""
+
+    def __init__(self, explicit_typing: bool) -> None:
+        self.calls: dict[str, Any] = {}
+        outer = self
+
+        class Input:
+            def __init__(self, **kwargs: Any) -> None:
+                self.__dict__.update(kwargs)
+
+        def compile_new(program, *, inputs, use_explicit_typing=True, timing_cache_path=None):
+            outer.calls["compile"] = {"program": program, "inputs": inputs,
+                                      "use_explicit_typing": use_explicit_typing}
+            return program.module()
+
+        def compile_old(program, *, inputs, enabled_precisions=None):
+            outer.calls["compile"] = {"program": program, "inputs": inputs,
+                                      "enabled_precisions": enabled_precisions}
+            return program.module()
+
+        def save(module, path, *, arg_inputs=None, dynamic_shapes=None):
+            outer.calls["save"] = {"arg_inputs": arg_inputs, "dynamic_shapes": dynamic_shapes}
+            Path(path).write_bytes(b"engine")
+
+        self.Input = Input
+        self.dynamo = SimpleNamespace(compile=compile_new if explicit_typing else compile_old)
+        self.save = save
+
+
+@pytest.mark.parametrize("explicit_typing", [True, False])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_compiles_an_export_with_shared_dims_and_saves_them(
+        explicit_typing: bool, precision: str, tmp_path: Path) -> None:
+    """The compiler's wiring, on the CPU with a stand-in torch_tensorrt: one export with shared
+    batch/sequence Dims, compiled from that program, saved with the same dynamic_shapes; the
+    TensorRT version in built_for."""
+    import torch
+
+    from servegate.compilers.tensorrt import TorchTensorRTCompiler
+
+    model = _small_text_model(tmp_path)
+    trt = _FakeTensorRT(explicit_typing)
+    artifact = TorchTensorRTCompiler(precision).build(model, tmp_path / "out", max_batch=8,
+                                                      trt=trt, device="cpu")
+    half = precision == "fp16"
+    compiled, saved = trt.calls["compile"], trt.calls["save"]
+    assert [(i.min_shape, i.opt_shape, i.max_shape) for i in compiled["inputs"]] == [
+        ((1, 16), (8, 64), (8, 64))] * 2  # buckets: batch 1..8, tokens 16..64 (max_length 64)
+    ids_dims, mask_dims = saved["dynamic_shapes"]
+    assert ids_dims[0] is mask_dims[0] and ids_dims[1] is mask_dims[1]
+    assert [tuple(t.shape) for t in saved["arg_inputs"]] == [(8, 64)] * 2
+    program = compiled["program"]
+    ids = torch.full((3, 20), 5, dtype=torch.int64)
+    assert program.module()(ids, torch.ones_like(ids)).shape == (3, 16)  # any bucketed shape
+    weights = {p.dtype for p in program.parameters()}
+    assert weights == {torch.float16 if half else torch.float32}  # explicit typing follows these
+    if explicit_typing:  # enabled_precisions may only be float32 there
+        assert compiled["use_explicit_typing"] is True and "enabled_precisions" not in compiled
+    else:
+        assert compiled["enabled_precisions"] == {torch.float16 if half else torch.float32}
+    assert {"tensorrt", "torch_tensorrt"} <= set(artifact.built_for)
+    assert artifact.dtype == ("float16" if half else "float32")
+    assert artifact.buckets == bucket_sizes(model, 8)

@@ -155,8 +155,17 @@ class TorchTensorRTCompiler:
     def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
         if reason := self.unavailable_reason():
             raise BackendUnavailable(f"{self.name}: {reason}")
-        import torch
         import torch_tensorrt
+
+        return self.build(model, workdir, max_batch=max_batch, trt=torch_tensorrt)
+
+    def build(self, model: TorchModel, workdir: Path, *, max_batch: int, trt: Any,
+              device: str = "cuda") -> CompiledArtifact:
+        """The compile itself, with the ``torch_tensorrt`` module ``trt`` on ``device`` (tests
+        run the wiring on the CPU with a stand-in ``trt``): the module exported with the
+        profile's shared ``Dim``s, compiled from that program, saved with the same
+        ``dynamic_shapes``."""
+        import torch
 
         from servegate.devices import built_for
 
@@ -165,24 +174,21 @@ class TorchTensorRTCompiler:
         half = self.precision == "fp16"
         profile = model_profile(model, max_batch)
         shared = dynamic_shapes(profile)
-        inputs = [torch_tensorrt.Input(min_shape=p.min_shape, opt_shape=p.opt_shape,
-                                       max_shape=p.max_shape,
-                                       dtype=_torch_dtype(p.dtype, half)) for p in profile.inputs]
+        inputs = [trt.Input(min_shape=p.min_shape, opt_shape=p.opt_shape, max_shape=p.max_shape,
+                            dtype=_torch_dtype(p.dtype, half)) for p in profile.inputs]
         path = workdir / "model.trt.ep"
         try:
-            module = copy.deepcopy(model.module).eval().cuda()  # the source stays on the CPU
+            module = copy.deepcopy(model.module).eval().to(device)  # the source stays on the CPU
             if half:
                 module = module.half()
-            examples = _examples(model, profile, half)
+            examples = _examples(model, profile, half, device)
             program = torch.export.export(module, examples, dynamic_shapes=shared)
-            compiled = torch_tensorrt.dynamo.compile(
-                program, inputs=inputs,
-                enabled_precisions={torch.float16 if half else torch.float32},
-                **timing_cache_kwargs(torch_tensorrt.dynamo.compile))
-            save_kwargs = ({"dynamic_shapes": shared}
-                           if "dynamic_shapes" in inspect.signature(torch_tensorrt.save).parameters
+            compiled = trt.dynamo.compile(program, inputs=inputs,
+                                          **precision_kwargs(trt.dynamo.compile, half),
+                                          **timing_cache_kwargs(trt.dynamo.compile))
+            save_kwargs = ({"dynamic_shapes": shared} if _takes(trt.save, "dynamic_shapes")
                            else {})
-            torch_tensorrt.save(compiled, str(path), arg_inputs=list(examples), **save_kwargs)
+            trt.save(compiled, str(path), arg_inputs=list(examples), **save_kwargs)
         except Exception as exc:
             raise CompileError(f"torch-TensorRT compilation failed: {exc}") from exc
         return CompiledArtifact(backend=self.name, format="torch_tensorrt", path=path, device="cuda",
@@ -190,6 +196,25 @@ class TorchTensorRTCompiler:
                                 built_for=built_for("cuda") | tensorrt_versions(),
                                 buckets=bucket_sizes(model, max_batch),
                                 compile_seconds=time.perf_counter() - start)
+
+
+def _takes(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def precision_kwargs(compile_fn: Any, half: bool) -> dict[str, Any]:
+    """How to ask ``compile_fn`` (``torch_tensorrt.dynamo.compile``) for the module's own
+    precision. With ``use_explicit_typing`` (recent versions; on by default there) the engine
+    follows the module's dtypes, and ``enabled_precisions`` may only be float32: the module is
+    cast to float16 for FP16 instead. Older versions take ``enabled_precisions``."""
+    import torch
+
+    if _takes(compile_fn, "use_explicit_typing"):
+        return {"use_explicit_typing": True}
+    return {"enabled_precisions": {torch.float16 if half else torch.float32}}
 
 
 def tensorrt_versions() -> dict[str, str | None]:
@@ -213,12 +238,13 @@ def _torch_dtype(dtype: np.dtype, half: bool):  # -> torch.dtype
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
-def _examples(model: TorchModel, profile: TensorRTProfile, half: bool) -> tuple:
-    """Real CUDA inputs at the profile's ``opt`` shape, inside every range (the model's own
-    example may be shorter than the smallest token bucket); floating ones in float16 for FP16."""
+def _examples(model: TorchModel, profile: TensorRTProfile, half: bool,
+              device: str = "cuda") -> tuple:
+    """Real inputs on ``device`` at the profile's ``opt`` shape, inside every range (the model's
+    own example may be shorter than the smallest token bucket); floating ones in float16 for FP16."""
     import torch
 
     opt = profile.inputs[0].opt_shape
     arrays = model.inputs_at(opt[0], opt[1] if "sequence" in profile.dims else None)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to("cuda", _torch_dtype(p.dtype, half))
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device, _torch_dtype(p.dtype, half))
                  for a, p in zip(arrays, profile.inputs, strict=True))
