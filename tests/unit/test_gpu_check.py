@@ -172,6 +172,17 @@ def test_the_preflight_says_first_that_no_compiler_skips_aoti(gpu, monkeypatch) 
     assert gpu.preflight(cuda=False)[0].startswith("GPU:")
 
 
+def test_the_preflight_names_the_gpu_on_a_cuda_host(gpu, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu, "cxx_compiler", lambda: "/usr/bin/g++")
+    lines = gpu.preflight(cuda=True)
+    assert lines[0] == "GPU: NVIDIA H200 (compute capability 9.0, 1 device(s))"
+
+
 def test_runs_are_sized_after_the_warm_ups(monkeypatch) -> None:
     """A warm-up that compiles (a new shape) must not leave the shape 5 runs."""
     from servegate.compilers.select import time_call
