@@ -35,6 +35,15 @@ import sg_worker_io
 from sg_errors import ModelLoadError, RequestError, as_request_error
 
 SPEC_FILE = "servegate.json"
+#: torch.compile modes that capture CUDA graphs (``servegate.compilers.variants`` keeps the same).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+#: Calls of each bucket at warm-up when CUDA graphs are captured: cudagraph trees run a new shape
+#: eagerly first (warm-up), record its graph on a later call, and replay it from then on.
+CUDA_GRAPH_WARM_UP_CALLS = 3
+#: Calls in a row that must fit at the learned chunk size before it is doubled again; twice as
+#: many after each out-of-memory error that follows (a shortage that lasts), up to the maximum.
+CHUNK_GROWTH_AFTER = 32
+CHUNK_GROWTH_AFTER_MAX = 4096
 METRICS_INTERVAL_S = 1.0
 DEFAULT_LIMITS = {"max_body_bytes": 1 << 20, "max_instances": 64,
                   "max_instance_elements": (1 << 20) // sg_tensors.BODY_BYTES_PER_INSTANCE_ELEMENT}
@@ -104,8 +113,12 @@ class BatchingHandler:
         self._predict: sg_loaders.Predictor | None = None
         self._stage_means = StageMeans()
         self.buckets: Buckets | None = None
-        #: Rows per model call after the device ran out of memory (None: no limit learned yet).
+        #: Rows per model call after the device ran out of memory (None: no limit learned yet);
+        #: doubled back after ``CHUNK_GROWTH_AFTER`` calls in a row of that size succeed.
         self._chunk_rows: int | None = None
+        self._chunk_successes = 0
+        self._chunk_growth_after = CHUNK_GROWTH_AFTER
+        self._chunk_trial = False  # a doubled size that has not fitted yet
 
     # ---- lifecycle -------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -146,11 +159,16 @@ class BatchingHandler:
         max_batch = self.spec.get("max_batch")
         self.max_batch = int(max_batch) if max_batch else None
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
-        self._predict = sg_loaders.load_model(self.spec, model_dir, threads, gpu_id)
-        self.buckets = Buckets.from_spec(self.spec.get("buckets"))
-        self.configure(model_dir)
-        self._warm_up_buckets(model_dir)
-        self._warm_up(model_dir)
+        compiles = self.spec.get("format") in sg_loaders.COMPILES_IN_WORKER
+        if compiles:
+            sg_loaders.share_compile_cache(model_dir)
+        # torch.compile compiles lazily: loading and warming up are the compile, under the lock
+        with sg_loaders.compile_lock(model_dir) if compiles else contextlib.nullcontext():
+            self._predict = sg_loaders.load_model(self.spec, model_dir, threads, gpu_id)
+            self.buckets = Buckets.from_spec(self.spec.get("buckets"))
+            self.configure(model_dir)
+            self._warm_up_buckets(model_dir)
+            self._warm_up(model_dir)
         self.initialized = True
 
     def configure(self, model_dir: str) -> None:
@@ -163,17 +181,28 @@ class BatchingHandler:
         with open(os.path.join(model_dir, name), "rb") as fh:
             return fh.read()
 
+    def bucket_warm_up_calls(self) -> int:
+        """Calls of each bucket shape at warm-up: ``CUDA_GRAPH_WARM_UP_CALLS`` when the archive's
+        torch.compile mode captures CUDA graphs on a GPU (so that every graph is recorded before
+        the first request), else 1 (kernels compiled)."""
+        cuda_graphs = (self.spec.get("device") == "cuda"
+                       and self.spec.get("compile_mode") in CUDA_GRAPH_MODES)
+        return CUDA_GRAPH_WARM_UP_CALLS if cuda_graphs else 1
+
     def _warm_up_buckets(self, model_dir: str) -> None:
-        """Run the model once at every bucket shape (CUDA graphs are captured and kernels compiled
-        before the first request), from the warm-up request's features."""
+        """Run the model at every bucket shape (``bucket_warm_up_calls`` times: CUDA graphs are
+        recorded and kernels compiled before the first request), from the warm-up request's
+        features."""
         sample = self._warm_up_sample(model_dir)
         if self.buckets is None or sample is None:
             return
         assert self._predict is not None
+        calls = self.bucket_warm_up_calls()
         try:
             _, feats = self.prepare(sample)
             for inputs in self.buckets.shapes_of(feats.arrays, self.pad_values()):
-                self._predict(*inputs)
+                for _ in range(calls):
+                    self._predict(*inputs)
         except Exception as exc:
             raise ModelLoadError(f"warm-up of the shape buckets failed: {exc}") from exc
 
@@ -283,7 +312,8 @@ class BatchingHandler:
         except Exception as exc:
             if len(batch) == 1:  # nothing to isolate: this request is the culprit
                 return [_inference_error(exc)]
-            return self._isolate(batch)
+        # bisected outside the ``except``: the failed call's tensors went with its traceback
+        return self._isolate(batch)
 
     def _isolate(self, batch: list[Features]) -> list[tuple[np.ndarray, ...] | RequestError]:
         """``batch`` (2+ requests) failed as a whole: run its first half (``_infer``, which
@@ -306,27 +336,59 @@ class BatchingHandler:
         if self.buckets is None and self._chunk_rows is None and (
                 self.max_batch is None or rows <= self.max_batch):
             return self._run_chunk(inputs)  # the common case: one call, nothing to cut or join
-        limits = [n for n in (self.max_batch, self._chunk_rows,
-                              self.buckets.batch[-1] if self.buckets else None) if n]
-        step = min([rows, *limits])
-        parts = [self._run_chunk(tuple(a[s:s + step] for a in inputs)) for s in range(0, rows, step)]
+        parts, start = [], 0
+        while start < rows:  # the step is read again after each chunk: an OOM may lower it
+            limits = [n for n in (self.max_batch, self._chunk_rows,
+                                  self.buckets.batch[-1] if self.buckets else None) if n]
+            step = min([rows - start, *limits])
+            parts.append(self._run_chunk(tuple(a[start:start + step] for a in inputs)))
+            start += step
         return parts[0] if len(parts) == 1 else _concat(parts)
 
     def _run_chunk(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         """One model call; if the device runs out of memory, the two halves one after the other
-        (recursively) and the smaller size kept for later batches; one row that still does not
-        fit raises (and fails only its request)."""
+        (recursively) and the smaller size kept for later batches (grown back after
+        ``CHUNK_GROWTH_AFTER`` successes in a row at that size); one row that still does not fit
+        raises (and fails only its request).
+
+        The retry runs after the ``except`` block: inside it, the traceback keeps the failed
+        attempt's frames, and so its activations, alive, and ``empty_cache`` could not free them."""
         rows = inputs[0].shape[0]
         try:
-            return self._call_model(inputs)
+            outputs = self._call_model(inputs)
         except Exception as exc:
             if rows == 1 or not sg_loaders.is_out_of_memory(exc):
                 raise
-            sg_loaders.free_device_memory()
-            half = rows // 2
-            self._chunk_rows = min(self._chunk_rows or half, half)
-            return _concat([self._run_chunk(tuple(a[:half] for a in inputs)),
-                            self._run_chunk(tuple(a[half:] for a in inputs))])
+            outputs = None
+        if outputs is not None:
+            self._count_success(rows)
+            return outputs
+        sg_loaders.free_device_memory()
+        half = rows // 2
+        if self._chunk_rows is None:
+            self._chunk_growth_after = CHUNK_GROWTH_AFTER
+        else:  # out of memory again: wait longer before the next try at a larger size
+            self._chunk_growth_after = min(2 * self._chunk_growth_after, CHUNK_GROWTH_AFTER_MAX)
+        self._chunk_rows = min(self._chunk_rows or half, half)
+        self._chunk_successes, self._chunk_trial = 0, False
+        return _concat([self._run(tuple(a[:half] for a in inputs)),  # at the size now learned
+                        self._run(tuple(a[half:] for a in inputs))])
+
+    def _count_success(self, rows: int) -> None:
+        """A call of ``rows`` fitted: after enough in a row at the learned size (see
+        ``CHUNK_GROWTH_AFTER``), try twice that (an out-of-memory error may have been transient);
+        no limit once it reaches ``max_batch``."""
+        if self._chunk_rows is None or rows < self._chunk_rows:
+            return
+        if self._chunk_trial:  # the first call at a grown size fitted: the shortage is over
+            self._chunk_growth_after, self._chunk_trial = CHUNK_GROWTH_AFTER, False
+        self._chunk_successes += 1
+        if self._chunk_successes < self._chunk_growth_after:
+            return
+        self._chunk_successes = 0
+        grown = self._chunk_rows * 2
+        self._chunk_trial = True
+        self._chunk_rows = None if self.max_batch and grown >= self.max_batch else grown
 
     def _call_model(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         """The model on ``inputs``, padded up to the next bucket when the archive has buckets

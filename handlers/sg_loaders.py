@@ -17,10 +17,11 @@ TensorRT engine). Inputs go to the device once per batch and outputs come back o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -109,8 +110,57 @@ def load_model(spec: dict[str, Any], model_dir: str, threads: int,
         raise ModelLoadError(f"cannot load {fmt} artifact {spec['artifact']!r}: {exc}") from exc
 
 
+#: What an out-of-memory error says: torch's and CUDA's, and onnxruntime's arena ("Failed to
+#: allocate memory for requested buffer of size ...").
+OUT_OF_MEMORY_MARKERS = ("out of memory", "failed to allocate memory")
+
+
+#: Formats that may compile in the worker: ``inductor`` always, ``aoti`` when its package was built
+#: for another GPU (recompiled from its fallback ExportedProgram).
+COMPILES_IN_WORKER = ("inductor", "aoti")
+#: The model directory's compile caches (Inductor's and Triton's), shared by its workers.
+WORKER_CACHE_DIR = ".sg-compile-cache"
+_CACHE_ENV = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+
+
+def share_compile_cache(model_dir: str) -> dict[str, str]:
+    """Point Inductor's and Triton's caches of this worker at the model directory, which every
+    worker of the model shares (TorchServe unpacks an archive once per model): the first worker
+    compiles, the others and restarted ones load compiled code. Variables already set (an
+    operator's shared cache) are kept. Returns what was set."""
+    chosen = {}
+    for name, folder in _CACHE_ENV.items():
+        if os.environ.get(name):
+            continue
+        path = os.path.join(os.path.abspath(model_dir), WORKER_CACHE_DIR, folder)
+        os.makedirs(path, exist_ok=True)
+        os.environ[name] = chosen[name] = path
+    return chosen
+
+
+@contextlib.contextmanager
+def compile_lock(model_dir: str) -> Iterator[None]:
+    """One worker of the model compiles at a time (an exclusive ``flock`` on a file of the model
+    directory): the next one then finds the first one's code in the shared cache instead of
+    compiling the same kernels alongside it. Without ``fcntl`` (not Unix), no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder = os.path.join(model_dir, WORKER_CACHE_DIR)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "compile.lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is the device running out of memory (torch's error, or a runtime's)."""
+    """Whether ``exc`` is the device running out of memory (torch's error, or a runtime's:
+    onnxruntime raises its own exception types, derived from ``Exception`` only)."""
     try:
         import torch
 
@@ -118,7 +168,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
             return True
     except ImportError:
         pass
-    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
+    runtime = isinstance(exc, (RuntimeError, MemoryError)) or type(exc).__module__.startswith(
+        "onnxruntime")
+    message = str(exc).lower()
+    return runtime and any(marker in message for marker in OUT_OF_MEMORY_MARKERS)
 
 
 def free_device_memory() -> None:
@@ -222,12 +275,45 @@ def _load_state_dict(spec: dict[str, Any], path: str, placement: Placement) -> P
     return _torch_predictor(model.to(placement.device, placement.torch_dtype()).eval(), placement)
 
 
+def program_devices(program: Any) -> set[str]:
+    """Every device an ExportedProgram names: its weights, buffers and constants, the devices
+    its graph's tensors live on, and ``device=`` arguments baked into its nodes (``torch.export``
+    records the export device, e.g. in ``aten.arange(..., device=...)``)."""
+    import torch
+
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    devices = {str(t.device) for t in tensors if isinstance(t, torch.Tensor)}
+    for node in program.graph.nodes:
+        device = node.kwargs.get("device")
+        if isinstance(device, torch.device):
+            devices.add(str(device))
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            devices.add(str(value.device))
+    return devices
+
+
+def on_device(program: Any, device: str) -> Any:
+    """``program`` moved to ``device`` (``cuda:N``) with ``torch.export.passes.move_to_device_pass``
+    when it names any other device: ``.to(device)`` on its module moves the weights but not the
+    devices baked into the graph, and a worker on ``gpu_id`` 1 would mix devices."""
+    import torch
+    from torch.export.passes import move_to_device_pass
+
+    target = str(torch.device(device))
+    if program_devices(program) <= {target}:
+        return program
+    return move_to_device_pass(program, target)
+
+
 def _exported_module(path: str, placement: Placement) -> Any:
     """An ExportedProgram's module on the placement's device (exported in its dtype already)."""
     import torch
 
-    module = torch.export.load(path).module()
-    return module.to(placement.device) if placement.cuda else module
+    program = torch.export.load(path)
+    if not placement.cuda:
+        return program.module()
+    return on_device(program, placement.device).module().to(placement.device)
 
 
 def _load_exported_program(spec: dict[str, Any], path: str, placement: Placement) -> Predictor:
@@ -284,6 +370,7 @@ def _load_onnx(spec: dict[str, Any], path: str, placement: Placement) -> Predict
                                  "no CUDAExecutionProvider: install onnxruntime-gpu (make setup-gpu)")
         providers = [("CUDAExecutionProvider", {"device_id": placement.index}), "CPUExecutionProvider"]
     session = ort.InferenceSession(path, options, providers=providers)
+    check_providers(session, placement)
     names = [i.name for i in session.get_inputs()]
     floating = {i.name: i.type == "tensor(float16)" for i in session.get_inputs()}
 
@@ -294,6 +381,20 @@ def _load_onnx(spec: dict[str, Any], path: str, placement: Placement) -> Predict
                      for o in session.run(None, feeds))
 
     return predict
+
+
+def check_providers(session: Any, placement: Placement) -> None:
+    """A CUDA placement's session must have the CUDA provider: onnxruntime falls back to the CPU
+    provider silently when CUDA's fails to load (missing CUDA or cuDNN libraries, another CUDA
+    version), and the archive would be served on the CPU, many times slower."""
+    if not placement.cuda:
+        return
+    got = list(session.get_providers())
+    if "CUDAExecutionProvider" not in got:
+        raise ModelLoadError(
+            f"this ONNX archive runs on CUDA, and onnxruntime gave the session only {got}: its CUDA "
+            "provider failed to load (see onnxruntime's warning above: the CUDA and cuDNN libraries "
+            "onnxruntime-gpu was built for must be installed); refusing to serve it on the CPU")
 
 
 def _load_torch_tensorrt(spec: dict[str, Any], path: str, placement: Placement) -> Predictor:
@@ -310,7 +411,29 @@ def _load_torch_tensorrt(spec: dict[str, Any], path: str, placement: Placement) 
         import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops)
     except ImportError as exc:
         raise ModelLoadError("torch_tensorrt is not installed in this worker's environment") from exc
+    if mismatch := tensorrt_mismatch(spec.get("built_for") or {}, _installed_tensorrt()):
+        raise ModelLoadError(mismatch)
     return _torch_predictor(_exported_module(path, placement), placement)
+
+
+def _installed_tensorrt() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tensorrt")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def tensorrt_mismatch(built: dict[str, Any], installed: str | None) -> str | None:
+    """Why an engine built with TensorRT ``built["tensorrt"]`` cannot run with ``installed``,
+    or None (an archive that does not record the version is not refused)."""
+    wanted = built.get("tensorrt")
+    if not wanted or wanted == installed:
+        return None
+    return (f"this TensorRT engine was built with TensorRT {wanted}; this worker has "
+            f"{'TensorRT ' + installed if installed else 'no tensorrt package'}: an engine runs only "
+            "with the TensorRT version that built it; rebuild the archive in this environment")
 
 
 _LOADERS: dict[str, Callable[[dict[str, Any], str, Placement], Predictor]] = {

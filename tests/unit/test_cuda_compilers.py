@@ -10,6 +10,7 @@ import re
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,7 +188,7 @@ def test_tensorrt_gets_one_dynamic_input_per_model_input() -> None:
     text = SimpleNamespace(is_text=True, max_length=256, example_inputs=lambda rows: (ids, ids.copy()))
     ranges = input_ranges(text, 64)
     assert [(lo, opt, hi, dt) for lo, opt, hi, dt in ranges] == [
-        ((1, 1), (32, 128), (64, 256), np.dtype("int64"))] * 2
+        ((1, 16), (8, 128), (64, 256), np.dtype("int64"))] * 2
     image = SimpleNamespace(is_text=False, max_length=None,
                             example_inputs=lambda rows: (np.zeros((2, 3, 8, 8), np.float32),))
     assert input_ranges(image, 16) == [((1, 3, 8, 8), (8, 3, 8, 8), (16, 3, 8, 8), np.dtype("float32"))]
@@ -222,3 +223,165 @@ def test_a_cuda_archive_records_device_dtype_buckets_and_its_fallback(tmp_path: 
     assert config["minWorkers"] == config["maxWorkers"] == 4
     raw = json.loads(zipfile.ZipFile(archive).read("servegate.json"))
     assert raw["compile_mode"] is None
+
+
+@pytest.mark.parametrize(("name", "bucketed"), [("inductor-cudagraphs-fp16-cuda", True),
+                                                ("inductor-max-autotune-fp16-cuda", True),
+                                                ("inductor-fp16-cuda", False)])
+def test_every_cuda_graph_mode_gets_shape_buckets(name: str, bucketed: bool, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    """``max-autotune`` captures CUDA graphs too: without buckets each distinct batch x length
+    would record a graph of its own, without bound."""
+    from servegate.compilers import aoti, export
+
+    compiler = compilers.get_compiler(name)
+    monkeypatch.setattr(type(compiler), "unavailable_reason", lambda self: None)
+    exported = CompiledArtifact(backend="export-fp16-cuda", format="exported_program",
+                                path=tmp_path / "model.pt2", device="cuda", dtype="float16")
+    monkeypatch.setattr(export.ExportCompiler, "compile", lambda self, model, workdir, **kw: exported)
+    text = SimpleNamespace(is_text=True, max_length=128)
+    artifact = compiler.compile(text, tmp_path, max_batch=8)
+    assert artifact.format == "inductor" and aoti.InductorCompiler is type(compiler)
+    assert artifact.buckets == (bucket_sizes(text, 8) if bucketed else None)
+
+
+def test_the_handlers_know_the_same_cuda_graph_modes() -> None:
+    from servegate._resources import handler_module
+    from servegate.compilers.variants import CUDA_GRAPH_MODES
+
+    assert handler_module("sg_base").CUDA_GRAPH_MODES == CUDA_GRAPH_MODES
+
+
+def test_tensorrt_shapes_share_batch_and_sequence_and_follow_the_buckets() -> None:
+    """input_ids and attention_mask share one batch and one sequence dimension; the sequence
+    starts at the smallest token bucket (never below the export's 2); opt is the common serving
+    size rounded up to a bucket."""
+    import torch
+
+    from servegate.compilers.tensorrt import dynamic_shapes, tensorrt_profile
+
+    ids = ((2, 7), np.dtype("int64"))
+    profile = tensorrt_profile([ids, ids], is_text=True,
+                               buckets={"batch": [1, 2, 4, 16], "tokens": [16, 32, 64, 100]})
+    assert profile.dims == {"batch": (1, 16), "sequence": (16, 100)}
+    assert [(p.min_shape, p.opt_shape, p.max_shape, p.axes) for p in profile.inputs] == [
+        ((1, 16), (16, 100), (16, 100), {0: "batch", 1: "sequence"})] * 2
+    assert tensorrt_profile([ids], is_text=True, buckets={"batch": [1], "tokens": [1, 8]}).dims == {
+        "batch": (1, 2), "sequence": (2, 8)}
+    small = tensorrt_profile([ids], is_text=True, buckets={"batch": [1, 2, 4], "tokens": [16, 32]})
+    assert small.inputs[0].opt_shape == (4, 32)
+    image = tensorrt_profile([((2, 3, 8, 8), np.dtype("float32"))], is_text=False,
+                             buckets={"batch": [1, 2, 4, 8, 16], "tokens": []})
+    assert image.dims == {"batch": (1, 16)} and image.inputs[0].axes == {0: "batch"}
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(30, 4)
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            weights = mask.unsqueeze(-1).float()
+            return (self.embedding(ids) * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    text = tensorrt_profile([ids, ids], is_text=True,
+                            buckets={"batch": [1, 2, 4, 8], "tokens": [16, 32, 64]})
+    shapes = dynamic_shapes(text)
+    assert shapes[0][0] is shapes[1][0] and shapes[0][1] is shapes[1][1]  # one Dim each, shared
+    example = torch.ones(text.inputs[0].opt_shape, dtype=torch.int64)
+    program = torch.export.export(Pooled().eval(), (example, example.clone()), dynamic_shapes=shapes)
+    served = program.module()(torch.ones(3, 40, dtype=torch.int64), torch.ones(3, 40, dtype=torch.int64))
+    assert served.shape == (3, 4)  # another batch and length than the example's: accepted
+
+
+def _small_text_model(tmp_path: Path):
+    """A tiny sentence encoder with a WordPiece tokenizer (random weights)."""
+    pytest.importorskip("tokenizers")
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from servegate.sources.base import TensorSpec, TorchModel
+    from servegate.sources.text_net import SentenceEmbedding
+
+    words = [f"w{i}" for i in range(40)]
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3} | {w: i + 4 for i, w in enumerate(words)}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    module = SentenceEmbedding(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=32,
+                               max_position_embeddings=64).eval()
+    rng = np.random.default_rng(0)
+    sentences = np.array([" ".join(rng.choice(words, size=int(rng.integers(3, 20))))
+                          for _ in range(16)])
+    return TorchModel(module=module, input_shape=(), labels=[], task="embedding",
+                      tokenizer_file=tmp_path / "tokenizer.json", max_length=64, eval_x=sentences,
+                      outputs=(TensorSpec("embedding", (16,)),), source_uri="random:tiny")
+
+
+class _FakeTensorRT:
+    """torch_tensorrt's calls the compiler makes, recorded; the 'engine' is the program itself."""
+
+    def __init__(self, explicit_typing: bool) -> None:
+        self.calls: dict[str, Any] = {}
+        outer = self
+
+        class Input:
+            def __init__(self, **kwargs: Any) -> None:
+                self.__dict__.update(kwargs)
+
+        def compile_new(program, *, inputs, use_explicit_typing=True, timing_cache_path=None):
+            outer.calls["compile"] = {"program": program, "inputs": inputs,
+                                      "use_explicit_typing": use_explicit_typing}
+            return program.module()
+
+        def compile_old(program, *, inputs, enabled_precisions=None):
+            outer.calls["compile"] = {"program": program, "inputs": inputs,
+                                      "enabled_precisions": enabled_precisions}
+            return program.module()
+
+        def save(module, path, *, arg_inputs=None, dynamic_shapes=None):
+            outer.calls["save"] = {"arg_inputs": arg_inputs, "dynamic_shapes": dynamic_shapes}
+            Path(path).write_bytes(b"engine")
+
+        self.Input = Input
+        self.dynamo = SimpleNamespace(compile=compile_new if explicit_typing else compile_old)
+        self.save = save
+
+
+@pytest.mark.parametrize("explicit_typing", [True, False])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_compiles_an_export_with_shared_dims_and_saves_them(
+        explicit_typing: bool, precision: str, tmp_path: Path) -> None:
+    """The compiler's wiring, on the CPU with a stand-in torch_tensorrt: one export with shared
+    batch/sequence Dims, compiled from that program, saved with the same dynamic_shapes; the
+    TensorRT version in built_for."""
+    import torch
+
+    from servegate.compilers.tensorrt import TorchTensorRTCompiler
+
+    model = _small_text_model(tmp_path)
+    trt = _FakeTensorRT(explicit_typing)
+    artifact = TorchTensorRTCompiler(precision).build(model, tmp_path / "out", max_batch=8,
+                                                      trt=trt, device="cpu")
+    half = precision == "fp16"
+    compiled, saved = trt.calls["compile"], trt.calls["save"]
+    assert [(i.min_shape, i.opt_shape, i.max_shape) for i in compiled["inputs"]] == [
+        ((1, 16), (8, 64), (8, 64))] * 2  # buckets: batch 1..8, tokens 16..64 (max_length 64)
+    ids_dims, mask_dims = saved["dynamic_shapes"]
+    assert ids_dims[0] is mask_dims[0] and ids_dims[1] is mask_dims[1]
+    assert [tuple(t.shape) for t in saved["arg_inputs"]] == [(8, 64)] * 2
+    program = compiled["program"]
+    ids = torch.full((3, 20), 5, dtype=torch.int64)
+    assert program.module()(ids, torch.ones_like(ids)).shape == (3, 16)  # any bucketed shape
+    weights = {p.dtype for p in program.parameters()}
+    assert weights == {torch.float16 if half else torch.float32}  # explicit typing follows these
+    if explicit_typing:  # enabled_precisions may only be float32 there
+        assert compiled["use_explicit_typing"] is True and "enabled_precisions" not in compiled
+    else:
+        assert compiled["enabled_precisions"] == {torch.float16 if half else torch.float32}
+    assert {"tensorrt", "torch_tensorrt"} <= set(artifact.built_for)
+    assert artifact.dtype == ("float16" if half else "float32")
+    assert artifact.buckets == bucket_sizes(model, 8)

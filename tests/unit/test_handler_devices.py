@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import sys
+import threading
+import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.export import passes as torch_export_passes
 
 from servegate._resources import handler_module
 from servegate.harness import HarnessContext, LocalHandler
@@ -209,3 +215,242 @@ def test_on_a_gpu_the_worker_loads_on_its_device(tmp_path: Path) -> None:
     np.testing.assert_allclose(predict(ids, x)[0], reference, atol=1e-4)
     assert torch.cuda.current_device() == 0
 
+
+
+class _Activation:
+    """Stands for what a forward pass holds on the device while it runs."""
+
+
+def test_the_oom_retry_runs_after_the_failed_attempt_is_freed(digits_handler, digits,
+                                                              monkeypatch) -> None:
+    """Inside the ``except`` block the traceback keeps the failed call's frames (and tensors)
+    alive: ``empty_cache`` must come after it, when nothing of the failed attempt is left."""
+    handler = digits_handler.handler
+    predict, activations, alive_at_free = handler._predict, [], []
+
+    def small_device(*arrays: np.ndarray):
+        activation = _Activation()
+        activations.append(weakref.ref(activation))
+        if len(arrays[0]) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return predict(*arrays)
+
+    loaders = sys.modules["sg_loaders"]  # the archive's own copy, which the handler calls
+    monkeypatch.setattr(loaders, "free_device_memory",
+                        lambda: alive_at_free.append(sum(r() is not None for r in activations)))
+    handler._predict = small_device
+    replies = digits_handler.batch(_bodies(digits.eval_x[:12], 3))
+    assert [status for status, _ in replies] == [200] * 4
+    assert alive_at_free and set(alive_at_free) == {0}
+
+
+def test_the_chunk_size_grows_back_once_memory_is_free_again(digits_handler, digits,
+                                                             monkeypatch) -> None:
+    handler = digits_handler.handler
+    monkeypatch.setattr(sys.modules["sg_base"], "CHUNK_GROWTH_AFTER", 2)
+    predict, calls, short_of_memory = handler._predict, [], [True]
+
+    def device(*arrays: np.ndarray):
+        calls.append(len(arrays[0]))
+        if short_of_memory[0] and len(arrays[0]) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return predict(*arrays)
+
+    bodies = _bodies(digits.eval_x[:12], 3)
+    expected = digits_handler.batch(bodies)
+    handler._predict = device
+    for _ in range(12):  # a lasting shortage: tries at a larger size become rarer
+        _assert_same(digits_handler.batch(bodies), expected)
+    failed = [i for i, rows in enumerate(calls) if rows > 4]
+    gaps = np.diff(failed[1:]).tolist()  # calls between two tries at a larger size
+    assert failed[:2] == [0, 1] and len(failed) <= 6  # 12 and 6 rows failed, then few tries
+    assert len(gaps) >= 2 and gaps == sorted(gaps) and gaps[-1] > gaps[0]
+    short_of_memory[0] = False  # the shortage was transient: the memory is back
+    calls.clear()
+    for _ in range(12):
+        _assert_same(digits_handler.batch(bodies), expected)
+    assert calls[-1] == 12  # a whole batch in one call again
+
+
+def test_onnxruntime_allocation_failures_are_out_of_memory() -> None:
+    pybind = pytest.importorskip("onnxruntime.capi.onnxruntime_pybind11_state")
+    arena = pybind.RuntimeException(
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+        "MatMul node. Status Message: bfc_arena.cc:376 void* onnxruntime::BFCArena::"
+        "AllocateRawInternal(size_t, bool) Failed to allocate memory for requested buffer of size 8")
+    assert sg_loaders.is_out_of_memory(arena)
+    assert sg_loaders.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not sg_loaders.is_out_of_memory(pybind.Fail("[ONNXRuntimeError] : 1 : FAIL : bad input"))
+    assert not sg_loaders.is_out_of_memory(ValueError("failed to allocate memory"))  # a user's error
+
+
+def test_an_onnx_cuda_session_that_fell_back_to_the_cpu_is_refused(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """onnxruntime drops a CUDA provider that fails to load and runs on the CPU, saying nothing
+    but a warning: the loader checks what the session really got."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    real_session, asked = ort.InferenceSession, []
+
+    def cuda_fails_to_load(model, options=None, providers=None):
+        asked.append([p if isinstance(p, str) else p[0] for p in providers])
+        return real_session(model, options, providers=["CPUExecutionProvider"])  # the fallback
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", cuda_fails_to_load)
+    with pytest.raises(sg_errors.ModelLoadError, match="only \\['CPUExecutionProvider'\\]"):
+        sg_loaders._load_onnx({}, str(path), sg_loaders.Placement("cuda:1"))
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    predict = sg_loaders._load_onnx({}, str(path), sg_loaders.Placement("cpu"))  # a CPU archive
+    np.testing.assert_array_equal(predict(np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32))[0],
+                                  [[0.0, 2.0, 0.0, 4.0]])
+
+
+class _BakesItsDevice(nn.Module):
+    """``torch.arange(..., device=x.device)``: torch.export records the export device in the graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + torch.arange(x.shape[1], device=x.device)
+
+
+def test_an_exported_program_is_moved_to_the_workers_device(tmp_path: Path, monkeypatch) -> None:
+    def exported():  # the pass moves the program it is given: a fresh one each time
+        return torch.export.export(_BakesItsDevice().eval(), (torch.randn(2, 4),))
+
+    program = exported()
+    assert sg_loaders.program_devices(program) == {"cpu"}
+    assert sg_loaders.on_device(program, "cpu") is program  # already there: nothing to do
+    moved = sg_loaders.on_device(exported(), "meta")  # the real pass, to a device this host has
+    assert sg_loaders.program_devices(moved) == {"meta"}
+    passes = []
+
+    def recording_pass(ep, location):
+        passes.append(location)
+        return ep
+
+    monkeypatch.setattr(torch_export_passes, "move_to_device_pass", recording_pass)
+    sg_loaders.on_device(program, "cuda:1")  # exported on another device than the worker's
+    assert passes == ["cuda:1"]
+    torch.export.save(program, tmp_path / "model.pt2")
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no CUDA to move to
+    sg_loaders._exported_module(str(tmp_path / "model.pt2"), sg_loaders.Placement("cuda:1"))
+    assert passes == ["cuda:1", "cuda:1"]  # the loader of exported, inductor and TensorRT artifacts
+
+
+def test_mean_pooling_of_a_half_precision_model_is_computed_in_float32() -> None:
+    from servegate.sources.text_net import mean_pool_normalize
+
+    torch.manual_seed(0)
+    hidden = (1000 + torch.rand(3, 128, 16) * 100).half()  # summed over 128 tokens: > 65504
+    mask = torch.ones(3, 128, dtype=torch.int64)
+    mask[1, 5:] = 0
+    mask[2] = 0  # no real token (1e-9 is 0 in float16: 0 / 0)
+    pooled = mean_pool_normalize(hidden, mask)
+    assert pooled.dtype == torch.float16 and torch.isfinite(pooled).all()
+    reference = mean_pool_normalize(hidden.double(), mask).float()
+    torch.testing.assert_close(pooled.float()[:2], reference[:2], atol=1e-3, rtol=0)
+    assert (pooled[2] == 0).all()
+
+
+@pytest.mark.parametrize(("device", "mode", "calls"), [("cuda", "reduce-overhead", 3),
+                                                       ("cuda", "max-autotune", 3),
+                                                       ("cuda", None, 1), ("cpu", None, 1)])
+def test_the_warm_up_calls_each_bucket_until_its_cuda_graph_is_recorded(
+        digits_handler, device: str, mode: str | None, calls: int) -> None:
+    """cudagraph trees warm a new shape up on its first call and record it on a later one: one
+    warm-up call would leave the recording to the first real request of each bucket."""
+    handler = digits_handler.handler
+    handler.spec = dict(handler.spec, device=device, compile_mode=mode)
+    handler.buckets = sg_base.Buckets((1, 2, 4))
+    predict, shapes = handler._predict, []
+
+    def recording(*arrays: np.ndarray):
+        shapes.append(arrays[0].shape[0])
+        return predict(*arrays)
+
+    handler._predict = recording
+    handler._warm_up_buckets(str(digits_handler.model_dir))
+    assert shapes == [b for b in (1, 2, 4) for _ in range(calls)]
+
+
+def test_a_tensorrt_engine_from_another_tensorrt_version_is_refused() -> None:
+    assert sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, "10.3.0") is None
+    assert sg_loaders.tensorrt_mismatch({}, "10.3.0") is None  # older archives record no version
+    refused = sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, "10.7.0")
+    assert refused and "10.3.0" in refused and "10.7.0" in refused
+    assert "no tensorrt package" in sg_loaders.tensorrt_mismatch({"tensorrt": "10.3.0"}, None)
+
+
+def test_workers_of_a_model_share_one_compile_cache(tmp_path: Path, monkeypatch) -> None:
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    chosen = sg_loaders.share_compile_cache(str(tmp_path))
+    cache = tmp_path / sg_loaders.WORKER_CACHE_DIR
+    assert chosen == {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+                      "TRITON_CACHE_DIR": str(cache / "triton")}
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/operators/cache")
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    assert sg_loaders.share_compile_cache(str(tmp_path)) == {"TRITON_CACHE_DIR": str(cache / "triton")}
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/operators/cache"  # an operator's choice stays
+
+
+def test_one_worker_compiles_at_a_time(tmp_path: Path) -> None:
+    events: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with sg_loaders.compile_lock(str(tmp_path)):
+            events.append("first in")
+            inside.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait(5)
+    with sg_loaders.compile_lock(str(tmp_path)):  # another open file: as another worker
+        events.append("second in")
+    thread.join()
+    assert events == ["first in", "first out", "second in"]
+
+
+def test_an_inductor_archive_loads_and_warms_up_under_the_lock_with_the_shared_cache(
+        digits_handler, tmp_path: Path, monkeypatch) -> None:
+    import fcntl
+    import shutil
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    model_dir = tmp_path / "model"
+    shutil.copytree(digits_handler.model_dir, model_dir)
+    spec = json.loads((model_dir / "servegate.json").read_text())
+    (model_dir / "servegate.json").write_text(json.dumps(spec | {"format": "inductor"}))
+    predict, seen = digits_handler.handler._predict, []
+
+    def compiling_load(spec, directory, threads, gpu_id=None):
+        with open(model_dir / sg_loaders.WORKER_CACHE_DIR / "compile.lock", "a+b") as other:
+            try:  # another worker's attempt to take the lock now
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("lock free")
+            except BlockingIOError:
+                seen.append("lock held")
+        seen.append(os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+        return predict
+
+    monkeypatch.setattr(sys.modules["sg_loaders"], "load_model", compiling_load)
+    handler = type(digits_handler.handler)()
+    handler.setup(str(model_dir))
+    assert seen == ["lock held", str(model_dir / sg_loaders.WORKER_CACHE_DIR / "inductor")]

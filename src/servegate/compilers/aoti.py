@@ -61,7 +61,7 @@ class AotiCompiler:
 
 class InductorCompiler:
     """torch.compile inside the worker: compiles on start and per new batch size (with CUDA graphs,
-    ``reduce-overhead``, at fixed shape buckets the worker pads to)."""
+    ``reduce-overhead`` and ``max-autotune``, at fixed shape buckets the worker pads to)."""
 
     def __init__(self, variant: Variant = FP32_CPU) -> None:
         self.variant = variant
@@ -76,7 +76,6 @@ class InductorCompiler:
         if reason := self.unavailable_reason():
             raise BackendUnavailable(f"{self.name}: {reason}")
         exported = ExportCompiler(self.variant).compile(model, workdir, max_batch=max_batch)
-        buckets = (bucket_sizes(model, max_batch) if self.variant.compile_mode == "reduce-overhead"
-                   else None)
+        buckets = bucket_sizes(model, max_batch) if self.variant.cuda_graphs else None
         return dataclasses.replace(exported, backend=self.name, format="inductor",
                                    compile_mode=self.variant.compile_mode, buckets=buckets)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,14 +118,17 @@ def _parity(candidate: Candidate, reference: tuple[np.ndarray, ...], output: tup
 def time_call(predict, inputs: tuple[np.ndarray, ...], *, repeats: int,
               budget_s: float) -> float:
     """Median seconds of ``predict(*inputs)`` after warm-up: ``repeats`` runs, fewer (at least 5)
-    when they would take longer than ``budget_s``."""
-    start = time.perf_counter()
+    when they would take longer than ``budget_s``. The number of runs is sized from a call made
+    after the warm-ups: a warm-up may compile (a new shape recompiles a dynamic Inductor build,
+    records a CUDA graph) and would leave the shape 5 runs."""
     for _ in range(2):
         predict(*inputs)  # warm-up
-    first = (time.perf_counter() - start) / 2
+    start = time.perf_counter()
+    predict(*inputs)
+    first = time.perf_counter() - start
+    times = [first]
     runs = max(5, min(repeats, int(budget_s / first) if first > 0 else repeats))
-    times = []
-    for _ in range(runs):
+    for _ in range(runs - 1):
         start = time.perf_counter()
         predict(*inputs)
         times.append(time.perf_counter() - start)
@@ -133,8 +136,11 @@ def time_call(predict, inputs: tuple[np.ndarray, ...], *, repeats: int,
 
 
 def _benchmark(candidate: Candidate, predict, model: TorchModel, shapes: Sequence[Shape],
-               repeats: int, budget_s: float) -> None:
+               repeats: int, budget_s: float, should_stop: Callable[[], bool]) -> None:
     for shape in shapes:
+        if should_stop():
+            candidate.reason = "deadline reached: not timed at every shape"
+            return
         p50 = time_call(predict, model.inputs_at(shape.batch, shape.tokens), repeats=repeats,
                         budget_s=budget_s)
         candidate.p50_ms[shape] = p50 * 1e3
@@ -143,13 +149,20 @@ def _benchmark(candidate: Candidate, predict, model: TorchModel, shapes: Sequenc
 
 def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_batch: int,
              batch_sizes: Sequence[int] = (1, 8), tokens: Sequence[int] = TEXT_TOKENS,
-             threads: int = 1, repeats: int = 50, budget_s: float = 1.0) -> list[Candidate]:
+             threads: int = 1, repeats: int = 50, budget_s: float = 1.0,
+             shapes: Sequence[Shape] | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             on_done: Callable[[Candidate], None] | None = None) -> list[Candidate]:
     """Compile, parity-check and time each backend at every shape; nothing is chosen yet.
 
     Parity feeds every input of the module (one feature array, or token ids + attention mask made
     from real held-out sentences exactly as the worker makes them, padded to the longest).
-    Timing runs at ``timing_shapes`` (``repeats`` runs each, fewer past ``budget_s``)."""
-    shapes = timing_shapes(model, batch_sizes, tokens)
+    Timing runs at ``shapes`` (default ``timing_shapes``; ``repeats`` runs each, fewer past
+    ``budget_s``). Once ``should_stop()`` is true (a deadline), the candidates not yet started are
+    skipped and a candidate being timed keeps the shapes timed so far; ``on_done`` sees each
+    candidate as it is finished."""
+    shapes = list(shapes) if shapes is not None else timing_shapes(model, batch_sizes, tokens)
+    stop = should_stop or (lambda: False)
     rows = min(64, max_batch)  # artifacts accept batches up to max_batch
     x = model.eval_x[:rows] if model.eval_x is not None else model.example_batch(rows)
     labels = model.eval_y[:rows] if model.eval_y is not None else None
@@ -160,27 +173,44 @@ def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_b
         compiler = get_compiler(name)
         candidate = Candidate(name, device=getattr(compiler, "device", "cpu"))
         results.append(candidate)
-        if reason := compiler.unavailable_reason():
-            candidate.status, candidate.reason = "skipped", reason
-            continue
-        try:
-            artifact = compiler.compile(model, workdir / name, max_batch=max_batch)
-            candidate.artifact, candidate.compile_seconds = artifact, artifact.compile_seconds
-            start = time.perf_counter()
-            predict = load_predictor(artifact, threads)
-            output = as_outputs(predict(*inputs))
-            if artifact.format == "inductor":  # compiled (and autotuned) in the worker, on load
-                candidate.compile_seconds += time.perf_counter() - start
-            _parity(candidate, reference, output, labels, model.task)
-            if candidate.status == "rejected":
-                continue
-            _benchmark(candidate, predict, model, shapes, repeats, budget_s)
-            candidate.status = "passed"
-        except BackendUnavailable as exc:
-            candidate.status, candidate.reason = "skipped", str(exc)
-        except Exception as exc:  # any failure of one candidate must not stop the others
-            candidate.status, candidate.reason = "failed", f"{type(exc).__name__}: {exc}"[:300]
+        _evaluate_one(candidate, compiler, model, workdir, max_batch=max_batch, threads=threads,
+                      inputs=inputs, reference=reference, labels=labels, shapes=shapes,
+                      repeats=repeats, budget_s=budget_s, should_stop=stop)
+        if on_done is not None:
+            on_done(candidate)
     return results
+
+
+def _evaluate_one(candidate: Candidate, compiler, model: TorchModel, workdir: Path, *,
+                  max_batch: int, threads: int, inputs: tuple[np.ndarray, ...],
+                  reference: tuple[np.ndarray, ...], labels: np.ndarray | None,
+                  shapes: Sequence[Shape], repeats: int, budget_s: float,
+                  should_stop: Callable[[], bool]) -> None:
+    """One candidate compiled, parity-checked and timed (its status and reason say how far)."""
+    name = candidate.backend
+    if should_stop():
+        candidate.status, candidate.reason = "skipped", "deadline reached before it started"
+        return
+    if reason := compiler.unavailable_reason():
+        candidate.status, candidate.reason = "skipped", reason
+        return
+    try:
+        artifact = compiler.compile(model, workdir / name, max_batch=max_batch)
+        candidate.artifact, candidate.compile_seconds = artifact, artifact.compile_seconds
+        start = time.perf_counter()
+        predict = load_predictor(artifact, threads)
+        output = as_outputs(predict(*inputs))
+        if artifact.format == "inductor":  # compiled (and autotuned) in the worker, on load
+            candidate.compile_seconds += time.perf_counter() - start
+        _parity(candidate, reference, output, labels, model.task)
+        if candidate.status == "rejected":
+            return
+        _benchmark(candidate, predict, model, shapes, repeats, budget_s, should_stop)
+        candidate.status = "passed"
+    except BackendUnavailable as exc:
+        candidate.status, candidate.reason = "skipped", str(exc)
+    except Exception as exc:  # any failure of one candidate must not stop the others
+        candidate.status, candidate.reason = "failed", f"{type(exc).__name__}: {exc}"[:300]
 
 
 def choose(candidates: list[Candidate], batch_size: int) -> Candidate:

@@ -16,6 +16,10 @@ DTYPE_NAMES: dict[str, Literal["float32", "float16", "bfloat16"]] = {
 
 #: torch.compile modes and the token that names them.
 MODE_TOKENS = {"reduce-overhead": "cudagraphs", "max-autotune": "max-autotune"}
+#: The modes that capture CUDA graphs (``max-autotune`` too, not ``max-autotune-no-cudagraphs``):
+#: a graph per distinct input shape, so they run at fixed shape buckets. The handlers keep the
+#: same list (``sg_base.CUDA_GRAPH_MODES``).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 NO_CUDA = "no CUDA device: this variant needs an NVIDIA GPU and a CUDA build of torch"
 
@@ -37,6 +41,11 @@ class Variant:
     @property
     def default(self) -> bool:
         return self == FP32_CPU
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether torch.compile captures CUDA graphs (and so needs shape buckets)."""
+        return self.device == "cuda" and self.compile_mode in CUDA_GRAPH_MODES
 
     @property
     def dtype_name(self) -> Literal["float32", "float16", "bfloat16"]:

@@ -139,11 +139,14 @@ BERT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atten
 
 
 def mean_pool_normalize(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the hidden states over real tokens, then L2 normalisation (sentence-transformers)."""
-    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    summed = (hidden * weights).sum(dim=1)
+    """Mean of the hidden states over real tokens, then L2 normalisation (sentence-transformers),
+    computed in float32 whatever the model's precision and given back in it: in float16 the
+    ``1e-9`` floor of the token count and normalize's ``1e-12`` are 0 (a row without real tokens
+    would be NaN), and a sum over many tokens overflows at 65504."""
+    weights = attention_mask.unsqueeze(-1).to(torch.float32)
+    summed = (hidden.to(torch.float32) * weights).sum(dim=1)
     counts = weights.sum(dim=1).clamp(min=1e-9)
-    return F.normalize(summed / counts, p=2.0, dim=1)
+    return F.normalize(summed / counts, p=2.0, dim=1).to(hidden.dtype)
 
 
 class SentenceEmbedding(nn.Module):
