@@ -63,11 +63,20 @@ deploy: setup
 	  $(BIN)/mlflow run pipelines/deploy --env-manager local --experiment-name $(EXPERIMENT) \
 	  $(if $(VERBOSE),-P verbose=true) $(DEPLOY_ARGS)
 
+# Unit tests run on up to 4 cores (pytest-xdist: each test has its own tmp dirs and ports);
+# integration tests one at a time, since their load gates measure this machine (UNIT_WORKERS=0:
+# unit tests in one process too). Both halves run; the exit status is the first failure's.
+UNIT_WORKERS ?= auto
+XDIST = $(if $(filter 0,$(UNIT_WORKERS)),-p no:xdist,-n $(UNIT_WORKERS) --maxprocesses=4)
+
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@unit=0; integration=0; \
+	  $(BIN)/python -m pytest tests/unit $(XDIST) $(PYTEST_ARGS) || unit=$$?; \
+	  $(BIN)/python -m pytest tests/integration $(PYTEST_ARGS) || integration=$$?; \
+	  [ $$unit -eq 0 ] || exit $$unit; exit $$integration
 
 test-unit: setup
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit $(XDIST) $(PYTEST_ARGS)
 
 test-integration: setup
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
@@ -76,8 +85,9 @@ bench: setup
 	$(BIN)/python -m benchmarks.run
 
 # The GPU check (issue 14): every CUDA backend on digits and a MiniLM-shaped encoder, handlers run
-# in process with a gpu_id, parity, the candidate table and auto's choice. Needs only torch, numpy,
-# onnxruntime and tokenizers (no Java, no MLflow): `python benchmarks/gpu.py` on a bare CUDA host.
+# in process with a gpu_id, parity, the candidate table and auto's choice. Needs only torch and numpy
+# (the encoder wants tokenizers, ONNX candidates onnxruntime; each is skipped with the reason when
+# absent), no Java, no MLflow: `python benchmarks/gpu.py` on a bare CUDA host; ends by --deadline.
 bench-gpu:
 	$(BIN)/python benchmarks/gpu.py
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-    from servegate.config import SLOs, BatchingConfig, LoadSettings, TorchServeSettings
+    from servegate.config import BatchingConfig, LoadSettings, SLOs, TorchServeSettings
     from servegate.gates.load import Adaptive, load_checks, run_ab
     from servegate.packaging.builder import package_model
     from servegate.sources import load_torch_model

@@ -28,8 +28,8 @@ from servegate.errors import ConfigError, GateFailed, ServegateError, ServerErro
 from servegate.pipeline import PipelineResult
 
 if TYPE_CHECKING:
-    from servegate.gates.tune_report import Tuned
-    from servegate.gates.tune_search import Space
+    from servegate.tuning.report import Tuned
+    from servegate.tuning.search import Space
 
 
 def open_backend(config: PipelineConfig) -> tuple[Any, ServerError | None]:
@@ -106,19 +106,19 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
     the server's default) for the highest throughput within ``config.slos`` (p95, p99, error
     rate), measuring scratch versions with Locust on the live server (``servegate.gates.tune_*``);
     the frontier is logged to an MLflow run (params, metrics, a plot). Returns a
-    ``gates.tune_report.Tuned``. ``space``: the values searched (default: batch sizes 1-32, delays
+    ``tuning.report.Tuned``. ``space``: the values searched (default: batch sizes 1-32, delays
     1-20 ms, workers 1..cores (at most 4), 4-32 users); ``cores``: the server's (default: this
     host's). Scratch versions an interrupted tune left behind are removed first."""
     import os
     import tempfile
 
     from servegate import tracking
-    from servegate.gates.tune_measure import tune_archive
-    from servegate.gates.tune_report import Tuned, mlflow_figures, write_files
-    from servegate.gates.tune_search import SLO, Space
     from servegate.interrupts import signals_as_errors
     from servegate.locks import model_lock
     from servegate.naming import archive_file_name, validate_name, validate_version
+    from servegate.tuning.measure import tune_archive
+    from servegate.tuning.report import Tuned, mlflow_figures, write_files
+    from servegate.tuning.search import SLO, Space
 
     validate_name(name)
     if version is not None:

@@ -552,8 +552,8 @@ def tune_command(
 
     from servegate import api
     from servegate.config import PipelineConfig, SLOs, server_mode
-    from servegate.gates.tune_report import points_table, run_parameters
-    from servegate.gates.tune_search import Space
+    from servegate.tuning.report import points_table, run_parameters
+    from servegate.tuning.search import Space
 
     _valid(name, version)
     try:

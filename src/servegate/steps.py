@@ -90,15 +90,15 @@ def build(run: Run, model: Any, registry: Registry, version: str, workdir: Path)
 def tune(run: Run, registry: Registry, built: Built, sha256: str, version: str,
          workdir: Path) -> tuple[Built, str]:
     """``tune=true``: the built archive's batch size, delay and workers searched on the server
-    within the run's SLO (scratch versions, never the challenger itself: ``gates.tune_search``);
+    within the run's SLO (scratch versions, never the challenger itself: ``tuning.search``);
     the archive takes the winner's, is logged again with its sha256, and the run's batching
     becomes the winner's. No configuration within the SLO: the archive stays as built."""
     import os
     from dataclasses import replace
 
-    from servegate.gates.tune_measure import scratch_archive, tune_archive
-    from servegate.gates.tune_report import mlflow_figures, write_files
-    from servegate.gates.tune_search import SLO, Space
+    from servegate.tuning.measure import scratch_archive, tune_archive
+    from servegate.tuning.report import mlflow_figures, write_files
+    from servegate.tuning.search import SLO, Space
 
     cfg, name = run.config, run.config.model_name
     cores = os.cpu_count() or 1

@@ -124,8 +124,8 @@ def test_tune_true_in_the_pipeline_serves_the_challenger_with_the_winner(served,
 
     from servegate import api
     from servegate.config import LoadSettings, PipelineConfig, SLOs
-    from servegate.gates.tune_measure import archive_batching
     from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG
+    from servegate.tuning.measure import archive_batching
 
     backend, rows, _ = served
     program = torch.export.export(TinyMLP().eval(), (torch.from_numpy(rows[:2]),),

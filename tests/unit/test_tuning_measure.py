@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from servegate.backends.base import VersionInfo
 from servegate.cli import app
 from servegate.errors import ConfigError, PackagingError, ServerRequestError
-from servegate.gates.tune_measure import (
+from servegate.tuning.measure import (
     SCRATCH_FIRST,
     TorchServeBench,
     archive_batching,
@@ -23,7 +23,7 @@ from servegate.gates.tune_measure import (
     request_samples,
     scratch_archive,
 )
-from servegate.gates.tune_search import Point
+from servegate.tuning.search import Point
 
 
 def _archive(path: Path, *, warmup: object = None, config: dict | None = None) -> Path:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from servegate.errors import ConfigError, ServerNotRunning, ServerRequestError
-from servegate.gates import tune_search as search_module
-from servegate.gates.tune_search import (
+from servegate.tuning import search as search_module
+from servegate.tuning.search import (
     SLO,
     Costs,
     Measurement,

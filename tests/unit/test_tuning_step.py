@@ -15,12 +15,12 @@ from rich.console import Console
 
 from servegate import steps
 from servegate.config import PipelineConfig
-from servegate.gates import tune_measure as measure
-from servegate.gates.tune_measure import archive_batching
-from servegate.gates.tune_search import SLO, Costs, Measurement, Outcome, Point, TuneResult
 from servegate.integrity import artifact_sha256
 from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG
 from servegate.targets import Built
+from servegate.tuning import measure as measure
+from servegate.tuning.measure import archive_batching
+from servegate.tuning.search import SLO, Costs, Measurement, Outcome, Point, TuneResult
 
 
 class FakeRegistry:

@@ -1,7 +1,7 @@
 """Time an archive's handler in process on one request and on a batch, as a TorchServe worker
 runs it (``servegate.harness``), and print the medians as JSON.
 
-Run in a subprocess only (``python -m servegate.gates.tune_costs ARCHIVE BATCH REPEATS``),
+Run in a subprocess only (``python -m servegate.tuning.costs ARCHIVE BATCH REPEATS``),
 with an environment that holds no credentials (``gates.load.locust_environment``): the
 archive's handler code runs here, and it sets torch's thread count for its process.
 """
@@ -48,7 +48,7 @@ def handler_ms(archive: Path, body: bytes, largest_batch: int, repeats: int) -> 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3:
-        raise SystemExit("usage: python -m servegate.gates.tune_costs ARCHIVE BATCH REPEATS "
+        raise SystemExit("usage: python -m servegate.tuning.costs ARCHIVE BATCH REPEATS "
                          "(a request body on stdin)")
     one, largest = handler_ms(Path(args[0]), sys.stdin.buffer.read(), int(args[1]), int(args[2]))
     json.dump({"batch1_ms": one, "largest_ms": largest}, sys.stdout)

@@ -9,7 +9,7 @@ exactly as the load gate loads a challenger (``gates.load.run_load``), then unre
 archive removed from the model store.
 
 Before the search, ``measure_costs`` times the archive's handler in a process of its own
-(``gates.tune_costs``: the harness, no credentials in its environment) on one request and on
+(``tuning.costs``: the harness, no credentials in its environment) on one request and on
 the largest batch, and the round trip of single requests to the served version
 (less its handler time and the batch delay a lone request waits) as the frontend's cost.
 """
@@ -34,8 +34,8 @@ import yaml
 
 from servegate.config import LoadSettings
 from servegate.errors import ConfigError, ModelNotFound, PackagingError, ServerError
-from servegate.gates.tune_search import SLO, Costs, Measurement, Point, Space, TuneResult, search
 from servegate.naming import archive_file_name, validate_name, validate_version
+from servegate.tuning.search import SLO, Costs, Measurement, Point, Space, TuneResult, search
 
 #: Scratch versions are numbered from here (registry versions stay far below).
 SCRATCH_FIRST = 900_001
@@ -152,7 +152,7 @@ def _median_ms(call: Callable[[], object], repeats: int) -> float:
 def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) -> tuple[float, float]:
     """The archive's handler on 1 and ``largest_batch`` requests, on one thread, in
     milliseconds: a copy of the archive set to one thread, timed in a subprocess
-    (``gates.tune_costs``) whose environment holds no credentials, since the archive's own
+    (``tuning.costs``) whose environment holds no credentials, since the archive's own
     code runs there."""
     from servegate.gates.load import locust_environment
 
@@ -161,7 +161,7 @@ def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) 
     with tempfile.TemporaryDirectory(prefix="servegate-tune-") as tmp:
         copy = scratch_archive(archive, Path(tmp) / archive.name,
                                _manifest_version(archive), one_thread)
-        command = [sys.executable, "-m", "servegate.gates.tune_costs", str(copy),
+        command = [sys.executable, "-m", "servegate.tuning.costs", str(copy),
                    str(largest_batch), str(repeats)]
         try:
             done = subprocess.run(command, input=body, capture_output=True, timeout=600,

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from servegate.gates.tune_search import Outcome, TuneResult
+from servegate.tuning.search import Outcome, TuneResult
 
 
 @dataclass(frozen=True)
