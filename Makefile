@@ -7,7 +7,7 @@ STAMP := $(VENV)/.servegate-setup
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu deploy test test-unit test-integration bench bench-gpu lint clean
+.PHONY: setup setup-gpu deploy test test-unit test-integration bench bench-gate bench-gpu lint clean
 
 setup: $(STAMP)
 
@@ -83,6 +83,11 @@ test-integration: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# The load gate's decisions against the champion, repeated (issue 22): the same model (should pass
+# every time) and a copy 1.5x slower (should be rejected), at max_regression_pct 50 and 20.
+bench-gate: setup
+	$(BIN)/python -m benchmarks.gate_reliability --out bench-results/gate.json
 
 # The GPU check (issue 14): every CUDA backend on digits and a MiniLM-shaped encoder, handlers run
 # in process with a gpu_id, parity, the candidate table and auto's choice. Needs only torch and numpy

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                           *(f"{counts[f'{pct:g}']}/{len(mine)}" for pct in args.regression))
         console.print(table)
         if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1), encoding="utf-8")
     return 0
 
