@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                            "rounds": len(measured.comparison.rounds) if measured.comparison else 0}
                     for pct in args.regression:
                         checks = load_checks(measured, champion, SLOs(max_regression_pct=pct))
-                        row[f"rejected@{pct:g}"] = any(
-                            c.name in RATIO_CHECKS and not c.passed for c in checks)
+                        failed = [c.name for c in checks if c.name in RATIO_CHECKS and not c.passed]
+                        row[f"rejected@{pct:g}"] = bool(failed)
+                        row[f"failed@{pct:g}"] = failed
                     rows.append(row)
                     console.print(f"trial {trial + 1}/{args.trials} {kind}: p95 ratio "
                                   f"{row['p95_ratio']:.2f}, {row['rounds']} rounds, rejected "
