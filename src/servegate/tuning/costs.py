@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _median_ms(call: Callable[[], object], repeats: int) -> float:
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    """Median wall milliseconds of ``repeats`` calls."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -41,8 +42,8 @@ def handler_ms(archive: Path, body: bytes, largest_batch: int, repeats: int) -> 
 
         run(largest_batch)()  # warm both shapes up
         run(1)()
-        return (_median_ms(run(1), repeats),
-                _median_ms(run(largest_batch), max(3, repeats // 3)))
+        return (median_ms(run(1), repeats),
+                median_ms(run(largest_batch), max(3, repeats // 3)))
 
 
 def main(argv: list[str] | None = None) -> int:

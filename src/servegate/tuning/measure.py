@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ import yaml
 from servegate.config import LoadSettings
 from servegate.errors import ConfigError, ModelNotFound, PackagingError, ServerError
 from servegate.naming import archive_file_name, validate_name, validate_version
+from servegate.tuning.costs import median_ms
 from servegate.tuning.search import SLO, Costs, Measurement, Point, Space, TuneResult, search
 
 #: Scratch versions are numbered from here (registry versions stay far below).
@@ -140,15 +139,6 @@ def remove_leftovers(backend: Any, name: str) -> list[str]:
     return left
 
 
-def _median_ms(call: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
-
-
 def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) -> tuple[float, float]:
     """The archive's handler on 1 and ``largest_batch`` requests, on one thread, in
     milliseconds: a copy of the archive set to one thread, timed in a subprocess
@@ -191,7 +181,7 @@ def measure_costs(archive: Path, client: Any, name: str, version: str, *, larges
         return response
 
     served()
-    round_trip = _median_ms(served, repeats * 2)
+    round_trip = median_ms(served, repeats * 2)
     if waited_ms is None:
         config = archive_batching(archive)
         batches = int(config.get("batchSize", 1)) > 1
