@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from servegate._resources import loadtests_dir
     from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
     from servegate.config import BatchingConfig, LoadSettings, SLOs, TorchServeSettings
     from servegate.gates.load import Adaptive, load_checks, run_ab
@@ -97,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                     results = run_ab([("champion", "1"), ("challenger", challenger)], settings=settings,
                                      adaptive=Adaptive(strictest, args.max_rounds),
                                      host=access.inference_url, model="paced",
-                                     inference_key=access.inference_key, samples=samples)
+                                     inference_key=access.inference_key, samples=samples,
+                                     locustfile=loadtests_dir() / "torchserve.py",
+                                     user_class="TorchServePredictUser")
                     champion, measured = results["champion"], results["challenger"]
                     row = {"trial": trial, "challenger": kind,
                            "p95_ratio": measured.p95_ms / champion.p95_ms,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -61,7 +63,8 @@ class _App(typer.Typer):
 
 app = _App(help="Take a model to a gated deployment on TorchServe or TF Serving.",
            no_args_is_help=True, pretty_exceptions_enable=False)
-serve_app = _App(help="Start, stop and inspect a local TorchServe.", no_args_is_help=True)
+serve_app = _App(help="Start, stop and inspect this host's server (TorchServe; --target tfserving).",
+                 no_args_is_help=True)
 models_app = _App(help="Register, route and remove model versions.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
@@ -71,8 +74,13 @@ app.add_typer(export_app, name="export")
 WorkdirOption = Annotated[
     Path | None,
     typer.Option("--workdir", help="The local server's directory.",
-                 show_default="$SERVEGATE_HOME/torchserve"),
+                 show_default="$SERVEGATE_HOME/<target>"),
 ]
+TargetOption = Annotated[str, typer.Option(
+    "--target", help="The server: torchserve, tfserving, or a target a plugin registered.")]
+ServerOption = Annotated[str, typer.Option(
+    help="auto: the attached server when its SERVEGATE_<TARGET>_* settings are set, else the local "
+    "one; attach; local. Empty: $SERVEGATE_SERVER, else auto.")]
 
 
 def exit_code(exc: errors.ServegateError) -> int:
@@ -108,21 +116,36 @@ def _valid(name: str, version: str | None = None) -> None:
         validate_version(version)
 
 
-def _running_backend(workdir: Path | None):  # -> TorchServeBackend
-    from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
+def _target_config(target: str, workdir: Path | None, server: str = "local") -> tuple[Any, Any]:
+    """The registered target called ``target`` and the settings that reach its server
+    (``workdir``: its local server's directory; ``server``: local, attach, auto or empty)."""
+    from servegate.config import PipelineConfig, server_mode
+    from servegate.targets import get_target
 
-    server = LocalTorchServe(_settings(workdir))
-    state = server.state()
-    if state is None:
-        raise errors.ServerNotRunning(
-            f"no TorchServe running in {server.workdir}; start one with `servegate serve start`"
-        )
-    return TorchServeBackend.from_state(state)
+    chosen = get_target(target)
+    section: dict[str, Any] = {}
+    if workdir is not None:
+        if target not in PipelineConfig.model_fields:
+            raise errors.ConfigError(f"--workdir: {target} has no local server settings")
+        section = {target: {"workdir": workdir}}
+    return chosen, PipelineConfig(target=target, server=server_mode(server or None), **section)
 
 
-# ---- serve ----------------------------------------------------------------------------------
+@contextmanager
+def _running_backend(target: str, workdir: Path | None, server: str = "local") -> Iterator[Any]:
+    """``target``'s server that runs now (local, or attached by ``server``), closed afterwards;
+    never started here."""
+    chosen, config = _target_config(target, workdir, server)
+    backend = chosen.running_backend(config)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 @serve_app.command("start")
 def serve_start(
+    target: TargetOption = "torchserve",
     workdir: WorkdirOption = None,
     inference_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
     management_port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
@@ -150,7 +173,23 @@ def serve_start(
         "server with a private CA); replaces Java's default CAs for those fetches.")] = None,
 ) -> None:
     """Start TorchServe with token auth, on 127.0.0.1 unless --host says otherwise (or show the
-    one already running)."""
+    one already running); ``--target tfserving``: a local TF Serving (binary or Docker), its
+    gRPC on a Unix socket (the options below are TorchServe's)."""
+    if target != "torchserve":
+        given = {name for name, value, default in (
+            ("--inference-port", inference_port, 0), ("--management-port", management_port, 0),
+            ("--metrics-port", metrics_port, 0), ("--allow-url", allow_url or [], []),
+            ("--allow-mlflow-artifacts", allow_mlflow_artifacts, False),
+            ("--token-expiration-min", token_expiration_min, None), ("--host", host, "127.0.0.1"),
+            ("--tls-cert", tls_cert, None), ("--tls-key", tls_key, None),
+            ("--insecure-http", insecure_http, False), ("--trust-ca", trust_ca, None))
+            if value != default}
+        if given:
+            raise errors.ConfigError(f"{', '.join(sorted(given))}: TorchServe's options, not {target}'s")
+        chosen, config = _target_config(target, workdir)
+        with console.status(f"starting {target}"):
+            _print_state(target, chosen.local_server(config).start())
+        return
     from servegate.backends.torchserve import LocalTorchServe
     from servegate.backends.torchserve.exposure import check_exposure, exposure
     from servegate.backends.torchserve.local import unapplied_options
@@ -178,50 +217,52 @@ def serve_start(
                       f"restarted, so these options do not apply: {'; '.join(unapplied)}. "
                       "`servegate serve stop` first to start it with them (new keys: a restart "
                       "makes new ones)[/]")
-    _print_state(state)
+    _print_state(target, state)
 
 
 @serve_app.command("stop")
-def serve_stop(workdir: WorkdirOption = None) -> None:
-    """Stop the local TorchServe and every one of its processes."""
-    from servegate.backends.torchserve import LocalTorchServe
-
-    server = LocalTorchServe(_settings(workdir))
+def serve_stop(target: TargetOption = "torchserve", workdir: WorkdirOption = None) -> None:
+    """Stop the local server and every one of its processes."""
+    chosen, config = _target_config(target, workdir)
+    server = chosen.local_server(config)
     outcome = server.stop()
     if outcome.stale:
         out.print(f"stale state file in {server.workdir} removed: {outcome.stale}; "
                   "nothing was killed")
     elif outcome:
-        out.print(f"stopped TorchServe in {server.workdir}")
+        out.print(f"stopped {target} in {server.workdir}")
     else:
-        out.print(f"no TorchServe was running in {server.workdir}")
+        out.print(f"no {target} was running in {server.workdir}")
 
 
 @serve_app.command("status")
-def serve_status(workdir: WorkdirOption = None) -> None:
+def serve_status(target: TargetOption = "torchserve", workdir: WorkdirOption = None) -> None:
     """Show the local server and its models; exit 3 when none is running."""
-    backend = _running_backend(workdir)
-    from servegate.backends.torchserve import LocalTorchServe
-
-    state = LocalTorchServe(_settings(workdir)).state()
-    assert state is not None
-    _print_state(state)
+    chosen, config = _target_config(target, workdir)
     table = Table("model", "version", "default", "ready workers")
-    for name in backend.client.list_models():
-        for v in backend.versions(name):
-            table.add_row(v.name, v.version, "yes" if v.is_default else "", f"{v.ready_workers}/{v.workers}")
+    with _running_backend(target, workdir) as backend:
+        for name in backend.names():
+            for v in backend.versions(name):
+                table.add_row(v.name, v.version, "yes" if v.is_default else "",
+                              f"{v.ready_workers}/{v.workers}")
+    if (state := chosen.local_server(config).state()) is not None:
+        _print_state(target, state)
     out.print(table)
 
 
-def _print_state(state: Any) -> None:
-    table = Table("endpoint", "address", title="TorchServe")
-    table.add_row("inference", state.inference)
-    table.add_row("management", state.management)
-    table.add_row("metrics", f"{state.metrics}/metrics")
-    table.add_row("key file", str(state.key_file))
-    table.add_row("model store", state.model_store)
-    if getattr(state, "tls_cert", None):
-        table.add_row("certificate", state.tls_cert)
+#: Fields of a local server's state a person does not need to see.
+_UNSHOWN_STATE = {"pid", "ident", "create_time", "cmdline", "how"}
+
+
+def _print_state(target: str, state: Any) -> None:
+    """A local server's addresses and files, as its state file records them."""
+    import dataclasses
+
+    table = Table("endpoint", "address", title=f"{target} (local)")
+    for field in dataclasses.fields(state):
+        value = getattr(state, field.name)
+        if field.name not in _UNSHOWN_STATE and value not in (None, "", [], ()):
+            table.add_row(field.name.replace("_", " "), str(value))
     out.print(table)
 
 
@@ -259,49 +300,64 @@ def package(
 # ---- models ----------------------------------------------------------------------------------
 @models_app.command("register")
 def models_register(
-    archive: Annotated[Path, typer.Argument(help="A .mar built by `servegate package`.")],
+    artifact: Annotated[Path, typer.Argument(help="What the server serves: a .mar built by "
+                                             "`servegate package`, a SavedModel version directory.")],
     name: Annotated[str, typer.Option(help="Model name in the archive.")],
     version: Annotated[str, typer.Option(help="Version in the archive.")],
     workers: int = 1,
+    target: TargetOption = "torchserve",
+    server: ServerOption = "",
     workdir: WorkdirOption = None,
 ) -> None:
-    """Serve an archive as a new version; returns once it has READY workers."""
+    """Serve an artifact as a new version (no default traffic); returns once it is ready."""
     _valid(name, version)
-    backend = _running_backend(workdir)
-    with console.status(f"registering {name} v{version}"):
-        backend.deploy(archive, name, version, workers=workers)
-    out.print(f"{name} v{version} is ready at {backend.endpoint(name, version)}")
+    with _running_backend(target, workdir, server) as backend:
+        with console.status(f"registering {name} v{version}"):
+            backend.deploy(artifact, name, version, workers=workers)
+        out.print(f"{name} v{version} is ready at {backend.endpoint(name, version)}")
 
 
 @models_app.command("list")
-def models_list(name: str, workdir: WorkdirOption = None) -> None:
+def models_list(name: str, target: TargetOption = "torchserve", server: ServerOption = "",
+                workdir: WorkdirOption = None) -> None:
     """The served versions of NAME."""
     _valid(name)
-    versions = _running_backend(workdir).versions(name)
+    with _running_backend(target, workdir, server) as backend:
+        versions = backend.versions(name)
     out.print_json(json.dumps([v.__dict__ for v in versions]))
 
 
 @models_app.command("default")
-def models_default(name: str, version: str, workdir: WorkdirOption = None) -> None:
+def models_default(name: str, version: str, target: TargetOption = "torchserve",
+                   server: ServerOption = "", workdir: WorkdirOption = None) -> None:
     """Route NAME's default endpoint to VERSION."""
     _valid(name, version)
-    _running_backend(workdir).set_default(name, version)
+    with _running_backend(target, workdir, server) as backend:
+        backend.set_default(name, version)
     out.print(f"{name} default -> v{version}")
 
 
 @models_app.command("unregister")
-def models_unregister(name: str, version: str, workdir: WorkdirOption = None) -> None:
+def models_unregister(name: str, version: str, target: TargetOption = "torchserve",
+                      server: ServerOption = "", workdir: WorkdirOption = None) -> None:
     """Stop serving VERSION of NAME."""
     _valid(name, version)
-    _running_backend(workdir).undeploy(name, version)
+    with _running_backend(target, workdir, server) as backend:
+        backend.undeploy(name, version)
     out.print(f"unregistered {name} v{version}")
 
 
 @models_app.command("scale")
-def models_scale(name: str, version: str, workers: int, workdir: WorkdirOption = None) -> None:
-    """Set the worker count of VERSION of NAME."""
+def models_scale(name: str, version: str, workers: int, server: ServerOption = "",
+                 workdir: WorkdirOption = None) -> None:
+    """Set the worker count of VERSION of NAME (TorchServe: TF Serving has no workers)."""
     _valid(name, version)
-    _running_backend(workdir).client.scale(name, version, min_workers=workers)
+    with _running_backend("torchserve", workdir, server) as backend:
+        client = getattr(backend, "client", None)
+        if client is None:
+            raise errors.ConfigError("scale one TorchServe at a time, not a fleet: set "
+                                     "SERVEGATE_SERVER=local or attach to one replica")
+        client.scale(name, version, min_workers=workers)
     out.print(f"{name} v{version}: {workers} workers")
 
 
@@ -312,12 +368,13 @@ def predict(
     data: Annotated[str | None, typer.Option(help="JSON request body.")] = None,
     file: Annotated[Path | None, typer.Option(help="File holding the request body ('-': stdin).")] = None,
     version: Annotated[str | None, typer.Option(help="A version (default: the default one).")] = None,
-    server: Annotated[str, typer.Option(help="auto: the attached server when SERVEGATE_TORCHSERVE_* name one, else the local one; attach; local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
+    target: TargetOption = "torchserve",
+    server: ServerOption = "",
     workdir: WorkdirOption = None,
 ) -> None:
     """Send one request to NAME's standard endpoint and print the answer: the local server (token
     from its key file, https verified against its certificate) or the attached one (its keys, an
-    https URL verified against $SERVEGATE_TORCHSERVE_CA_BUNDLE)."""
+    https URL verified against its $SERVEGATE_<TARGET>_CA_BUNDLE)."""
     _valid(name, version)
     if (data is None) == (file is None):
         raise errors.ConfigError("give exactly one of --data or --file")
@@ -329,22 +386,9 @@ def predict(
         payload = json.loads(body)
     except json.JSONDecodeError as exc:
         raise errors.ConfigError(f"the request body is not JSON: {exc}") from exc
-    with _serving_backend(workdir, server) as backend:
+    with _running_backend(target, workdir, server) as backend:
         answer = backend.predict(name, payload, version)
     out.print_json(json.dumps(answer))
-
-
-def _serving_backend(workdir: Path | None, server: str):  # -> TorchServeBackend
-    """The attached server (``server`` attach, or auto with SERVEGATE_TORCHSERVE_* set), else
-    the local one already running; never starts a server."""
-    from servegate.config import TorchServeAttach, server_mode
-
-    mode = server_mode(server or None)
-    if mode == "local" or (mode == "auto" and TorchServeAttach.from_env() is None):
-        return _running_backend(workdir)
-    from servegate.backends.factory import open_torchserve
-
-    return open_torchserve(_settings(workdir), mode)
 
 
 @app.command("compilers")

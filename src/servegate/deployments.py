@@ -93,10 +93,12 @@ class ServegateDeploymentClient(BaseDeploymentClient):
 
     # ---- the server -----------------------------------------------------------------------------
     def _backend(self) -> Any:
-        from servegate.backends.factory import running_backend
+        """The target's server that runs now (attached, else local); never started here."""
+        from servegate.config import PipelineConfig
+        from servegate.targets import get_target
 
         try:
-            return running_backend(self.target)
+            return get_target(self.target).running_backend(PipelineConfig(target=self.target))
         except ServegateError as exc:
             raise _error(exc) from exc
 

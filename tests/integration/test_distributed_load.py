@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from servegate._resources import loadtests_dir
 from servegate.config import LoadSettings
 from servegate.gates.load import run_load
 
@@ -32,7 +33,8 @@ def test_one_and_two_load_processes_account_for_every_request(torchserve, build_
     result = run_load(label=name, host=state.inference, model=name, version=None,
                       inference_key=backend.access().inference_key,
                       samples=[{"inputs": row.tolist()} for row in digits.eval_x[:16]],
-                      settings=LoadSettings(users=USERS, seconds=3, rounds=1, processes=processes))
+                      settings=LoadSettings(users=USERS, seconds=3, rounds=1, processes=processes),
+                      locustfile=loadtests_dir() / "torchserve.py", user_class="TorchServePredictUser")
     served = requests_served(backend, name) - before
     assert result.processes == processes and result.failures == 0
     assert result.requests > 100 and result.warmup_requests > 0

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from pipeline_env import pipeline_home
 
 from servegate import promotion
+from servegate._resources import loadtests_dir
 from servegate.backends._process import group_processes
 from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
 from servegate.backends.torchserve.local import ServerState
@@ -134,7 +135,8 @@ def test_a_run_promotes_across_every_replica_and_loads_them_all(attached: Fleet,
         load = run_load(label="fleet", host=access.inference_url, model="fleetrun", version=None,
                         inference_key=access.inference_key, replicas=access.replicas,
                         samples=[{"inputs": row.tolist()} for row in rows],
-                        settings=LoadSettings(users=2, seconds=2, rounds=1))
+                        settings=LoadSettings(users=2, seconds=2, rounds=1),
+                        locustfile=loadtests_dir() / "torchserve.py", user_class="TorchServePredictUser")
         each = [requests_served(r.backend, "fleetrun") - b
                 for r, b in zip(fleet.replicas, before, strict=True)]
     assert load.failures == 0 and load.requests > 30

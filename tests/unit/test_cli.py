@@ -40,7 +40,7 @@ def test_bad_input_exits_5(tmp_path: Path) -> None:
 def test_stop_without_a_server_is_a_no_op(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "stop", "--workdir", str(tmp_path)])
     assert result.exit_code == 0
-    assert "no TorchServe was running" in result.output
+    assert "no torchserve was running" in result.output
 
 
 def test_package_builds_an_archive(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_a_reused_server_says_which_options_it_did_not_apply(tmp_path: Path, mon
                      "--token-expiration-min 1440"]
     monkeypatch.setattr(local.LocalTorchServe, "state", lambda self: state)
     monkeypatch.setattr(local.LocalTorchServe, "start", lambda self: state)
-    monkeypatch.setattr("servegate.cli._print_state", lambda state: None)
+    monkeypatch.setattr("servegate.cli._print_state", lambda target, state: None)
     result = runner.invoke(app, ["serve", "start", "--workdir", str(tmp_path),
                                  "--token-expiration-min", "1440"])
     assert result.exit_code == 0, result.output

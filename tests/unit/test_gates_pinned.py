@@ -13,6 +13,7 @@ import pytest
 
 from servegate.config import ParityThresholds
 from servegate.gates.parity import ParityResult, parity_checks, run_parity
+from servegate.targets import MeasuredTarget
 from servegate.testing import MemoryBackend
 
 
@@ -25,7 +26,8 @@ class _Answers:
     def predict(self, name: str, payload: Any, version: str | None = None) -> Any:
         rows = payload["instances"]
         start = int(rows[0][0])
-        return {"predictions": self.by_version[version or "1"][start:start + len(rows)].tolist()}
+        answers = self.by_version[version or "1"][start:start + len(rows)].tolist()
+        return {"predictions": [{"probabilities": row} for row in answers]}
 
 
 class _Model:
@@ -52,7 +54,8 @@ def test_the_champions_accuracy_is_computed_from_the_champions_answers() -> None
     y = np.array([0, 1, 0, 1])
     challenger, champion = _onehot([0, 1, 0, 1]), _onehot([1, 1, 1, 1])  # 100% vs 50%
     model = _Model(challenger, y, "classification")
-    result = run_parity(_Answers({"2": challenger, "1": champion}), "m", "2", model, "1")
+    result = run_parity(_Answers({"2": challenger, "1": champion}), "m", "2", model, "1",
+                        decode=MeasuredTarget().prediction_values)
     assert (result.accuracy, result.champion_accuracy) == (1.0, 0.5)
 
 

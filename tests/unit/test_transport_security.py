@@ -16,6 +16,7 @@ import httpx
 import pytest
 from tls_certs import TestCA
 
+from servegate._resources import loadtests_dir
 from servegate.backends.torchserve.client import Endpoints, TorchServeClient
 from servegate.backends.torchserve.exposure import build_truststore, check_exposure, exposure
 from servegate.backends.torchserve.keys import StaticKeys
@@ -263,7 +264,8 @@ def test_locust_verifies_https_against_the_bundle_and_refuses_a_stranger(
 
     common = {"label": "v1", "host": tls_server, "model": "digits", "version": None,
               "inference_key": "i-key", "samples": [{"instances": [[0.0] * 64]}],
-              "settings": LoadSettings(users=1, seconds=1, rounds=1)}
+              "settings": LoadSettings(users=1, seconds=1, rounds=1),
+              "locustfile": loadtests_dir() / "torchserve.py", "user_class": "TorchServePredictUser"}
     trusted = run_load(**common, ca_bundle=str(ca.bundle))
     assert trusted.requests > 0 and trusted.failures == 0, trusted.errors
     stranger = TestCA(tmp_path / "stranger", "a stranger's CA")

@@ -19,7 +19,7 @@ from servegate.config import (
     attach_refused,
     tracking_ca_bundle,
 )
-from servegate.errors import ConfigError, ServerError, ServerNotRunning
+from servegate.errors import ConfigError, ServerError
 
 if TYPE_CHECKING:
     from servegate.backends.tfserving import TFServingBackend, TFServingSettings
@@ -111,33 +111,3 @@ def open_tfserving(settings: TFServingSettings | None = None,
     if mode == "attach":
         raise ConfigError(attach_refused("TF Serving", f"{ENV_URL}, {ENV_GRPC} and {ENV_MODEL_ROOT}"))
     return TFServingBackend.from_state(LocalTFServing(settings).start())
-
-
-def running_backend(target: str) -> Any:
-    """The server of ``target`` that runs now, never started here: the attached one when its
-    settings are set, else the local one of ``$SERVEGATE_HOME`` (``ServerNotRunning`` if none)."""
-    if target == "tfserving":
-        from servegate.backends.tfserving.deployer import TFServingBackend
-        from servegate.backends.tfserving.local import LocalTFServing
-
-        configured = TFServingAttach.from_env()
-        if configured is not None:
-            return TFServingBackend.attach(configured.url, configured.grpc, configured.model_root,
-                                           configured.server_root, ca_bundle=configured.ca_bundle)
-        from servegate.config import TFServingSettings as LocalSettings
-
-        state = LocalTFServing(LocalSettings()).state()
-        if state is None:
-            raise ServerNotRunning("no TF Serving is attached (SERVEGATE_TFSERVING_URL) or running "
-                                   "locally; deploy a model first")
-        return TFServingBackend.from_state(state)
-    from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
-
-    if TorchServeAttach.from_env() is not None:
-        return open_torchserve(TorchServeSettings(), "attach")
-    server = LocalTorchServe(TorchServeSettings())
-    state = server.state()
-    if state is None:
-        raise ServerNotRunning(f"no TorchServe is attached (SERVEGATE_TORCHSERVE_MANAGEMENT_URL) "
-                               f"or running in {server.workdir}; deploy a model first")
-    return TorchServeBackend.from_state(state)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from servegate._resources import loadtests_dir
 from servegate.backends.base import ReplicaAccess
 from servegate.config import LoadSettings, SLOs, inherited_environment
 from servegate.errors import PipelineError
@@ -95,11 +94,10 @@ def locust_environment(**settings: str) -> dict[str, str]:
 
 
 def run_load(*, label: str, host: str, model: str, version: str | None, inference_key: str | None,
-             samples: list[Any], settings: LoadSettings, locustfile: Path | None = None,
-             user_class: str = "TorchServePredictUser", ca_bundle: str | None = None,
-             replicas: tuple[ReplicaAccess, ...] = ()) -> LoadResult:
-    """Run a locustfile's user class (default: ``loadtests/torchserve.py`` against
-    ``/predictions/{model}[/{version}]``) against one version, in ``settings.processes``
+             samples: list[Any], settings: LoadSettings, locustfile: Path, user_class: str,
+             ca_bundle: str | None = None, replicas: tuple[ReplicaAccess, ...] = ()) -> LoadResult:
+    """Run ``user_class`` of ``locustfile`` (the target's: ``Target.load_profile``) against
+    one version, in ``settings.processes``
     Locust processes; ``inference_key`` reaches the Locust process in a key file only this user
     can read, never on its command line; an ``https://`` host is verified against ``ca_bundle``
     (its path: ``SERVEGATE_CA_BUNDLE``), else the system's CAs. ``replicas`` (a fleet's, with
@@ -128,7 +126,7 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
                                  **({"SERVEGATE_CA_BUNDLE": ca_bundle} if ca_bundle else {}))
         command = [
             sys.executable, "-m", "servegate.gates.locust_runner",
-            "--locustfile", str(locustfile or loadtests_dir() / "torchserve.py"),
+            "--locustfile", str(locustfile),
             "--user-class", user_class,
             "--host", host, "--users", str(settings.users), "--seconds", str(settings.seconds),
             "--processes", str(settings.processes), "--out", str(out),

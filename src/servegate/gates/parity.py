@@ -13,6 +13,7 @@ reference and against the served champion, with the checks that fit the model's 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +46,9 @@ def _output_names(model: Any) -> list[str]:
     return [s.name for s in getattr(model, "outputs", ())] or ["output"]
 
 
-def _prediction_values(prediction: Any, task: str, names: list[str]) -> list[Any]:
-    """One served prediction as its output values in the model's output order."""
-    if task in CLASS_TASKS:
-        return [prediction["probabilities"] if isinstance(prediction, dict) else prediction]
-    if isinstance(prediction, dict) and len(names) > 1:
-        return [prediction[n] for n in names]
-    return [prediction]
+#: A served answer row -> its output values in the model's output order (``task``, output
+#: names); each target decodes its own server's answers (``MeasuredTarget.prediction_values``).
+AnswerDecoder = Callable[[Any, str, list[str]], list[Any]]
 
 
 #: Room left in a request body for the JSON envelope around the instances.
@@ -87,7 +84,7 @@ def request_chunks(instances: list[Any], limits: RequestLimits | None = None,
 
 
 def served_outputs(backend: ServingBackend, name: str, version: str | None, model: Any, x: Any,
-                   limits: RequestLimits | None = None) -> tuple[np.ndarray, ...]:
+                   decode: AnswerDecoder, limits: RequestLimits | None = None) -> tuple[np.ndarray, ...]:
     """Every output of every row of ``x`` through the standard REST endpoint: class
     probabilities, embedding vectors, regression values or raw tensors, in output order; sent
     in requests that fit the body limit (``request_chunks``)."""
@@ -96,20 +93,21 @@ def served_outputs(backend: ServingBackend, name: str, version: str | None, mode
     for chunk in request_chunks(_request_rows(model, x), limits):
         answer = backend.predict(name, {"instances": chunk}, version)
         for prediction in answer["predictions"]:
-            values = _prediction_values(prediction, task, names)
+            values = decode(prediction, task, names)
             columns = columns or [[] for _ in values]
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
     return tuple(np.asarray(c, dtype=np.float64) for c in columns or [])
 
 
-def served_probabilities(backend: ServingBackend, name: str, version: str | None,
-                         x: np.ndarray, limits: RequestLimits | None = None) -> np.ndarray:
-    """Class probabilities (or embedding vectors) of every row of ``x``."""
+def served_vectors(backend: ServingBackend, name: str, version: str | None, x: np.ndarray,
+                   task: str, decode: AnswerDecoder,
+                   limits: RequestLimits | None = None) -> np.ndarray:
+    """The first output (embedding vectors, or class probabilities) of every row of ``x``."""
     rows = []
     for chunk in request_chunks(x.tolist(), limits):
         answer = backend.predict(name, {"instances": chunk}, version)
-        rows += [p["probabilities"] if isinstance(p, dict) else p for p in answer["predictions"]]
+        rows += [decode(p, task, ["output"])[0] for p in answer["predictions"]]
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -157,21 +155,23 @@ class ParityResult:
 
 
 def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel | Any,
-               champion_version: str | None, limits: RequestLimits | None = None) -> ParityResult:
+               champion_version: str | None, limits: RequestLimits | None = None, *,
+               decode: AnswerDecoder) -> ParityResult:
     """The held-out rows through the challenger (and the champion), against the reference;
-    requests sized to fit ``limits`` (the handlers' body limit)."""
+    requests sized to fit ``limits`` (the handlers' body limit); answers read by the target's
+    ``decode``."""
     if model.eval_x is None:
         raise SourceError("the model has no held-out set to gate on")
     task = _task(model)
     if task == "embedding" or (task == "text-classification" and model.eval_y is None
                                and not model.labels):
-        return _embedding_parity(backend, name, version, model, limits)
+        return _embedding_parity(backend, name, version, model, decode, limits)
     x, y = model.eval_x, model.eval_y
-    served = served_outputs(backend, name, version, model, x, limits)
+    served = served_outputs(backend, name, version, model, x, decode, limits)
     reference = _reference(model, x, task)
     flat_served, flat_reference = _flat(served), _flat(reference)
     diffs = np.abs(flat_served - flat_reference)
-    champion = (served_outputs(backend, name, champion_version, model, x, limits)
+    champion = (served_outputs(backend, name, champion_version, model, x, decode, limits)
                 if champion_version is not None else None)
     nan = float("nan")
     common: dict[str, Any] = dict(
@@ -219,11 +219,11 @@ def _errors(predicted: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.sqrt(np.mean(error ** 2))), float(np.mean(np.abs(error)))
 
 
-def _embedding_parity(backend: ServingBackend, name: str, version: str,
-                      model: Any, limits: RequestLimits | None = None) -> ParityResult:
+def _embedding_parity(backend: ServingBackend, name: str, version: str, model: Any,
+                      decode: AnswerDecoder, limits: RequestLimits | None = None) -> ParityResult:
     """Embedding models have no labels: served vectors against the reference, by cosine."""
     x = model.eval_x
-    served = served_probabilities(backend, name, version, x, limits)
+    served = served_vectors(backend, name, version, x, _task(model), decode, limits)
     reference = model.reference(x).astype(np.float64)
     diffs = np.abs(served - reference)
     cosine = (served * reference).sum(1) / (

@@ -13,7 +13,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from rich.console import Console
 
+from servegate.backends._local import LocalServer
 from servegate.backends.base import ServingBackend
+from servegate.choices import CLASS_TASKS
 from servegate.config import LoadSettings, PipelineConfig, RequestLimits
 from servegate.errors import ServerError
 from servegate.gates.load import Adaptive, LoadResult
@@ -33,12 +35,12 @@ class Built:
 
 @dataclass(frozen=True)
 class LoadProfile:
-    """How Locust loads a version: request bodies, and a locustfile user class (None: the
-    standard TorchServe user)."""
+    """How Locust loads a version: the request bodies, and the locustfile and user class that
+    send them (each target names its own: there is no default server)."""
 
     samples: list[Any]
-    locustfile: Path | None = None
-    user_class: str = "TorchServePredictUser"
+    locustfile: Path
+    user_class: str
 
 
 @runtime_checkable
@@ -55,6 +57,13 @@ class Target(Protocol):
 
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
         """The server (attached or local); None and the reason when a run may still build."""
+
+    def running_backend(self, config: PipelineConfig) -> ServingBackend:
+        """The server that runs now (attached, per ``config.server``, else the local one);
+        never starts one: ``ServerNotRunning`` says how to (``servegate models|predict``)."""
+
+    def local_server(self, config: PipelineConfig) -> LocalServer[Any]:
+        """This host's server of ``config`` (``servegate serve start|stop|status``)."""
 
     def load_model(self, config: PipelineConfig) -> Any:
         """The model of ``config.model`` with its held-out data."""
@@ -102,7 +111,20 @@ class MeasuredTarget:
                      champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
         from servegate.gates.parity import run_parity
 
-        return run_parity(backend, name, version, model, champion, limits)
+        return run_parity(backend, name, version, model, champion, limits,
+                          decode=self.prediction_values)
+
+    def prediction_values(self, prediction: Any, task: str, outputs: list[str]) -> list[Any]:
+        """One answer row as its output values, in the model's output order (``outputs``: their
+        names). The answer format servegate's handlers and SavedModel signatures share: a
+        classifier's row is a mapping holding ``probabilities``; a model of several outputs
+        answers ``{name: value}``, of one output the value itself. A server whose answers
+        differ overrides this."""
+        if task in CLASS_TASKS:
+            return [_field(prediction, "probabilities")]
+        if len(outputs) > 1:
+            return [_field(prediction, n) for n in outputs]
+        return [prediction]
 
     def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
                      settings: LoadSettings, profile: LoadProfile,
@@ -110,12 +132,16 @@ class MeasuredTarget:
         from servegate.gates.load import run_ab
 
         access = backend.access()
-        extra: dict[str, Any] = {"user_class": profile.user_class}
-        if profile.locustfile is not None:
-            extra["locustfile"] = profile.locustfile
         return run_ab(versions, settings=settings, adaptive=adaptive, host=access.inference_url,
                       model=name, inference_key=access.inference_key, samples=profile.samples,
-                      ca_bundle=access.ca_bundle, replicas=access.replicas, **extra)
+                      locustfile=profile.locustfile, user_class=profile.user_class,
+                      ca_bundle=access.ca_bundle, replicas=access.replicas)
+
+
+def _field(prediction: Any, key: str) -> Any:
+    if not isinstance(prediction, dict) or key not in prediction:
+        raise ServerError(f"the server's answer row has no {key!r}: {str(prediction)[:120]}")
+    return prediction[key]
 
 
 def curl_command(url: str, key_shell: str | None, example: Any, ca_bundle: str | None = None) -> str:

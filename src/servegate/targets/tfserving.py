@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from servegate.backends._local import LocalServer
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
 from servegate.errors import BackendUnavailable, ConfigError, ServerError, ServerNotRunning
@@ -38,6 +39,26 @@ class TFServingTarget(MeasuredTarget):
             if config.server == "attach":
                 raise
             return None, exc
+
+    def running_backend(self, config: PipelineConfig) -> ServingBackend:
+        from servegate.backends.factory import open_tfserving
+        from servegate.backends.tfserving.deployer import TFServingBackend
+        from servegate.config import TFServingAttach
+
+        if config.server == "attach" or (config.server == "auto" and TFServingAttach.from_env()):
+            return open_tfserving(config.tfserving_settings(), "attach")
+        server = self.local_server(config)
+        state = server.state()
+        if state is None:
+            raise ServerNotRunning(f"no TF Serving running in {server.workdir}; start one with "
+                                   "`servegate serve start --target tfserving` (or attach one: "
+                                   "SERVEGATE_TFSERVING_*)")
+        return TFServingBackend.from_state(state)
+
+    def local_server(self, config: PipelineConfig) -> LocalServer[Any]:
+        from servegate.backends.tfserving.local import LocalTFServing
+
+        return LocalTFServing(config.tfserving_settings())
 
     def load_model(self, config: PipelineConfig) -> Any:
         from servegate.sources.keras_import import load_keras_model

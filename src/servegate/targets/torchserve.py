@@ -8,9 +8,10 @@ from typing import Any
 
 from rich.console import Console
 
+from servegate.backends._local import LocalServer
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
-from servegate.errors import ConfigError, ServerError
+from servegate.errors import ConfigError, ServerError, ServerNotRunning
 from servegate.targets.base import Built, LoadProfile, MeasuredTarget, curl_cacert
 
 
@@ -34,6 +35,25 @@ class TorchServeTarget(MeasuredTarget):
         from servegate.backends.factory import open_torchserve
 
         return open_torchserve(config.torchserve, config.server), None
+
+    def running_backend(self, config: PipelineConfig) -> ServingBackend:
+        from servegate.backends.factory import open_torchserve
+        from servegate.backends.torchserve import TorchServeBackend
+        from servegate.config import TorchServeAttach
+
+        if config.server == "attach" or (config.server == "auto" and TorchServeAttach.from_env()):
+            return open_torchserve(config.torchserve, "attach")
+        server = self.local_server(config)
+        state = server.state()
+        if state is None:
+            raise ServerNotRunning(f"no TorchServe running in {server.workdir}; start one with "
+                                   "`servegate serve start` (or attach one: SERVEGATE_TORCHSERVE_*)")
+        return TorchServeBackend.from_state(state)
+
+    def local_server(self, config: PipelineConfig) -> LocalServer[Any]:
+        from servegate.backends.torchserve import LocalTorchServe
+
+        return LocalTorchServe(config.torchserve)
 
     def load_model(self, config: PipelineConfig) -> Any:
         from servegate.sources import SourceOptions, load_torch_model
@@ -78,7 +98,10 @@ class TorchServeTarget(MeasuredTarget):
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
 
     def load_profile(self, model: Any) -> LoadProfile:
-        return LoadProfile([{"instances": [row]} for row in model.request_rows(model.example_batch(32))])
+        from servegate._resources import loadtests_dir
+
+        return LoadProfile([{"instances": [row]} for row in model.request_rows(model.example_batch(32))],
+                           loadtests_dir() / "torchserve.py", "TorchServePredictUser")
 
     def example_row(self, model: Any) -> Any:
         return model.request_rows(model.example_batch(1))[0]

@@ -21,7 +21,7 @@ from rich.console import Console
 from servegate import tracking
 from servegate.backends.base import ServingBackend
 from servegate.config import LoadSettings, PipelineConfig, RequestLimits
-from servegate.errors import ServerError
+from servegate.errors import ConfigError, ServerError
 from servegate.gates.load import Adaptive, LoadResult
 from servegate.gates.parity import ParityResult
 from servegate.targets.base import Built, LoadProfile
@@ -57,6 +57,12 @@ class ScriptedTarget:
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
         return self.backend, None
 
+    def running_backend(self, config: PipelineConfig) -> ServingBackend:
+        return self.backend
+
+    def local_server(self, config: PipelineConfig) -> Any:
+        raise ConfigError(f"{self.name} is served in memory: it has no local server to start")
+
     def load_model(self, config: PipelineConfig) -> ScriptedModel:
         return self.script.pop(0)
 
@@ -73,7 +79,8 @@ class ScriptedTarget:
         return Built(path, tracking.log_artifact_file(path, "archive"), "scripted", "fp32")
 
     def load_profile(self, model: Any) -> LoadProfile:
-        return LoadProfile(samples=[])
+        # never sent: measure_load answers from the script
+        return LoadProfile(samples=[], locustfile=Path(__file__), user_class="ScriptedUser")
 
     def example_row(self, model: Any) -> Any:
         return [0.0]

@@ -257,6 +257,7 @@ class TorchServeBench:
             placed.unlink(missing_ok=True)
 
     def _load(self, version: str, point: Point, users: int) -> Measurement:
+        from servegate._resources import loadtests_dir
         from servegate.gates.load import run_load
 
         access = self.backend.access()
@@ -264,6 +265,7 @@ class TorchServeBench:
             label=f"{self.name} {point.label} ({users} users)", host=access.inference_url,
             model=self.name, version=version, inference_key=access.inference_key,
             samples=self.samples, ca_bundle=access.ca_bundle,
+            locustfile=loadtests_dir() / "torchserve.py", user_class="TorchServePredictUser",
             settings=LoadSettings(users=users, seconds=self.seconds, rounds=1,
                                   processes=min(self.processes, users)))
         self.say(f"  {users:>4} users: {result.rps:8.1f} req/s  p95 {result.p95_ms:7.1f} ms  "
