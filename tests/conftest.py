@@ -1,13 +1,33 @@
-"""Shared fixtures: the built-in model (trained once) and archive building."""
+"""Shared fixtures: an MLflow store of the test's own, the built-in model (trained once) and
+archive building."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from servegate.config import BatchingConfig
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An MLflow tracking store and registry on SQLite in ``tmp_path``, a servegate home of this
+    test's own (``tmp_path/home``), no inherited run or experiment; runs left active are ended
+    afterwards. Yields ``tmp_path``."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")

@@ -117,18 +117,6 @@ def test_a_replica_that_does_not_answer_fails_every_read() -> None:
 
 
 # ---- promotion across a fleet -------------------------------------------------------------------
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
 
 
 def registered(name: str, count: int) -> Registry:
@@ -139,7 +127,7 @@ def registered(name: str, count: int) -> Registry:
     return Registry.for_model(name)
 
 
-def test_a_replica_killed_mid_promotion_reverts_the_others_and_the_registry(store: Path) -> None:
+def test_a_replica_killed_mid_promotion_reverts_the_others_and_the_registry(mlflow_store: Path) -> None:
     registry = registered("digits", 2)
     backend, members = fleet()
     for v in ("1", "2"):
@@ -162,7 +150,7 @@ def test_a_replica_killed_mid_promotion_reverts_the_others_and_the_registry(stor
     # it restarts empty; reconcile (or the next run) repairs the move and restores the champion
     members[2] = MemoryBackend()
     backend.replicas[2] = Replica("replica-2", members[2])
-    archive = store / "digits.mar"
+    archive = mlflow_store / "digits.mar"
     archive.write_bytes(b"champion")
     from servegate.integrity import artifact_sha256
 
@@ -180,7 +168,7 @@ def test_a_replica_killed_mid_promotion_reverts_the_others_and_the_registry(stor
     assert not reconcile(registry, backend, "digits", 1, said.append).restored  # idempotent
 
 
-def test_a_promotion_across_the_fleet(store: Path) -> None:
+def test_a_promotion_across_the_fleet(mlflow_store: Path) -> None:
     registry = registered("digits", 2)
     backend, members = fleet()
     for v in ("1", "2"):
@@ -249,7 +237,7 @@ def test_the_environment_names_a_fleet_or_one_server(monkeypatch: pytest.MonkeyP
 
 
 def test_the_next_run_restores_the_champion_on_a_replica_that_came_back_empty(
-        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
     from servegate.config import PipelineConfig

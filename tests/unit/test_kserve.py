@@ -96,19 +96,7 @@ def test_options_are_checked_before_anything_is_written() -> None:
     assert service_name("9lives") == "m-9lives"
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-
-
-def registered(store: Path, archives: dict[str, Path], name: str = "digits") -> Registry:
+def registered(mlflow_store: Path, archives: dict[str, Path], name: str = "digits") -> Registry:
     from servegate.integrity import artifact_sha256
 
     client = MlflowClient()
@@ -125,14 +113,14 @@ def registered(store: Path, archives: dict[str, Path], name: str = "digits") -> 
 
 
 def test_export_writes_the_storage_torchserve_reads_and_the_canary(
-        store: Path, build_archive, validators) -> None:
-    archives = {v: build_archive(v, store=store / f"built{v}") for v in ("1", "2")}
-    registry = registered(store, archives)
+        mlflow_store: Path, build_archive, validators) -> None:
+    archives = {v: build_archive(v, store=mlflow_store / f"built{v}") for v in ("1", "2")}
+    registry = registered(mlflow_store, archives)
     registry.set_alias(CHAMPION, "1")
     registry.set_alias(CHALLENGER, "2")
-    done = export("digits", OPTIONS, store / "out")
+    done = export("digits", OPTIONS, mlflow_store / "out")
     assert (done.champion, done.challenger) == ("1", "2")
-    out = store / "out"
+    out = mlflow_store / "out"
     for manifest_file in ("servingruntime.yaml", "inferenceservice.yaml",
                           "inferenceservice-canary.yaml"):
         assert errors(validators, yaml.safe_load((out / manifest_file).read_text())) == []
@@ -150,12 +138,12 @@ def test_export_writes_the_storage_torchserve_reads_and_the_canary(
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 20
 
 
-def test_export_refuses_an_archive_that_is_not_the_one_built(store: Path, build_archive) -> None:
-    archive = build_archive("1", store=store / "built")
-    registry = registered(store, {"1": archive})
+def test_export_refuses_an_archive_that_is_not_the_one_built(mlflow_store: Path, build_archive) -> None:
+    archive = build_archive("1", store=mlflow_store / "built")
+    registry = registered(mlflow_store, {"1": archive})
     registry.set_alias(CHAMPION, "1")
     registry.tag("1", {ARCHIVE_SHA256_TAG: "0" * 64})
     with pytest.raises(IntegrityError):
-        export("digits", OPTIONS, store / "out")
-    assert not list((store / "out").rglob("*.mar"))
+        export("digits", OPTIONS, mlflow_store / "out")
+    assert not list((mlflow_store / "out").rglob("*.mar"))
     assert zipfile.is_zipfile(archive)

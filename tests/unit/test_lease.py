@@ -23,19 +23,9 @@ from servegate.registry import Registry
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home-test"))
-    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(uri)
+@pytest.fixture(autouse=True)
+def _lease_experiment(mlflow_store: Path) -> None:
     mlflow.set_experiment("lease")
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
 
 
 def _runner(tmp_path: Path, name: str, script: str) -> subprocess.Popen:
@@ -56,8 +46,8 @@ HOLDER = """
 """
 
 
-def test_a_second_runner_is_refused_with_the_holder_named(store: Path) -> None:
-    holder = _runner(store, "a", HOLDER)
+def test_a_second_runner_is_refused_with_the_holder_named(mlflow_store: Path) -> None:
+    holder = _runner(mlflow_store, "a", HOLDER)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(Busy, match=f"pid {holder.pid} on") as refused:
@@ -72,10 +62,10 @@ def test_a_second_runner_is_refused_with_the_holder_named(store: Path) -> None:
     assert leases(Registry.for_model("fraud")) == {}
 
 
-def test_a_waiting_runner_gets_the_lease_when_the_holder_releases(store: Path) -> None:
+def test_a_waiting_runner_gets_the_lease_when_the_holder_releases(mlflow_store: Path) -> None:
     import threading
 
-    holder = _runner(store, "a", HOLDER)
+    holder = _runner(mlflow_store, "a", HOLDER)
     assert holder.stdout.readline().strip() == "held"
     waited: list[str] = []
 
@@ -91,7 +81,7 @@ def test_a_waiting_runner_gets_the_lease_when_the_holder_releases(store: Path) -
     assert len(waited) == 1
 
 
-def test_a_lapsed_lease_of_a_dead_runner_blocks_nobody(store: Path) -> None:
+def test_a_lapsed_lease_of_a_dead_runner_blocks_nobody(mlflow_store: Path) -> None:
     registry = Registry.for_model("fraud")
     dead = Lease(registry, ttl_s=0.5)
     dead.acquire()
@@ -114,11 +104,11 @@ CONTENDER = """
 """
 
 
-def test_concurrent_runners_never_hold_it_at_once(store: Path) -> None:
+def test_concurrent_runners_never_hold_it_at_once(mlflow_store: Path) -> None:
     """Four runners race for the lease three times each: the held intervals never overlap."""
     Registry.for_model("fraud")
-    log = store / "held.jsonl"
-    runners = [_runner(store, str(i), CONTENDER.format(log=str(log))) for i in range(4)]
+    log = mlflow_store / "held.jsonl"
+    runners = [_runner(mlflow_store, str(i), CONTENDER.format(log=str(log))) for i in range(4)]
     for runner in runners:
         _, err = runner.communicate(timeout=300)
         assert runner.returncode == 0, err[-2000:]
@@ -128,14 +118,14 @@ def test_concurrent_runners_never_hold_it_at_once(store: Path) -> None:
         assert start >= end, f"two runners held the lease at once: {intervals}"
 
 
-def test_a_pipeline_run_is_refused_while_another_runner_holds_the_model(store: Path) -> None:
+def test_a_pipeline_run_is_refused_while_another_runner_holds_the_model(mlflow_store: Path) -> None:
     """Two runs of one model from two processes with separate lock directories: the second
     stops before touching the registry's versions or the server, naming the first."""
     from servegate.config import PipelineConfig
     from servegate.pipeline import DeployPipeline
     from servegate.testing import MemoryBackend, ScriptedModel, ScriptedTarget
 
-    holder = _runner(store, "a", HOLDER.replace('"fraud"', '"scripted"'))
+    holder = _runner(mlflow_store, "a", HOLDER.replace('"fraud"', '"scripted"'))
     try:
         assert holder.stdout.readline().strip() == "held"
         backend = MemoryBackend()
@@ -150,7 +140,7 @@ def test_a_pipeline_run_is_refused_while_another_runner_holds_the_model(store: P
         holder.communicate("go\n", timeout=60)
 
 
-def test_repair_leaves_a_move_whose_runner_holds_the_lease(store: Path) -> None:
+def test_repair_leaves_a_move_whose_runner_holds_the_lease(mlflow_store: Path) -> None:
     from servegate.promotion import PROMOTION_TAG, Move, repair
     from servegate.registry import CHAMPION
     from servegate.testing import MemoryBackend
@@ -158,11 +148,11 @@ def test_repair_leaves_a_move_whose_runner_holds_the_lease(store: Path) -> None:
     client = mlflow.MlflowClient()
     client.create_registered_model("fraud")
     for _ in range(2):
-        client.create_model_version("fraud", str(store), run_id=None)
+        client.create_model_version("fraud", str(mlflow_store), run_id=None)
     registry = Registry.for_model("fraud")
     backend = MemoryBackend()
     for version in ("1", "2"):
-        backend.deploy(store, "fraud", version)
+        backend.deploy(mlflow_store, "fraud", version)
     registry.set_alias(CHAMPION, "2")  # the live runner moved the registry, not yet the server
     live = Lease(registry)
     live.acquire()  # (in this process, but under another owner id than the repairing run's)

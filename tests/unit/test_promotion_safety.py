@@ -42,21 +42,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 runner = CliRunner()
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An MLflow registry on SQLite and a servegate home of this test's own."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-
-
 def versions(name: str, count: int) -> Registry:
     client = MlflowClient()
     client.create_registered_model(name)
@@ -76,7 +61,7 @@ def said() -> tuple[list[str], callable]:
 
 
 # ---- crash-safe promotion ------------------------------------------------------------------------
-def test_a_failing_server_step_puts_the_registry_back(store: Path) -> None:
+def test_a_failing_server_step_puts_the_registry_back(mlflow_store: Path) -> None:
     registry = versions("digits", 3)
     backend = MemoryBackend()
     served(backend, "digits", "1", "2", "3")
@@ -119,16 +104,16 @@ move_champion(Registry.for_model("digits"), backend, "digits", "3")
 """
 
 
-def kill_between_steps(store: Path) -> tuple[Registry, MemoryBackend]:
+def kill_between_steps(mlflow_store: Path) -> tuple[Registry, MemoryBackend]:
     """v2 champion (served, default), v3 served; a process promoting v3 is SIGKILLed after the
     registry moved and before the server did."""
     registry = versions("digits", 3)
-    backend = MemoryBackend(store / "server.json")
+    backend = MemoryBackend(mlflow_store / "server.json")
     served(backend, "digits", "2", "3")
     registry.set_alias(CHAMPION, "2")
-    script = store / "promote.py"
+    script = mlflow_store / "promote.py"
     script.write_text(KILL_BETWEEN_STEPS)
-    killed = subprocess.run([sys.executable, str(script), str(store / "server.json")],
+    killed = subprocess.run([sys.executable, str(script), str(mlflow_store / "server.json")],
                             env=os.environ | {"PYTHONPATH": str(SRC)}, capture_output=True,
                             text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -138,8 +123,8 @@ def kill_between_steps(store: Path) -> tuple[Registry, MemoryBackend]:
     return registry, backend
 
 
-def test_a_promotion_killed_between_its_steps_is_finished_by_the_next_run(store: Path) -> None:
-    registry, backend = kill_between_steps(store)
+def test_a_promotion_killed_between_its_steps_is_finished_by_the_next_run(mlflow_store: Path) -> None:
+    registry, backend = kill_between_steps(mlflow_store)
     lines, say = said()
     mlflow.set_experiment("t")
 
@@ -163,8 +148,8 @@ def test_a_promotion_killed_between_its_steps_is_finished_by_the_next_run(store:
     assert repair(registry, backend, "digits", say) is None  # nothing left to repair
 
 
-def test_a_promotion_killed_between_its_steps_is_reverted_when_the_target_is_gone(store: Path) -> None:
-    registry, backend = kill_between_steps(store)
+def test_a_promotion_killed_between_its_steps_is_reverted_when_the_target_is_gone(mlflow_store: Path) -> None:
+    registry, backend = kill_between_steps(mlflow_store)
     backend.undeploy("digits", "3")  # e.g. the server restarted without it
     lines, say = said()
     assert repair(registry, backend, "digits", say) == "reverted"
@@ -173,15 +158,15 @@ def test_a_promotion_killed_between_its_steps_is_reverted_when_the_target_is_gon
     assert "no longer serves v3" in lines[0]
 
 
-def test_rollback_reverts_an_interrupted_promotion(store: Path) -> None:
-    registry, backend = kill_between_steps(store)
+def test_rollback_reverts_an_interrupted_promotion(mlflow_store: Path) -> None:
+    registry, backend = kill_between_steps(mlflow_store)
     restored, demoted = rollback(PipelineConfig(name="digits"), backend)
     assert (restored, demoted) == ("2", "3")
     assert registry.version_for_alias(CHAMPION) == "2" and backend.default_version("digits") == "2"
     assert registry.model_tags()[PROMOTION_TAG].startswith("reverted by repair")
 
 
-def test_rollback_moves_registry_then_server(store: Path) -> None:
+def test_rollback_moves_registry_then_server(mlflow_store: Path) -> None:
     registry = versions("digits", 2)
     backend = MemoryBackend()
     served(backend, "digits", "1", "2")
@@ -195,7 +180,7 @@ def test_rollback_moves_registry_then_server(store: Path) -> None:
 
 # ---- signals -------------------------------------------------------------------------------------
 def test_sigterm_during_a_run_withdraws_the_challenger_and_ends_the_run_killed(
-        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = versions("digits", 2)
     backend = MemoryBackend()
     served(backend, "digits", "1")
@@ -269,7 +254,7 @@ def hold_lock(fn: str, arg: str) -> subprocess.Popen[str]:
 
 
 def test_a_second_run_on_the_same_name_is_refused_naming_the_holder(
-        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        mlflow_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     holder = hold_lock("model_lock", "'digits'")
     try:
         with pytest.raises(Busy) as info:
@@ -350,7 +335,7 @@ def test_a_recorded_process_that_is_still_ours_is_stopped(tmp_path: Path) -> Non
 
 
 # ---- registry errors keep their meaning -----------------------------------------------------------
-def test_only_not_found_means_no_champion(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_not_found_means_no_champion(mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert Registry.for_model("nothing").version_for_alias(CHAMPION) is None  # no model
     registry = versions("digits", 1)
     assert registry.version_for_alias(CHAMPION) is None  # no alias
@@ -366,7 +351,7 @@ def test_only_not_found_means_no_champion(store: Path, monkeypatch: pytest.Monke
 
 
 def test_an_mlflow_outage_during_the_champion_lookup_stops_the_run(
-        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = versions("digits", 2)
     registry.set_alias(CHAMPION, "1")
     backend = MemoryBackend()
@@ -396,11 +381,11 @@ def test_non_servegate_errors_never_exit_1(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 # ---- archive hashes ------------------------------------------------------------------------------------
-def test_a_champion_is_restored_only_from_an_archive_with_its_recorded_hash(store: Path) -> None:
+def test_a_champion_is_restored_only_from_an_archive_with_its_recorded_hash(mlflow_store: Path) -> None:
     from servegate.integrity import artifact_sha256
 
     registry = versions("digits", 1)
-    archive = store / "digits.v1.mar"
+    archive = mlflow_store / "digits.v1.mar"
     archive.write_bytes(b"the archive as built")
     mlflow.set_experiment("t")
     with mlflow.start_run():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import pytest
 from rich.console import Console
 
@@ -19,27 +18,13 @@ from servegate.targets import get_target, register_target
 from servegate.testing import MemoryBackend, ScriptedModel, ScriptedTarget
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
-    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-
-
 class ToyTarget(ScriptedTarget):
     """A third server: whatever answers in memory (what a KServe or Triton module would be)."""
 
     name = "toy"
 
 
-def test_a_registered_target_runs_the_whole_pipeline_by_name(store: Path) -> None:
+def test_a_registered_target_runs_the_whole_pipeline_by_name(mlflow_store: Path) -> None:
     backend = MemoryBackend()
     toy = ToyTarget(backend, [ScriptedModel(0.95, 10), ScriptedModel(0.97, 9)])
     register_target("toy", lambda: toy)
