@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import yaml
 from mlflow import MlflowClient
 from pipeline_env import pipeline_home
 
+from servegate.backends._process import free_port
 from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
 from servegate.backends.torchserve.keys import StaticKeys
 from servegate.config import TorchServeSettings
@@ -41,17 +41,11 @@ WORKFLOW = ROOT / ".github" / "workflows" / "promote.yml"
 TRACKING_TOKEN = "tracking-token-never-logged-7f3a"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """`mlflow server` with its own SQLite backend and artifact root, serving artifacts."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/db.sqlite",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",

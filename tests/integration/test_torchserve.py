@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from payloads import png_header, softmax
 from posting import post_together
 
 from servegate.backends._process import group_processes
@@ -23,11 +22,6 @@ from servegate.errors import ModelNotFound
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def test_served_output_equals_in_process_output(served, digits) -> None:
     x = digits.eval_x[:16]
     answer = backend.predict("batched", {"instances": x.tolist()})
     served_probs = np.array([p["probabilities"] for p in answer["predictions"]])
-    np.testing.assert_allclose(served_probs, _probabilities(digits.reference(x)), atol=1e-5)
+    np.testing.assert_allclose(served_probs, softmax(digits.reference(x)), atol=1e-5)
 
 
 def test_requests_without_a_valid_token_are_rejected(served, digits) -> None:
@@ -60,22 +54,13 @@ def test_requests_without_a_valid_token_are_rejected(served, digits) -> None:
     assert ok.status_code == 200
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """57 bytes of PNG claiming ``width`` x ``height`` pixels (Pillow: a decompression bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
-
-
 # Bodies that once killed a whole batch (issue 11), each with the status it must get alone.
 ISSUE_11 = {
     b"[" * 1000 + b"]" * 1000: 400,                                    # RecursionError in json
     b'{"inputs": [' + b"7" * 5000 + b"]}": 400,                        # past int's digit limit
     json.dumps({"inputs": [{"name": "x", "shape": [2**32, 2**32], "datatype": "FP32",
                             "data": []}]}).encode(): 422,              # np.prod wrapped to 0
-    _png_header(20000, 20000): 422,                                    # not an image model
+    png_header(20000, 20000): 422,                                    # not an image model
     b'{"inputs": "\\ud800"}': 422,                                     # a lone surrogate
     json.dumps({"inputs": [True] * 64}).encode(): 422,                 # booleans are not numbers
     json.dumps({"instances": [[0.5] * 63 + [False]]}).encode(): 422,
@@ -97,7 +82,7 @@ def test_concurrent_batch_with_bad_requests_isolates_them(served, digits) -> Non
     results = post_together(backend, "batched", bodies)
     assert len(results) == len(bodies) >= 32
     assert set(bad) <= set(bodies)
-    expected = _probabilities(digits.reference(digits.eval_x[:16]))
+    expected = softmax(digits.reference(digits.eval_x[:16]))
     good_index = {b: i for i, b in enumerate(good)}
     for i, body in enumerate(bodies):
         response = results[i]
@@ -195,9 +180,9 @@ def test_image_bombs_and_foreign_formats_fail_alone(torchserve, tmp_path: Path) 
                  for p in pngs]
         before = backend.client.describe("imgs", "1")[0]["workers"]
         eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
-        bad = {_png_header(20000, 20000): 413, _png_header(7000, 7000): 413,
+        bad = {png_header(20000, 20000): 413, png_header(7000, 7000): 413,
                json.dumps({"instances": [{"b64": base64.b64encode(eps).decode()}]}).encode(): 422,
-               _png_header(8, 8) + b"\x00" * 20: 422, eps: 400}
+               png_header(8, 8) + b"\x00" * 20: 422, eps: 400}
         bodies = [b for pair in zip(pngs, bad, strict=False) for b in pair] + pngs[len(bad):]
         results = post_together(backend, "imgs", bodies)
         for i, body in enumerate(bodies):
@@ -398,5 +383,5 @@ def test_compiled_archives_serve_with_parity(torchserve, build_archive, digits, 
     x = digits.eval_x[:32]
     answer = backend.predict(name, {"instances": x.tolist()})
     served = np.array([p["probabilities"] for p in answer["predictions"]])
-    np.testing.assert_allclose(served, _probabilities(digits.reference(x)), atol=1e-5)
+    np.testing.assert_allclose(served, softmax(digits.reference(x)), atol=1e-5)
     backend.undeploy(name, "1")

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from payloads import png_header
 
 from servegate._resources import handler_module
 from servegate.harness import HarnessContext
@@ -175,16 +174,6 @@ NESTED = b"[" * 1000 + b"]" * 1000
 HUGE_INT = b'{"inputs": [' + b"7" * 5000 + b", 1, 2, 3]}"
 SHAPE_OVERFLOW = _dumps({"inputs": [{"name": "x", "shape": [2**32, 2**32], "datatype": "FP32",
                                      "data": []}]})
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A 57-byte PNG (IHDR, empty IDAT, IEND; right CRCs) claiming ``width`` x ``height`` pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"") + _chunk(b"IEND", b"")
 
 
 # ---- sg_codecs.parse ---------------------------------------------------------------------------

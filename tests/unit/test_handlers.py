@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from payloads import softmax
 
 from servegate.config import BatchingConfig
 from servegate.harness import LocalHandler
@@ -17,11 +18,6 @@ from servegate.packaging.mar import MarContents, build_mar
 from servegate.packaging.spec import ArtifactSpec, ImageSpec, InputSpec
 
 GOOD = 200
-
-
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,7 @@ def handler(build_archive):
 
 def test_batch_answers_in_order_and_matches_in_process(handler: LocalHandler, digits) -> None:
     x = digits.eval_x[:6]
-    expected = _probabilities(digits.reference(x))
+    expected = softmax(digits.reference(x))
     bodies = [json.dumps({"inputs": row.tolist()}).encode() for row in x]
     replies = handler.batch(bodies)
     assert [status for status, _ in replies] == [GOOD] * 6
@@ -110,7 +106,7 @@ def test_exported_program_onnx_and_torchscript_load_with_parity(tmp_path: Path, 
     import torch
 
     x = digits.eval_x[:5]
-    expected = _probabilities(digits.reference(x))
+    expected = softmax(digits.reference(x))
     example = torch.from_numpy(x)
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(digits.module, (example,), dynamic_shapes=({0: batch},))

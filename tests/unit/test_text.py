@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from payloads import softmax
 
 from servegate.config import BatchingConfig
 from servegate.errors import SourceError
@@ -310,8 +311,7 @@ def test_user_classifier_archive_serves_its_labels(user_dir: Path, build_archive
         (status, body), = local.batch([json.dumps({"instances": model.eval_x.tolist()}).encode()])
     assert status == 200
     logits = model.reference(model.eval_x)
-    expected = np.exp(logits - logits.max(1, keepdims=True))
-    expected /= expected.sum(1, keepdims=True)
+    expected = softmax(logits)
     probabilities = np.array([p["probabilities"] for p in body["predictions"]])
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     assert [p["label"] for p in body["predictions"]] == [SENTIMENT[i] for i in logits.argmax(1)]
