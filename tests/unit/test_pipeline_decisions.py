@@ -25,22 +25,12 @@ GOOD, BETTER, WORSE, SLOW = (ScriptedModel(0.95, 10), ScriptedModel(0.97, 9), Sc
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def world(mlflow_store: Path):
     """A registry on SQLite, a servegate home, an in-memory server, and a target whose next
     runs serve GOOD, BETTER, WORSE, SLOW, GOOD in that order."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SERVEGATE_HOME", str(tmp_path / "home"))
-    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("decisions")
     backend = MemoryBackend()
-    target = ScriptedTarget(backend, [GOOD, BETTER, WORSE, SLOW, GOOD])
-    yield backend, target
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    return backend, ScriptedTarget(backend, [GOOD, BETTER, WORSE, SLOW, GOOD])
 
 
 def run(backend: MemoryBackend, target: ScriptedTarget, **config):
