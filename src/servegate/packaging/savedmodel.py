@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from servegate.errors import PackagingError
-from servegate.sources.digits_keras import KerasModel
+from servegate.sources.keras_model import KerasModel
 from servegate.tfserving_protos.requests import predict_request
 
 SERVING_DEFAULT = "serving_default"
