@@ -76,3 +76,8 @@ class KerasModel:
             return out
         e = np.exp(out - out.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def served(self, x: np.ndarray) -> np.ndarray:
+        """What the SavedModel's ``serving_default`` answers for ``x``: a classifier's class
+        probabilities, a regressor's values (the parity reference of every TF compiler)."""
+        return self.reference(x) if self.task == "regression" else self.probabilities(x)
