@@ -59,10 +59,10 @@ class TFServingTarget(MeasuredTarget):
         from servegate import tracking
         from servegate.backends.tfserving.config import batching_parameters, write_version_batching
         from servegate.backends.tfserving.reach import batching_reach, xla_refusal
-        from servegate.compilers.select import candidates_table
         from servegate.compilers.tf import XlaCompiler, compile_keras
         from servegate.packaging.savedmodel import KerasExporter
         from servegate.parity_limits import precision_of
+        from servegate.targets.compiled import report_compiled
 
         settings = config.tfserving_settings()
         refusal = xla_refusal(settings, config.server)
@@ -70,9 +70,6 @@ class TFServingTarget(MeasuredTarget):
         artifact, candidates = compile_keras(model, config.compiler, workdir / "compile", exporter,
                                              batch_size=config.batching.batch_size,
                                              auto_refused={XlaCompiler.name: refusal} if refusal else None)
-        if candidates:
-            console.print(candidates_table(candidates))
-            tracking.log_candidates(candidates)
         batching_file = write_version_batching(artifact.path, batching_parameters(
             max_batch_size=settings.max_batch_size, batch_timeout_ms=settings.batch_timeout_ms))
         reach = batching_reach(settings, config.server, config.batching.batch_size, batching_file)
@@ -80,13 +77,13 @@ class TFServingTarget(MeasuredTarget):
             console.print(f"[yellow]notice: {reach.notice}[/]")
         tracking.tag_active_run("servegate.tfserving.batching", reach.detail)
         report = exporter.reports[artifact.exported]
-        tracking.log_build({"compiler": config.compiler, "compiler.chosen": artifact.backend,
-                            "format": "SavedModel", "tfserving.batching": reach.status},
-                           {"tf2_max_abs_diff": report.tf2_max_abs_diff,
-                            "tf1_max_abs_diff": report.tf1_max_abs_diff,
-                            "image_max_abs_diff": report.image_max_abs_diff,
-                            "export_seconds": report.seconds,
-                            "compile_seconds": artifact.compile_seconds})
+        report_compiled(console, config.compiler, artifact.backend, candidates,
+                        {"format": "SavedModel", "tfserving.batching": reach.status},
+                        {"tf2_max_abs_diff": report.tf2_max_abs_diff,
+                         "tf1_max_abs_diff": report.tf1_max_abs_diff,
+                         "image_max_abs_diff": report.image_max_abs_diff,
+                         "export_seconds": report.seconds,
+                         "compile_seconds": artifact.compile_seconds})
         uri = tracking.log_artifact_dir(artifact.path, f"savedmodel/{version}")
         return Built(artifact.path, uri, artifact.backend, precision_of(artifact.backend))
 
