@@ -22,7 +22,8 @@ from servegate.backends.tfserving.reach import NEEDED_FLAGS, batching_reach, xla
 from servegate.config import TFServingSettings  # noqa: E402
 from servegate.tfserving_protos.batching_pb2 import BatchingParameters  # noqa: E402
 
-FILE = Path("/models/m/1") / PER_MODEL_BATCHING_FILE
+ROOT = "/srv/models"
+FILE = f"{ROOT}/m/1/{PER_MODEL_BATCHING_FILE}"  # where the deployed version keeps it
 URL = "SERVEGATE_TFSERVING_URL"
 
 
@@ -38,11 +39,12 @@ def no_attach(monkeypatch) -> None:
 
 def test_an_attached_server_is_told_what_it_needs(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv(URL, "http://tfs.example:8501")
-    reach = batching_reach(TFServingSettings(workdir=tmp_path), "auto", 16, FILE)
+    monkeypatch.setenv("SERVEGATE_TFSERVING_MODEL_ROOT", ROOT)
+    reach = batching_reach(TFServingSettings(workdir=tmp_path), "auto", 16, "m", "1")
     assert reach.status == "unverified"
     assert reach.notice is not None
-    for words in ("batch_size=16", str(FILE), NEEDED_FLAGS, "http://tfs.example:8501",
-                  "--batching_parameters_file"):
+    for words in ("batch_size=16", FILE, NEEDED_FLAGS, "http://tfs.example:8501",
+                  f"--batching_parameters_file={FILE}"):
         assert words in reach.notice
     # XLA: auto leaves it out for the attached server, not for a local one started with the flag
     assert "http://tfs.example:8501" in (xla_refusal(TFServingSettings(workdir=tmp_path), "auto") or "")
@@ -50,18 +52,19 @@ def test_an_attached_server_is_told_what_it_needs(monkeypatch, tmp_path: Path) -
     assert tfs_local.TFSERVING_XLA_FLAG in (
         xla_refusal(TFServingSettings(workdir=tmp_path, xla=False), "local") or "")
     # server=local ignores the attach variables: the local server's rules apply
-    assert batching_reach(TFServingSettings(workdir=tmp_path), "local", 16, FILE).status == "applied"
+    assert batching_reach(TFServingSettings(workdir=tmp_path), "local", 16, "m", "1").status == "applied"
 
 
 def test_a_reused_local_server_without_per_model_batching_says_so(no_attach, monkeypatch,
                                                                    tmp_path: Path) -> None:
     monkeypatch.setattr(LocalTFServing, "state", lambda self: recorded(False))
-    reach = batching_reach(TFServingSettings(workdir=tmp_path), "auto", 16, FILE)
+    reach = batching_reach(TFServingSettings(workdir=tmp_path), "auto", 16, "m", "1")
     assert reach.status == "not applied"
     assert reach.notice is not None and "batch_size=16 is not applied" in reach.notice
     assert str(tmp_path.resolve() / "server.json") in reach.notice  # what to stop
+    assert str(tmp_path.resolve() / "models" / "m" / "1" / PER_MODEL_BATCHING_FILE) in reach.notice
     monkeypatch.setattr(LocalTFServing, "state", lambda self: recorded(True))
-    reach = batching_reach(TFServingSettings(workdir=tmp_path), "auto", 16, FILE)
+    reach = batching_reach(TFServingSettings(workdir=tmp_path), "auto", 16, "m", "1")
     assert (reach.status, reach.notice) == ("applied", None)
 
 
@@ -89,6 +92,7 @@ def test_the_build_writes_the_batching_into_the_version_and_records_the_outcome(
     from servegate.targets import get_target
 
     monkeypatch.setenv(URL, "http://tfs.example:8501")
+    monkeypatch.setenv("SERVEGATE_TFSERVING_MODEL_ROOT", ROOT)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2, activation="softmax")])
@@ -108,6 +112,7 @@ def test_the_build_writes_the_batching_into_the_version_and_records_the_outcome(
     written = read_text_proto(built.path / PER_MODEL_BATCHING_FILE, BatchingParameters)
     assert (written.max_batch_size.value, written.batch_timeout_micros.value) == (16, 7000)
     assert (params["tfserving.batching"], params["compiler.chosen"]) == ("unverified", "savedmodel")
-    assert "batch_size=16" in tags["servegate.tfserving.batching"]
+    assert f"batch_size=16 is written into the version ({ROOT}/tiny/3/" in tags[
+        "servegate.tfserving.batching"]
     printed = console.export_text()
     assert "notice:" in printed and "batch_size=16" in printed and NEEDED_FLAGS in printed

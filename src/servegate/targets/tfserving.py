@@ -70,9 +70,10 @@ class TFServingTarget(MeasuredTarget):
         artifact, candidates = compile_keras(model, config.compiler, workdir / "compile", exporter,
                                              batch_size=config.batching.batch_size,
                                              auto_refused={XlaCompiler.name: refusal} if refusal else None)
-        batching_file = write_version_batching(artifact.path, batching_parameters(
+        write_version_batching(artifact.path, batching_parameters(
             max_batch_size=settings.max_batch_size, batch_timeout_ms=settings.batch_timeout_ms))
-        reach = batching_reach(settings, config.server, config.batching.batch_size, batching_file)
+        reach = batching_reach(settings, config.server, config.batching.batch_size,
+                               config.model_name, version)
         if reach.notice:
             console.print(f"[yellow]notice: {reach.notice}[/]")
         tracking.tag_active_run("servegate.tfserving.batching", reach.detail)

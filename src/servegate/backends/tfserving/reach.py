@@ -15,7 +15,6 @@ has it cannot be read either, so ``auto`` leaves ``xla`` out there (ask for it b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from servegate.backends.tfserving.config import PER_MODEL_BATCHING_FILE, PER_MODEL_BATCHING_FLAG
@@ -57,22 +56,28 @@ def xla_refusal(settings: TFServingSettings, mode: ServerMode) -> str | None:
     return None
 
 
-def batching_reach(settings: TFServingSettings, mode: ServerMode, batch_size: int,
-                   batching_file: Path) -> BatchingReach:
-    """Where ``batch_size`` (written to ``batching_file``, a version's ``batching_params.pbtxt``)
-    goes: the attached server of ``SERVEGATE_TFSERVING_URL`` (unless ``mode`` is ``local``), else
-    the local server of ``settings`` (running or to be started)."""
+def batching_reach(settings: TFServingSettings, mode: ServerMode, batch_size: int, name: str,
+                   version: str) -> BatchingReach:
+    """Where ``batch_size``, written into version ``version`` of ``name`` as
+    ``batching_params.pbtxt``, goes: the attached server of ``SERVEGATE_TFSERVING_URL`` (unless
+    ``mode`` is ``local``), else the local server of ``settings`` (running or to be started).
+    The file named is where the deployed version keeps it (the run's build directory goes)."""
     wanted = f"batch_size={batch_size}"
+    relative = f"{name}/{version}/{PER_MODEL_BATCHING_FILE}"
     server = attached(mode)
     if server is not None:
+        root = server.server_root or server.model_root or "<SERVEGATE_TFSERVING_MODEL_ROOT>"
+        where = f"{root.rstrip('/')}/{relative}"  # as the server sees it
         return BatchingReach("unverified", (
-            f"{wanted} is written into the version ({batching_file}), but the attached TF Serving "
-            f"at {server.url} applies it only if it was started with {NEEDED_FLAGS}: TF Serving "
-            "reads batching flags only at start and no API reports them. Started otherwise, its "
-            f"own --batching_parameters_file applies and {wanted} does not: restart it with "
-            f"{NEEDED_FLAGS} (each version then brings its {PER_MODEL_BATCHING_FILE}), or with "
-            f"--enable_batching=true --batching_parameters_file=<a copy of {batching_file}>"))
+            f"{wanted} is written into the version ({where} once deployed, and in the MLflow run), "
+            f"but the attached TF Serving at {server.url} applies it only if it was started with "
+            f"{NEEDED_FLAGS}: TF Serving reads batching flags only at start and no API reports "
+            f"them. Started otherwise, its own --batching_parameters_file applies and {wanted} "
+            f"does not: restart it with {NEEDED_FLAGS} (each version then brings its "
+            f"{PER_MODEL_BATCHING_FILE}), or with --enable_batching=true "
+            f"--batching_parameters_file={where}"))
     local = LocalTFServing(settings)
+    where = str(local.model_root / relative)
     state = local.state()
     if state is not None and not state.per_model_batching:
         return BatchingReach("not applied", (
@@ -80,8 +85,8 @@ def batching_reach(settings: TFServingSettings, mode: ServerMode, batch_size: in
             f"without {PER_MODEL_BATCHING_FLAG}, so it batches every model with "
             f"{local.model_root / 'batching.config'} (read only at start). Stop it (the process "
             f"recorded in {local.state_path}) and run again: the next run starts it with "
-            f"per-model batching and {wanted} applies from {PER_MODEL_BATCHING_FILE}"))
+            f"per-model batching and {wanted} applies from {where}"))
     how = "reused" if state is not None else "started by servegate"
     return BatchingReach("applied", (
-        f"{wanted} via {batching_file} (the local TF Serving, {how}, loads each version with its "
-        f"own {PER_MODEL_BATCHING_FILE}: {PER_MODEL_BATCHING_FLAG})"))
+        f"{wanted} from {where} (the local TF Serving, {how}, loads each version with its own "
+        f"{PER_MODEL_BATCHING_FILE}: {PER_MODEL_BATCHING_FLAG})"))
