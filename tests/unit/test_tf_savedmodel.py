@@ -28,7 +28,8 @@ from servegate.packaging.savedmodel import (  # noqa: E402
     run_tf2,
     to_png_bytes,
 )
-from servegate.sources.digits_keras import KerasModel, builtin_digits_keras  # noqa: E402
+from servegate.sources.digits_keras import builtin_digits_keras  # noqa: E402
+from servegate.sources.keras_model import KerasModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -351,6 +351,7 @@ def test_local_server_from_a_binary_on_path(monkeypatch, models, tmp_path: Path)
     state = local.start()
     try:
         assert state.how == "binary" and local.state() == state
+        assert state.per_model_batching  # started so: each version brings its batching
         with open_tfserving(local.settings) as backend:  # reuses the recorded server
             assert backend.client.rest_url == state.rest_url
             backend.deploy(v1, "digits", "1")

@@ -124,5 +124,6 @@ def test_monitoring_and_server_files(tmp_path: Path) -> None:
     assert read_text_proto(files.monitoring, MonitoringConfig).prometheus_config.path == "/metrics"
     flags = files.server_flags(lambda p: f"/models/{Path(p).name}")
     assert flags == ["--model_config_file=/models/models.config", "--enable_batching=true",
+                     "--enable_per_model_batching_parameters=true",
                      "--batching_parameters_file=/models/batching.config",
                      "--monitoring_config_file=/models/monitoring.config"]

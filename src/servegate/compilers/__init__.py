@@ -2,7 +2,10 @@
 ``select.py`` measures them and keeps the fastest that passes parity.
 
 Names follow ``<backend>[-<mode>][-<precision>][-cuda]`` (``variants.py``): ``aoti-bf16`` runs on
-a CPU with bf16, ``eager-fp16-cuda`` on a GPU; ``torch-tensorrt*`` implies CUDA."""
+a CPU with bf16, ``eager-fp16-cuda`` on a GPU; ``torch-tensorrt*`` implies CUDA.
+
+TensorFlow's compilers (``savedmodel``, ``xla``, ``tf-trt``) have their registry in ``tf.py``;
+both frameworks' candidates go through ``select.measure`` and ``base.CompilerBase``."""
 
 from __future__ import annotations
 

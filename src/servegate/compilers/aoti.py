@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from servegate.artifacts import CompiledArtifact
+from servegate.compilers.base import CompilerBase
 from servegate.compilers.export import ExportCompiler, export_program, variant_fields
 from servegate.compilers.shapes import bucket_sizes
 from servegate.compilers.variants import FP32_CPU, Variant
@@ -25,7 +26,7 @@ def _cxx_missing() -> str | None:
     return None if shutil.which("g++") or shutil.which("c++") else "no C++ compiler on PATH"
 
 
-class AotiCompiler:
+class AotiCompiler(CompilerBase):
     def __init__(self, variant: Variant = FP32_CPU) -> None:
         if variant.compile_mode is not None:
             raise ValueError("aoti takes no torch.compile mode")
@@ -40,10 +41,7 @@ class AotiCompiler:
         import torch
         import torch._inductor
 
-        if reason := self.unavailable_reason():
-            raise BackendUnavailable(f"{self.name}: {reason}")
-        start = time.perf_counter()
-        workdir.mkdir(parents=True, exist_ok=True)
+        start = self._begin(workdir)
         path = workdir / "model.aoti.pt2"
         program = export_program(model, max_batch, self.variant)
         fallback = None
@@ -59,7 +57,7 @@ class AotiCompiler:
         return dataclasses.replace(artifact, **variant_fields(self.variant))
 
 
-class InductorCompiler:
+class InductorCompiler(CompilerBase):
     """torch.compile inside the worker: compiles on start and per new batch size (with CUDA graphs,
     ``reduce-overhead`` and ``max-autotune``, at fixed shape buckets the worker pads to)."""
 

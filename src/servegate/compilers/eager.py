@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 from servegate.artifacts import CompiledArtifact
+from servegate.compilers.base import CompilerBase
 from servegate.compilers.export import variant_fields
 from servegate.compilers.variants import FP32_CPU, Variant
-from servegate.errors import BackendUnavailable, CompileError
+from servegate.errors import CompileError
 from servegate.sources.base import TorchModel
 
 
-class EagerCompiler:
+class EagerCompiler(CompilerBase):
     def __init__(self, variant: Variant = FP32_CPU) -> None:
         if variant.compile_mode is not None:
             raise ValueError("eager takes no torch.compile mode")
@@ -30,10 +31,7 @@ class EagerCompiler:
     def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
         import torch
 
-        if reason := self.unavailable_reason():
-            raise BackendUnavailable(f"{self.name}: {reason}")
-        start = time.perf_counter()
-        workdir.mkdir(parents=True, exist_ok=True)
+        start = self._begin(workdir)
         if model.model_file is None or model.model_class is None:
             from servegate.compilers.export import ExportCompiler
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from servegate.artifacts import CompiledArtifact
+from servegate.compilers.base import CompilerBase
 from servegate.compilers.variants import FP32_CPU, Variant
-from servegate.errors import BackendUnavailable, CompileError
+from servegate.errors import CompileError
 from servegate.sources.base import TorchModel
 
 
@@ -52,7 +53,7 @@ def variant_fields(variant: Variant) -> dict:
     return fields
 
 
-class ExportCompiler:
+class ExportCompiler(CompilerBase):
     def __init__(self, variant: Variant = FP32_CPU) -> None:
         self.variant = variant
         self.name = variant.name("export")
@@ -64,10 +65,7 @@ class ExportCompiler:
     def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
         import torch
 
-        if reason := self.unavailable_reason():
-            raise BackendUnavailable(f"{self.name}: {reason}")
-        start = time.perf_counter()
-        workdir.mkdir(parents=True, exist_ok=True)
+        start = self._begin(workdir)
         path = workdir / "model.pt2"
         torch.export.save(export_program(model, max_batch, self.variant), path)
         artifact = CompiledArtifact(backend=self.name, format="exported_program", path=path,

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from servegate.artifacts import CompiledArtifact
+from servegate.compilers.base import CompilerBase
 from servegate.compilers.export import example_tensors
 from servegate.compilers.variants import NO_CUDA
 from servegate.devices import built_for
-from servegate.errors import BackendUnavailable, CompileError
+from servegate.errors import CompileError
 from servegate.sources.base import TorchModel
 
 
@@ -27,7 +28,7 @@ def _missing(*modules: str) -> str | None:
     return f"not installed: {', '.join(absent)} (pip install servegate[torch])" if absent else None
 
 
-class OnnxCompiler:
+class OnnxCompiler(CompilerBase):
     """``onnx`` on onnxruntime's CPU provider, or ``onnx-cuda`` on its CUDAExecutionProvider
     (onnxruntime-gpu): the same graph, ``device`` recorded for the loader."""
 
@@ -50,10 +51,7 @@ class OnnxCompiler:
         return None
 
     def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
-        if reason := self.unavailable_reason():
-            raise BackendUnavailable(f"{self.name}: {reason}")
-        start = time.perf_counter()
-        workdir.mkdir(parents=True, exist_ok=True)
+        start = self._begin(workdir)
         path = workdir / "model.onnx"
         shutil.copyfile(fp32_graph(model, max_batch, workdir), path)
         cuda = self.device == "cuda"
@@ -130,7 +128,7 @@ def fp32_graph(model: TorchModel, max_batch: int, workdir: Path) -> Path:
     return path
 
 
-class OnnxInt8Compiler:
+class OnnxInt8Compiler(CompilerBase):
     """Dynamic INT8 quantisation (per channel: per-tensor lost accuracy in DESIGN.md's measures)."""
 
     name = "onnx-int8"
@@ -140,10 +138,9 @@ class OnnxInt8Compiler:
         return _missing("onnx", "onnxscript", "onnxruntime")
 
     def compile(self, model: TorchModel, workdir: Path, *, max_batch: int) -> CompiledArtifact:
+        start = self._begin(workdir)  # before the import: a clear refusal where it is missing
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        start = time.perf_counter()
-        workdir.mkdir(parents=True, exist_ok=True)
         fp32 = fp32_graph(model, max_batch, workdir)
         path = workdir / "model.int8.onnx"
         try:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,8 @@ class Candidate:
     device: str = "cpu"  # where the artifact runs: cpu | cuda
     status: str = "pending"  # chosen | passed | rejected | skipped | failed
     reason: str = ""
-    artifact: CompiledArtifact | None = None
+    #: What was built: a ``CompiledArtifact`` (torch) or a SavedModel directory (TF).
+    artifact: Any = None
     compile_seconds: float = 0.0
     p50_ms: dict[Shape, float] = field(default_factory=dict)
     rows_per_s: dict[Shape, float] = field(default_factory=dict)
@@ -135,16 +137,43 @@ def time_call(predict, inputs: tuple[np.ndarray, ...], *, repeats: int,
     return statistics.median(times)
 
 
-def _benchmark(candidate: Candidate, predict, model: TorchModel, shapes: Sequence[Shape],
-               repeats: int, budget_s: float, should_stop: Callable[[], bool]) -> None:
-    for shape in shapes:
-        if should_stop():
-            candidate.reason = "deadline reached: not timed at every shape"
+#: Builds a candidate's artifact and loads it as served: (the artifact, a predictor taking the
+#: model's inputs, seconds spent compiling).
+Prepare = Callable[[], tuple[Any, Callable[..., Any], float]]
+
+
+def measure(candidate: Candidate, unavailable_reason: Callable[[], str | None], prepare: Prepare, *,
+            inputs: tuple[np.ndarray, ...], reference: tuple[np.ndarray, ...],
+            labels: np.ndarray | None, task: str,
+            timing_inputs: Callable[[Shape], tuple[np.ndarray, ...]], shapes: Sequence[Shape],
+            repeats: int, budget_s: float, should_stop: Callable[[], bool]) -> None:
+    """The prologue every candidate of every framework goes through: skipped past the deadline or
+    where ``unavailable_reason()`` says why; built and loaded (``prepare``); parity-checked
+    against ``reference`` on ``inputs``; timed at each shape (``timing_inputs(shape)``). Its
+    status and reason say how far it got; a failure of one candidate never stops the others."""
+    if should_stop():
+        candidate.status, candidate.reason = "skipped", "deadline reached before it started"
+        return
+    if reason := unavailable_reason():
+        candidate.status, candidate.reason = "skipped", reason
+        return
+    try:
+        candidate.artifact, predict, candidate.compile_seconds = prepare()
+        _parity(candidate, reference, as_outputs(predict(*inputs)), labels, task)
+        if candidate.status == "rejected":
             return
-        p50 = time_call(predict, model.inputs_at(shape.batch, shape.tokens), repeats=repeats,
-                        budget_s=budget_s)
-        candidate.p50_ms[shape] = p50 * 1e3
-        candidate.rows_per_s[shape] = shape.batch / p50 if p50 else float("inf")
+        for shape in shapes:
+            if should_stop():
+                candidate.reason = "deadline reached: not timed at every shape"
+                break
+            p50 = time_call(predict, timing_inputs(shape), repeats=repeats, budget_s=budget_s)
+            candidate.p50_ms[shape] = p50 * 1e3
+            candidate.rows_per_s[shape] = shape.batch / p50 if p50 else float("inf")
+        candidate.status = "passed"
+    except BackendUnavailable as exc:
+        candidate.status, candidate.reason = "skipped", str(exc)
+    except Exception as exc:  # any failure of one candidate must not stop the others
+        candidate.status, candidate.reason = "failed", f"{type(exc).__name__}: {exc}"[:300]
 
 
 def evaluate(model: TorchModel, backends: Sequence[str], workdir: Path, *, max_batch: int,
@@ -186,31 +215,22 @@ def _evaluate_one(candidate: Candidate, compiler, model: TorchModel, workdir: Pa
                   reference: tuple[np.ndarray, ...], labels: np.ndarray | None,
                   shapes: Sequence[Shape], repeats: int, budget_s: float,
                   should_stop: Callable[[], bool]) -> None:
-    """One candidate compiled, parity-checked and timed (its status and reason say how far)."""
-    name = candidate.backend
-    if should_stop():
-        candidate.status, candidate.reason = "skipped", "deadline reached before it started"
-        return
-    if reason := compiler.unavailable_reason():
-        candidate.status, candidate.reason = "skipped", reason
-        return
-    try:
-        artifact = compiler.compile(model, workdir / name, max_batch=max_batch)
-        candidate.artifact, candidate.compile_seconds = artifact, artifact.compile_seconds
+    """One torch candidate: compiled, loaded with the handlers' loader, then ``measure``d."""
+
+    def prepare() -> tuple[CompiledArtifact, Callable[..., Any], float]:
+        artifact = compiler.compile(model, workdir / candidate.backend, max_batch=max_batch)
         start = time.perf_counter()
         predict = load_predictor(artifact, threads)
-        output = as_outputs(predict(*inputs))
+        seconds = artifact.compile_seconds
         if artifact.format == "inductor":  # compiled (and autotuned) in the worker, on load
-            candidate.compile_seconds += time.perf_counter() - start
-        _parity(candidate, reference, output, labels, model.task)
-        if candidate.status == "rejected":
-            return
-        _benchmark(candidate, predict, model, shapes, repeats, budget_s, should_stop)
-        candidate.status = "passed"
-    except BackendUnavailable as exc:
-        candidate.status, candidate.reason = "skipped", str(exc)
-    except Exception as exc:  # any failure of one candidate must not stop the others
-        candidate.status, candidate.reason = "failed", f"{type(exc).__name__}: {exc}"[:300]
+            predict(*inputs)
+            seconds += time.perf_counter() - start
+        return artifact, predict, seconds
+
+    measure(candidate, compiler.unavailable_reason, prepare, inputs=inputs, reference=reference,
+            labels=labels, task=model.task,
+            timing_inputs=lambda shape: model.inputs_at(shape.batch, shape.tokens),
+            shapes=shapes, repeats=repeats, budget_s=budget_s, should_stop=should_stop)
 
 
 def choose(candidates: list[Candidate], batch_size: int) -> Candidate:

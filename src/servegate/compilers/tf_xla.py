@@ -1,11 +1,13 @@
 """XLA for TensorFlow: the model's forward pass as ``tf.function(jit_compile=True)``.
 
-Used by the SavedModel export (``jit_compile=True``) after a parity check against the Keras model.
-TF Serving runs such a SavedModel only when started with ``--xla_cpu_compilation_enabled=true``.
+The ``xla`` compiler (``compilers/tf.py``) has the SavedModel export build its forward pass so;
+``xla_unavailable_reason`` checks once per process that XLA compiles and runs on this host. TF
+Serving runs such a SavedModel only when started with ``--xla_cpu_compilation_enabled=true``.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,24 @@ from typing import Any
 import numpy as np
 
 from servegate.errors import CompileError
+
+
+@functools.cache
+def xla_unavailable_reason() -> str | None:
+    """Why XLA cannot compile here (TensorFlow missing, or a tiny ``jit_compile`` function fails or
+    answers wrongly), or None: checked for real, once per process."""
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        return f"TensorFlow does not import: {exc}"
+    try:
+        double_plus_one = tf.function(lambda x: x * 2.0 + 1.0, jit_compile=True)
+        answer = np.asarray(double_plus_one(tf.constant([1.0, 2.0], tf.float32)))
+    except Exception as exc:  # XLA reports a missing backend or a build failure as many types
+        return f"XLA does not compile on this host: {type(exc).__name__}: {exc}"[:300]
+    if not np.allclose(answer, [3.0, 5.0]):
+        return f"XLA compiled a test function that answered {answer.tolist()}, not [3.0, 5.0]"
+    return None
 
 
 @dataclass(frozen=True)

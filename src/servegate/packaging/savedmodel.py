@@ -28,14 +28,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from servegate.errors import PackagingError
-from servegate.sources.digits_keras import KerasModel
+from servegate.sources.keras_model import KerasModel
 from servegate.tfserving_protos.requests import predict_request
 
 SERVING_DEFAULT = "serving_default"
@@ -64,6 +65,41 @@ class ExportReport:
     warmup_records: int
     jit_compile: bool
     seconds: float
+
+
+def served_key(model: KerasModel) -> str:
+    """The output of ``serving_default`` that ``KerasModel.served`` answers."""
+    return REGRESSION_KEYS[0] if model.task == "regression" else OUTPUT_KEYS[0]
+
+
+@dataclass
+class KerasExporter:
+    """The ``compilers.tf.Exporter`` of one model version: each export validated and placed
+    (``export_savedmodel``), its report kept by path for the build's log."""
+
+    model: KerasModel
+    name: str
+    version: int
+    reports: dict[Path, ExportReport] = field(default_factory=dict)
+
+    def export(self, base: Path, *, jit_compile: bool) -> Path:
+        report = export_savedmodel(self.model, base, self.name, self.version,
+                                   jit_compile=jit_compile)
+        self.reports[report.path] = report
+        return report.path
+
+    def predictor(self, path: Path) -> Callable[[np.ndarray], np.ndarray]:
+        """``serving_default`` loaded in process (``tf.saved_model.load``), as the server runs it."""
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures[SERVING_DEFAULT]
+        key, dtype = served_key(self.model), tf.as_dtype(self.model.input_dtype)
+
+        def predict(rows: np.ndarray, _keep_alive: Any = loaded) -> np.ndarray:
+            return signature(**{INPUT_KEY: tf.constant(rows, dtype)})[key].numpy()
+
+        return predict
 
 
 def version_dir(base: Path, name: str, version: int | str) -> Path:
@@ -212,8 +248,8 @@ def validate(path: Path, model: KerasModel, name: str, *, atol: float = 1e-5,
     import tensorflow as tf
 
     x = model.example_batch(rows)
-    key = "values" if model.task == "regression" else "probabilities"
-    reference = model.reference(x) if model.task == "regression" else model.probabilities(x)
+    key = served_key(model)
+    reference = model.served(x)
     tf2 = run_tf2(path, SERVING_DEFAULT, {INPUT_KEY: x})
     tf1 = run_tf1(path, SERVING_DEFAULT, {INPUT_KEY: x})
     nan = float("nan")
@@ -227,8 +263,7 @@ def validate(path: Path, model: KerasModel, name: str, *, atol: float = 1e-5,
         images = run_tf1(path, SERVING_IMAGES, {IMAGE_KEY: np.asarray(
             to_png_bytes(x, model.image_shape), dtype=object)})
         quantised = png_reference_rows(x).astype(model.input_dtype)
-        image_reference = (model.reference(quantised) if model.task == "regression"
-                           else model.probabilities(quantised))
+        image_reference = model.served(quantised)
         figures["image_max_abs_diff"] = float(np.abs(images[key] - image_reference).max())
     for figure, diff in figures.items():
         checked = figure != "image_max_abs_diff" or model.image_shape is not None
@@ -255,8 +290,9 @@ def export_savedmodel(model: KerasModel, base: Path, name: str, version: int, *,
                       overwrite: bool = False) -> ExportReport:
     """Export, validate and atomically place ``<base>/<name>/<version>/``.
 
-    ``jit_compile`` compiles the forward pass with XLA (after an in-process parity check); such a
-    version needs a TF Serving started with ``--xla_cpu_compilation_enabled=true``.
+    ``jit_compile`` compiles the forward pass with XLA (the ``xla`` compiler; the validation's
+    parity check covers it); such a version needs a TF Serving started with
+    ``--xla_cpu_compilation_enabled=true``.
     """
     start = time.perf_counter()
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -264,10 +300,6 @@ def export_savedmodel(model: KerasModel, base: Path, name: str, version: int, *,
     target = version_dir(base, name, version)
     if target.exists() and not overwrite:
         raise PackagingError(f"{target} exists: versions are immutable (pass overwrite=True)")
-    if jit_compile:
-        from servegate.compilers.tf_xla import check_xla
-
-        check_xla(model.model, model.example_batch(64), atol=atol, dtype=model.input_dtype)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".incoming-{version}-"))
     staging.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user reads it

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from servegate.errors import ConfigError, SourceError
-from servegate.sources.digits_keras import KERAS_TASKS, KerasModel
+from servegate.sources.keras_model import KERAS_TASKS, KerasModel
 
 #: ``task`` spellings taken for Keras models (the tensor tasks of the PyTorch side included).
 TASK_ALIASES = {"classification": "classification", "tensor-classification": "classification",

@@ -1,9 +1,8 @@
 """TF Serving: Keras models exported as SavedModels in TF Serving's layout (pre- and
-post-processing inside the signatures), optionally XLA or TF-TRT compiled."""
+post-processing inside the signatures), compiled by the TF compilers (``compilers/tf.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,8 @@ from rich.console import Console
 from servegate.backends._local import LocalServer
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
-from servegate.errors import BackendUnavailable, ConfigError, ServerError, ServerNotRunning
+from servegate.errors import ServerError, ServerNotRunning
 from servegate.targets.base import Built, LoadProfile, MeasuredTarget
-
-#: ``compiler`` values that apply to TensorFlow models (``auto``/``eager``: the SavedModel itself).
-TF_COMPILERS = ("savedmodel", "xla", "tf-trt")
 
 
 class TFServingTarget(MeasuredTarget):
@@ -24,9 +20,11 @@ class TFServingTarget(MeasuredTarget):
     attach_needs = ("SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_MODEL_ROOT")
 
     def check_compiler(self, compiler: str) -> None:
-        if compiler not in ("auto", "eager", *TF_COMPILERS):
-            raise ConfigError(f"compiler {compiler!r} does not apply to TensorFlow models; "
-                              "use auto, savedmodel, xla or tf-trt")
+        """``ConfigError`` unless ``compiler`` is ``auto``, a TF compiler (``compilers.tf``) or a
+        comma list of them."""
+        from servegate.compilers.tf import parse_tf_compiler_option
+
+        parse_tf_compiler_option(compiler)
 
     def open_backend(self, config: PipelineConfig) -> tuple[ServingBackend | None, ServerError | None]:
         """The server, or None and why when none is reachable (the run still builds and
@@ -76,34 +74,40 @@ class TFServingTarget(MeasuredTarget):
 
     def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
               console: Console) -> Built:
-        """SavedModel in TF Serving's layout, validated (both loaders, parity); ``compiler``:
-        ``auto``/``savedmodel`` (the reference), ``xla``, or ``tf-trt`` (TensorRT builds only)."""
+        """A SavedModel in TF Serving's layout, validated (both loaders, parity), compiled by the
+        TF compiler ``compiler`` names (``auto`` / a comma list: measured here, the fastest that
+        passes parity), carrying the run's batching in ``batching_params.pbtxt``."""
         from servegate import tracking
-        from servegate.packaging.savedmodel import export_savedmodel
+        from servegate.backends.tfserving.config import batching_parameters, write_version_batching
+        from servegate.backends.tfserving.reach import batching_reach, xla_refusal
+        from servegate.compilers.tf import XlaCompiler, compile_keras
+        from servegate.packaging.savedmodel import KerasExporter
         from servegate.parity_limits import precision_of
+        from servegate.targets.compiled import report_compiled
 
-        compiler = {"auto": "savedmodel", "eager": "savedmodel"}.get(config.compiler, config.compiler)
-        if compiler == "tf-trt":
-            from servegate.compilers.tf_trt import trt_unavailable_reason
-
-            if reason := trt_unavailable_reason():
-                raise BackendUnavailable(f"tf-trt: {reason}")
-        report = export_savedmodel(model, workdir / "savedmodel", config.model_name,
-                                   int(version), jit_compile=compiler == "xla")
-        if compiler == "tf-trt":  # only where TensorFlow is built with TensorRT
-            from servegate.compilers.tf_trt import convert_trt
-
-            converted = workdir / "tf-trt" / config.model_name / version
-            convert_trt(report.path, converted, precision="FP16")
-            report = replace(report, path=converted)
-        tracking.log_build({"compiler": config.compiler, "compiler.chosen": compiler,
-                            "format": "savedmodel"},
-                           {"tf2_max_abs_diff": report.tf2_max_abs_diff,
-                            "tf1_max_abs_diff": report.tf1_max_abs_diff,
-                            "image_max_abs_diff": report.image_max_abs_diff,
-                            "export_seconds": report.seconds})
-        uri = tracking.log_artifact_dir(report.path, f"savedmodel/{version}")
-        return Built(report.path, uri, compiler, precision_of(compiler))
+        settings = config.tfserving_settings()
+        refusal = xla_refusal(settings, config.server)
+        exporter = KerasExporter(model, config.model_name, int(version))
+        artifact, candidates = compile_keras(model, config.compiler, workdir / "compile", exporter,
+                                             batch_size=config.batching.batch_size,
+                                             auto_refused={XlaCompiler.name: refusal} if refusal else None)
+        write_version_batching(artifact.path, batching_parameters(
+            max_batch_size=settings.max_batch_size, batch_timeout_ms=settings.batch_timeout_ms))
+        reach = batching_reach(settings, config.server, config.batching.batch_size,
+                               config.model_name, version)
+        if reach.notice:
+            console.print(f"[yellow]notice: {reach.notice}[/]")
+        tracking.tag_active_run("servegate.tfserving.batching", reach.detail)
+        report = exporter.reports[artifact.exported]
+        report_compiled(console, config.compiler, artifact.backend, candidates,
+                        {"format": "SavedModel", "tfserving.batching": reach.status},
+                        {"tf2_max_abs_diff": report.tf2_max_abs_diff,
+                         "tf1_max_abs_diff": report.tf1_max_abs_diff,
+                         "image_max_abs_diff": report.image_max_abs_diff,
+                         "export_seconds": report.seconds,
+                         "compile_seconds": artifact.compile_seconds})
+        uri = tracking.log_artifact_dir(artifact.path, f"savedmodel/{version}")
+        return Built(artifact.path, uri, artifact.backend, precision_of(artifact.backend))
 
     def load_profile(self, model: Any) -> LoadProfile:
         from servegate._resources import loadtests_dir

@@ -72,9 +72,9 @@ class TorchServeTarget(MeasuredTarget):
         """Compile (measuring candidates for ``auto``) and build the archive."""
         from servegate import tracking
         from servegate.compilers.driver import artifact_max_batch, compile_model
-        from servegate.compilers.select import candidates_table
         from servegate.packaging.mar import build_mar, contents_for
         from servegate.parity_limits import precision_of
+        from servegate.targets.compiled import report_compiled
 
         cache = tracking.compile_cache(config.compile_cache)
         before = cache.fingerprint() if cache else None
@@ -82,18 +82,15 @@ class TorchServeTarget(MeasuredTarget):
                                              config.batching, config.limits, cache=cache)
         if cache is not None and cache.fingerprint() != before:
             tracking.save_compile_cache(cache)  # new compiled code: the next runner reuses it
-        if candidates:
-            console.print(candidates_table(candidates))
-            tracking.log_candidates(candidates)
         contents = contents_for(model, artifact, name=config.model_name, version=version,
                                 batching=config.batching, limits=config.limits,
                                 max_batch=artifact_max_batch(model, config.batching, config.limits),
                                 handler_file=config.handler)
         archive = build_mar(contents, workdir)
-        tracking.log_build({"compiler": config.compiler, "compiler.chosen": artifact.backend,
-                            "archive": archive.name}
-                           | config.batching.model_config_yaml(device=artifact.device),
-                           {"archive_bytes": archive.stat().st_size})
+        report_compiled(console, config.compiler, artifact.backend, candidates,
+                        {"archive": archive.name}
+                        | config.batching.model_config_yaml(device=artifact.device),
+                        {"archive_bytes": archive.stat().st_size})
         uri = tracking.log_artifact_file(archive, "archive")
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
 

@@ -2,7 +2,10 @@
 
 * ``models.config``: ``ModelServerConfig`` (tensorflow-serving-api) with a ``specific`` version
   policy and version labels (``stable`` = the champion, ``canary`` = the challenger);
-* ``batching.config``: ``BatchingParameters`` (``--batching_parameters_file``);
+* ``batching.config``: ``BatchingParameters`` (``--batching_parameters_file``): with
+  ``--enable_per_model_batching_parameters`` only its thread pool counts, and each version's own
+  ``batching_params.pbtxt`` (``PER_MODEL_BATCHING_FILE``, written at build) sets its batching
+  when it loads; a version without that file is served unbatched;
 * ``monitoring.config``: ``MonitoringConfig`` with Prometheus (``--monitoring_config_file``).
 
 The last two messages are not in tensorflow-serving-api's wheel: ``servegate.tfserving_protos``
@@ -26,6 +29,10 @@ CANARY = "canary"
 #: The desired state: the file a local server starts with, in the model root.
 MODELS_CONFIG = "models.config"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+#: The batching file TF Serving reads from a version's directory when that version loads, if it
+#: was started with ``PER_MODEL_BATCHING_FLAG`` (and ``--enable_batching=true``).
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
+PER_MODEL_BATCHING_FLAG = "--enable_per_model_batching_parameters=true"
 
 M = TypeVar("M")
 
@@ -166,6 +173,7 @@ class ServerConfigFiles:
         return [
             f"--model_config_file={to_server_path(self.models)}",
             "--enable_batching=true",
+            PER_MODEL_BATCHING_FLAG,
             f"--batching_parameters_file={to_server_path(self.batching)}",
             f"--monitoring_config_file={to_server_path(self.monitoring)}",
         ]
@@ -188,3 +196,9 @@ def write_server_configs(directory: Path, *, entries: Iterable[ModelEntry] = (),
     write_text_proto(batching, files.batching)
     write_text_proto(monitoring_config() if monitoring is None else monitoring, files.monitoring)
     return files
+
+
+def write_version_batching(version: Path, batching: Any) -> Path:
+    """``batching`` (``BatchingParameters``) as ``<version>/batching_params.pbtxt``: the batching
+    a server started with per-model batching gives that version when it loads it."""
+    return write_text_proto(batching, Path(version) / PER_MODEL_BATCHING_FILE)

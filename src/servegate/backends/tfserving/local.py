@@ -55,6 +55,9 @@ class TFServingState:
     #: A binary's start time and command line, checked before it is signalled.
     create_time: float | None = None
     cmdline: list[str] | None = None
+    #: Started with per-model batching (each version's ``batching_params.pbtxt``); a server
+    #: recorded before servegate did so batches every model with its ``batching.config``.
+    per_model_batching: bool = False
 
     def client(self) -> TFServingClient:
         return TFServingClient(self.rest_url, self.grpc_target)
@@ -140,7 +143,7 @@ class LocalTFServing(LocalServer[TFServingState]):
                                                self._environment())
             state = self._record(TFServingState(
                 "binary", str(process.pid), rest_url, grpc_target, str(self.model_root),
-                str(self.model_root), create_time=create_time))
+                str(self.model_root), create_time=create_time, per_model_batching=True))
         else:
             command = ["docker", "run", "-d", "--rm", "--name", f"servegate-tfserving-{rest_port}",
                        "-p", f"{s.host}:{rest_port}:8501", "-p", f"{s.host}:{grpc_port}:8500",
@@ -151,7 +154,7 @@ class LocalTFServing(LocalServer[TFServingState]):
                 raise ServerStartError(f"docker run {s.docker_image} failed: {run.stderr.strip()}")
             state = self._record(TFServingState(
                 "docker", run.stdout.strip(), rest_url, f"{s.host}:{grpc_port}",
-                str(self.model_root), CONTAINER_ROOT))
+                str(self.model_root), CONTAINER_ROOT, per_model_batching=True))
         with state.client() as client:
             self._wait_ready(client.ping, "TF Serving", self.workdir)
         if state.how == "binary":
