@@ -546,7 +546,9 @@ class LoadSettings(_Settings):
 
 
 class ImagePreprocessing(_Settings):
-    """An image model's preprocessing, recorded in its archive (``image-classification``)."""
+    """An image model's preprocessing (``image-classification``): what the worker resizes to and
+    how it normalises, recorded as ``image`` in the archive's ``servegate.json`` (read as plain
+    JSON by ``handlers/image_classifier.py``)."""
 
     size: tuple[int, int] = (224, 224)
     mode: Literal["L", "RGB"] = "RGB"
@@ -562,31 +564,14 @@ class ImagePreprocessing(_Settings):
         return self
 
 
-def registered_name(model: str) -> str | None:
-    """The registered model name of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
-    if not model.startswith("models:/"):
-        return None
-    path = model.removeprefix("models:/")
-    return path.split("@", 1)[0] if "@" in path else path.partition("/")[0]
+class SourceSettings(_Settings):
+    """What a model source needs besides its URI (``servegate.sources.load_torch_model``).
+    ``PipelineConfig`` is one: a run hands its own settings to the source."""
 
-
-class PipelineConfig(_Settings):
-    """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here)."""
-
-    model: str = "builtin:digits"
     #: None infers it (tensor models: from outputs and labels; hf: embedding).
     task: str | None = None
     #: hf: models: truncation in tokens (None: the model's default).
     max_length: int | None = Field(None, ge=8)
-    #: Served and registered name; None takes it from ``models:/NAME`` or ``builtin:NAME``.
-    name: str | None = None
-    target: str = "torchserve"
-    compiler: str = "auto"
-    #: Compile caches (Inductor, Triton, TensorRT timing): ``local`` leaves torch's own caches
-    #: on this host; ``shared`` keeps them under SERVEGATE_HOME per device type, restores the
-    #: newest one of this device type from the MLflow experiment when empty and logs new ones
-    #: there (cached compiled code runs when loaded: trust the tracking server as a pickle).
-    compile_cache: Literal["local", "shared"] = "local"
     #: The user's held-out data: a path or MLflow artifact URI (.npz, .csv, .parquet, .jsonl).
     eval_data: str | None = None
     label_column: str = "label"
@@ -598,9 +583,37 @@ class PipelineConfig(_Settings):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     #: Class names: a file (JSON list / mapping, or one per line) or a comma list.
     labels: str | None = None
+    image: ImagePreprocessing = Field(default_factory=ImagePreprocessing)
+
+    def image_record(self) -> dict[str, Any]:
+        """The image preprocessing an ``image-classification`` model records (JSON), else ``{}``."""
+        return self.image.model_dump(mode="json") if self.task == "image-classification" else {}
+
+
+def registered_name(model: str) -> str | None:
+    """The registered model name of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    if not model.startswith("models:/"):
+        return None
+    path = model.removeprefix("models:/")
+    return path.split("@", 1)[0] if "@" in path else path.partition("/")[0]
+
+
+class PipelineConfig(SourceSettings):
+    """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here); the
+    source's settings (``SourceSettings``) are its own fields."""
+
+    model: str = "builtin:digits"
+    #: Served and registered name; None takes it from ``models:/NAME`` or ``builtin:NAME``.
+    name: str | None = None
+    target: str = "torchserve"
+    compiler: str = "auto"
+    #: Compile caches (Inductor, Triton, TensorRT timing): ``local`` leaves torch's own caches
+    #: on this host; ``shared`` keeps them under SERVEGATE_HOME per device type, restores the
+    #: newest one of this device type from the MLflow experiment when empty and logs new ones
+    #: there (cached compiled code runs when loaded: trust the tracking server as a pickle).
+    compile_cache: Literal["local", "shared"] = "local"
     #: A user's own TorchServe handler file, packaged with ours.
     handler: Path | None = None
-    image: ImagePreprocessing = Field(default_factory=ImagePreprocessing)
     slos: SLOs = Field(default_factory=SLOs)
     parity: ParityThresholds = Field(default_factory=ParityThresholds)
     load: LoadSettings = Field(default_factory=LoadSettings)

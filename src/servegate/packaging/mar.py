@@ -23,14 +23,13 @@ import yaml
 from servegate._resources import handlers_dir
 from servegate.artifacts import CompiledArtifact
 from servegate.choices import CLASS_TASKS
-from servegate.config import BatchingConfig, RequestLimits
+from servegate.config import BatchingConfig, ImagePreprocessing, RequestLimits
 from servegate.errors import PackagingError
 from servegate.naming import archive_file_name
 from servegate.packaging.spec import (
     SPEC_FILE,
     TASK_HANDLERS,
     ArtifactSpec,
-    ImageSpec,
     InputSpec,
     OutputSpec,
     TextSpec,
@@ -181,7 +180,7 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
                                          for s in model.inputs],
         outputs=[OutputSpec(name=s.name, shape=list(s.shape)) for s in model.outputs],
         max_batch=max_batch,
-        image=ImageSpec(**model.image) if model.task == "image-classification" else None,
+        image=ImagePreprocessing(**model.image) if model.task == "image-classification" else None,
         text=text,
         limits=limits or RequestLimits(),
         compiler=artifact.backend,

@@ -36,9 +36,9 @@ class TorchServeTarget(MeasuredTarget):
         return open_torchserve(config.torchserve, config.server), None
 
     def load_model(self, config: PipelineConfig) -> Any:
-        from servegate.sources import SourceOptions, load_torch_model
+        from servegate.sources import load_torch_model
 
-        return load_torch_model(config.model, SourceOptions.from_config(config))
+        return load_torch_model(config.model, config)
 
     def register(self, model: Any, name: str) -> str:
         from servegate import tracking
