@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ class MarContents:
     extra_files: Sequence[Path] = ()
     #: A user's own handler module: the archive's entry point, with ours shipped beside it.
     handler_file: Path | None = None
+
+    @cached_property
+    def model_config(self) -> dict[str, Any]:
+        """The archive's ``model-config.yaml`` (batching and workers for the artifact's device)."""
+        return self.batching.model_config_yaml(device=self.spec.device)
 
 
 @contextmanager
@@ -121,7 +127,7 @@ def _stage_files(contents: MarContents, files_dir: Path) -> Path:
         spec = spec.model_copy(update={"warmup_file": WARMUP_FILE})
     _write_json(files_dir / SPEC_FILE, spec.model_dump(mode="json"))
     (files_dir / MODEL_CONFIG_FILE).write_text(
-        yaml.safe_dump(contents.batching.model_config_yaml(device=spec.device), sort_keys=False),
+        yaml.safe_dump(contents.model_config, sort_keys=False),
         encoding="utf-8"
     )
     source = handlers_dir()

@@ -51,28 +51,24 @@ class TorchServeTarget(MeasuredTarget):
               console: Console) -> Built:
         """Compile (measuring candidates for ``auto``) and build the archive."""
         from servegate import tracking
-        from servegate.compilers.driver import artifact_max_batch, compile_model
         from servegate.compilers.select import candidates_table
-        from servegate.packaging.mar import build_mar, contents_for
+        from servegate.packaging.builder import build_archive
         from servegate.parity_limits import precision_of
 
         cache = tracking.compile_cache(config.compile_cache)
         before = cache.fingerprint() if cache else None
-        artifact, candidates = compile_model(model, config.compiler, workdir / "compile",
-                                             config.batching, config.limits, cache=cache)
+        built = build_archive(model, name=config.model_name, version=version,
+                              compiler=config.compiler, batching=config.batching,
+                              limits=config.limits, handler_file=config.handler, cache=cache,
+                              compile_dir=workdir / "compile", output_dir=workdir)
         if cache is not None and cache.fingerprint() != before:
             tracking.save_compile_cache(cache)  # new compiled code: the next runner reuses it
-        if candidates:
-            console.print(candidates_table(candidates))
-            tracking.log_candidates(candidates)
-        contents = contents_for(model, artifact, name=config.model_name, version=version,
-                                batching=config.batching, limits=config.limits,
-                                max_batch=artifact_max_batch(model, config.batching, config.limits),
-                                handler_file=config.handler)
-        archive = build_mar(contents, workdir)
+        if built.candidates:
+            console.print(candidates_table(built.candidates))
+            tracking.log_candidates(built.candidates)
+        archive, artifact = built.archive, built.artifact
         tracking.log_build({"compiler": config.compiler, "compiler.chosen": artifact.backend,
-                            "archive": archive.name}
-                           | config.batching.model_config_yaml(device=artifact.device),
+                            "archive": archive.name} | built.model_config,
                            {"archive_bytes": archive.stat().st_size})
         uri = tracking.log_artifact_file(archive, "archive")
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
