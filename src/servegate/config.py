@@ -270,7 +270,8 @@ class TFServingSettings(_Settings):
     host: str = "127.0.0.1"
     rest_port: int = Field(0, ge=0, le=65535)
     grpc_port: int = Field(0, ge=0, le=65535)
-    max_batch_size: PositiveInt = 8
+    #: A run's is ``batching.batch_size`` (``PipelineConfig.tfserving_settings``); alone, its default.
+    max_batch_size: PositiveInt = Field(default_factory=lambda: BatchingConfig().batch_size)
     batch_timeout_ms: float = Field(5.0, ge=0)
     xla: bool = True
     docker_image: str = "tensorflow/serving"
@@ -728,7 +729,7 @@ def _json_object(value: Any) -> dict[str, Any]:
     return parsed
 
 
-def _empty_is_none(kind: type = str) -> Any:
+def _empty_is_none(kind: Callable[[Any], Any] = str) -> Any:
     return lambda value: None if value in ("", None) else kind(value)
 
 
