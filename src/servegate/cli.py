@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servegate import errors
-from servegate.config import BatchingConfig, TorchServeSettings
+from servegate.config import RUN_PARAMETERS, BatchingConfig, TorchServeSettings, run_parameter_default
 
 # Piped (make, CI, mlflow run): rich would fold tables at 80 columns.
 console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
@@ -70,6 +70,9 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
 export_app = _App(help="Write deployment manifests for other platforms.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+
+#: ``servegate run``'s defaults, made from ``PipelineConfig``'s (written there once).
+RUN_DEFAULTS: dict[str, Any] = {name: run_parameter_default(name) for name in RUN_PARAMETERS}
 
 WorkdirOption = Annotated[
     Path | None,
@@ -269,14 +272,14 @@ def _print_state(target: str, state: Any) -> None:
 # ---- package ----------------------------------------------------------------------------------
 @app.command("package")
 def package(
-    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
+    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = RUN_DEFAULTS["model"],
     name: Annotated[str, typer.Option(help="Served model name.")] = "digits",
     version: Annotated[str, typer.Option(help="Model version recorded in the archive.")] = "1",
     output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes.", show_default="the local model store")] = None,
     compiler: Annotated[str, typer.Option(help="auto | eager | export | aoti | onnx | onnx-int8 | inductor | torch-tensorrt | a comma list")] = "eager",
-    batch_size: int = 8,
-    max_batch_delay_ms: int = 2,
-    workers: int = 1,
+    batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = RUN_DEFAULTS["batch_size"],
+    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = RUN_DEFAULTS["max_batch_delay_ms"],
+    workers: Annotated[int, typer.Option(help="TorchServe workers of the version.")] = RUN_DEFAULTS["workers"],
     workdir: WorkdirOption = None,
 ) -> None:
     """Build a .mar archive (handlers, model-config.yaml, labels, warm-up sample)."""
@@ -393,7 +396,7 @@ def predict(
 
 @app.command("compilers")
 def compilers(
-    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = "builtin:digits",
+    model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = RUN_DEFAULTS["model"],
     backends: Annotated[str, typer.Option(help="auto or a comma list of backends.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="The serving batch size to rank by.")] = 8,
     task: Annotated[str, typer.Option(help="Text models: embedding | text-classification (auto: the model's own).")] = "auto",
@@ -423,47 +426,47 @@ def compilers(
 # ---- pipeline --------------------------------------------------------------------------------
 @app.command("run")
 def run(
-    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a .pt2 / torch.save / state_dict file | hf:<dir>; tfserving: builtin:digits-keras | a .keras file | a SavedModel | an MLflow Keras model.")] = "builtin:digits",
-    name: Annotated[str, typer.Option(help="Served and registered model name (default: NAME of models:/NAME, or the built-in's name; required otherwise).")] = "",
-    task: Annotated[str, typer.Option(help="auto | classification | regression | tensor | image-classification | embedding | text-classification (auto: inferred from the model and its data).")] = "auto",
-    eval_data: Annotated[str, typer.Option(help="Held-out data: a path or MLflow artifact URI of .npz (x | x0,x1.. | input names; y) / .csv / .parquet / .jsonl (features + label column; text column for text models). Default: the dataset logged with the model, else its input example (parity only).")] = "",
-    label_column: Annotated[str, typer.Option(help="Label column of tabular eval_data.")] = "label",
-    text_column: Annotated[str, typer.Option(help="Text column of a text model's eval_data.")] = "text",
-    labels: Annotated[str, typer.Option(help="Class names: a file (JSON list/mapping, or one per line) or a comma list (default: the model's own, else indices).")] = "",
-    trust_pickle: Annotated[str, typer.Option(help="Load pickled artifacts (they run code when loaded): true | false.")] = "false",
-    model_class: Annotated[str, typer.Option(help="A state_dict file's class: FILE.py:CLASS.")] = "",
-    model_kwargs: Annotated[str, typer.Option(help="JSON arguments of model_class's constructor.")] = "{}",
-    handler: Annotated[str, typer.Option(help="Your own TorchServe handler file, packaged with ours.")] = "",
-    image_size: Annotated[str, typer.Option(help="image-classification: HEIGHT,WIDTH the worker resizes to.")] = "224,224",
-    image_mode: Annotated[str, typer.Option(help="image-classification: RGB | L.")] = "RGB",
-    image_mean: Annotated[str, typer.Option(help="image-classification: per-channel mean after scaling to [0, 1].")] = "0.485,0.456,0.406",
-    image_std: Annotated[str, typer.Option(help="image-classification: per-channel std.")] = "0.229,0.224,0.225",
-    max_length: Annotated[int, typer.Option(help="Text models: truncation in tokens (0: the model's own).")] = 0,
-    target: Annotated[str, typer.Option(help="torchserve | tfserving")] = "torchserve",
-    compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = "auto",
-    compile_cache: Annotated[str, typer.Option(help="local (torch's own caches on this host) | shared (per device type, restored from and logged to the MLflow experiment: trust it as a pickle).")] = "local",
-    p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = 250.0,
-    p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = 500.0,
-    min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = 20.0,
-    max_error_rate: Annotated[float, typer.Option(help="SLO: maximum error ratio.")] = 0.0,
-    max_regression_pct: Annotated[float, typer.Option(help="Allowed regression vs the champion (%).")] = 50.0,
-    parity_atol: Annotated[float, typer.Option(help="Max |served - reference| of probabilities.")] = 1e-4,
-    parity_rtol: Annotated[float, typer.Option(help="Regression/tensor: max error relative to the reference.")] = 1e-4,
-    min_top1_agreement: Annotated[float, typer.Option(help="Min top-1 agreement served vs reference.")] = 0.999,
-    max_accuracy_drop: Annotated[float, typer.Option(help="Max accuracy drop vs the champion.")] = 0.01,
-    max_metric_regression: Annotated[float, typer.Option(help="Regression: max relative RMSE/MAE increase vs the champion.")] = 0.05,
-    load_users: Annotated[int, typer.Option(help="Locust users.")] = 8,
-    load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = 8.0,
-    load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = 2,
-    load_processes: Annotated[int, typer.Option(help="Locust processes (a master and workers when more than one).")] = 1,
-    batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = 8,
-    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = 2,
-    workers: Annotated[int, typer.Option(help="TorchServe workers of the version (CPU artifacts).")] = 1,
-    workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = 1,
-    promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = "true",
-    tune: Annotated[str, typer.Option(help="Search the challenger's batching within the SLO before the gates (servegate tune): true | false.")] = "false",
-    tune_points: Annotated[int, typer.Option(help="With tune: the most configurations measured.")] = 6,
-    server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = "",
+    model: Annotated[str, typer.Option(help="builtin:digits | models:/NAME/VERSION | models:/NAME@ALIAS | runs:/... | a .pt2 / torch.save / state_dict file | hf:<dir>; tfserving: builtin:digits-keras | a .keras file | a SavedModel | an MLflow Keras model.")] = RUN_DEFAULTS["model"],
+    name: Annotated[str, typer.Option(help="Served and registered model name (default: NAME of models:/NAME, or the built-in's name; required otherwise).")] = RUN_DEFAULTS["name"],
+    task: Annotated[str, typer.Option(help="auto | classification | regression | tensor | image-classification | embedding | text-classification (auto: inferred from the model and its data).")] = RUN_DEFAULTS["task"],
+    eval_data: Annotated[str, typer.Option(help="Held-out data: a path or MLflow artifact URI of .npz (x | x0,x1.. | input names; y) / .csv / .parquet / .jsonl (features + label column; text column for text models). Default: the dataset logged with the model, else its input example (parity only).")] = RUN_DEFAULTS["eval_data"],
+    label_column: Annotated[str, typer.Option(help="Label column of tabular eval_data.")] = RUN_DEFAULTS["label_column"],
+    text_column: Annotated[str, typer.Option(help="Text column of a text model's eval_data.")] = RUN_DEFAULTS["text_column"],
+    labels: Annotated[str, typer.Option(help="Class names: a file (JSON list/mapping, or one per line) or a comma list (default: the model's own, else indices).")] = RUN_DEFAULTS["labels"],
+    trust_pickle: Annotated[str, typer.Option(help="Load pickled artifacts (they run code when loaded): true | false.")] = RUN_DEFAULTS["trust_pickle"],
+    model_class: Annotated[str, typer.Option(help="A state_dict file's class: FILE.py:CLASS.")] = RUN_DEFAULTS["model_class"],
+    model_kwargs: Annotated[str, typer.Option(help="JSON arguments of model_class's constructor.")] = RUN_DEFAULTS["model_kwargs"],
+    handler: Annotated[str, typer.Option(help="Your own TorchServe handler file, packaged with ours.")] = RUN_DEFAULTS["handler"],
+    image_size: Annotated[str, typer.Option(help="image-classification: HEIGHT,WIDTH the worker resizes to.")] = RUN_DEFAULTS["image_size"],
+    image_mode: Annotated[str, typer.Option(help="image-classification: RGB | L.")] = RUN_DEFAULTS["image_mode"],
+    image_mean: Annotated[str, typer.Option(help="image-classification: per-channel mean after scaling to [0, 1].")] = RUN_DEFAULTS["image_mean"],
+    image_std: Annotated[str, typer.Option(help="image-classification: per-channel std.")] = RUN_DEFAULTS["image_std"],
+    max_length: Annotated[int, typer.Option(help="Text models: truncation in tokens (0: the model's own).")] = RUN_DEFAULTS["max_length"],
+    target: Annotated[str, typer.Option(help="torchserve | tfserving")] = RUN_DEFAULTS["target"],
+    compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = RUN_DEFAULTS["compiler"],
+    compile_cache: Annotated[str, typer.Option(help="local (torch's own caches on this host) | shared (per device type, restored from and logged to the MLflow experiment: trust it as a pickle).")] = RUN_DEFAULTS["compile_cache"],
+    p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = RUN_DEFAULTS["p95_ms"],
+    p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = RUN_DEFAULTS["p99_ms"],
+    min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = RUN_DEFAULTS["min_rps"],
+    max_error_rate: Annotated[float, typer.Option(help="SLO: maximum error ratio.")] = RUN_DEFAULTS["max_error_rate"],
+    max_regression_pct: Annotated[float, typer.Option(help="Allowed regression vs the champion (%).")] = RUN_DEFAULTS["max_regression_pct"],
+    parity_atol: Annotated[float, typer.Option(help="Max |served - reference| of probabilities.")] = RUN_DEFAULTS["parity_atol"],
+    parity_rtol: Annotated[float, typer.Option(help="Regression/tensor: max error relative to the reference.")] = RUN_DEFAULTS["parity_rtol"],
+    min_top1_agreement: Annotated[float, typer.Option(help="Min top-1 agreement served vs reference.")] = RUN_DEFAULTS["min_top1_agreement"],
+    max_accuracy_drop: Annotated[float, typer.Option(help="Max accuracy drop vs the champion.")] = RUN_DEFAULTS["max_accuracy_drop"],
+    max_metric_regression: Annotated[float, typer.Option(help="Regression: max relative RMSE/MAE increase vs the champion.")] = RUN_DEFAULTS["max_metric_regression"],
+    load_users: Annotated[int, typer.Option(help="Locust users.")] = RUN_DEFAULTS["load_users"],
+    load_seconds: Annotated[float, typer.Option(help="Seconds of load per target.")] = RUN_DEFAULTS["load_seconds"],
+    load_rounds: Annotated[int, typer.Option(help="Champion/challenger alternations.")] = RUN_DEFAULTS["load_rounds"],
+    load_processes: Annotated[int, typer.Option(help="Locust processes (a master and workers when more than one).")] = RUN_DEFAULTS["load_processes"],
+    batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = RUN_DEFAULTS["batch_size"],
+    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = RUN_DEFAULTS["max_batch_delay_ms"],
+    workers: Annotated[int, typer.Option(help="TorchServe workers of the version (CPU artifacts).")] = RUN_DEFAULTS["workers"],
+    workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = RUN_DEFAULTS["workers_per_gpu"],
+    promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = RUN_DEFAULTS["promote"],
+    tune: Annotated[str, typer.Option(help="Search the challenger's batching within the SLO before the gates (servegate tune): true | false.")] = RUN_DEFAULTS["tune"],
+    tune_points: Annotated[int, typer.Option(help="With tune: the most configurations measured.")] = RUN_DEFAULTS["tune_points"],
+    server: Annotated[str, typer.Option(help="auto: attach when SERVEGATE_TORCHSERVE_* / SERVEGATE_TFSERVING_* name a server, else start a local one; attach: only a configured server (never a throwaway one); local. Empty: $SERVEGATE_SERVER, else auto.")] = RUN_DEFAULTS["server"],
     report_dir: Annotated[Path | None, typer.Option(
         help="Also copy the gate report here.", show_default="$SERVEGATE_REPORT_DIR")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs and warnings on the terminal too.")] = False,

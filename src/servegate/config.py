@@ -4,8 +4,9 @@ all map onto these models; nothing is read at import time."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -16,6 +17,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP
 
@@ -268,7 +270,8 @@ class TFServingSettings(_Settings):
     host: str = "127.0.0.1"
     rest_port: int = Field(0, ge=0, le=65535)
     grpc_port: int = Field(0, ge=0, le=65535)
-    max_batch_size: PositiveInt = 8
+    #: A run's is ``batching.batch_size`` (``PipelineConfig.tfserving_settings``); alone, its default.
+    max_batch_size: PositiveInt = Field(default_factory=lambda: BatchingConfig().batch_size)
     batch_timeout_ms: float = Field(5.0, ge=0)
     xla: bool = True
     docker_image: str = "tensorflow/serving"
@@ -546,7 +549,9 @@ class LoadSettings(_Settings):
 
 
 class ImagePreprocessing(_Settings):
-    """An image model's preprocessing, recorded in its archive (``image-classification``)."""
+    """An image model's preprocessing (``image-classification``): what the worker resizes to and
+    how it normalises, recorded as ``image`` in the archive's ``servegate.json`` (read as plain
+    JSON by ``handlers/image_classifier.py``)."""
 
     size: tuple[int, int] = (224, 224)
     mode: Literal["L", "RGB"] = "RGB"
@@ -562,31 +567,14 @@ class ImagePreprocessing(_Settings):
         return self
 
 
-def registered_name(model: str) -> str | None:
-    """The registered model name of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
-    if not model.startswith("models:/"):
-        return None
-    path = model.removeprefix("models:/")
-    return path.split("@", 1)[0] if "@" in path else path.partition("/")[0]
+class SourceSettings(_Settings):
+    """What a model source needs besides its URI (``servegate.sources.load_torch_model``).
+    ``PipelineConfig`` is one: a run hands its own settings to the source."""
 
-
-class PipelineConfig(_Settings):
-    """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here)."""
-
-    model: str = "builtin:digits"
     #: None infers it (tensor models: from outputs and labels; hf: embedding).
     task: str | None = None
     #: hf: models: truncation in tokens (None: the model's default).
     max_length: int | None = Field(None, ge=8)
-    #: Served and registered name; None takes it from ``models:/NAME`` or ``builtin:NAME``.
-    name: str | None = None
-    target: str = "torchserve"
-    compiler: str = "auto"
-    #: Compile caches (Inductor, Triton, TensorRT timing): ``local`` leaves torch's own caches
-    #: on this host; ``shared`` keeps them under SERVEGATE_HOME per device type, restores the
-    #: newest one of this device type from the MLflow experiment when empty and logs new ones
-    #: there (cached compiled code runs when loaded: trust the tracking server as a pickle).
-    compile_cache: Literal["local", "shared"] = "local"
     #: The user's held-out data: a path or MLflow artifact URI (.npz, .csv, .parquet, .jsonl).
     eval_data: str | None = None
     label_column: str = "label"
@@ -598,9 +586,37 @@ class PipelineConfig(_Settings):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     #: Class names: a file (JSON list / mapping, or one per line) or a comma list.
     labels: str | None = None
+    image: ImagePreprocessing = Field(default_factory=ImagePreprocessing)
+
+    def image_record(self) -> dict[str, Any]:
+        """The image preprocessing an ``image-classification`` model records (JSON), else ``{}``."""
+        return self.image.model_dump(mode="json") if self.task == "image-classification" else {}
+
+
+def registered_name(model: str) -> str | None:
+    """The registered model name of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    if not model.startswith("models:/"):
+        return None
+    path = model.removeprefix("models:/")
+    return path.split("@", 1)[0] if "@" in path else path.partition("/")[0]
+
+
+class PipelineConfig(SourceSettings):
+    """Everything one ``mlflow run pipelines/deploy`` needs (MLproject parameters map here); the
+    source's settings (``SourceSettings``) are its own fields."""
+
+    model: str = "builtin:digits"
+    #: Served and registered name; None takes it from ``models:/NAME`` or ``builtin:NAME``.
+    name: str | None = None
+    target: str = "torchserve"
+    compiler: str = "auto"
+    #: Compile caches (Inductor, Triton, TensorRT timing): ``local`` leaves torch's own caches
+    #: on this host; ``shared`` keeps them under SERVEGATE_HOME per device type, restores the
+    #: newest one of this device type from the MLflow experiment when empty and logs new ones
+    #: there (cached compiled code runs when loaded: trust the tracking server as a pickle).
+    compile_cache: Literal["local", "shared"] = "local"
     #: A user's own TorchServe handler file, packaged with ours.
     handler: Path | None = None
-    image: ImagePreprocessing = Field(default_factory=ImagePreprocessing)
     slos: SLOs = Field(default_factory=SLOs)
     parity: ParityThresholds = Field(default_factory=ParityThresholds)
     load: LoadSettings = Field(default_factory=LoadSettings)
@@ -713,55 +729,107 @@ def _json_object(value: Any) -> dict[str, Any]:
     return parsed
 
 
-def _empty_is_none(kind: type = str) -> Any:
+def _empty_is_none(kind: Callable[[Any], Any] = str) -> Any:
     return lambda value: None if value in ("", None) else kind(value)
 
 
-#: Each run parameter (as the MLproject, the workflow and ``mlflow deployments -C`` name it):
-#: where ``PipelineConfig`` keeps it, and how its text becomes that field's value.
-RUN_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "model": (("model",), str),
-    "name": (("name",), _empty_is_none()),
-    "task": (("task",), lambda v: None if v in ("", "auto", None) else str(v)),
-    "eval_data": (("eval_data",), _empty_is_none()),
-    "label_column": (("label_column",), str),
-    "text_column": (("text_column",), str),
-    "labels": (("labels",), _empty_is_none()),
-    "trust_pickle": (("trust_pickle",), _flag),
-    "model_class": (("model_class",), _empty_is_none()),
-    "model_kwargs": (("model_kwargs",), _json_object),
-    "handler": (("handler",), _empty_is_none(lambda v: Path(v).expanduser().resolve())),
-    "image_size": (("image", "size"), _number_list(int)),
-    "image_mode": (("image", "mode"), str),
-    "image_mean": (("image", "mean"), _number_list(float)),
-    "image_std": (("image", "std"), _number_list(float)),
-    "max_length": (("max_length",), lambda v: int(float(v)) or None),
-    "target": (("target",), str),
-    "compiler": (("compiler",), str),
-    "compile_cache": (("compile_cache",), str),
-    "p95_ms": (("slos", "p95_ms"), float),
-    "p99_ms": (("slos", "p99_ms"), float),
-    "min_rps": (("slos", "min_rps"), float),
-    "max_error_rate": (("slos", "max_error_rate"), float),
-    "max_regression_pct": (("slos", "max_regression_pct"), float),
-    "parity_atol": (("parity", "parity_atol"), float),
-    "parity_rtol": (("parity", "parity_rtol"), float),
-    "max_metric_regression": (("parity", "max_metric_regression"), float),
-    "min_top1_agreement": (("parity", "min_top1_agreement"), float),
-    "max_accuracy_drop": (("parity", "max_accuracy_drop"), float),
-    "load_users": (("load", "users"), lambda v: int(float(v))),
-    "load_seconds": (("load", "seconds"), float),
-    "load_rounds": (("load", "rounds"), lambda v: int(float(v))),
-    "load_processes": (("load", "processes"), lambda v: int(float(v))),
-    "batch_size": (("batching", "batch_size"), lambda v: int(float(v))),
-    "max_batch_delay_ms": (("batching", "max_batch_delay_ms"), lambda v: int(float(v))),
-    "workers": (("batching", "min_workers"), lambda v: int(float(v))),
-    "workers_per_gpu": (("batching", "workers_per_gpu"), lambda v: int(float(v))),
-    "promote": (("promote",), _flag),
-    "tune": (("tune",), _flag),
-    "tune_points": (("tune_points",), lambda v: int(float(v))),
-    "server": (("server",), lambda v: server_mode(str(v) or None)),
+def _whole(value: Any) -> int:
+    return int(float(value))  # MLflow passes an MLproject float parameter as e.g. "8.0"
+
+
+class RunParameter(NamedTuple):
+    """One run parameter: where ``PipelineConfig`` keeps it (``path``), how its text becomes that
+    field's value (``convert``), the type its CLI option and MLproject parameter carry (``kind``:
+    ``str``, ``int`` or ``float``; MLproject declares both numbers ``float``), and the value that
+    stands for the field's default where that default is None or read from the environment."""
+
+    path: tuple[str, ...]
+    convert: Callable[[Any], Any]
+    kind: type = str
+    unset: str | int = ""
+
+
+#: Each run parameter (as the MLproject, the workflow and ``mlflow deployments -C`` name it, and
+#: ``servegate run --NAME``). Defaults are ``PipelineConfig``'s: see ``run_parameter_default``.
+RUN_PARAMETERS: dict[str, RunParameter] = {
+    "model": RunParameter(("model",), str),
+    "name": RunParameter(("name",), _empty_is_none()),
+    "task": RunParameter(("task",), lambda v: None if v in ("", "auto", None) else str(v),
+                         unset="auto"),
+    "eval_data": RunParameter(("eval_data",), _empty_is_none()),
+    "label_column": RunParameter(("label_column",), str),
+    "text_column": RunParameter(("text_column",), str),
+    "labels": RunParameter(("labels",), _empty_is_none()),
+    "trust_pickle": RunParameter(("trust_pickle",), _flag),
+    "model_class": RunParameter(("model_class",), _empty_is_none()),
+    "model_kwargs": RunParameter(("model_kwargs",), _json_object),
+    "handler": RunParameter(("handler",), _empty_is_none(lambda v: Path(v).expanduser().resolve())),
+    "image_size": RunParameter(("image", "size"), _number_list(int)),
+    "image_mode": RunParameter(("image", "mode"), str),
+    "image_mean": RunParameter(("image", "mean"), _number_list(float)),
+    "image_std": RunParameter(("image", "std"), _number_list(float)),
+    "max_length": RunParameter(("max_length",), lambda v: _whole(v) or None, int, unset=0),
+    "target": RunParameter(("target",), str),
+    "compiler": RunParameter(("compiler",), str),
+    "compile_cache": RunParameter(("compile_cache",), str),
+    "p95_ms": RunParameter(("slos", "p95_ms"), float, float),
+    "p99_ms": RunParameter(("slos", "p99_ms"), float, float),
+    "min_rps": RunParameter(("slos", "min_rps"), float, float),
+    "max_error_rate": RunParameter(("slos", "max_error_rate"), float, float),
+    "max_regression_pct": RunParameter(("slos", "max_regression_pct"), float, float),
+    "parity_atol": RunParameter(("parity", "parity_atol"), float, float),
+    "parity_rtol": RunParameter(("parity", "parity_rtol"), float, float),
+    "max_metric_regression": RunParameter(("parity", "max_metric_regression"), float, float),
+    "min_top1_agreement": RunParameter(("parity", "min_top1_agreement"), float, float),
+    "max_accuracy_drop": RunParameter(("parity", "max_accuracy_drop"), float, float),
+    "load_users": RunParameter(("load", "users"), _whole, int),
+    "load_seconds": RunParameter(("load", "seconds"), float, float),
+    "load_rounds": RunParameter(("load", "rounds"), _whole, int),
+    "load_processes": RunParameter(("load", "processes"), _whole, int),
+    "batch_size": RunParameter(("batching", "batch_size"), _whole, int),
+    "max_batch_delay_ms": RunParameter(("batching", "max_batch_delay_ms"), _whole, int),
+    "workers": RunParameter(("batching", "min_workers"), _whole, int),
+    "workers_per_gpu": RunParameter(("batching", "workers_per_gpu"), _whole, int),
+    "promote": RunParameter(("promote",), _flag),
+    "tune": RunParameter(("tune",), _flag),
+    "tune_points": RunParameter(("tune_points",), _whole, int),
+    "server": RunParameter(("server",), lambda v: server_mode(str(v) or None)),
 }
+
+#: Defaults read from the environment when a config is made: a parameter's default is then its
+#: ``unset`` value (``server=""``: ``$SERVEGATE_SERVER``, else auto).
+_ENVIRONMENT_DEFAULTS: tuple[Callable[..., Any], ...] = (server_mode, report_dir_from_env)
+
+
+def run_parameter_field(name: str) -> FieldInfo:
+    """The ``PipelineConfig`` field (or nested settings' field) that run parameter ``name`` sets."""
+    model: Any = PipelineConfig
+    *parents, leaf = RUN_PARAMETERS[name].path
+    for key in parents:
+        model = model.model_fields[key].annotation
+    return model.model_fields[leaf]
+
+
+def run_parameter_default(name: str) -> Any:
+    """Run parameter ``name``'s default as its CLI option and MLproject parameter carry it (a
+    ``kind`` value: lists as comma text, flags as true/false, JSON as text), made from
+    ``PipelineConfig``'s default: the one place defaults are written. Reads no environment."""
+    parameter = RUN_PARAMETERS[name]
+    field = run_parameter_field(name)
+    if field.default_factory in _ENVIRONMENT_DEFAULTS:
+        return parameter.unset
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return parameter.unset
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        import json
+
+        return json.dumps(value)
+    return parameter.kind(value)
 
 
 def config_from_parameters(parameters: dict[str, Any]) -> PipelineConfig:
@@ -778,7 +846,7 @@ def config_from_parameters(parameters: dict[str, Any]) -> PipelineConfig:
                           f"{', '.join(RUN_PARAMETERS)}")
     values: dict[str, Any] = {}
     for name, value in parameters.items():
-        path, convert = RUN_PARAMETERS[name]
+        path, convert = RUN_PARAMETERS[name].path, RUN_PARAMETERS[name].convert
         try:
             converted = convert(value)
         except (TypeError, ValueError, ConfigError) as exc:

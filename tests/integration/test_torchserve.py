@@ -155,8 +155,9 @@ def test_image_bombs_and_foreign_formats_fail_alone(torchserve, tmp_path: Path) 
     import torch
     from PIL import Image
 
+    from servegate.config import ImagePreprocessing
     from servegate.packaging.mar import MarContents, build_mar
-    from servegate.packaging.spec import ArtifactSpec, ImageSpec
+    from servegate.packaging.spec import ArtifactSpec
 
     _, _, backend = torchserve
     torch.manual_seed(0)
@@ -169,7 +170,7 @@ def test_image_bombs_and_foreign_formats_fail_alone(torchserve, tmp_path: Path) 
         Image.fromarray(np.full((12, 10), shade, np.uint8)).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
     spec = ArtifactSpec(task="image-classification", format="torchscript", artifact="cnn.ts",
-                        image=ImageSpec(size=(8, 8), mode="L", mean=[0.5], std=[0.5]))
+                        image=ImagePreprocessing(size=(8, 8), mode="L", mean=[0.5], std=[0.5]))
     contents = MarContents(name="imgs", version="1", artifact=tmp_path / "cnn.ts", spec=spec,
                            labels=["a", "b", "c"],
                            batching=BatchingConfig(batch_size=8, max_batch_delay_ms=50),

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from payloads import softmax
 
-from servegate.config import BatchingConfig
+from servegate.config import BatchingConfig, ImagePreprocessing
 from servegate.harness import LocalHandler
 from servegate.packaging.mar import MarContents, build_mar
-from servegate.packaging.spec import ArtifactSpec, ImageSpec, InputSpec
+from servegate.packaging.spec import ArtifactSpec, InputSpec
 
 GOOD = 200
 
@@ -157,7 +157,7 @@ def test_image_classifier_decodes_resizes_and_isolates_bad_images(tmp_path: Path
     image.save(buffer, format="PNG")
     png = buffer.getvalue()
     spec = ArtifactSpec(task="image-classification", format="torchscript", artifact="cnn.ts",
-                        image=ImageSpec(size=(16, 16), mode="L", mean=[0.5], std=[0.25]))
+                        image=ImagePreprocessing(size=(16, 16), mode="L", mean=[0.5], std=[0.25]))
     contents = MarContents(name="cnn", version="1", artifact=tmp_path / "cnn.ts", spec=spec,
                            labels=["a", "b", "c"], batching=BatchingConfig(batch_size=4),
                            warmup={"instances": [{"b64": base64.b64encode(png).decode()}]})

@@ -38,13 +38,10 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[user_
         mlflow.set_tracking_uri(None)
 
 
-def _options(eval_data: Path, **more: object):
-    config = PipelineConfig(model="models:/photos/1", task="image-classification",
-                            image={"size": (SIZE, SIZE), "mean": [0, 0, 0], "std": [1, 1, 1]},
-                            eval_data=str(eval_data), **more)
-    from servegate.sources import SourceOptions
-
-    return SourceOptions.from_config(config)
+def _options(eval_data: Path, **more: object) -> PipelineConfig:
+    return PipelineConfig(model="models:/photos/1", task="image-classification",
+                          image={"size": (SIZE, SIZE), "mean": [0, 0, 0], "std": [1, 1, 1]},
+                          eval_data=str(eval_data), **more)
 
 
 def _worker(data: bytes) -> np.ndarray:

@@ -19,8 +19,8 @@ import servegate
 from servegate._resources import HANDLERS_PACKAGE, handler_module, handlers_dir
 from servegate.artifacts import ModelFormat
 from servegate.compilers.driver import worker_threads
-from servegate.config import RequestLimits
-from servegate.packaging.spec import SPEC_FILE, TASK_HANDLERS, ArtifactSpec, ImageSpec, TextSpec
+from servegate.config import ImagePreprocessing, RequestLimits
+from servegate.packaging.spec import SPEC_FILE, TASK_HANDLERS, ArtifactSpec, TextSpec
 from servegate.sources.base import TASK_ALIASES, canonical_task
 
 #: Keys of ``servegate.json`` the handlers still read that servegate no longer writes.
@@ -68,13 +68,13 @@ def test_top_k_default(tmp_path: Path) -> None:
 
 
 def test_image_geometry_defaults(tmp_path: Path) -> None:
-    """An archive without ``image`` is resized and scaled as ``ImageSpec``'s defaults say (the
-    handler's default normalisation is the identity, ``ImageSpec``'s is ImageNet's: servegate
+    """An archive without ``image`` is resized and scaled as ``ImagePreprocessing``'s defaults say (the
+    handler's default normalisation is the identity, ``ImagePreprocessing``'s is ImageNet's: servegate
     always writes ``image`` for image archives)."""
     pytest.importorskip("PIL")
     handler = handler_module("image_classifier").ImageClassifierHandler()
     handler.configure(str(tmp_path))
-    default = ImageSpec()
+    default = ImagePreprocessing()
     assert (handler.size, handler.mode, handler.scale) == (default.size, default.mode, default.scale)
 
 
@@ -101,7 +101,7 @@ def test_handlers_read_only_what_the_spec_holds() -> None:
     sources = {p.stem: p.read_text(encoding="utf-8") for p in handlers_dir().glob("*.py")}
     spec_keys = set().union(*(_keys_read(s, {"spec"}) for s in sources.values()))
     assert spec_keys and spec_keys <= set(ArtifactSpec.model_fields) | LEGACY_SPEC_KEYS
-    assert _keys_read(sources["image_classifier"], {"image"}) == set(ImageSpec.model_fields)
+    assert _keys_read(sources["image_classifier"], {"image"}) == set(ImagePreprocessing.model_fields)
     assert _keys_read(sources["text_handler"], {"text"}) == set(TextSpec.model_fields)
 
 

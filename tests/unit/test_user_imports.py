@@ -10,8 +10,9 @@ import pytest
 import torch
 import user_models
 
+from servegate.config import SourceSettings
 from servegate.errors import ConfigError, SourceError
-from servegate.sources import SourceOptions, load_torch_model
+from servegate.sources import load_torch_model
 from servegate.sources.schema import Rows
 
 
@@ -126,4 +127,4 @@ def test_a_pickled_module_without_signature_needs_eval_data(wine, tmp_path: Path
 
 def test_options_and_fields_are_exclusive() -> None:
     with pytest.raises(TypeError):
-        load_torch_model("builtin:digits", SourceOptions(), task="classification")
+        load_torch_model("builtin:digits", SourceSettings(), task="classification")

@@ -1,33 +1,68 @@
-"""Model source -> compiled artifact -> .mar (used by the CLI and the tests)."""
+"""Model -> compiled artifact -> ``.mar``: the one build path (``TorchServeTarget.build`` adds
+MLflow logging around it; the CLI's ``package``, ``api.package``, tests and benchmarks call it)."""
 
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from servegate.compilers.driver import artifact_max_batch, compile_model
 from servegate.config import BatchingConfig, RequestLimits
 from servegate.packaging.mar import build_mar, contents_for
 from servegate.sources import TorchModel, load_torch_model
 
+if TYPE_CHECKING:
+    from servegate.artifacts import CompiledArtifact
+    from servegate.compilers.cache import CompileCache
+    from servegate.compilers.select import Candidate
 
-def package_model(model: TorchModel, *, name: str, version: str, compiler: str,
-                  batching: BatchingConfig, output_dir: Path,
-                  limits: RequestLimits | None = None) -> Path:
-    """Compile ``model`` and build its archive into ``output_dir``."""
+
+@dataclass(frozen=True)
+class BuiltArchive:
+    """An archive and what it was built from: the chosen artifact, ``auto``'s measured candidates
+    (empty for one named compiler) and the ``model-config.yaml`` it carries."""
+
+    archive: Path
+    artifact: CompiledArtifact
+    candidates: list[Candidate]
+    model_config: dict[str, Any]
+
+
+def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
+                  batching: BatchingConfig, output_dir: Path, limits: RequestLimits | None = None,
+                  handler_file: Path | None = None, cache: CompileCache | None = None,
+                  compile_dir: Path | None = None) -> BuiltArchive:
+    """Compile ``model`` (in ``compile_dir``, else a temporary directory; inside ``cache`` when
+    given) and build its archive into ``output_dir``, with the user's ``handler_file`` if any."""
     from servegate.naming import validate_name, validate_version
 
     validate_name(name)
     validate_version(version)
-    with tempfile.TemporaryDirectory(prefix="servegate-compile-") as tmp:
-        artifact, _ = compile_model(model, compiler, Path(tmp), batching, limits)
+    with (tempfile.TemporaryDirectory(prefix="servegate-compile-") if compile_dir is None
+          else nullcontext(str(compile_dir))) as work:
+        artifact, candidates = compile_model(model, compiler, Path(work), batching, limits,
+                                             cache=cache)
         contents = contents_for(model, artifact, name=name, version=version, batching=batching,
-                                limits=limits, max_batch=artifact_max_batch(model, batching, limits))
-        return build_mar(contents, output_dir)
+                                limits=limits, max_batch=artifact_max_batch(model, batching, limits),
+                                handler_file=handler_file)
+        archive = build_mar(contents, output_dir)
+    return BuiltArchive(archive, artifact, candidates, contents.model_config)
+
+
+def package_model(model: TorchModel, *, name: str, version: str, compiler: str,
+                  batching: BatchingConfig, output_dir: Path,
+                  limits: RequestLimits | None = None) -> Path:
+    """Compile ``model`` and build its archive into ``output_dir`` (``build_archive``'s path)."""
+    return build_archive(model, name=name, version=version, compiler=compiler, batching=batching,
+                         output_dir=output_dir, limits=limits).archive
 
 
 def package_torch_model(uri: str, *, name: str, version: str, compiler: str,
                         batching: BatchingConfig, output_dir: Path) -> Path:
+    """``package_model`` of the model source ``uri`` (default source settings)."""
     from servegate.naming import validate_name, validate_version
 
     validate_name(name)  # before the model is loaded or trained

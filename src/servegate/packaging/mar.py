@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,13 @@ import yaml
 from servegate._resources import handlers_dir
 from servegate.artifacts import CompiledArtifact
 from servegate.choices import CLASS_TASKS
-from servegate.config import BatchingConfig, RequestLimits
+from servegate.config import BatchingConfig, ImagePreprocessing, RequestLimits
 from servegate.errors import PackagingError
 from servegate.naming import archive_file_name
 from servegate.packaging.spec import (
     SPEC_FILE,
     TASK_HANDLERS,
     ArtifactSpec,
-    ImageSpec,
     InputSpec,
     OutputSpec,
     TextSpec,
@@ -58,6 +58,11 @@ class MarContents:
     extra_files: Sequence[Path] = ()
     #: A user's own handler module: the archive's entry point, with ours shipped beside it.
     handler_file: Path | None = None
+
+    @cached_property
+    def model_config(self) -> dict[str, Any]:
+        """The archive's ``model-config.yaml`` (batching and workers for the artifact's device)."""
+        return self.batching.model_config_yaml(device=self.spec.device)
 
 
 @contextmanager
@@ -122,7 +127,7 @@ def _stage_files(contents: MarContents, files_dir: Path) -> Path:
         spec = spec.model_copy(update={"warmup_file": WARMUP_FILE})
     _write_json(files_dir / SPEC_FILE, spec.model_dump(mode="json"))
     (files_dir / MODEL_CONFIG_FILE).write_text(
-        yaml.safe_dump(contents.batching.model_config_yaml(device=spec.device), sort_keys=False),
+        yaml.safe_dump(contents.model_config, sort_keys=False),
         encoding="utf-8"
     )
     source = handlers_dir()
@@ -181,7 +186,7 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
                                          for s in model.inputs],
         outputs=[OutputSpec(name=s.name, shape=list(s.shape)) for s in model.outputs],
         max_batch=max_batch,
-        image=ImageSpec(**model.image) if model.task == "image-classification" else None,
+        image=ImagePreprocessing(**model.image) if model.task == "image-classification" else None,
         text=text,
         limits=limits or RequestLimits(),
         compiler=artifact.backend,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from servegate.artifacts import ModelFormat
-from servegate.config import RequestLimits
+from servegate.config import ImagePreprocessing, RequestLimits
 
 SPEC_FILE = "servegate.json"
 Task = Literal["classification", "regression", "tensor", "image-classification", "embedding",
@@ -43,16 +43,6 @@ class OutputSpec(BaseModel):
     shape: list[int] = Field(default_factory=list)
 
 
-class ImageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    size: tuple[int, int] = (224, 224)
-    mode: Literal["L", "RGB"] = "RGB"
-    scale: float = 1 / 255
-    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
-
-
 class TextSpec(BaseModel):
     """Tokenisation in the worker: the tokenizer file shipped in the archive and the limits."""
 
@@ -79,7 +69,8 @@ class ArtifactSpec(BaseModel):
     outputs: list[OutputSpec] = Field(default_factory=list)
     #: The largest batch the artifact accepts; the handler splits larger batches (None: any).
     max_batch: int | None = None
-    image: ImageSpec | None = None
+    #: An image model's preprocessing (the run's own ``image`` setting, one class for both).
+    image: ImagePreprocessing | None = None
     text: TextSpec | None = None
     labels_file: str | None = None
     top_k: int = 3

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from servegate.artifact_access import download, storage_uri
+from servegate.config import SourceSettings
 from servegate.errors import ConfigError, SourceError
 from servegate.sources.base import TorchModel
 from servegate.sources.eval_data import (
@@ -36,7 +37,7 @@ from servegate.sources.eval_data import (
     labels_as_indices,
     read_table,
 )
-from servegate.sources.options import SourceOptions, read_labels
+from servegate.sources.options import read_labels
 from servegate.sources.schema import (
     ModelSchema,
     TensorSpec,
@@ -125,7 +126,7 @@ def _eval_mode(module: Any, program: Any) -> Any:
 
 
 # ---- MLflow -----------------------------------------------------------------------------------
-def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> TorchModel:
+def import_mlflow_model(uri: str, settings: SourceSettings | None = None) -> TorchModel:
     """``models:/``, ``runs:/``: a PyTorch model in MLflow's pt2 or pickle format, or a text model
     logged by ``text_pyfunc.log_text_model``."""
     import mlflow
@@ -133,7 +134,7 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
 
     from servegate.sources.text_pyfunc import is_text_model
 
-    options = options or SourceOptions()
+    settings = settings or SourceSettings()
     storage_uri(uri, what=uri)  # every hop checked before MLflow reads anything there
     try:
         info = mlflow.models.get_model_info(uri)
@@ -142,11 +143,11 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
     if info.metadata is not None and is_text_model(info.metadata):
         from servegate.sources.text_pyfunc import import_registered_text_model
 
-        task = None if options.task in (None, "", "auto") else options.task
+        task = None if settings.task in (None, "", "auto") else settings.task
         return import_registered_text_model(uri, str(info.metadata["task"]), task=task,
-                                            max_length=options.max_length, eval_data=options.eval_data,
-                                            label_column=options.label_column,
-                                            trust_pickle=options.trust_pickle,
+                                            max_length=settings.max_length, eval_data=settings.eval_data,
+                                            label_column=settings.label_column,
+                                            trust_pickle=settings.trust_pickle,
                                             registered_format=info.metadata.get("format"))
     if "pytorch" not in info.flavors:
         raise SourceError(f"{uri} is not a PyTorch model (flavors: {', '.join(sorted(info.flavors))}); "
@@ -156,10 +157,10 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
     data_dir = inside(local, flavor.get("model_data", "data"), what=uri)
     program = None
     if (data_dir / "model.pt2").exists():
-        program = load_program(data_dir / "model.pt2", trust_pickle=options.trust_pickle)
+        program = load_program(data_dir / "model.pt2", trust_pickle=settings.trust_pickle)
         module = program.module()
     else:
-        module = _load_mlflow_pickle(uri, local, flavor, options)
+        module = _load_mlflow_pickle(uri, local, flavor, settings)
     schema = schema_from_signature(info.signature)
     if program is not None and schema is None:
         schema = schema_from_program(program)
@@ -167,14 +168,14 @@ def import_mlflow_model(uri: str, options: SourceOptions | None = None) -> Torch
     labels = (info.metadata or {}).get("labels")
     return build_tensor_model(
         module, program=program, schema=schema, columns=signature_columns(info.signature), uri=uri,
-        options=options, run_id=info.run_id, example=example,
+        settings=settings, run_id=info.run_id, example=example,
         labels_hint=[str(v) for v in labels] if isinstance(labels, list) else None)
 
 
-def _load_mlflow_pickle(uri: str, local: Path, flavor: dict[str, Any], options: SourceOptions) -> Any:
+def _load_mlflow_pickle(uri: str, local: Path, flavor: dict[str, Any], settings: SourceSettings) -> Any:
     import mlflow.pytorch
 
-    if not options.trust_pickle:
+    if not settings.trust_pickle:
         raise SourceError(PICKLE_REFUSED.format(what=f"{uri} (MLflow pickle format)"))
     code = flavor.get("code")
     if code and str(inside(local, code, what=uri)) not in sys.path:
@@ -208,23 +209,23 @@ def _input_example(local: Path, schema: ModelSchema | None) -> tuple[np.ndarray,
 
 
 # ---- files ------------------------------------------------------------------------------------
-def import_torch_file(path: Path, options: SourceOptions | None = None) -> TorchModel:
+def import_torch_file(path: Path, settings: SourceSettings | None = None) -> TorchModel:
     """An ExportedProgram ``.pt2``, a whole module saved with ``torch.save`` (pickle:
     ``trust_pickle``), or a state_dict with ``model_class=file.py:Class``."""
     import torch
 
-    options = options or SourceOptions()
+    settings = settings or SourceSettings()
     if not path.exists():
         raise SourceError(f"model file not found: {path}")
     if path.suffix == ".pt2":
-        program = load_program(path, trust_pickle=options.trust_pickle)
+        program = load_program(path, trust_pickle=settings.trust_pickle)
         return build_tensor_model(program.module(), program=program, schema=schema_from_program(program),
-                                  uri=str(path), options=options)
-    if options.model_class:
-        module, model_file, class_name = _state_dict_module(path, options)
-        return build_tensor_model(module, uri=str(path), options=options, model_file=model_file,
+                                  uri=str(path), settings=settings)
+    if settings.model_class:
+        module, model_file, class_name = _state_dict_module(path, settings)
+        return build_tensor_model(module, uri=str(path), settings=settings, model_file=model_file,
                                   model_class=class_name)
-    if not options.trust_pickle:
+    if not settings.trust_pickle:
         try:  # a state_dict loads without pickle; say what it needs
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
@@ -238,18 +239,18 @@ def import_torch_file(path: Path, options: SourceOptions | None = None) -> Torch
     if not isinstance(module, torch.nn.Module):
         raise SourceError(f"{path} holds a {type(module).__name__}, not a torch.nn.Module "
                           "(a state_dict needs its class: model_class=file.py:Class)")
-    return build_tensor_model(module, uri=str(path), options=options)
+    return build_tensor_model(module, uri=str(path), settings=settings)
 
 
-def _state_dict_module(path: Path, options: SourceOptions) -> tuple[Any, Path, str]:
+def _state_dict_module(path: Path, settings: SourceSettings) -> tuple[Any, Path, str]:
     """The module of a state_dict file and the self-contained file defining its class."""
     import torch
 
-    file_part, _, class_name = str(options.model_class).rpartition(":")
+    file_part, _, class_name = str(settings.model_class).rpartition(":")
     model_file = Path(file_part).expanduser().resolve()
     if not file_part or not class_name or model_file.suffix != ".py" or not model_file.is_file():
         raise ConfigError("model_class must be FILE.py:CLASS naming an existing file, "
-                          f"got {options.model_class!r}")
+                          f"got {settings.model_class!r}")
     # Imported under a private name: a module of the same name elsewhere is left alone.
     private_name = f"_servegate_model_{model_file.stem}"
     spec = importlib.util.spec_from_file_location(private_name, model_file)
@@ -259,7 +260,7 @@ def _state_dict_module(path: Path, options: SourceOptions) -> tuple[Any, Path, s
     try:
         spec.loader.exec_module(module_code)
         cls = getattr(module_code, class_name)
-        module = cls(**options.model_kwargs)
+        module = cls(**settings.model_kwargs)
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
         raise SourceError(f"cannot build {class_name} from {model_file} with the weights in {path}: "
@@ -281,16 +282,16 @@ def _schema_from_table(table: RawTable) -> ModelSchema:
     return ModelSchema(tuple(specs))
 
 
-def _decoded_images(table: RawTable, options: SourceOptions) -> RawTable:
+def _decoded_images(table: RawTable, settings: SourceSettings) -> RawTable:
     """Image evaluation data (an ImageFolder, an ``image`` column) as the model's input rows,
     through the worker's own preprocessing; the images are kept to be sent as they are."""
     from servegate.sources.images import decode_all
 
-    if not options.image:
+    if settings.task != "image-classification":
         raise ConfigError(f"eval_data {table.source} holds images: pass task=image-classification "
                           "(and image_size, image_mean, image_std as the model was trained)")
     assert table.images is not None
-    x = decode_all(table.images, options.image, table.source)
+    x = decode_all(table.images, settings.image_record(), table.source)
     return RawTable({"x": x}, table.labels, tabular=False, source=table.source, images=table.images)
 
 
@@ -305,17 +306,17 @@ def _as_served_images(data: EvalData, table: RawTable, image: dict[str, Any]) ->
 
 
 def _evaluation_rows(uri: str, schema: ModelSchema | None, columns: list[str] | None,
-                     options: SourceOptions, run_id: str | None,
+                     settings: SourceSettings, run_id: str | None,
                      example: tuple[np.ndarray, ...] | None) -> tuple[ModelSchema, EvalData, str]:
     """(schema, data, note): the user's eval_data, else a dataset logged to the model's run, else
     the logged input example (parity alone, said loudly); never another model's data."""
     table = None
-    if options.eval_data:
-        table = read_table(options.eval_data, label_column=options.label_column)
+    if settings.eval_data:
+        table = read_table(settings.eval_data, label_column=settings.label_column)
     elif run_id:
-        table = dataset_from_run(run_id, label_column=options.label_column)
+        table = dataset_from_run(run_id, label_column=settings.label_column)
     if table is not None and table.images is not None:
-        table = _decoded_images(table, options)
+        table = _decoded_images(table, settings)
     if schema is None:
         if table is None:
             raise SourceError(f"{uri} records no input signature and no eval_data was given: pass "
@@ -323,8 +324,8 @@ def _evaluation_rows(uri: str, schema: ModelSchema | None, columns: list[str] | 
         schema = _schema_from_table(table)
     if table is not None:
         data = conform(table, schema, feature_columns=columns)
-        if options.image:  # an image model is gated on images, decoded as the worker decodes
-            data = _as_served_images(data, table, options.image)
+        if settings.image_record():  # an image model is gated on images, decoded as the worker decodes
+            data = _as_served_images(data, table, settings.image_record())
         return schema, data, f"evaluation data: {data.source} ({len(data)} rows, " + (
             "labelled)" if data.y is not None else "no labels: accuracy is not gated)")
     if example is not None:
@@ -337,26 +338,26 @@ def _evaluation_rows(uri: str, schema: ModelSchema | None, columns: list[str] | 
                       "with an input_example")
 
 
-def build_tensor_model(module: Any, *, uri: str, options: SourceOptions, program: Any = None,
+def build_tensor_model(module: Any, *, uri: str, settings: SourceSettings, program: Any = None,
                        schema: ModelSchema | None = None, columns: list[str] | None = None,
                        run_id: str | None = None, example: tuple[np.ndarray, ...] | None = None,
                        labels_hint: list[str] | None = None, model_file: Path | None = None,
                        model_class: str | None = None) -> TorchModel:
     """A tensor ``TorchModel`` with its evaluation data, task, labels and reference metrics."""
-    schema, data, note = _evaluation_rows(uri, schema, columns, options, run_id, example)
+    schema, data, note = _evaluation_rows(uri, schema, columns, settings, run_id, example)
     model = TorchModel(module=_eval_mode(module, program), input_shape=(), labels=[],
                        inputs=schema.inputs, eval_x=data.x, eval_images=data.images,
                        source_uri=uri, program=program,
                        model_file=model_file, model_class=model_class,
-                       model_kwargs=dict(options.model_kwargs) if model_class else {},
-                       eval_note=note, image=dict(options.image))
+                       model_kwargs=dict(settings.model_kwargs) if model_class else {},
+                       eval_note=note, image=settings.image_record())
     try:
         outputs = model.reference_outputs(data.x[:PROBE_ROWS])
     except Exception as exc:  # the user's forward raising on the user's data
         raise SourceError(f"{uri} fails on its evaluation data {schema.describe()}: "
                           f"{type(exc).__name__}: {exc}") from exc
-    class_names = read_labels(options.labels) or labels_hint or _folder_classes(data, outputs[0])
-    model.task = infer_task(outputs, data.y, given=options.task, class_names=class_names)
+    class_names = read_labels(settings.labels) or labels_hint or _folder_classes(data, outputs[0])
+    model.task = infer_task(outputs, data.y, given=settings.task, class_names=class_names)
     model.outputs = schema.outputs if len(schema.outputs) == len(outputs) else tuple(
         TensorSpec(f"output_{i}" if len(outputs) > 1 else "output", tuple(o.shape[1:]), o.dtype.name)
         for i, o in enumerate(outputs))

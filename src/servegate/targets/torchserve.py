@@ -56,9 +56,9 @@ class TorchServeTarget(MeasuredTarget):
         return LocalTorchServe(config.torchserve)
 
     def load_model(self, config: PipelineConfig) -> Any:
-        from servegate.sources import SourceOptions, load_torch_model
+        from servegate.sources import load_torch_model
 
-        return load_torch_model(config.model, SourceOptions.from_config(config))
+        return load_torch_model(config.model, config)
 
     def register(self, model: Any, name: str) -> str:
         from servegate import tracking
@@ -71,25 +71,21 @@ class TorchServeTarget(MeasuredTarget):
               console: Console) -> Built:
         """Compile (measuring candidates for ``auto``) and build the archive."""
         from servegate import tracking
-        from servegate.compilers.driver import artifact_max_batch, compile_model
-        from servegate.packaging.mar import build_mar, contents_for
+        from servegate.packaging.builder import build_archive
         from servegate.parity_limits import precision_of
         from servegate.targets.compiled import report_compiled
 
         cache = tracking.compile_cache(config.compile_cache)
         before = cache.fingerprint() if cache else None
-        artifact, candidates = compile_model(model, config.compiler, workdir / "compile",
-                                             config.batching, config.limits, cache=cache)
+        built = build_archive(model, name=config.model_name, version=version,
+                              compiler=config.compiler, batching=config.batching,
+                              limits=config.limits, handler_file=config.handler, cache=cache,
+                              compile_dir=workdir / "compile", output_dir=workdir)
         if cache is not None and cache.fingerprint() != before:
             tracking.save_compile_cache(cache)  # new compiled code: the next runner reuses it
-        contents = contents_for(model, artifact, name=config.model_name, version=version,
-                                batching=config.batching, limits=config.limits,
-                                max_batch=artifact_max_batch(model, config.batching, config.limits),
-                                handler_file=config.handler)
-        archive = build_mar(contents, workdir)
-        report_compiled(console, config.compiler, artifact.backend, candidates,
-                        {"archive": archive.name}
-                        | config.batching.model_config_yaml(device=artifact.device),
+        archive, artifact = built.archive, built.artifact
+        report_compiled(console, config.compiler, artifact.backend, built.candidates,
+                        {"archive": archive.name} | built.model_config,
                         {"archive_bytes": archive.stat().st_size})
         uri = tracking.log_artifact_file(archive, "archive")
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
