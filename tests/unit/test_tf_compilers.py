@@ -79,7 +79,7 @@ def by_name(candidates: list[Candidate]) -> dict[str, Candidate]:
 
 def test_auto_keeps_the_faster_tf_candidate_whichever_it_is(tiny, tmp_path: Path) -> None:
     for xla_faster in (True, False):
-        slow, fast = 0.004, 0.0
+        slow, fast = 0.05, 0.0  # far beyond the timing noise of a busy box
         exporter = ScriptedExporter(tiny, {True: fast if xla_faster else slow,
                                            False: slow if xla_faster else fast})
         artifact, candidates = compile_keras(tiny, "auto", tmp_path / str(xla_faster), exporter,
@@ -94,7 +94,7 @@ def test_auto_keeps_the_faster_tf_candidate_whichever_it_is(tiny, tmp_path: Path
 
 
 def test_auto_rejects_a_faster_candidate_that_fails_parity(tiny, tmp_path: Path) -> None:
-    exporter = ScriptedExporter(tiny, {True: 0.0, False: 0.004}, wrong=True)  # xla: fast, wrong
+    exporter = ScriptedExporter(tiny, {True: 0.0, False: 0.05}, wrong=True)  # xla: fast, wrong
     artifact, candidates = compile_keras(tiny, "auto", tmp_path, exporter, batch_size=4)
     found = by_name(candidates)
     assert found["xla"].status == "rejected" and found["xla"].reason.startswith("parity:")
@@ -124,7 +124,7 @@ def test_tf_trt_is_skipped_by_auto_with_its_reason_and_refused_alone(tiny, tmp_p
 
 
 def test_auto_skips_what_the_server_cannot_run_but_a_named_list_keeps_it(tiny, tmp_path: Path) -> None:
-    exporter = ScriptedExporter(tiny, {True: 0.0, False: 0.004})
+    exporter = ScriptedExporter(tiny, {True: 0.0, False: 0.05})
     refused = {"xla": "attached server: no XLA flag known"}
     artifact, candidates = compile_keras(tiny, "auto", tmp_path / "a", exporter, batch_size=4,
                                          auto_refused=refused)
