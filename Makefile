@@ -64,22 +64,27 @@ deploy: setup
 	  $(if $(VERBOSE),-P verbose=true) $(DEPLOY_ARGS)
 
 # Unit tests run on up to 4 cores (pytest-xdist: each test has its own tmp dirs and ports);
-# integration tests one at a time, since their load gates measure this machine (UNIT_WORKERS=0:
-# unit tests in one process too). Both halves run; the exit status is the first failure's.
+# integration tests two modules at a time (--dist loadfile: a module's servers stay in one
+# process). Their load gates compare champion and challenger in alternating rounds, so a busy
+# neighbour slows both alike (measured: every gate held with two modules at once on a loaded
+# 2-core box). UNIT_WORKERS=0 / INTEGRATION_WORKERS=0: one process. Both halves run; the exit
+# status is the first failure's; the slowest tests are listed for whoever makes it faster.
 UNIT_WORKERS ?= auto
+INTEGRATION_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(UNIT_WORKERS)),-p no:xdist,-n $(UNIT_WORKERS) --maxprocesses=4)
+XDIST_INTEGRATION = $(if $(filter 0,$(INTEGRATION_WORKERS)),-p no:xdist,-n $(INTEGRATION_WORKERS) --dist loadfile)
 
 test: setup
 	@unit=0; integration=0; \
-	  $(BIN)/python -m pytest tests/unit $(XDIST) $(PYTEST_ARGS) || unit=$$?; \
-	  $(BIN)/python -m pytest tests/integration $(PYTEST_ARGS) || integration=$$?; \
+	  $(BIN)/python -m pytest tests/unit $(XDIST) --durations=10 $(PYTEST_ARGS) || unit=$$?; \
+	  $(BIN)/python -m pytest tests/integration $(XDIST_INTEGRATION) --durations=10 $(PYTEST_ARGS) || integration=$$?; \
 	  [ $$unit -eq 0 ] || exit $$unit; exit $$integration
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit $(XDIST) $(PYTEST_ARGS)
 
 test-integration: setup
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration $(XDIST_INTEGRATION) $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

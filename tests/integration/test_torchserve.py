@@ -343,7 +343,7 @@ def test_locust_file_runs_headless(served, digits, tmp_path: Path) -> None:
                         "SERVEGATE_SAMPLES": str(samples)}
     result = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "torchserve.py"),
-         "--headless", "-u", "4", "-r", "4", "-t", "3s", "--host", state.inference,
+         "--headless", "-u", "4", "-r", "4", "-t", "10s", "--host", state.inference,
          "--csv", str(tmp_path / "run"), "--only-summary", "--exit-code-on-error", "1"],
         env=env, capture_output=True, text=True, timeout=120,
     )
