@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[torch,tf,dev]"
+	@# setuptools warns on every editable install of a package-dir mapping (handlers/, loadtests/)
+	PYTHONWARNINGS="ignore:Editable installation" $(PIP) -e ".[torch,tf,dev]"
 	$(PIP) --no-deps tensorflow-serving-api==2.21.0  # it requires full tensorflow; tensorflow-cpu provides it
 	@$(BIN)/python -c 'import torch, sys, os; v = torch.__version__; gpu = os.path.exists("$(GPU_MARK)"); sys.exit(0 if v.startswith("2.13.0") and (gpu or "cu" not in v) else f"torch {v} is not the 2.13.0 CPU build")'
 	@$(BIN)/python -c 'import yaml, ts, model_archiver'  # TorchServe's wheel forgets PyYAML
