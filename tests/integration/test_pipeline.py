@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import mlflow
@@ -111,9 +112,18 @@ class DefaultEndpointProbe:
         self._thread.join(timeout=60)
 
 
-def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits) -> None:
-    home, server = env
+@pytest.fixture(scope="module")
+def first_run(env) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """The module's first `make deploy` (``auto``) and its MLflow run: the champion v1 every
+    test here builds on, whichever of them runs first or alone."""
+    home, _ = env
     result = deploy(report_dir=home / "report1", compiler="auto")
+    return result, last_parent_run() if result.returncode == 0 else None
+
+
+def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits, first_run) -> None:
+    home, server = env
+    result, run = first_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "promoted" in result.stdout
     assert "compiler candidates" in result.stdout + result.stderr
@@ -122,7 +132,6 @@ def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits) -> N
         assert backend.default_version("digits") == "1"
         answer = backend.predict("digits", {"inputs": digits.eval_x[0].tolist()})
         assert answer["outputs"]["label"] in [str(i) for i in range(10)]
-    run = last_parent_run()
     assert run.info.status == "FINISHED"
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "report")}
     assert {"report/gate_report.md", "report/gate_report.html", "report/latency_throughput.png",
@@ -148,8 +157,9 @@ def test_first_run_promotes_and_the_default_endpoint_serves_it(env, digits) -> N
     assert "Decision: promoted" in report
 
 
-def test_bad_challenger_is_rejected_while_the_champion_keeps_serving(env, digits) -> None:
+def test_bad_challenger_is_rejected_while_the_champion_keeps_serving(env, digits, first_run) -> None:
     home, server = env
+    assert first_run[0].returncode == 0, "the first run did not promote v1"
     bad_version = register_shuffled_champion(digits)
     with backend_of(server) as backend:
         with DefaultEndpointProbe(backend, {"inputs": digits.eval_x[0].tolist()}) as probe:
@@ -167,8 +177,9 @@ def test_bad_challenger_is_rejected_while_the_champion_keeps_serving(env, digits
     assert last_parent_run().info.status == "FAILED"
 
 
-def test_rollback_leaves_one_server_serving_the_previous_champion(env) -> None:
+def test_rollback_leaves_one_server_serving_the_previous_champion(env, first_run) -> None:
     home, server = env
+    assert first_run[0].returncode == 0, "the first run did not promote v1"
     pid_before = server.state().pid
     promoted = deploy()
     assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-2000:]
