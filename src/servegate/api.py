@@ -165,12 +165,22 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
 
 
 def package(model: str, *, name: str, version: str, output_dir: Path, compiler: str = "eager",
-            batching: BatchingConfig | None = None) -> Path:
-    """A ``.mar`` archive of ``model`` (handlers, model-config.yaml, labels, warm-up sample)."""
-    from servegate.packaging.builder import package_torch_model
+            batching: BatchingConfig | None = None, target: str = "torchserve",
+            eval_data: str | None = None) -> Path:
+    """What ``target``'s server serves, built from ``model`` into ``output_dir`` without MLflow:
+    TorchServe's ``.mar`` (handlers, model-config.yaml, labels, warm-up sample), TF Serving's
+    SavedModel version directory."""
+    from servegate.naming import validate_name, validate_version
+    from servegate.targets import get_target
 
-    return package_torch_model(model, name=name, version=version, compiler=compiler,
-                               batching=batching or BatchingConfig(), output_dir=output_dir)
+    validate_name(name)  # before the model is loaded or trained
+    validate_version(version)
+    chosen = get_target(target)
+    config = PipelineConfig(model=model, name=name, target=target, compiler=compiler,
+                            eval_data=eval_data,
+                            **({"batching": batching} if batching is not None else {}))
+    chosen.check_compiler(compiler)
+    return chosen.package(chosen.load_model(config), config, version, output_dir)
 
 
 def load_model(uri: str, **options: Any) -> Any:

@@ -275,14 +275,17 @@ def package(
     model: Annotated[str, typer.Argument(help="Model source, e.g. builtin:digits.")] = RUN_DEFAULTS["model"],
     name: Annotated[str, typer.Option(help="Served model name.")] = "digits",
     version: Annotated[str, typer.Option(help="Model version recorded in the archive.")] = "1",
-    output_dir: Annotated[Path | None, typer.Option(help="Where the .mar goes.", show_default="the local model store")] = None,
-    compiler: Annotated[str, typer.Option(help="auto | eager | export | aoti | onnx | onnx-int8 | inductor | torch-tensorrt | a comma list")] = "eager",
+    output_dir: Annotated[Path | None, typer.Option(help="Where it goes.", show_default="the local model store (torchserve), else .")] = None,
+    compiler: Annotated[str, typer.Option(help="auto, a compiler of the target (`servegate compilers`; TF: savedmodel, xla, tf-trt) or a comma list.")] = "eager",
     batch_size: Annotated[int, typer.Option(help="TorchServe batch size.")] = RUN_DEFAULTS["batch_size"],
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = RUN_DEFAULTS["max_batch_delay_ms"],
     workers: Annotated[int, typer.Option(help="TorchServe workers of the version.")] = RUN_DEFAULTS["workers"],
+    eval_data: Annotated[str, typer.Option(help="Held-out data the compiled artifact is checked against (a user's Keras model needs it; see `servegate run --help`).")] = RUN_DEFAULTS["eval_data"],
+    target: TargetOption = RUN_DEFAULTS["target"],
     workdir: WorkdirOption = None,
 ) -> None:
-    """Build a .mar archive (handlers, model-config.yaml, labels, warm-up sample)."""
+    """Build what the target's server serves: a .mar archive (handlers, model-config.yaml,
+    labels, warm-up sample), or with --target tfserving a SavedModel version directory."""
     from pydantic import ValidationError
 
     from servegate import api
@@ -293,11 +296,13 @@ def package(
                                   min_workers=workers, max_workers=workers)
     except ValidationError as exc:
         raise errors.ConfigError(f"invalid batching: {exc}") from exc
-    target = output_dir or (_settings(workdir).workdir / "model-store")
+    store = output_dir or (_settings(workdir).workdir / "model-store" if target == "torchserve"
+                           else Path.cwd())
     with console.status(f"packaging {model}"):
-        archive = api.package(model, name=name, version=version, compiler=compiler,
-                              batching=batching, output_dir=target)
-    out.print(str(archive))
+        built = api.package(model, name=name, version=version, compiler=compiler,
+                            batching=batching, output_dir=store, target=target,
+                            eval_data=eval_data or None)
+    out.print(str(built))
 
 
 # ---- models ----------------------------------------------------------------------------------

@@ -130,3 +130,28 @@ def test_server_commands_refuse_what_a_target_does_not_have(toy: MemoryBackend, 
     assert foreign.exit_code == 5 and "--host: TorchServe's options, not tfserving's" in foreign.output
     stopped = runner.invoke(app, ["serve", "stop", "--target", "tfserving", "--workdir", str(tmp_path)])
     assert stopped.exit_code == 0 and "no tfserving was running" in stopped.output
+
+
+def test_package_builds_each_targets_artifact_without_mlflow(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`servegate package --target tfserving`: a user's Keras model (built here) as a SavedModel
+    version in TF Serving's layout, with its batching file; no MLflow run is opened."""
+    pytest.importorskip("tensorflow")
+    from tiny_keras_models import save_wine_classifier, wine_csv
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/never.db")
+    model = save_wine_classifier(tmp_path / "wine.keras", epochs=2)
+    data = wine_csv(tmp_path / "wine.csv")
+    result = runner.invoke(app, ["package", str(model), "--name", "wine", "--version", "3",
+                                 "--target", "tfserving", "--compiler", "savedmodel",
+                                 "--batch-size", "16", "--eval-data", str(data),
+                                 "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    version = tmp_path / "out" / "wine" / "3"
+    assert (version / "saved_model.pb").is_file()
+    assert "max_batch_size {\n  value: 16\n}" in (version / "batching_params.pbtxt").read_text()
+    assert not (tmp_path / "never.db").exists()  # no MLflow run was opened
+    again = runner.invoke(app, ["package", str(model), "--name", "wine", "--version", "3",
+                                "--target", "tfserving", "--eval-data", str(data),
+                                "--output-dir", str(tmp_path / "out")])
+    assert again.exit_code == 5 and "versions are immutable" in again.output

@@ -75,6 +75,10 @@ class Target(Protocol):
               console: Console) -> Built:
         """Compile and package ``model`` for this server, logged to the active run."""
 
+    def package(self, model: Any, config: PipelineConfig, version: str, output_dir: Path) -> Path:
+        """What ``build`` makes, into ``output_dir`` and without MLflow (``servegate package``);
+        returns the artifact's path."""
+
     def load_profile(self, model: Any) -> LoadProfile:
         """What the load gate sends."""
 

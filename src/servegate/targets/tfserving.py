@@ -11,7 +11,7 @@ from rich.console import Console
 from servegate.backends._local import LocalServer
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
-from servegate.errors import ServerError, ServerNotRunning
+from servegate.errors import ConfigError, ServerError, ServerNotRunning
 from servegate.targets.base import Built, LoadProfile, MeasuredTarget
 
 
@@ -108,6 +108,30 @@ class TFServingTarget(MeasuredTarget):
                          "compile_seconds": artifact.compile_seconds})
         uri = tracking.log_artifact_dir(artifact.path, f"savedmodel/{version}")
         return Built(artifact.path, uri, artifact.backend, precision_of(artifact.backend))
+
+    def package(self, model: Any, config: PipelineConfig, version: str, output_dir: Path) -> Path:
+        """The SavedModel version directory ``output_dir/NAME/VERSION`` (TF Serving's layout),
+        compiled as ``build`` compiles it, with its ``batching_params.pbtxt``."""
+        import shutil
+        import tempfile
+
+        from servegate.backends.tfserving.config import batching_parameters, write_version_batching
+        from servegate.compilers.tf import compile_keras
+        from servegate.packaging.savedmodel import KerasExporter
+
+        placed = output_dir / config.model_name / version
+        if placed.exists():
+            raise ConfigError(f"{placed} exists: versions are immutable, give another --version")
+        settings = config.tfserving_settings()
+        with tempfile.TemporaryDirectory(prefix="servegate-package-") as tmp:
+            exporter = KerasExporter(model, config.model_name, int(version))
+            artifact, _ = compile_keras(model, config.compiler, Path(tmp), exporter,
+                                        batch_size=config.batching.batch_size)
+            write_version_batching(artifact.path, batching_parameters(
+                max_batch_size=settings.max_batch_size, batch_timeout_ms=settings.batch_timeout_ms))
+            placed.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(artifact.path, placed)
+        return placed
 
     def load_profile(self, model: Any) -> LoadProfile:
         from servegate._resources import loadtests_dir

@@ -90,6 +90,15 @@ class TorchServeTarget(MeasuredTarget):
         uri = tracking.log_artifact_file(archive, "archive")
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
 
+    def package(self, model: Any, config: PipelineConfig, version: str, output_dir: Path) -> Path:
+        """The ``.mar`` (handlers, model-config.yaml, labels, warm-up sample) in ``output_dir``."""
+        from servegate.packaging.builder import build_archive
+
+        return build_archive(model, name=config.model_name, version=version,
+                             compiler=config.compiler, batching=config.batching,
+                             limits=config.limits, handler_file=config.handler,
+                             output_dir=output_dir).archive
+
     def load_profile(self, model: Any) -> LoadProfile:
         from servegate._resources import loadtests_dir
 

@@ -74,9 +74,13 @@ class ScriptedTarget:
 
     def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
               console: Console) -> Built:
-        path = workdir / f"{config.model_name}.v{version}.mar"
-        path.write_bytes(f"scripted {version} {model.accuracy} {model.p95_ms}".encode())
+        path = self.package(model, config, version, workdir)
         return Built(path, tracking.log_artifact_file(path, "archive"), "scripted", "fp32")
+
+    def package(self, model: Any, config: PipelineConfig, version: str, output_dir: Path) -> Path:
+        path = output_dir / f"{config.model_name}.v{version}.mar"
+        path.write_bytes(f"scripted {version} {model.accuracy} {model.p95_ms}".encode())
+        return path
 
     def load_profile(self, model: Any) -> LoadProfile:
         # never sent: measure_load answers from the script
