@@ -9,7 +9,7 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from rich.console import Console
 
@@ -43,8 +43,13 @@ class LoadProfile:
     user_class: str
 
 
+#: What a target serves: its model type (``TorchModel`` for TorchServe, ``KerasModel`` for TF
+#: Serving), loaded by ``load_model`` and handed back to every other step.
+ModelT = TypeVar("ModelT")
+
+
 @runtime_checkable
-class Target(Protocol):
+class Target(Protocol[ModelT]):
     """One serving target: every step of the pipeline that depends on the server."""
 
     name: str
@@ -65,31 +70,31 @@ class Target(Protocol):
     def local_server(self, config: PipelineConfig) -> LocalServer[Any]:
         """This host's server of ``config`` (``servegate serve start|stop|status``)."""
 
-    def load_model(self, config: PipelineConfig) -> Any:
+    def load_model(self, config: PipelineConfig) -> ModelT:
         """The model of ``config.model`` with its held-out data."""
 
-    def register(self, model: Any, name: str) -> str:
+    def register(self, model: ModelT, name: str) -> str:
         """Log the model to the active MLflow run, register it as ``name``; return the version."""
 
-    def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
+    def build(self, model: ModelT, config: PipelineConfig, version: str, workdir: Path,
               console: Console) -> Built:
         """Compile and package ``model`` for this server, logged to the active run."""
 
-    def package(self, model: Any, config: PipelineConfig, version: str, output_dir: Path) -> Path:
+    def package(self, model: ModelT, config: PipelineConfig, version: str, output_dir: Path) -> Path:
         """What ``build`` makes, into ``output_dir`` and without MLflow (``servegate package``);
         returns the artifact's path."""
 
-    def load_profile(self, model: Any) -> LoadProfile:
+    def load_profile(self, model: ModelT) -> LoadProfile:
         """What the load gate sends."""
 
-    def example_row(self, model: Any) -> Any:
+    def example_row(self, model: ModelT) -> Any:
         """One request instance, for the curl shown to a person."""
 
-    def curl(self, url: str, key_shell: str | None, model: Any, ca_bundle: str | None = None) -> str:
+    def curl(self, url: str, key_shell: str | None, model: ModelT, ca_bundle: str | None = None) -> str:
         """A curl against ``url`` that works as pasted (the key read by ``key_shell``; an
         https server verified against ``ca_bundle``)."""
 
-    def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
+    def check_parity(self, backend: ServingBackend, name: str, version: str, model: ModelT,
                      champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
         """The held-out rows through the served challenger (and champion) against the reference,
         in requests that fit ``limits``."""
@@ -101,17 +106,18 @@ class Target(Protocol):
         comparison is inconclusive); the merged result per label."""
 
 
-class MeasuredTarget:
-    """What every real server shares: parity through its REST API, load through Locust, and a
-    curl a person can paste."""
+class MeasuredTarget(Generic[ModelT]):
+    """The part of ``Target`` every real server shares (a server module subclasses it and adds
+    the rest): parity through its REST API read by its decoder, load through Locust, and a curl a
+    person can paste."""
 
-    def example_row(self, model: Any) -> Any:
+    def example_row(self, model: ModelT) -> Any:
         raise NotImplementedError
 
-    def curl(self, url: str, key_shell: str | None, model: Any, ca_bundle: str | None = None) -> str:
+    def curl(self, url: str, key_shell: str | None, model: ModelT, ca_bundle: str | None = None) -> str:
         return curl_command(url, key_shell, self.example_row(model), ca_bundle)
 
-    def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
+    def check_parity(self, backend: ServingBackend, name: str, version: str, model: ModelT,
                      champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
         from servegate.gates.parity import run_parity
 

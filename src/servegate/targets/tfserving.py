@@ -12,12 +12,13 @@ from servegate.backends._local import LocalServer
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
 from servegate.errors import ConfigError, ServerError, ServerNotRunning
+from servegate.sources.keras_model import KerasModel
 from servegate.targets.base import Built, LoadProfile, MeasuredTarget
 
 
-class TFServingTarget(MeasuredTarget):
+class TFServingTarget(MeasuredTarget[KerasModel]):
     name = "tfserving"
-    attach_needs = ("SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_MODEL_ROOT")
+    attach_needs: tuple[str, ...] = ("SERVEGATE_TFSERVING_URL", "SERVEGATE_TFSERVING_MODEL_ROOT")
 
     def check_compiler(self, compiler: str) -> None:
         """``ConfigError`` unless ``compiler`` is ``auto``, a TF compiler (``compilers.tf``) or a
@@ -58,7 +59,7 @@ class TFServingTarget(MeasuredTarget):
 
         return LocalTFServing(config.tfserving_settings())
 
-    def load_model(self, config: PipelineConfig) -> Any:
+    def load_model(self, config: PipelineConfig) -> KerasModel:
         from servegate.sources.keras_import import load_keras_model
         from servegate.sources.options import read_labels
 
@@ -67,12 +68,12 @@ class TFServingTarget(MeasuredTarget):
                                 class_names=read_labels(config.labels),
                                 trust_pickle=config.trust_pickle)
 
-    def register(self, model: Any, name: str) -> str:
+    def register(self, model: KerasModel, name: str) -> str:
         from servegate import tracking
 
         return tracking.log_keras_model(model, name)
 
-    def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
+    def build(self, model: KerasModel, config: PipelineConfig, version: str, workdir: Path,
               console: Console) -> Built:
         """A SavedModel in TF Serving's layout, validated (both loaders, parity), compiled by the
         TF compiler ``compiler`` names (``auto`` / a comma list: measured here, the fastest that
@@ -109,7 +110,7 @@ class TFServingTarget(MeasuredTarget):
         uri = tracking.log_artifact_dir(artifact.path, f"savedmodel/{version}")
         return Built(artifact.path, uri, artifact.backend, precision_of(artifact.backend))
 
-    def package(self, model: Any, config: PipelineConfig, version: str, output_dir: Path) -> Path:
+    def package(self, model: KerasModel, config: PipelineConfig, version: str, output_dir: Path) -> Path:
         """The SavedModel version directory ``output_dir/NAME/VERSION`` (TF Serving's layout),
         compiled as ``build`` compiles it, with its ``batching_params.pbtxt``."""
         import shutil
@@ -133,11 +134,11 @@ class TFServingTarget(MeasuredTarget):
             shutil.copytree(artifact.path, placed)
         return placed
 
-    def load_profile(self, model: Any) -> LoadProfile:
+    def load_profile(self, model: KerasModel) -> LoadProfile:
         from servegate._resources import loadtests_dir
 
         return LoadProfile(model.example_batch(32).tolist(), loadtests_dir() / "tfserving.py",
                            "TFServingPredictUser")
 
-    def example_row(self, model: Any) -> Any:
+    def example_row(self, model: KerasModel) -> Any:
         return model.example_batch(1)[0].tolist()

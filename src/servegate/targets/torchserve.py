@@ -12,13 +12,15 @@ from servegate.backends._local import LocalServer
 from servegate.backends.base import ServingBackend
 from servegate.config import PipelineConfig
 from servegate.errors import ConfigError, ServerError, ServerNotRunning
+from servegate.sources.base import TorchModel
 from servegate.targets.base import Built, LoadProfile, MeasuredTarget, curl_cacert
 
 
-class TorchServeTarget(MeasuredTarget):
+class TorchServeTarget(MeasuredTarget[TorchModel]):
     name = "torchserve"
-    attach_needs = ("SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "SERVEGATE_TORCHSERVE_INFERENCE_URL",
-                    "SERVEGATE_TORCHSERVE_KEYS|SERVEGATE_TORCHSERVE_KEY_FILE")
+    attach_needs: tuple[str, ...] = (
+        "SERVEGATE_TORCHSERVE_MANAGEMENT_URL", "SERVEGATE_TORCHSERVE_INFERENCE_URL",
+        "SERVEGATE_TORCHSERVE_KEYS|SERVEGATE_TORCHSERVE_KEY_FILE")
 
     def check_compiler(self, compiler: str) -> None:
         from servegate.compilers import compiler_names
@@ -55,19 +57,19 @@ class TorchServeTarget(MeasuredTarget):
 
         return LocalTorchServe(config.torchserve)
 
-    def load_model(self, config: PipelineConfig) -> Any:
+    def load_model(self, config: PipelineConfig) -> TorchModel:
         from servegate.sources import load_torch_model
 
         return load_torch_model(config.model, config)
 
-    def register(self, model: Any, name: str) -> str:
+    def register(self, model: TorchModel, name: str) -> str:
         from servegate import tracking
 
         if getattr(model, "is_text", False):  # strings in: a pyfunc that tokenises as the worker
             return tracking.log_text_model(model, name)
         return tracking.log_torch_model(model, name)
 
-    def build(self, model: Any, config: PipelineConfig, version: str, workdir: Path,
+    def build(self, model: TorchModel, config: PipelineConfig, version: str, workdir: Path,
               console: Console) -> Built:
         """Compile (measuring candidates for ``auto``) and build the archive."""
         from servegate import tracking
@@ -90,7 +92,7 @@ class TorchServeTarget(MeasuredTarget):
         uri = tracking.log_artifact_file(archive, "archive")
         return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
 
-    def package(self, model: Any, config: PipelineConfig, version: str, output_dir: Path) -> Path:
+    def package(self, model: TorchModel, config: PipelineConfig, version: str, output_dir: Path) -> Path:
         """The ``.mar`` (handlers, model-config.yaml, labels, warm-up sample) in ``output_dir``."""
         from servegate.packaging.builder import build_archive
 
@@ -99,16 +101,16 @@ class TorchServeTarget(MeasuredTarget):
                              limits=config.limits, handler_file=config.handler,
                              output_dir=output_dir).archive
 
-    def load_profile(self, model: Any) -> LoadProfile:
+    def load_profile(self, model: TorchModel) -> LoadProfile:
         from servegate._resources import loadtests_dir
 
         return LoadProfile([{"instances": [row]} for row in model.request_rows(model.example_batch(32))],
                            loadtests_dir() / "torchserve.py", "TorchServePredictUser")
 
-    def example_row(self, model: Any) -> Any:
+    def example_row(self, model: TorchModel) -> Any:
         return model.request_rows(model.example_batch(1))[0]
 
-    def curl(self, url: str, key_shell: str | None, model: Any, ca_bundle: str | None = None) -> str:
+    def curl(self, url: str, key_shell: str | None, model: TorchModel, ca_bundle: str | None = None) -> str:
         """A JSON request of one held-out row; an image model's curl posts an image file as is
         (``image.png`` stands for yours: PNG, JPEG, GIF, BMP, TIFF, WEBP)."""
         if not getattr(model, "sends_images", False):
