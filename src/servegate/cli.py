@@ -468,6 +468,7 @@ def run(
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe max batch delay (ms).")] = RUN_DEFAULTS["max_batch_delay_ms"],
     workers: Annotated[int, typer.Option(help="TorchServe workers of the version (CPU artifacts).")] = RUN_DEFAULTS["workers"],
     workers_per_gpu: Annotated[int, typer.Option(help="TorchServe workers on each GPU (CUDA artifacts).")] = RUN_DEFAULTS["workers_per_gpu"],
+    threads: Annotated[int, typer.Option(help="Intra-op threads of each worker (0: the cores left to the frontend, divided among the workers).")] = RUN_DEFAULTS["threads"],
     promote: Annotated[str, typer.Option(help="Promote when the gates pass: true | false.")] = RUN_DEFAULTS["promote"],
     tune: Annotated[str, typer.Option(help="Search the challenger's batching within the SLO before the gates (servegate tune): true | false.")] = RUN_DEFAULTS["tune"],
     tune_points: Annotated[int, typer.Option(help="With tune: the most configurations measured.")] = RUN_DEFAULTS["tune_points"],

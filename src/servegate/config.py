@@ -35,6 +35,9 @@ class BatchingConfig(_Settings):
     max_workers: PositiveInt = 1
     #: Workers per GPU for a CUDA artifact (min = max workers = this x the host's GPUs).
     workers_per_gpu: PositiveInt = 1
+    #: Intra-op threads of each worker (0: the handler's rule, the cores left to the frontend
+    #: divided among the workers); recorded in the archive's spec (``servegate tune`` searches it).
+    threads_per_worker: int = Field(0, ge=0)
     response_timeout_s: PositiveInt = 120
     startup_timeout_s: PositiveInt = 120
 
@@ -790,6 +793,7 @@ RUN_PARAMETERS: dict[str, RunParameter] = {
     "max_batch_delay_ms": RunParameter(("batching", "max_batch_delay_ms"), _whole, int),
     "workers": RunParameter(("batching", "min_workers"), _whole, int),
     "workers_per_gpu": RunParameter(("batching", "workers_per_gpu"), _whole, int),
+    "threads": RunParameter(("batching", "threads_per_worker"), _whole, int),
     "promote": RunParameter(("promote",), _flag),
     "tune": RunParameter(("tune",), _flag),
     "tune_points": RunParameter(("tune_points",), _whole, int),

@@ -129,7 +129,8 @@ def tune(run: Run, registry: Registry, built: Built, sha256: str, version: str,
     registry.tag(version, {ARCHIVE_TAG: uri, ARCHIVE_SHA256_TAG: tuned_sha256})
     run.config = cfg.model_copy(update={"batching": cfg.batching.model_copy(update={
         "batch_size": point.batch_size, "max_batch_delay_ms": point.max_batch_delay_ms,
-        "min_workers": point.workers, "max_workers": point.workers})})
+        "min_workers": point.workers, "max_workers": point.workers,
+        "threads_per_worker": point.threads})})
     return replace(built, path=tuned, uri=uri), tuned_sha256
 
 

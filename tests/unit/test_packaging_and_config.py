@@ -43,6 +43,20 @@ def test_archive_holds_handlers_spec_config_labels_and_warmup(build_archive) -> 
     assert len(warmup["instances"]) == 2 and len(warmup["instances"][0]) == 64
 
 
+def test_threads_per_worker_is_a_run_parameter_that_reaches_the_archive(build_archive) -> None:
+    """`-P threads=3`: each worker of the version runs 3 intra-op threads (the spec the handler
+    reads); 0, the default, leaves the handler's own rule (no value in the spec)."""
+    from servegate.config import config_from_parameters
+
+    batching = config_from_parameters({"threads": "3"}).batching
+    assert batching.threads_per_worker == 3
+    spec = ArtifactSpec.model_validate_json(
+        read_archive_member(build_archive("4", batching=batching), "servegate.json"))
+    assert spec.intra_op_threads == 3
+    default = ArtifactSpec.model_validate_json(read_archive_member(build_archive("5"), "servegate.json"))
+    assert default.intra_op_threads is None
+
+
 def test_failed_build_leaves_nothing_in_the_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
     store.mkdir()

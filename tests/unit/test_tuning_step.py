@@ -67,7 +67,7 @@ def stepped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_the_winner_becomes_the_archive_the_registry_and_the_runs_batching(stepped, monkeypatch) -> None:
     run, built, archive, logged, tmp_path = stepped
-    monkeypatch.setattr(measure, "tune_archive", lambda *a, **k: _result(Point(16, 5, 2)))
+    monkeypatch.setattr(measure, "tune_archive", lambda *a, **k: _result(Point(16, 5, 2, threads=3)))
     registry = FakeRegistry()
     tuned, sha256 = steps.tune(run, registry, built, "old-sha", "2", tmp_path)  # type: ignore[arg-type]
     assert tuned.path != archive and tuned.uri == "runs:/tune-run/archive/m.v2.mar"
@@ -77,6 +77,7 @@ def test_the_winner_becomes_the_archive_the_registry_and_the_runs_batching(stepp
     assert registry.tags == {"2": {ARCHIVE_TAG: tuned.uri, ARCHIVE_SHA256_TAG: sha256}}
     b = run.config.batching
     assert (b.batch_size, b.max_batch_delay_ms, b.min_workers, b.max_workers) == (16, 5, 2, 2)
+    assert b.threads_per_worker == 3  # the run's threads parameter is the winner's too
     assert ("tuning", "frontier.json", "frontier.png") in logged
 
 

@@ -189,6 +189,7 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
         image=ImagePreprocessing(**model.image) if model.task == "image-classification" else None,
         text=text,
         limits=limits or RequestLimits(),
+        intra_op_threads=batching.threads_per_worker or None,
         compiler=artifact.backend,
         device=artifact.device,
         dtype=artifact.dtype,

@@ -58,12 +58,12 @@ def counts(result: TuneResult) -> dict[str, int]:
 
 
 def run_parameters(result: TuneResult) -> str:
-    """The winner as the MLproject's parameters (threads per worker are not one)."""
+    """The winner as the MLproject's parameters."""
     if result.winner is None:
         return ""
     p = result.winner.point
     return (f"-P batch_size={p.batch_size} -P max_batch_delay_ms={p.max_batch_delay_ms} "
-            f"-P workers={p.workers}")
+            f"-P workers={p.workers} -P threads={p.threads}")
 
 
 def mlflow_figures(result: TuneResult) -> tuple[dict[str, Any], dict[str, float]]:
