@@ -10,6 +10,10 @@ v3 against v1 every time. Trials alternate between the two so that both see the 
 
 The decision is taken at each ``--regression`` (``max_regression_pct``) with the SLOs' default
 ``regression_floor_ms``; the default 50% cannot reject a copy exactly 1.5x slower, by design.
+Each statistic of ``gates.compare`` (``pooled``, the gate's, and ``per-round``) decides on the same
+measured rounds: rounds are added while any of them is inconclusive, and each decides at the
+first round count where it is conclusive (as ``run_ab`` would stop), so their columns compare
+like with like.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 PACED_NET = '''
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from servegate._resources import loadtests_dir
     from servegate.backends.torchserve import LocalTorchServe, TorchServeBackend
     from servegate.config import BatchingConfig, LoadSettings, SLOs, TorchServeSettings
-    from servegate.gates.load import Adaptive, load_checks, run_ab
+    from servegate.gates.compare import STATISTICS
+    from servegate.gates.load import conclusive, load_checks, merge, run_load, summarize
     from servegate.packaging.builder import package_model
     from servegate.sources import load_torch_model
 
@@ -89,48 +95,69 @@ def main(argv: list[str] | None = None) -> int:
                 backend.deploy(archive, "paced", version)
             access = backend.access()
             samples = [{"inputs": row.tolist()} for row in x[:32]]
-            settings = LoadSettings(users=args.users, seconds=args.seconds, rounds=2)
+            # a round's phases: run_ab's (the load seconds shared by its two first rounds)
+            phase = LoadSettings(users=args.users, seconds=args.seconds / 2, rounds=1)
             strictest = SLOs(max_regression_pct=min(args.regression))
             rows: list[dict] = []
             started = time.monotonic()
             for trial in range(args.trials):
                 for challenger, kind in (("2", "same model"), ("3", "1.5x slower")):
-                    results = run_ab([("champion", "1"), ("challenger", challenger)], settings=settings,
-                                     adaptive=Adaptive(strictest, args.max_rounds),
-                                     host=access.inference_url, model="paced",
-                                     inference_key=access.inference_key, samples=samples,
-                                     locustfile=loadtests_dir() / "torchserve.py",
-                                     user_class="TorchServePredictUser")
-                    champion, measured = results["champion"], results["challenger"]
-                    row = {"trial": trial, "challenger": kind,
-                           "p95_ratio": measured.p95_ms / champion.p95_ms,
-                           "rounds": len(measured.comparison.rounds) if measured.comparison else 0}
-                    for pct in args.regression:
-                        checks = load_checks(measured, champion, SLOs(max_regression_pct=pct))
-                        failed = [c.name for c in checks if c.name in RATIO_CHECKS and not c.passed]
-                        row[f"rejected@{pct:g}"] = bool(failed)
-                        row[f"failed@{pct:g}"] = failed
-                    rows.append(row)
-                    console.print(f"trial {trial + 1}/{args.trials} {kind}: p95 ratio "
-                                  f"{row['p95_ratio']:.2f}, {row['rounds']} rounds, rejected "
-                                  + ", ".join(f"{row[f'rejected@{p:g}']}@{p:g}%" for p in args.regression))
+                    phases: dict[str, list] = {"champion": [], "challenger": []}
+                    common = dict(host=access.inference_url, model="paced",
+                                  inference_key=access.inference_key, samples=samples,
+                                  locustfile=loadtests_dir() / "torchserve.py",
+                                  user_class="TorchServePredictUser", settings=phase)
+                    decided: dict[str, tuple] = {}
+                    while len(decided) < len(STATISTICS):
+                        phases["champion"].append(run_load(label="champion", version="1", **common))
+                        phases["challenger"].append(run_load(label="challenger", version=challenger,
+                                                             **common))
+                        done = len(phases["champion"])
+                        for statistic in (s for s in STATISTICS if s not in decided and done >= 2):
+                            figures, comparison = summarize(phases, ("champion", "challenger"),
+                                                            statistic=statistic)
+                            assert comparison is not None
+                            if conclusive(comparison, strictest) or done >= args.max_rounds:
+                                champion = merge(phases["champion"], figures["champion"])
+                                measured = replace(merge(phases["challenger"], figures["challenger"]),
+                                                   comparison=comparison)
+                                decided[statistic] = (done, champion, measured)
+                    for statistic, (done, champion, measured) in decided.items():
+                        row = {"trial": trial, "challenger": kind, "statistic": statistic,
+                               "p95_ratio": measured.comparison.p95.estimate, "rounds": done}
+                        for pct in args.regression:
+                            checks = load_checks(measured, champion, SLOs(max_regression_pct=pct))
+                            failed = [c.name for c in checks if c.name in RATIO_CHECKS and not c.passed]
+                            row[f"rejected@{pct:g}"] = bool(failed)
+                            row[f"failed@{pct:g}"] = failed
+                        rows.append(row)
+                        console.print(f"trial {trial + 1}/{args.trials} {kind} ({statistic}): p95 "
+                                      f"ratio {row['p95_ratio']:.2f}, {done} rounds, rejected "
+                                      + ", ".join(f"{row[f'rejected@{p:g}']}@{p:g}%"
+                                                  for p in args.regression))
         finally:
             backend.close()
             server.stop()
         table = Table(title=f"gate decisions over {args.trials} trials each "
                             f"({time.monotonic() - started:.0f} s)")
-        table.add_column("challenger")
+        for column in ("challenger", "statistic"):
+            table.add_column(column)
         table.add_column("median p95 ratio", justify="right")
+        table.add_column("mean rounds", justify="right")
         for pct in args.regression:
             table.add_column(f"rejected at {pct:g}%", justify="right")
-        summary = {}
+        summary: dict[str, dict] = {}
         for kind in ("same model", "1.5x slower"):
-            mine = [r for r in rows if r["challenger"] == kind]
-            counts = {f"{pct:g}": sum(r[f"rejected@{pct:g}"] for r in mine) for pct in args.regression}
-            summary[kind] = {"median_p95_ratio": float(np.median([r["p95_ratio"] for r in mine])),
-                             "rejected": counts, "trials": len(mine)}
-            table.add_row(kind, f"{summary[kind]['median_p95_ratio']:.2f}",
-                          *(f"{counts[f'{pct:g}']}/{len(mine)}" for pct in args.regression))
+            for statistic in STATISTICS:
+                mine = [r for r in rows if r["challenger"] == kind and r["statistic"] == statistic]
+                counts = {f"{pct:g}": sum(r[f"rejected@{pct:g}"] for r in mine) for pct in args.regression}
+                figures_row = {"median_p95_ratio": float(np.median([r["p95_ratio"] for r in mine])),
+                               "mean_rounds": float(np.mean([r["rounds"] for r in mine])),
+                               "rejected": counts, "trials": len(mine)}
+                summary[f"{kind} / {statistic}"] = figures_row
+                table.add_row(kind, statistic, f"{figures_row['median_p95_ratio']:.2f}",
+                              f"{figures_row['mean_rounds']:.1f}",
+                              *(f"{counts[f'{pct:g}']}/{len(mine)}" for pct in args.regression))
         console.print(table)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

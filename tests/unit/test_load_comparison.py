@@ -96,3 +96,31 @@ def test_more_rounds_run_while_the_interval_straddles_the_limit(monkeypatch) -> 
     results = load.run_ab(targets, settings=settings, adaptive=load.Adaptive(SLO, max_rounds=5))
     assert calls.count("champion") == 2
     assert load.conclusive(results["challenger"].comparison, SLO)
+
+
+def test_one_disturbed_challenger_round_moves_the_pooled_ratio_but_not_the_per_round_median() -> None:
+    """A burst on the host during one challenger phase of five (2x slower there, equal in the
+    others): pooled, the p95 ratio reads 1.4 and the gate cannot decide without more rounds; the
+    median of per-round ratios reads 1.0 and clears p95 at once. A copy slower in every round is
+    worse under both."""
+    disturbed = rounds([20] * 5, [40, 20, 20, 20, 20], 5)
+    pair = ("champion", "challenger")
+    _, pooled = summarize(disturbed, pair, replicates=400)
+    _, median = summarize(disturbed, pair, replicates=400, statistic="per-round")
+    assert pooled is not None and median is not None and median.statistic == "per-round"
+    assert pooled.p95.estimate > 1.3 and verdicts(pooled, SLO)["p95"] == "inconclusive"
+    assert median.p95.estimate == pytest.approx(1.0, abs=0.05)
+    assert verdicts(median, SLO)["p95"] == "not worse"
+    assert "worse" not in verdicts(median, SLO).values()
+    _, slower = summarize(rounds([20] * 4, [30] * 4, 6, slower_rps=1.5), pair, replicates=400,
+                          statistic="per-round")
+    assert slower is not None
+    assert verdicts(slower, SLO) == {"p95": "worse", "p99": "worse", "rps": "worse"}
+
+
+def test_an_unknown_statistic_is_refused() -> None:
+    from servegate.gates.compare import Phase, compare
+
+    one = Phase({10: 5}, 5, 1.0)
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        compare([(one, one)], lambda h, n, q: 10.0, statistic="mean")  # type: ignore[arg-type]

@@ -8,6 +8,11 @@ holds both the noise within a phase and the drift between rounds. ``load_checks`
 challenger only when a whole interval lies beyond the allowed regression; while one straddles the
 limit the comparison is inconclusive and the gate runs more rounds (``run_ab``).
 
+Two statistics combine the rounds (``statistic``): ``pooled`` (the gate's) merges each side's
+requests over all rounds and takes the ratio of their percentiles; ``per-round`` takes the median,
+over the rounds, of each round's own ratio, which one disturbed round cannot move
+(``make bench-gate`` measures both on the same rounds).
+
 Percentiles are Locust's own (``locust.stats.calculate_response_time_percentile``): this module
 takes the function as an argument, and runs where Locust may be imported
 (``servegate.gates.locust_stats``, a subprocess, since importing Locust monkey-patches the process).
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -25,6 +31,9 @@ Percentile = Callable[[dict[int, int], int, float], float]
 #: Two-sided coverage of the intervals (each side's tail: 5%).
 CONFIDENCE = 0.90
 REPLICATES = 1000
+#: How the rounds are combined into one ratio (see the module docstring).
+Statistic = Literal["pooled", "per-round"]
+STATISTICS: tuple[Statistic, ...] = ("pooled", "per-round")
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class Comparison:
     champion_p99_ms: float
     rounds: tuple[RoundFigures, ...]
     confidence: float = CONFIDENCE
+    statistic: str = "pooled"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -83,7 +93,8 @@ class Comparison:
                    champion_p95_ms=float(data["champion_p95_ms"]),
                    champion_p99_ms=float(data["champion_p99_ms"]),
                    rounds=tuple(RoundFigures(**r) for r in data["rounds"]),
-                   confidence=float(data["confidence"]))
+                   confidence=float(data["confidence"]),
+                   statistic=str(data.get("statistic", "pooled")))
 
 
 def merged(phases: Sequence[Phase]) -> tuple[dict[int, int], int]:
@@ -108,11 +119,13 @@ def _ratio(a: float, b: float) -> float:
 
 def compare(pairs: Sequence[tuple[Phase, Phase]], percentile: Percentile, *,
             replicates: int = REPLICATES, confidence: float = CONFIDENCE,
-            seed: int = 0) -> Comparison:
-    """The bootstrap comparison of ``pairs`` of (champion phase, challenger phase), one per round
-    (see the module docstring)."""
+            seed: int = 0, statistic: Statistic = "pooled") -> Comparison:
+    """The bootstrap comparison of ``pairs`` of (champion phase, challenger phase), one per round,
+    by ``statistic`` (see the module docstring)."""
     if not pairs:
         raise ValueError("no rounds to compare")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     rng = np.random.default_rng(seed)
     keys = sorted({ms for pair in pairs for phase in pair for ms in phase.histogram})
     column = {ms: i for i, ms in enumerate(keys)}
@@ -134,7 +147,17 @@ def compare(pairs: Sequence[tuple[Phase, Phase]], percentile: Percentile, *,
             return 0.0
         return float(percentile({keys[i]: int(n) for i, n in enumerate(row) if n}, total, fraction))
 
+    def per_round(rows: np.ndarray, chosen: np.ndarray) -> tuple[float, float, float]:
+        ratios = [(_ratio(quantile(rows[i, 1], 0.95), quantile(rows[i, 0], 0.95)),
+                   _ratio(quantile(rows[i, 1], 0.99), quantile(rows[i, 0], 0.99)),
+                   _ratio(requests[r, 1] / seconds[r, 1], requests[r, 0] / seconds[r, 0]))
+                  for i, r in enumerate(chosen)]
+        p95, p99, rps = np.median(np.asarray(ratios), axis=0)
+        return float(p95), float(p99), float(rps)
+
     def statistics(rows: np.ndarray, chosen: np.ndarray) -> tuple[float, float, float]:
+        if statistic == "per-round":
+            return per_round(rows, chosen)
         champion, challenger = rows[:, 0].sum(axis=0), rows[:, 1].sum(axis=0)
         rps = _ratio(requests[chosen, 1].sum() / seconds[chosen, 1].sum(),
                      requests[chosen, 0].sum() / seconds[chosen, 0].sum())
@@ -162,4 +185,4 @@ def compare(pairs: Sequence[tuple[Phase, Phase]], percentile: Percentile, *,
                    for r in range(len(pairs)))
     return Comparison(*intervals, champion_p95_ms=champion_figures["p95_ms"],
                       champion_p99_ms=champion_figures["p99_ms"], rounds=rounds,
-                      confidence=confidence)
+                      confidence=confidence, statistic=statistic)

@@ -18,7 +18,7 @@ from servegate.backends.base import ReplicaAccess
 from servegate.config import LoadSettings, SLOs, inherited_environment
 from servegate.errors import PipelineError
 from servegate.gates.checks import Check
-from servegate.gates.compare import Comparison, Interval
+from servegate.gates.compare import Comparison, Interval, Statistic
 
 #: Above this many cores per load process, a phase is flagged load-bound.
 LOAD_BOUND_CORES = 0.8
@@ -152,14 +152,16 @@ def run_load(*, label: str, host: str, model: str, version: str | None, inferenc
 
 
 def summarize(phases: dict[str, list[LoadResult]], pair: tuple[str, str] | None, *,
-              replicates: int = 1000) -> tuple[dict[str, dict[str, float]], Comparison | None]:
+              replicates: int = 1000,
+              statistic: Statistic = "pooled") -> tuple[dict[str, dict[str, float]], Comparison | None]:
     """Each label's phases merged into p50/p95/p99, and the comparison of ``pair`` (champion,
     challenger) over their rounds: computed with Locust's own percentiles, in a subprocess
     (``servegate.gates.locust_stats``) since importing Locust monkey-patches the process."""
     request = {"phases": {label: [{"histogram": r.histogram_ms, "requests": r.requests,
                                    "seconds": r.seconds} for r in results]
                           for label, results in phases.items()},
-               "pair": list(pair) if pair else None, "replicates": replicates}
+               "pair": list(pair) if pair else None, "replicates": replicates,
+               "statistic": statistic}
     try:
         done = subprocess.run([sys.executable, "-m", "servegate.gates.locust_stats"],
                               input=json.dumps(request), capture_output=True, text=True,

@@ -6,7 +6,8 @@ Run in a subprocess only (importing Locust monkey-patches the process)::
     python -m servegate.gates.locust_stats < request.json > answer.json
 
 The request: ``{"phases": {label: [{"histogram": {ms: n}, "requests": n, "seconds": s}]},
-"pair": [champion_label, challenger_label] | null, "replicates": n, "seed": n}``; the answer:
+"pair": [champion_label, challenger_label] | null, "replicates": n, "seed": n, "statistic":
+"pooled" | "per-round"}``; the answer:
 ``{"figures": {label: {"p50_ms", "p95_ms", "p99_ms"}}, "comparison": {...} | null}``.
 """
 
@@ -32,7 +33,8 @@ def main() -> int:
         answer["comparison"] = compare(
             list(zip(phases[champion], phases[challenger], strict=True)),
             calculate_response_time_percentile, replicates=int(request.get("replicates", 1000)),
-            seed=int(request.get("seed", 0))).as_dict()
+            seed=int(request.get("seed", 0)),
+            statistic=request.get("statistic", "pooled")).as_dict()
     json.dump(answer, sys.stdout)
     return 0
 
