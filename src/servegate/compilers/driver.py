@@ -33,19 +33,20 @@ def artifact_max_batch(model: TorchModel, batching: BatchingConfig,
 
 def compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
                   limits: RequestLimits | None = None, cache: CompileCache | None = None,
-                  ) -> tuple[CompiledArtifact, list[Candidate]]:
+                  max_batch: int | None = None) -> tuple[CompiledArtifact, list[Candidate]]:
     """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity.
     With a ``cache``, every compile runs inside ``cache.activate()`` (Inductor/Triton caches and
-    TensorRT's timing cache there)."""
+    TensorRT's timing cache there). ``max_batch``: the largest batch the artifact takes (default
+    ``artifact_max_batch``; the builder passes the one it records)."""
     with cache.activate() if cache is not None else nullcontext():
-        return _compile_model(model, compiler, workdir, batching, limits)
+        return _compile_model(model, compiler, workdir, batching,
+                              max_batch or artifact_max_batch(model, batching, limits))
 
 
 def _compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
-                   limits: RequestLimits | None) -> tuple[CompiledArtifact, list[Candidate]]:
+                   max_batch: int) -> tuple[CompiledArtifact, list[Candidate]]:
     import torch
 
-    max_batch = artifact_max_batch(model, batching, limits)
     names = parse_compiler_option(compiler)
     if names is None:
         return get_compiler(compiler).compile(model, workdir, max_batch=max_batch), []

@@ -43,11 +43,11 @@ def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
     validate_version(version)
     with (tempfile.TemporaryDirectory(prefix="servegate-compile-") if compile_dir is None
           else nullcontext(str(compile_dir))) as work:
+        max_batch = artifact_max_batch(model, batching, limits)
         artifact, candidates = compile_model(model, compiler, Path(work), batching, limits,
-                                             cache=cache)
+                                             cache=cache, max_batch=max_batch)
         contents = contents_for(model, artifact, name=name, version=version, batching=batching,
-                                limits=limits, max_batch=artifact_max_batch(model, batching, limits),
-                                handler_file=handler_file)
+                                limits=limits, max_batch=max_batch, handler_file=handler_file)
         archive = build_mar(contents, output_dir)
     return BuiltArchive(archive, artifact, candidates, contents.model_config)
 
