@@ -24,6 +24,7 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     mlflow.set_tracking_uri(uri)
+    mlflow.tracking.fluent._active_experiment_id = None  # an earlier test's is not in this store
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()

@@ -81,7 +81,7 @@ def test_a_state_file_written_before_per_model_batching_reads_as_without_it(tmp_
 
 
 def test_the_build_writes_the_batching_into_the_version_and_records_the_outcome(
-        monkeypatch, tmp_path: Path) -> None:
+        monkeypatch, mlflow_store: Path) -> None:
     """TFServingTarget.build for an attached server: the version carries the run's batching,
     the run prints the notice and records it in MLflow (param and tag)."""
     import keras
@@ -93,7 +93,7 @@ def test_the_build_writes_the_batching_into_the_version_and_records_the_outcome(
 
     monkeypatch.setenv(URL, "http://tfs.example:8501")
     monkeypatch.setenv("SERVEGATE_TFSERVING_MODEL_ROOT", ROOT)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    tmp_path = mlflow_store
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2, activation="softmax")])
     model = KerasModel(model=net, labels=["no", "yes"], input_shape=(3,),
@@ -102,13 +102,10 @@ def test_the_build_writes_the_batching_into_the_version_and_records_the_outcome(
                             batching=BatchingConfig(batch_size=16, max_batch_delay_ms=7),
                             tfserving=TFServingSettings(workdir=tmp_path / "tfs"))
     console = Console(record=True, width=400)
-    try:
-        with mlflow.start_run() as run:
-            built = get_target("tfserving").build(model, config, "3", tmp_path / "build", console)
-        params = mlflow.get_run(run.info.run_id).data.params
-        tags = mlflow.get_run(run.info.run_id).data.tags
-    finally:
-        mlflow.set_tracking_uri(None)
+    with mlflow.start_run() as run:
+        built = get_target("tfserving").build(model, config, "3", tmp_path / "build", console)
+    params = mlflow.get_run(run.info.run_id).data.params
+    tags = mlflow.get_run(run.info.run_id).data.tags
     written = read_text_proto(built.path / PER_MODEL_BATCHING_FILE, BatchingParameters)
     assert (written.max_batch_size.value, written.batch_timeout_micros.value) == (16, 7000)
     assert (params["tfserving.batching"], params["compiler.chosen"]) == ("unverified", "savedmodel")
