@@ -30,7 +30,7 @@ _NOT_A_PATH = re.compile(r"^(builtin:|models:/|runs:/|mlflow-artifacts:|[a-z][a-
 #: MLflow would not pass as e.g. "8.0") while ``servegate run`` takes an int.
 INTEGER_OPTIONS = frozenset({"--max-length", "--load-users", "--load-rounds", "--load-processes",
                              "--batch-size",
-                             "--max-batch-delay-ms", "--workers", "--workers-per-gpu",
+                             "--max-batch-delay-ms", "--workers", "--workers-per-gpu", "--threads",
                              "--tune-points"})
 
 
