@@ -44,8 +44,11 @@ def deploy(*params: str, report_dir: Path | None = None,
             f"DEPLOY_ARGS={shlex.join([*FAST, '-P', f'compiler={compiler}', *params])}"]
     if report_dir is not None:
         args.append(f"REPORT_DIR={report_dir}")
+    # the shared box's policy named here too: the module's first run is a module fixture, set up
+    # before the per-test fixture that sets it for every other test (conftest.py)
+    policy = {"SERVEGATE_GATE_POLICY": str(Path(__file__).with_name("gate-policy-shared-box.toml"))}
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=os.environ | {"MAKEFLAGS": ""})
+                          env=os.environ | {"MAKEFLAGS": ""} | policy)
 
 
 def backend_of(server: LocalTorchServe) -> TorchServeBackend:
