@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +71,9 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
 export_app = _App(help="Write deployment manifests for other platforms.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+image_app = _App(help="Build and run servegate's TorchServe image (through the Docker API: "
+                 "DOCKER_HOST).", no_args_is_help=True)
+app.add_typer(image_app, name="image")
 
 #: ``servegate run``'s defaults, made from ``PipelineConfig``'s (written there once).
 RUN_DEFAULTS: dict[str, Any] = {name: run_parameter_default(name) for name in RUN_PARAMETERS}
@@ -670,6 +674,80 @@ def export_kserve(
               + f" -> {done.directory}")
     for path in done.files:
         out.print(f"  {path}")
+
+
+@image_app.command("build")
+def image_build(
+    tag: Annotated[str, typer.Argument(help="The image's tag, e.g. registry.example.com/servegate-torchserve:1.")],
+    base: Annotated[str, typer.Option(help="A Python 3.11 image (Debian/Ubuntu); Java is installed into it when absent.")] = "python:3.11-slim",
+    model: Annotated[list[str] | None, typer.Option("--model", help="Bake NAME or NAME@ALIAS (default alias: champion) in: its verified archive, loaded at start. Repeat for several; none: mount a model store at run.")] = None,
+    allowed_url_prefix: Annotated[list[str] | None, typer.Option("--allowed-url-prefix", help="A URL prefix archives may be registered from (allowed_urls); none: the model store only.")] = None,
+    token_expiration_min: Annotated[float | None, typer.Option(help="Minutes TorchServe's keys live (its default: 60).")] = None,
+    gpus: Annotated[int, typer.Option(help="number_of_gpu in the image's config.properties.")] = 0,
+    index_url: Annotated[str | None, typer.Option(help="pip index the wheelhouse is downloaded from (e.g. https://download.pytorch.org/whl/cpu for CPU torch).")] = None,
+    extra_index_url: Annotated[list[str] | None, typer.Option("--extra-index-url", help="Further pip indexes.")] = None,
+) -> None:
+    """Build servegate's TorchServe image: this environment's package versions (a wheelhouse),
+    our logging and metrics configuration, token auth and allowed_urls, archives baked in or a
+    model store mounted at run (docs/fleet.md)."""
+    from servegate.image import service
+
+    with console.status("building") as status:
+        built = service.build(tag, base=base, models=model or (),
+                              allowed_url_prefixes=allowed_url_prefix or (),
+                              token_expiration_min=token_expiration_min, gpus=gpus,
+                              index_url=index_url, extra_index_urls=extra_index_url or (),
+                              progress=lambda line: status.update(line[:100]))
+    out.print(f"{built.tag}: {built.id[:19]} {built.size_bytes / 1e6:.0f} MB, "
+              f"built in {built.seconds:.0f} s")
+
+
+@image_app.command("run")
+def image_run(
+    image: Annotated[str, typer.Argument(help="A servegate image (servegate image build).")],
+    name: Annotated[str, typer.Option(help="The container's name.")] = "servegate-torchserve",
+    workdir: Annotated[Path, typer.Option(help="Host directory for its key file and logs.")] = Path("servegate-image"),
+    model_store: Annotated[Path | None, typer.Option(help="Host model store mounted read-only; servegate run copies new versions there.")] = None,
+    host: Annotated[str, typer.Option(help="Where the inference port is published (management and metrics: 127.0.0.1 only).")] = "127.0.0.1",
+    inference_port: Annotated[int, typer.Option(help="0: a free port.")] = 0,
+    management_port: Annotated[int, typer.Option(help="0: a free port.")] = 0,
+    metrics_port: Annotated[int, typer.Option(help="0: a free port.")] = 0,
+    user: Annotated[str | None, typer.Option(help="uid:gid TorchServe runs as (default: yours; the image's non-root user when you are root).")] = None,
+    insecure_http: Annotated[bool, typer.Option("--insecure-http", help="Allow plain HTTP on an address other hosts reach.")] = False,
+) -> None:
+    """Start a container of the image and wait until it serves; prints the variables that
+    attach servegate run to it."""
+    from servegate.image import service
+    from servegate.image.container import RunOptions
+
+    options = RunOptions(image=image, name=name, workdir=workdir, model_store=model_store,
+                         host=host, inference_port=inference_port,
+                         management_port=management_port, metrics_port=metrics_port, user=user,
+                         insecure_http=insecure_http)
+    with console.status(f"starting {name}"):
+        running = service.run(options)
+    out.print(f"# {running.name} ({running.container_id[:12]}) serves {running.inference_url}")
+    for key, value in running.attach_environment().items():
+        out.print(f"export {key}={shlex.quote(value)}")
+
+
+@image_app.command("stop")
+def image_stop(name: Annotated[str, typer.Argument(help="The container's name.")] = "servegate-torchserve") -> None:
+    """Stop and remove a container image run started."""
+    from servegate.image import service
+
+    out.print(f"{name}: " + ("stopped" if service.stop(name) else "not running"))
+
+
+@image_app.command("base")
+def image_base(tag: Annotated[str, typer.Argument(help="The base image's tag.")] = "localhost/servegate-debian:bookworm") -> None:
+    """Make a Debian bookworm base (Python 3.11, Java) with debootstrap, for machines that
+    reach a Debian mirror but no image registry; build with --base TAG."""
+    from servegate.image import service
+
+    with console.status(f"debootstrap and import {tag}"):
+        image_id = service.make_base(tag)
+    out.print(f"{tag}: {image_id[:19]}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -150,6 +150,12 @@ def allow_unverified_restore() -> bool:
     return os.environ.get("SERVEGATE_ALLOW_UNVERIFIED_RESTORE", "").lower() in ("1", "true", "yes")
 
 
+def container_engine() -> str:
+    """The container engine servegate's image commands talk to: ``DOCKER_HOST`` as the docker
+    SDK reads it (e.g. ``unix:///run/podman/podman.sock``); empty: the SDK's default socket."""
+    return os.environ.get("DOCKER_HOST", "")
+
+
 def gate_policy_path() -> Path:
     """The gate policy file every ``PipelineConfig`` is checked against (``servegate.policy``):
     ``SERVEGATE_GATE_POLICY`` (an operator's file, an absolute path), else the repository's

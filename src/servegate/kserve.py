@@ -31,18 +31,18 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from servegate.archive_fetch import fetch_verified_archive
 from servegate.artifact_urls import MATCH_NOTHING
 from servegate.config import server_request_size
-from servegate.errors import ConfigError, IntegrityError, PipelineError
+from servegate.errors import ConfigError, PipelineError
 from servegate.naming import validate_name, validate_version
-from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG, CHALLENGER, CHAMPION, Registry
+from servegate.registry import CHALLENGER, CHAMPION, Registry
 
 RUNTIME = "servegate-torchserve"
 MOUNT = "/mnt/models"
@@ -263,7 +263,7 @@ def _storage(registry: Registry, name: str, version: str, options: KServeOptions
     (root / "config").mkdir(parents=True, exist_ok=True)
     (root / "model-store").mkdir(exist_ok=True)
     archive = root / "model-store" / _archive(name, version)
-    _fetch_archive(registry, name, version, archive)
+    fetch_verified_archive(registry, name, version, archive, what="export")
     try:
         sample = json.loads(read_archive_member(archive, WARMUP_FILE))
     except KeyError as exc:
@@ -274,25 +274,3 @@ def _storage(registry: Registry, name: str, version: str, options: KServeOptions
     readiness = root / "config" / "readiness.json"
     readiness.write_text(json.dumps(sample), encoding="utf-8")
     return [properties, readiness, archive]
-
-
-def _fetch_archive(registry: Registry, name: str, version: str, target: Path) -> None:
-    """The archive of ``version`` from its ``servegate.archive`` URI, checked as a restore is."""
-    import shutil
-
-    from servegate.artifact_access import download
-    from servegate.config import allow_unverified_restore
-    from servegate.integrity import verify_artifact
-
-    tags = registry.tags(version)
-    uri, expected = tags.get(ARCHIVE_TAG), tags.get(ARCHIVE_SHA256_TAG)
-    if not uri:
-        raise PipelineError(f"{name} v{version} has no archive ({ARCHIVE_TAG}): run the pipeline on it")
-    if not expected and not allow_unverified_restore():
-        raise IntegrityError(f"{name} v{version} records no {ARCHIVE_SHA256_TAG}: refusing to "
-                             "export an archive nobody can check")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = download(uri, Path(tmp), what=f"the archive of {name} v{version}")
-        if expected:
-            verify_artifact(local, expected, f"{name} v{version} ({uri})")
-        shutil.copyfile(local, target)

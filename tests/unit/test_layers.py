@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "servegate"
 LEVELS = {
     "cli": 5, "api": 5, "testing": 5, "deployments": 5,
     "pipeline": 4, "steps": 4, "reconcile": 4,
-    "targets": 3, "tracking": 3, "promotion": 3, "kserve": 3, "tuning": 3,
+    "targets": 3, "tracking": 3, "promotion": 3, "kserve": 3, "tuning": 3, "image": 3,
     "compilers": 2, "packaging": 2, "backends": 2, "gates": 2,
     "sources": 1,
 }

@@ -31,6 +31,8 @@ def test_a_store_copy_is_hashed_where_the_server_reads_it(tmp_path: Path, archiv
     delivery = ModelStoreCopy(store)
     good = artifact_sha256(archive)
     assert delivery.locate(archive, "fraud", "3", None, good) == "fraud.v3.mar"
+    # readable by a server running as another user (a container's), writable by us only
+    assert (store / "fraud.v3.mar").stat().st_mode & 0o777 == 0o644
     # the copy is swapped between the copy and the check (another writer of the store)
     from servegate.backends.torchserve import delivery as module
 

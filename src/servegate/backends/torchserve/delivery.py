@@ -28,6 +28,10 @@ from servegate.redact import redact_url
 from servegate.tls import client_context
 
 
+#: An archive placed in a model store: the server reads it as whichever user it runs as.
+ARCHIVE_MODE = 0o644
+
+
 class ArchiveDelivery(Protocol):
     """Puts an archive where the server can register it from."""
 
@@ -55,6 +59,9 @@ class ModelStoreCopy:
         target = self.model_store / file_name
         if archive.resolve() != target.resolve():
             atomic_copy(archive, target)
+            # readable by the server's user, which need not be ours (a container, another
+            # account on a shared filesystem); writable by us only
+            target.chmod(ARCHIVE_MODE)
         if sha256 is not None:
             placed = artifact_sha256(target)
             if placed != sha256:

@@ -12,7 +12,7 @@ import ssl
 import string
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import httpx
 
@@ -77,14 +77,20 @@ class ServerState:
                                 allow_insecure_http=self.insecure_http)
 
 
-def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: Path) -> str:
+def render_config(settings: TorchServeSettings, ports: dict[str, int], model_store: PurePath, *,
+                  config_dir: PurePath | None = None, gpus: int | None = None) -> str:
     """``config.properties`` from the template (loopback, token auth, ``allowed_urls``), and
-    the host's GPUs as ``number_of_gpu`` (0 on a CPU-only host)."""
+    the host's GPUs as ``number_of_gpu`` (0 on a CPU-only host).
+
+    For a server elsewhere (a container), ``model_store`` and ``config_dir`` (where
+    ``log4j2.xml`` and ``metrics.yaml`` are; default: the templates' own directory) are paths
+    there, and ``gpus`` its GPU count."""
     from servegate.devices import gpu_count
 
     templates = serving_configs_dir() / "torchserve"
     template = string.Template((templates / "config.properties").read_text(encoding="utf-8"))
-    store = model_store.resolve()
+    store = model_store.resolve() if isinstance(model_store, Path) else model_store
+    configs = config_dir if config_dir is not None else templates
     return template.substitute(
         host=settings.host,
         scheme=settings.scheme,
@@ -96,14 +102,14 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
         grpc_management_port=ports["grpc_management"],
         model_store=store,
         allowed_urls=allowed_urls(settings),
-        metrics_config=templates / "metrics.yaml",
+        metrics_config=configs / "metrics.yaml",
         job_queue_size=100,
         max_request_size=settings.max_request_size,
         max_response_size=MAX_RESPONSE_SIZE,
-        log4j_config=templates / "log4j2.xml",
+        log4j_config=configs / "log4j2.xml",
     ) + (f"token_expiration_min={settings.token_expiration_min:g}\n"
-         if settings.token_expiration_min else "") + f"number_of_gpu={gpu_count()}\n" \
-        + tls_properties(settings)
+         if settings.token_expiration_min else "") \
+        + f"number_of_gpu={gpu_count() if gpus is None else gpus}\n" + tls_properties(settings)
 
 
 def tls_properties(settings: TorchServeSettings) -> str:
