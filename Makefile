@@ -14,6 +14,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@command -v java >/dev/null || { echo "installing Java (openjdk-17-jdk-headless: the JVM TorchServe runs on, and javac for the allowed_urls test)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless; }
+	@# the serving image's test: a container engine (podman's Docker API, runc: crun fails on hybrid
+	@# cgroups) and debootstrap for a Debian base made here (no registry can be reached)
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing podman, runc and debootstrap (the serving image's tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman runc debootstrap >/dev/null; \
+	  else echo "podman, runc or debootstrap absent and not installable here (apt-get as root): the serving image's test will skip"; fi; }
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, got {sys.version}"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip

@@ -18,6 +18,7 @@ from typing import Any
 from servegate.backends._process import free_port
 from servegate.errors import ConfigError, ServerError, ServerNotRunning, ServerStartError
 from servegate.image.recipe import DEFAULT_USER, LABEL_KIND, MODEL_STORE, PORTS, WORKDIR
+from servegate.tls import ALLOW_INSECURE_HTTP_ENV
 
 KEY_FILE = "key_file.json"
 LOOPBACK = "127.0.0.1"
@@ -62,6 +63,8 @@ class RunningImage:
     metrics_url: str
     key_file: Path
     model_store: Path | None
+    #: Inference is plain HTTP on an address other hosts reach (``RunOptions.insecure_http``).
+    insecure_http: bool = False
 
     def attach_environment(self) -> dict[str, str]:
         """The ``SERVEGATE_TORCHSERVE_*`` variables that attach ``servegate run`` to it."""
@@ -71,6 +74,8 @@ class RunningImage:
                      "SERVEGATE_TORCHSERVE_KEY_FILE": str(self.key_file)}
         if self.model_store is not None:
             variables["SERVEGATE_TORCHSERVE_MODEL_STORE"] = str(self.model_store)
+        if self.insecure_http:
+            variables[ALLOW_INSECURE_HTTP_ENV] = "1"  # you opted in at run
         return variables
 
 
@@ -107,7 +112,8 @@ def run_image(options: RunOptions, client: Any) -> RunningImage:
                            inference_url=f"http://{host}:{ports['inference']}",
                            management_url=f"http://{LOOPBACK}:{ports['management']}",
                            metrics_url=f"http://{LOOPBACK}:{ports['metrics']}",
-                           key_file=workdir / KEY_FILE, model_store=store)
+                           key_file=workdir / KEY_FILE, model_store=store,
+                           insecure_http=not _is_loopback(options.host))
     try:
         _wait_ready(running, container, options.ready_timeout_s)
     except BaseException:
@@ -134,7 +140,8 @@ def _wait_ready(running: RunningImage, container: Any, timeout_s: float) -> None
         if running.key_file.exists():
             endpoints = Endpoints(running.inference_url, running.management_url,
                                   running.metrics_url)
-            with TorchServeClient(endpoints, running.key_file, timeout=5) as client:
+            with TorchServeClient(endpoints, running.key_file, timeout=5,
+                                  allow_insecure_http=running.insecure_http) as client:
                 try:
                     client.list_models()
                     return
@@ -154,8 +161,10 @@ def _logs(container: Any, lines: int = 40) -> str:
         return f"(no logs: {exc})"
 
 
-def stop_image(name: str, client: Any, timeout_s: int = 30) -> bool:
-    """Stop and remove the container ``name`` (one ``image run`` started); False when absent."""
+def stop_image(name: str, client: Any, timeout_s: int = 5) -> bool:
+    """Stop and remove the container ``name`` (one ``image run`` started); False when absent.
+    TorchServe runs as the container's first process, which ignores SIGTERM without an init: it
+    is killed after ``timeout_s`` (it keeps no state: the registry restores its models)."""
     import docker
 
     try:
