@@ -726,9 +726,10 @@ def image_run(
                          insecure_http=insecure_http)
     with console.status(f"starting {name}"):
         running = service.run(options)
-    out.print(f"# {running.name} ({running.container_id[:12]}) serves {running.inference_url}")
+    # plain lines (no markup, no wrapping): eval "$(servegate image run ...)" sets them
+    print(f"# {running.name} ({running.container_id[:12]}) serves {running.inference_url}")
     for key, value in running.attach_environment().items():
-        out.print(f"export {key}={shlex.quote(value)}")
+        print(f"export {key}={shlex.quote(value)}")
 
 
 @image_app.command("stop")
