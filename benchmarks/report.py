@@ -148,6 +148,27 @@ def _served(rows: Sequence[Row], family: str, batched: str, single: str, auto: s
     ]
 
 
+def _tuned(rows: Sequence[Row], family: str, default: str, tuned: str) -> list[Target]:
+    """``servegate tune``'s winner against the default batching, on the same artifact: saturated
+    throughput at equal or better p95, and p95 at the same fixed rate (issue 22); nothing when
+    no tuned rows ran."""
+    if not any(r.model == tuned for r in rows):
+        return []
+    base, best = _row(rows, default), _row(rows, tuned)
+    base_rate, best_rate = _row(rows, default, at_rate=True), _row(rows, tuned, at_rate=True)
+    gain = _ratio(best.result.rps, base.result.rps)
+    p95 = _ratio(best_rate.result.p95_ms, base_rate.result.p95_ms)
+    return [
+        Target(family, "tuned / default throughput (saturated)", gain, "x",
+               "≥ 1x at p95 ≤ default's", gain >= 1 and best.result.p95_ms <= base.result.p95_ms,
+               f"{best.label}: {best.result.rps:,.0f} vs {base.result.rps:,.0f} req/s; p95 "
+               f"{best.result.p95_ms:.0f} vs {base.result.p95_ms:.0f} ms"),
+        Target(family, "tuned / default p95 at 70% of batch 1's peak", p95, "x", "≤ 1x", p95 <= 1,
+               f"{best_rate.rate:,.0f} req/s asked; p95 {best_rate.result.p95_ms:.0f} vs "
+               f"{base_rate.result.p95_ms:.0f} ms"),
+    ]
+
+
 def _compilers(family: str, table: CompilerTable) -> list[Target]:
     chosen = table.chosen
     worst = max(table.versus_best(chosen, s) for s in table.shapes)
@@ -205,6 +226,7 @@ def targets(rows: Sequence[Row], digits: CompilerTable | None, minilm: CompilerT
             *_server_cpu(_pairs(rows, "digits_b8_auto", "digits_minimal")),
             *_served(rows, "digits", "digits_b8", "digits_b1", "digits_b8_auto", digits, Shape(8)),
             *_compilers("digits", digits),
+            *_tuned(rows, "digits", "digits_b8_auto", "digits_tuned"),
             *_robustness(rows),
         ]
     if images is not None:
@@ -218,6 +240,7 @@ def targets(rows: Sequence[Row], digits: CompilerTable | None, minilm: CompilerT
             *_served(rows, "MiniLM", "minilm_b8_auto", "minilm_b1_auto", "minilm_b8_auto", minilm,
                      Shape(8, text_tokens)),
             *_compilers("MiniLM", minilm),
+            *_tuned(rows, "MiniLM", "minilm_b8_auto", "minilm_tuned"),
             *_hardware(minilm, rows, text_tokens),
         ]
     pings = [r for r in rows if r.model is None]

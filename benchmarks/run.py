@@ -44,6 +44,7 @@ from benchmarks.samples import (
     write_raw_bodies,
     write_typed_bodies,
 )
+from benchmarks.tuned import TUNED_MODELS, Tuning, tune_served
 from servegate.compilers.driver import worker_threads
 from servegate.parity_limits import EMBEDDING_PARITY_LIMITS
 
@@ -118,6 +119,7 @@ class Bench:
         self.step = progress.add_task("starting", total=None)
         self.threads = worker_threads()
         self.texts: list[str] = []  # MiniLM's request texts (set with the samples)
+        self.tunings: dict[str, Tuning] = {}  # each family's tune search (--tune-points)
 
     def say(self, description: str) -> None:
         self.progress.update(self.step, description=description)
@@ -164,10 +166,20 @@ class Bench:
             minilm_table, flops=flops, matmul_flops_per_s=matmul_flops_per_s(self.threads)))
 
     # ---- served --------------------------------------------------------------------------------
+    def archive(self, measured: dict[str, Measured], family: str, backend: str, name: str,
+                batching: Any) -> Path:
+        """An archive of ``family``'s ``backend`` artifact with ``batching``."""
+        from servegate.packaging.mar import build_mar, contents_for
+
+        model, table = measured[family].model, measured[family].table
+        artifact = table.candidate(backend).artifact
+        assert artifact is not None, f"{backend} has no artifact"
+        return build_mar(contents_for(model, artifact, name=name, version="1",
+                                      batching=batching), self.work / "archives")
+
     def archives(self, measured: dict[str, Measured]) -> dict[str, Path]:
         from benchmarks.archive import package_minimal
         from servegate.config import BatchingConfig
-        from servegate.packaging.mar import build_mar, contents_for
 
         self.say("packaging the archives")
         store = self.work / "archives"
@@ -175,11 +187,7 @@ class Bench:
         b1 = BatchingConfig(batch_size=1, max_batch_delay_ms=0)
 
         def archive(family: str, backend: str, name: str, batching: BatchingConfig) -> Path:
-            model, table = measured[family].model, measured[family].table
-            artifact = table.candidate(backend).artifact
-            assert artifact is not None, f"{backend} has no artifact"
-            return build_mar(contents_for(model, artifact, name=name, version="1",
-                                          batching=batching), store)
+            return self.archive(measured, family, backend, name, batching)
 
         archives: dict[str, Path] = {}
         if "digits" in measured:
@@ -219,6 +227,14 @@ class Bench:
                      rate_of="digits_b1"),
                 Load(f"ours, {b8}, eager, same rate", "digits", "digits_b8", d, rate_of="digits_b1"),
             ]
+            if (tuning := self.tunings.get("digits")) and tuning.batching is not None:
+                plan += [
+                    Load(f"ours, {b8}, {chosen} (auto), same rate", "digits", "digits_b8_auto", d,
+                         rate_of="digits_b1"),
+                    Load(f"ours, tuned ({tuning.label}), {chosen}", "digits", "digits_tuned", d),
+                    Load(f"ours, tuned ({tuning.label}), same rate", "digits", "digits_tuned", d,
+                         rate_of="digits_b1"),
+                ]
         if "images" in measured:
             p, chosen = samples["images"], measured["images"].table.chosen
             png = f"PNG {IMAGE_SIZE}x{IMAGE_SIZE}, raw and b64"
@@ -242,6 +258,13 @@ class Bench:
                 Load(f"ours, {b8}, same rate", "MiniLM", "minilm_b8_auto", m,
                      rate_of="minilm_b1_auto"),
             ]
+            if (tuning := self.tunings.get("MiniLM")) and tuning.batching is not None:
+                plan += [
+                    Load(f"ours, tuned ({tuning.label}), {chosen} (auto)", "MiniLM",
+                         "minilm_tuned", m),
+                    Load(f"ours, tuned ({tuning.label}), same rate", "MiniLM", "minilm_tuned", m,
+                         rate_of="minilm_b1_auto"),
+                ]
         if "digits" in measured:  # the headline pair again, each time in the other order
             d, chosen = samples["digits"], measured["digits"].table.chosen
             for repeat in range(1, self.args.pairs):
@@ -289,12 +312,30 @@ class Bench:
                 self.say("checking served answers against in-process references")
                 for name in marfiles:
                     self._check(name, backend, measured)
+                self.tune(measured, marfiles, backend)
             finally:
                 backend.close()
             return self._load_rows(self.plan(measured, samples), state, raw)
         finally:
             self.say("stopping TorchServe")
             server.stop()
+
+    def tune(self, measured: dict[str, Measured], marfiles: dict[str, Path], backend: Any) -> None:
+        """``servegate tune``'s search on each default archive; the winner served beside it."""
+        if not self.args.tune_points:
+            return
+        for family, (default, tuned) in TUNED_MODELS.items():
+            if family not in measured:
+                continue
+            tuning = tune_served(backend, family, marfiles[default],
+                                 max_points=self.args.tune_points, seconds=self.args.tune_seconds,
+                                 p95_ms=self.args.tune_p95_ms, say=self.say)
+            self.tunings[family] = tuning
+            if tuning.batching is not None:
+                mar = self.archive(measured, family, measured[family].table.chosen, tuned,
+                                   tuning.batching)
+                backend.deploy(mar, tuned, "1", workers=tuning.batching.max_workers)
+                self._check(tuned, backend, measured)
 
     def _check(self, name: str, backend: Any, measured: dict[str, Measured]) -> None:
         if name.startswith("digits"):
@@ -431,6 +472,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=3,
                         help="times the headline pair (ours auto batch 8, minimal) is measured "
                              "side by side; the ratio is the median over the pairs (3)")
+    parser.add_argument("--tune-points", type=int, default=8,
+                        help="configurations servegate tune measures for digits' and MiniLM's "
+                             "tuned rows (8; 0: no tuned rows)")
+    parser.add_argument("--tune-seconds", type=float, default=4.0,
+                        help="load seconds per tuned point and load level (4)")
+    parser.add_argument("--tune-p95-ms", type=float, default=None,
+                        help="the p95 the search must meet (default: the pipeline's SLO)")
     parser.add_argument("--models", default=",".join(FAMILIES),
                         help=f"comma-separated subset of {', '.join(FAMILIES)} (all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="output dir")
@@ -477,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     found: list[Target] = targets(rows, tables.get("digits"), tables.get("MiniLM"), TEXT_TOKENS,
                                   images=tables.get("images"))
     report["targets"] = [t.as_dict() for t in found]
+    report["tunings"] = [t.as_dict() for t in bench.tunings.values()]
     report["rows"] = [r.as_dict() for r in rows]
     report["compilers"] = {t.title: {"chosen": t.chosen, "threads": t.threads,
                                      "matmul_flops_per_s": t.matmul_flops_per_s,
