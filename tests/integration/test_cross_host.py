@@ -6,7 +6,7 @@ A "serving host" is a network namespace of this test's own, joined to the root n
 --tls-key ... --trust-ca ...` (archives fetched by URL from the tracking server over https). On
 the runner: `make deploy` with the attach variables, the CA bundle and an https:// tracking URI:
 a first promotion (whose report's round trip and curl are checked), a run whose load gate loses
-the link for 8 s, the run after it, a rejected challenger, and `servegate rollback`. A throwaway
+the link for 8 s, the run after it, and `servegate rollback`. A throwaway
 CA signs both servers' certificates (SAN: the namespace's IP address).
 
 Skipped, saying why, only where namespaces cannot be made (not root, no `ip`, no netns support).
@@ -255,7 +255,7 @@ def accuracy_of_default(state, digits) -> float:
 
 
 @pytest.mark.timeout(900)
-def test_promote_a_cut_link_reject_and_rollback_across_hosts(
+def test_promote_a_cut_link_and_rollback_across_hosts(
         serving_host: ServingHost, tracking_server, production, ca: TestCA, digits,
         tmp_path: Path) -> None:
     url, mlflow_root = tracking_server
@@ -324,13 +324,10 @@ def _scenario(host: ServingHost, state, env: dict[str, str], tracking: MlflowCli
     previous = tracking.get_model_version_by_alias("digits", "previous-champion").version
     assert {v for v, _ in versions} == {"3", previous}, versions  # nothing else left behind
 
-    # 4. a challenger whose SLO no server meets: rejected; the champion keeps serving
-    rejected = deploy(env, "-P", "p95_ms=0.001", report_dir=tmp_path / "r4")
-    out = rejected.stdout + rejected.stderr
-    assert rejected.returncode != 0 and "digits v4 rejected" in out, out[-4000:]
-    assert served_and_registered(state, tracking)[1:] == ("3", "3")
+    # (a rejected challenger on an attached server, the champion serving on: the same path
+    # over loopback in test_remote_production.py, kept out of here for the suite's time)
 
-    # 5. `servegate rollback` from the runner: the previous champion serves again
+    # 4. `servegate rollback` from the runner: the previous champion serves again
     rolled = servegate(env, "rollback", "digits", "--server", "attach")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     versions, default, champion = served_and_registered(state, tracking)
