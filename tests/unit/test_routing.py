@@ -291,6 +291,44 @@ def test_auto_routes_again_without_an_artifact_that_fails_at_its_shapes(digits, 
     assert artifact.backend in ("middle", "large")
 
 
+def test_each_routed_artifact_gets_requests_of_the_sizes_it_serves() -> None:
+    from servegate.compilers.routing import probe_rows
+
+    owns = {"small": [Shape(1)], "large": [Shape(8), Shape(64), Shape(256)]}
+    assert probe_rows(owns, 64) == {"small": [1], "large": [2, 9]}  # 65 rows: over one request
+    sg_base = handler_module("sg_base")
+    router = sg_base.Router.from_spec([{"owns": [{"batch": s.batch} for s in shapes]}
+                                       for shapes in owns.values()])
+    for index, sizes in enumerate(probe_rows(owns, 64).values()):
+        assert {router.owner(rows) for rows in sizes} == {index}
+    text = {"a": [B1_T32], "b": [B1_T128, B8_T32, B8_T128]}
+    assert probe_rows(text, 64) == {"a": [1], "b": [1, 2]}
+
+
+def test_the_parity_gate_names_the_routed_artifact_that_failed(digits) -> None:
+    """Each routed artifact is checked on held-out rows in requests of the sizes it serves, with
+    its own precision's limits: the failing checks carry its name."""
+    from servegate.config import ParityThresholds
+    from servegate.gates.parity import ParityResult, routed_parity_checks
+
+    seen: list[tuple[int, int]] = []
+
+    def parity(held_out, rows: int) -> ParityResult:
+        seen.append((len(held_out.eval_x), rows))
+        np.testing.assert_array_equal(held_out.eval_x, digits.eval_x[:len(held_out.eval_x)])
+        return ParityResult(rows=len(held_out.eval_x), max_abs_diff=0.5 if rows == 9 else 0.0,
+                            top1_agreement=0.5 if rows == 1 else 1.0, accuracy=0.9,
+                            reference_accuracy=0.9, champion_accuracy=None, abs_diffs=np.zeros(1))
+
+    checks = routed_parity_checks(parity, digits, [("aoti", (2, 9)), ("onnx-int8", (1,))],
+                                  ParityThresholds())
+    assert seen == [(64, 2), (64, 9), (64, 1)]
+    failed = sorted(c.name for c in checks if not c.passed)
+    assert failed == ["aoti at 9 rows: max_abs_diff", "onnx-int8 at 1 rows: top1_agreement"]
+    # int8 is held to reduced-precision limits: its max abs difference is not checked
+    assert not any(c.name.startswith("onnx-int8") and "max_abs" in c.name for c in checks)
+
+
 # ---- the handler with two real artifacts -----------------------------------------------------
 @pytest.fixture(scope="module")
 def routed_archive(digits, tmp_path_factory) -> tuple[Path, Path]:

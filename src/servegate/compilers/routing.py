@@ -140,3 +140,16 @@ def choose_routing(options: Sequence[Option], *, max_artifacts: int = 1,
             kept = best[1]
     assert kept is not None  # every single option forms a set of one
     return kept
+
+
+def probe_rows(owns: Mapping[str, Sequence[Shape]], most: int) -> dict[str, list[int]]:
+    """Request sizes (rows) that reach each routed artifact through the handler's ``Router``:
+    for each batch class it owns, the smallest row count routed there (one more than the next
+    smaller measured batch), when that fits one request (``most`` rows). A text artifact's token
+    class also depends on the texts' lengths: its served check is by rows only."""
+    batches = sorted({s.batch for shapes in owns.values() for s in shapes})
+    found: dict[str, list[int]] = {}
+    for name, shapes in owns.items():
+        rows = sorted({max((b for b in batches if b < s.batch), default=0) + 1 for s in shapes})
+        found[name] = [r for r in rows if r <= most]
+    return found
