@@ -233,13 +233,16 @@ class BatchingHandler:
         name = ""
         try:
             _, feats = self.prepare(sample)
-            for route in artifacts:
+            for index, route in enumerate(artifacts):
                 name = route.name
                 if route.buckets is None:
                     route.predict(*feats.arrays)
                     continue
                 calls = self.bucket_warm_up_calls(route.spec)
-                for inputs in route.buckets.shapes_of(feats.arrays, self.pad_values()):
+                # a routed artifact: only the batch buckets its chunks are padded to
+                buckets = (route.buckets if self.router is None
+                           else self.router.reachable(index, route.buckets, self._largest_bucket()))
+                for inputs in buckets.shapes_of(feats.arrays, self.pad_values()):
                     for _ in range(calls):
                         route.predict(*inputs)
         except Exception as exc:
@@ -645,6 +648,16 @@ class Router:
             raise ModelLoadError("servegate.json: routes must own every batch x tokens once, "
                                  f"got {sorted(owners, key=str)}")
         return cls(owners, batches, tokens)
+
+    def reachable(self, index: int, buckets: Buckets, most: int | None) -> Buckets:
+        """The batch buckets of artifact ``index`` that a chunk routed to it is padded to (a
+        chunk has at most ``most`` rows): warming up the others would only cost start-up time
+        (a CUDA graph recorded per bucket)."""
+        largest = most or buckets.batch[-1]
+        sizes = {Buckets._next(buckets.batch, rows) for rows in range(1, largest + 1)
+                 if index in {o for (b, _), o in self.owners.items()
+                              if b == next((x for x in self.batches if x >= rows), self.batches[-1])}}
+        return Buckets(tuple(sorted(s for s in sizes if s in buckets.batch)), buckets.tokens)
 
     def owner(self, rows: int, tokens: int | None = None) -> int:
         """The index (in ``routes``) of the artifact that serves ``rows`` x ``tokens``."""

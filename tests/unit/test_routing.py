@@ -186,6 +186,17 @@ def test_every_shape_has_one_definite_owner_in_servegate_and_in_the_handler() ->
         assert owner == routing.owner(Shape(rows, tokens)), (rows, tokens)
 
 
+def test_a_routed_artifact_warms_up_only_the_buckets_its_chunks_reach() -> None:
+    """A CUDA-graph artifact owning batch 1 records one graph, not one per bucket up to 512."""
+    sg_base = handler_module("sg_base")
+    router = sg_base.Router.from_spec([{"owns": [{"batch": 1}]},
+                                       {"owns": [{"batch": 8}, {"batch": 64}]}])
+    buckets = sg_base.Buckets((1, 2, 4, 8, 16, 32, 64, 128), (16, 32))
+    assert router.reachable(0, buckets, 128) == sg_base.Buckets((1,), (16, 32))
+    assert router.reachable(1, buckets, 128).batch == (2, 4, 8, 16, 32, 64, 128)
+    assert router.reachable(1, buckets, 16).batch == (2, 4, 8, 16)  # chunks of at most 16 rows
+
+
 def test_the_handler_refuses_routes_that_leave_a_shape_without_owner() -> None:
     sg_base = handler_module("sg_base")
     errors = handler_module("sg_errors")
