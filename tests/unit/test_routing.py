@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -400,3 +401,28 @@ def test_the_handler_sends_each_chunk_to_the_artifact_that_owns_its_shape(routed
     assert [s for s, _ in together] == [200] * 4
     assert [p["label"] for _, a in together for p in a["predictions"]] == [
         p["label"] for [(_, a)] in expected for p in a["predictions"]]
+
+
+def test_each_routed_artifact_warms_up_its_own_buckets(routed_archive) -> None:
+    from servegate.harness import LocalHandler
+
+    routed, _ = routed_archive
+    with LocalHandler(routed) as local:
+        handler = local.handler
+        sg_base = sys.modules["sg_base"]  # the archive's own handler modules
+        buckets = sg_base.Buckets((1, 2, 4, 8, 16))
+        shapes: dict[str, list[int]] = {"export": [], "eager": []}
+
+        def recording(route):
+            def predict(*arrays):
+                shapes[route.name].append(len(arrays[0]))
+                return route.predict(*arrays)
+            return predict
+
+        export, eager = handler.routes
+        handler._predict, handler.buckets = recording(export), buckets
+        handler.routes = [sg_base.Route("export", export.spec, handler._predict, buckets),
+                          sg_base.Route("eager", eager.spec, recording(eager), buckets)]
+        handler._warm_up_buckets(str(local.model_dir))
+    # eager owns batch 1: its chunks are padded to bucket 1 only; export takes 2 rows and up
+    assert shapes == {"export": [2, 4, 8, 16], "eager": [1]}
