@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 from servegate.artifacts import CompiledArtifact
@@ -71,7 +72,7 @@ def _compile_model(model: TorchModel, compiler: str, workdir: Path, batching: Ba
         routing = choose_routes(candidates, batching.batch_size, max_artifacts=max_artifacts,
                                 sizes=artifact_sizes)
         routed = [c for c in candidates if c.owns]
-        if all(check_owned_shapes(c, lambda c=c: load_predictor(c.artifact, threads), model)
+        if all(check_owned_shapes(c, partial(load_predictor, c.artifact, threads), model)
                for c in routed):
             break
     best = next(c for c in candidates if c.backend == routing.members[0])
