@@ -426,3 +426,40 @@ def test_each_routed_artifact_warms_up_its_own_buckets(routed_archive) -> None:
         handler._warm_up_buckets(str(local.model_dir))
     # eager owns batch 1: its chunks are padded to bucket 1 only; export takes 2 rows and up
     assert shapes == {"export": [2, 4, 8, 16], "eager": [1]}
+
+
+def test_the_parity_step_checks_each_routed_artifact_through_the_target(mlflow_store,
+                                                                        digits) -> None:
+    """``steps.gate_parity`` adds, for an archive routed by shape, the checks of each artifact
+    on requests of the sizes it serves (``Built.routes``) to the whole set's checks."""
+    import io
+
+    import mlflow
+    from rich.console import Console
+
+    from servegate import steps
+    from servegate.config import PipelineConfig
+    from servegate.gates.parity import ParityResult
+    from servegate.targets import Built
+
+    asked: list[tuple[int, int]] = []
+
+    class Target:
+        def check_parity(self, backend, name, version, model, champion, limits=None, *, rows=32):
+            asked.append((len(model.eval_x), rows))
+            return ParityResult(rows=len(model.eval_x), max_abs_diff=0.3 if rows == 1 else 0.0,
+                                top1_agreement=1.0, accuracy=0.9, reference_accuracy=0.9,
+                                champion_accuracy=None, abs_diffs=np.zeros(1))
+
+    run = steps.Run(PipelineConfig(name="digits"), Target(), object(),  # type: ignore[arg-type]
+                    Console(file=io.StringIO()))
+    built = Built(Path("a.mar"), "uri", "aoti+eager", "fp32", (("aoti", (2,)), ("eager", (1,))))
+    with mlflow.start_run():
+        _, checks = steps.gate_parity(run, digits, "2", None, built)
+    assert asked == [(len(digits.eval_x), 32), (64, 2), (64, 1)]
+    failed = [c.name for c in checks if not c.passed]
+    assert failed == ["eager at 1 rows: max_abs_diff"]
+    asked.clear()
+    with mlflow.start_run():  # one artifact: the whole set only, as before
+        steps.gate_parity(run, digits, "2", None, Built(Path("a.mar"), "uri", "onnx", "fp32"))
+    assert asked == [(len(digits.eval_x), 32)]
