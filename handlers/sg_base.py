@@ -12,6 +12,10 @@ timed; the means over the batches of the last ``METRICS_INTERVAL_S`` go out as T
 metrics (gauges), at most once per interval: every metric is a log line the frontend parses,
 which cost ~10% of the worker's time per batch.
 
+An archive routed by shape (``servegate.json`` ``routes``) carries several artifacts, each owning
+some measured shapes (batch x tokens): every one is loaded, and each chunk goes to the owner of
+its shape (``Router``) and is padded to that artifact's own buckets.
+
 Subclasses implement ``features`` (one request's envelope -> model input rows) and ``outputs``
 (every model output's rows -> JSON rows and Open Inference Protocol tensors). Nothing here keeps
 per-request state on the instance.
@@ -113,6 +117,10 @@ class BatchingHandler:
         self._predict: sg_loaders.Predictor | None = None
         self._stage_means = StageMeans()
         self.buckets: Buckets | None = None
+        #: Routing by shape: every artifact of a routed archive (the first is ``_predict``'s) and
+        #: who owns which shape; empty / None for one artifact.
+        self.routes: list[Route] = []
+        self.router: Router | None = None
         #: Rows per model call after the device ran out of memory (None: no limit learned yet);
         #: doubled back after ``CHUNK_GROWTH_AFTER`` calls in a row of that size succeed.
         self._chunk_rows: int | None = None
@@ -159,17 +167,38 @@ class BatchingHandler:
         max_batch = self.spec.get("max_batch")
         self.max_batch = int(max_batch) if max_batch else None
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
-        compiles = self.spec.get("format") in sg_loaders.COMPILES_IN_WORKER
+        compiles = any(s.get("format") in sg_loaders.COMPILES_IN_WORKER
+                       for s in [self.spec, *(self.spec.get("routes") or [])])
         if compiles:
             sg_loaders.share_compile_cache(model_dir)
         # torch.compile compiles lazily: loading and warming up are the compile, under the lock
         with sg_loaders.compile_lock(model_dir) if compiles else contextlib.nullcontext():
             self._predict = sg_loaders.load_model(self.spec, model_dir, threads, gpu_id)
             self.buckets = Buckets.from_spec(self.spec.get("buckets"))
+            self._load_routes(model_dir, threads, gpu_id)
             self.configure(model_dir)
             self._warm_up_buckets(model_dir)
             self._warm_up(model_dir)
         self.initialized = True
+
+    def _load_routes(self, model_dir: str, threads: int, gpu_id: int | None) -> None:
+        """A routed archive's artifacts (``routes``; the first is the one loaded already) and
+        its ``Router``; nothing for an archive of one artifact."""
+        routes = self.spec.get("routes") or []
+        if not routes:
+            return
+        self.router = Router.from_spec(routes)
+        if routes[0].get("artifact") != self.spec.get("artifact"):
+            raise ModelLoadError("servegate.json: routes[0] is not the archive's artifact")
+        assert self._predict is not None
+        self.routes = [Route(str(routes[0].get("compiler")), self.spec, self._predict, self.buckets)]
+        for route in routes[1:]:
+            spec = {k: v for k, v in self.spec.items() if k != "routes"} | {
+                k: route.get(k) for k in ROUTE_LOADER_KEYS} | {
+                "model_kwargs": route.get("model_kwargs") or {}}
+            self.routes.append(Route(str(route.get("compiler")), spec,
+                                     sg_loaders.load_model(spec, model_dir, threads, gpu_id),
+                                     Buckets.from_spec(route.get("buckets"))))
 
     def configure(self, model_dir: str) -> None:
         """Task-specific setup (labels, image geometry...)."""
@@ -181,30 +210,44 @@ class BatchingHandler:
         with open(os.path.join(model_dir, name), "rb") as fh:
             return fh.read()
 
-    def bucket_warm_up_calls(self) -> int:
+    def bucket_warm_up_calls(self, spec: dict[str, Any] | None = None) -> int:
         """Calls of each bucket shape at warm-up: ``CUDA_GRAPH_WARM_UP_CALLS`` when the archive's
-        torch.compile mode captures CUDA graphs on a GPU (so that every graph is recorded before
-        the first request), else 1 (kernels compiled)."""
-        cuda_graphs = (self.spec.get("device") == "cuda"
-                       and self.spec.get("compile_mode") in CUDA_GRAPH_MODES)
+        (or a route's ``spec``'s) torch.compile mode captures CUDA graphs on a GPU (so that every
+        graph is recorded before the first request), else 1 (kernels compiled)."""
+        spec = self.spec if spec is None else spec
+        cuda_graphs = (spec.get("device") == "cuda"
+                       and spec.get("compile_mode") in CUDA_GRAPH_MODES)
         return CUDA_GRAPH_WARM_UP_CALLS if cuda_graphs else 1
 
     def _warm_up_buckets(self, model_dir: str) -> None:
         """Run the model at every bucket shape (``bucket_warm_up_calls`` times: CUDA graphs are
         recorded and kernels compiled before the first request), from the warm-up request's
-        features."""
+        features; in a routed archive, every artifact (once on the sample if it has no buckets)."""
         sample = self._warm_up_sample(model_dir)
-        if self.buckets is None or sample is None:
+        if sample is None or (self.buckets is None and not self.routes):
             return
         assert self._predict is not None
-        calls = self.bucket_warm_up_calls()
+        artifacts = self.routes[1:] if self.routes else []
+        artifacts.insert(0, Route(self.routes[0].name if self.routes else "", self.spec,
+                                  self._predict, self.buckets))
+        name = ""
         try:
             _, feats = self.prepare(sample)
-            for inputs in self.buckets.shapes_of(feats.arrays, self.pad_values()):
-                for _ in range(calls):
-                    self._predict(*inputs)
+            for index, route in enumerate(artifacts):
+                name = route.name
+                if route.buckets is None:
+                    route.predict(*feats.arrays)
+                    continue
+                calls = self.bucket_warm_up_calls(route.spec)
+                # a routed artifact: only the batch buckets its chunks are padded to
+                buckets = (route.buckets if self.router is None
+                           else self.router.reachable(index, route.buckets, self._largest_bucket()))
+                for inputs in buckets.shapes_of(feats.arrays, self.pad_values()):
+                    for _ in range(calls):
+                        route.predict(*inputs)
         except Exception as exc:
-            raise ModelLoadError(f"warm-up of the shape buckets failed: {exc}") from exc
+            which = f" of artifact {name}" if name else ""
+            raise ModelLoadError(f"warm-up{which} of the shape buckets failed: {exc}") from exc
 
     def pad_values(self) -> tuple[float, ...]:
         """The value each model input is padded with on its token axis (text: the pad id for the
@@ -333,13 +376,13 @@ class BatchingHandler:
         largest bucket, and of what fitted in device memory)."""
         assert self._predict is not None, "handler used before setup()"
         rows = inputs[0].shape[0]
-        if self.buckets is None and self._chunk_rows is None and (
+        largest_bucket = self._largest_bucket()
+        if largest_bucket is None and self._chunk_rows is None and (
                 self.max_batch is None or rows <= self.max_batch):
             return self._run_chunk(inputs)  # the common case: one call, nothing to cut or join
         parts, start = [], 0
         while start < rows:  # the step is read again after each chunk: an OOM may lower it
-            limits = [n for n in (self.max_batch, self._chunk_rows,
-                                  self.buckets.batch[-1] if self.buckets else None) if n]
+            limits = [n for n in (self.max_batch, self._chunk_rows, largest_bucket) if n]
             step = min([rows - start, *limits])
             parts.append(self._run_chunk(tuple(a[start:start + step] for a in inputs)))
             start += step
@@ -390,15 +433,34 @@ class BatchingHandler:
         self._chunk_trial = True
         self._chunk_rows = None if self.max_batch and grown >= self.max_batch else grown
 
+    def _largest_bucket(self) -> int | None:
+        """The most rows one call may take because of buckets: the smallest largest bucket of
+        the archive's artifacts (None: no buckets)."""
+        buckets = [r.buckets for r in self.routes] if self.routes else [self.buckets]
+        largest = [b.batch[-1] for b in buckets if b is not None]
+        return min(largest) if largest else None
+
+    def _owner(self, inputs: tuple[np.ndarray, ...]) -> tuple[sg_loaders.Predictor, Buckets | None]:
+        """The artifact that serves ``inputs`` (``Router``; the only one when not routed) and
+        its buckets."""
+        assert self._predict is not None, "handler used before setup()"
+        if self.router is None:
+            return self._predict, self.buckets
+        first = inputs[0]
+        tokens = int(first.shape[1]) if self.router.tokens and first.ndim == 2 else None
+        route = self.routes[self.router.owner(int(first.shape[0]), tokens)]
+        return route.predict, route.buckets
+
     def _call_model(self, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        """The model on ``inputs``, padded up to the next bucket when the archive has buckets
-        (the answers are cut back to the real rows)."""
-        assert self._predict is not None
-        if self.buckets is None:
-            return self._predict(*inputs)  # a Predictor answers a tuple of numpy arrays
+        """The model (a routed archive: the owner of the chunk's shape) on ``inputs``, padded up
+        to the next bucket when the artifact has buckets (the answers are cut back to the real
+        rows)."""
+        predict, buckets = self._owner(inputs)
+        if buckets is None:
+            return predict(*inputs)  # a Predictor answers a tuple of numpy arrays
         rows = inputs[0].shape[0]
-        padded = self.buckets.pad(inputs, self.pad_values())
-        return tuple(np.asarray(o)[:rows] for o in self._predict(*padded))
+        padded = buckets.pad(inputs, self.pad_values())
+        return tuple(np.asarray(o)[:rows] for o in predict(*padded))
 
     @staticmethod
     def _split(outputs: tuple[np.ndarray, ...], batch: list[Features]) -> list[tuple[np.ndarray, ...]]:
@@ -535,6 +597,75 @@ class Buckets:
                 cut = tuple(a[:, :tokens] if self._token_axis(a) else a for a in rows)
                 shapes.append(Buckets((batch,), (tokens,)).pad(cut, pad_values))
         return shapes
+
+
+#: A route's fields that replace the archive's when its artifact is loaded (``load_model``).
+ROUTE_LOADER_KEYS = ("format", "artifact", "model_class", "model_kwargs", "device", "dtype",
+                     "compile_mode", "built_for", "buckets", "fallback_artifact")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One artifact of a routed archive: its backend name, the spec it was loaded from, its
+    predictor and its buckets."""
+
+    name: str
+    spec: dict[str, Any]
+    predict: sg_loaders.Predictor
+    buckets: Buckets | None
+
+
+@dataclass(frozen=True)
+class Router:
+    """Who serves a chunk of ``rows`` x ``tokens``: the owner of the smallest measured batch at
+    or above ``rows`` (else the largest), crossed with the smallest measured token count at or
+    above ``tokens`` (else the largest); ``servegate.compilers.routing.owning_shape`` decides
+    the same way when the archive is built."""
+
+    owners: dict[tuple[int, int | None], int]
+    batches: tuple[int, ...]
+    tokens: tuple[int, ...]
+
+    @classmethod
+    def from_spec(cls, routes: list[dict[str, Any]]) -> Router:
+        """From ``servegate.json`` ``routes``: a ``ModelLoadError`` unless every batch x token
+        count is owned exactly once."""
+        owners: dict[tuple[int, int | None], int] = {}
+        try:
+            for index, route in enumerate(routes):
+                for shape in route.get("owns") or []:
+                    tokens = shape.get("tokens")
+                    key = (int(shape["batch"]), None if tokens is None else int(tokens))
+                    if key in owners:
+                        raise ModelLoadError(f"servegate.json: shape {key} is routed twice")
+                    owners[key] = index
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ModelLoadError(f"servegate.json: invalid routes: {exc}") from exc
+        batches = tuple(sorted({b for b, _ in owners}))
+        tokens = tuple(sorted({t for _, t in owners if t is not None}))
+        grid = {(b, t) for b in batches for t in (tokens or (None,))}
+        if not owners or set(owners) != grid:
+            raise ModelLoadError("servegate.json: routes must own every batch x tokens once, "
+                                 f"got {sorted(owners, key=str)}")
+        return cls(owners, batches, tokens)
+
+    def reachable(self, index: int, buckets: Buckets, most: int | None) -> Buckets:
+        """The batch buckets of artifact ``index`` that a chunk routed to it is padded to (a
+        chunk has at most ``most`` rows): warming up the others would only cost start-up time
+        (a CUDA graph recorded per bucket)."""
+        largest = most or buckets.batch[-1]
+        sizes = {Buckets._next(buckets.batch, rows) for rows in range(1, largest + 1)
+                 if index in {o for (b, _), o in self.owners.items()
+                              if b == next((x for x in self.batches if x >= rows), self.batches[-1])}}
+        return Buckets(tuple(sorted(s for s in sizes if s in buckets.batch)), buckets.tokens)
+
+    def owner(self, rows: int, tokens: int | None = None) -> int:
+        """The index (in ``routes``) of the artifact that serves ``rows`` x ``tokens``."""
+        batch = next((b for b in self.batches if b >= rows), self.batches[-1])
+        if not self.tokens:
+            return self.owners[(batch, None)]
+        wanted = self.tokens[-1] if tokens is None else tokens
+        return self.owners[(batch, next((t for t in self.tokens if t >= wanted), self.tokens[-1]))]
 
 
 def _inference_error(exc: Exception) -> RequestError:

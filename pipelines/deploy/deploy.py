@@ -31,7 +31,7 @@ _NOT_A_PATH = re.compile(r"^(builtin:|models:/|runs:/|mlflow-artifacts:|[a-z][a-
 INTEGER_OPTIONS = frozenset({"--max-length", "--load-users", "--load-rounds", "--load-processes",
                              "--batch-size",
                              "--max-batch-delay-ms", "--workers", "--workers-per-gpu", "--threads",
-                             "--tune-points"})
+                             "--tune-points", "--max-artifacts"})
 
 
 def cli_arguments(argv: list[str]) -> list[str]:

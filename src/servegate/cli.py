@@ -454,6 +454,7 @@ def run(
     target: Annotated[str, typer.Option(help="torchserve | tfserving")] = RUN_DEFAULTS["target"],
     compiler: Annotated[str, typer.Option(help="auto | a backend | a comma list (see `servegate compilers`).")] = RUN_DEFAULTS["compiler"],
     compile_cache: Annotated[str, typer.Option(help="local (torch's own caches on this host) | shared (per device type, restored from and logged to the MLflow experiment: trust it as a pickle).")] = RUN_DEFAULTS["compile_cache"],
+    max_artifacts: Annotated[int, typer.Option(help="auto: the most compiled artifacts one archive carries, each serving the shapes it is fastest at (1: the single best).")] = RUN_DEFAULTS["max_artifacts"],
     p95_ms: Annotated[float, typer.Option(help="SLO: p95 latency (ms).")] = RUN_DEFAULTS["p95_ms"],
     p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency (ms).")] = RUN_DEFAULTS["p99_ms"],
     min_rps: Annotated[float, typer.Option(help="SLO: minimum throughput (req/s).")] = RUN_DEFAULTS["min_rps"],

@@ -21,6 +21,12 @@ from pydantic.fields import FieldInfo
 
 from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP
 
+#: Artifacts ``auto`` may keep in one archive, each serving the shapes it is fastest at
+#: (``compilers/routing.py``); a second is kept only when it lowers the worst slowdown by 5%.
+DEFAULT_MAX_ARTIFACTS = 2
+#: More would multiply archive size and start-up for little (and the subsets to search).
+MOST_ARTIFACTS = 4
+
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -624,6 +630,9 @@ class PipelineConfig(SourceSettings):
     #: newest one of this device type from the MLflow experiment when empty and logs new ones
     #: there (cached compiled code runs when loaded: trust the tracking server as a pickle).
     compile_cache: Literal["local", "shared"] = "local"
+    #: ``auto``: the most compiled artifacts one archive carries, each owning the shapes (batch x
+    #: tokens) it serves best (routing by shape); 1 keeps the single best.
+    max_artifacts: int = Field(default=DEFAULT_MAX_ARTIFACTS, ge=1, le=MOST_ARTIFACTS)
     #: A user's own TorchServe handler file, packaged with ours.
     handler: Path | None = None
     slos: SLOs = Field(default_factory=SLOs)
@@ -781,6 +790,7 @@ RUN_PARAMETERS: dict[str, RunParameter] = {
     "target": RunParameter(("target",), str),
     "compiler": RunParameter(("compiler",), str),
     "compile_cache": RunParameter(("compile_cache",), str),
+    "max_artifacts": RunParameter(("max_artifacts",), _whole, int),
     "p95_ms": RunParameter(("slos", "p95_ms"), float, float),
     "p99_ms": RunParameter(("slos", "p99_ms"), float, float),
     "min_rps": RunParameter(("slos", "min_rps"), float, float),

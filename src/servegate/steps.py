@@ -18,7 +18,7 @@ from servegate.errors import PipelineError
 from servegate.gates.checks import Check
 from servegate.gates.load import Adaptive, LoadResult, load_checks
 from servegate.gates.network import NetworkProbe, probe
-from servegate.gates.parity import ParityResult, parity_checks
+from servegate.gates.parity import ParityResult, parity_checks, routed_parity_checks
 from servegate.integrity import artifact_sha256
 from servegate.policy import policy_max_rounds
 from servegate.registry import ARCHIVE_SHA256_TAG, ARCHIVE_TAG, CHALLENGER, CHAMPION, Registry
@@ -155,6 +155,13 @@ def gate_parity(run: Run, model: Any, version: str, champion: str | None,
         result = run.target.check_parity(run.server, cfg.model_name, version, model, champion,
                                          cfg.limits)
         checks = parity_checks(result, cfg.parity, built.precision)
+        if built.routes:  # routed by shape: each artifact on requests of the sizes it serves
+            run.say("gate: parity of each routed artifact (" + ", ".join(
+                f"{artifact}: {'/'.join(map(str, sizes))} rows" for artifact, sizes in built.routes) + ")")
+            checks += routed_parity_checks(
+                lambda held_out, rows: run.target.check_parity(
+                    run.server, cfg.model_name, version, held_out, None, cfg.limits, rows=rows),
+                model, built.routes, cfg.parity)
         for note in result.notes():
             run.say(f"[yellow]{note}[/]")
         tracking.log_parity(result, checks, {"compiler": built.compiled_with, "task": result.task,

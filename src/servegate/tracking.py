@@ -214,11 +214,14 @@ def log_eval_dataset(model: Any) -> None:
 
 
 def log_candidates(candidates: list[Any]) -> None:
-    """``auto``'s candidate table, and each candidate's p50 per shape as a metric."""
-    from servegate.compilers.select import table_rows, timed_shapes
+    """``auto``'s candidate table, a routed archive's routing table, and each candidate's p50
+    per shape as a metric."""
+    from servegate.compilers.select import routing_rows, table_rows, timed_shapes
 
     rows = table_rows(candidates)
     mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "compiler_candidates.json")
+    if routed := routing_rows(candidates):
+        mlflow.log_table({k: [r[k] for r in routed] for k in routed[0]}, "compiler_routing.json")
     for r in rows:
         for shape in timed_shapes(candidates):
             value = r[f"p50_ms_{shape.label}"]

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 from servegate.artifacts import CompiledArtifact
 from servegate.compilers import get_compiler
 from servegate.compilers.cache import CompileCache
-from servegate.compilers.select import Candidate, choose, evaluate, parse_compiler_option
+from servegate.compilers.select import (
+    Candidate,
+    artifact_bytes,
+    check_owned_shapes,
+    choose_routes,
+    evaluate,
+    load_predictor,
+    parse_compiler_option,
+)
 from servegate.compilers.shapes import timing_batch_sizes
-from servegate.config import BatchingConfig, RequestLimits
+from servegate.config import DEFAULT_MAX_ARTIFACTS, BatchingConfig, RequestLimits
 from servegate.sources.base import TorchModel
 
 
@@ -33,18 +42,22 @@ def artifact_max_batch(model: TorchModel, batching: BatchingConfig,
 
 def compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
                   limits: RequestLimits | None = None, cache: CompileCache | None = None,
-                  max_batch: int | None = None) -> tuple[CompiledArtifact, list[Candidate]]:
+                  max_batch: int | None = None,
+                  max_artifacts: int = DEFAULT_MAX_ARTIFACTS) -> tuple[CompiledArtifact, list[Candidate]]:
     """One backend, or ``auto`` / a comma list: measured here, the fastest that passes parity.
     With a ``cache``, every compile runs inside ``cache.activate()`` (Inductor/Triton caches and
     TensorRT's timing cache there). ``max_batch``: the largest batch the artifact takes (default
-    ``artifact_max_batch``; the builder passes the one it records)."""
+    ``artifact_max_batch``; the builder passes the one it records). ``max_artifacts``: ``auto``
+    may keep up to that many, each owning the shapes it serves best (``Candidate.owns``); the
+    artifact returned is then the primary one (``choose_routes``)."""
     with cache.activate() if cache is not None else nullcontext():
         return _compile_model(model, compiler, workdir, batching,
-                              max_batch or artifact_max_batch(model, batching, limits))
+                              max_batch or artifact_max_batch(model, batching, limits),
+                              max_artifacts)
 
 
 def _compile_model(model: TorchModel, compiler: str, workdir: Path, batching: BatchingConfig,
-                   max_batch: int) -> tuple[CompiledArtifact, list[Candidate]]:
+                   max_batch: int, max_artifacts: int) -> tuple[CompiledArtifact, list[Candidate]]:
     import torch
 
     names = parse_compiler_option(compiler)
@@ -54,6 +67,14 @@ def _compile_model(model: TorchModel, compiler: str, workdir: Path, batching: Ba
     sizes = timing_batch_sizes(batching.batch_size, max_batch, cuda=torch.cuda.is_available())
     candidates = evaluate(model, names, workdir, max_batch=max_batch, threads=threads,
                           batch_sizes=sizes)
-    best = choose(candidates, batching.batch_size)
+    artifact_sizes = {c.backend: artifact_bytes(c.artifact) for c in candidates if c.usable}
+    while True:  # a routed artifact failing parity at a shape it owns is rejected: route again
+        routing = choose_routes(candidates, batching.batch_size, max_artifacts=max_artifacts,
+                                sizes=artifact_sizes)
+        routed = [c for c in candidates if c.owns]
+        if all(check_owned_shapes(c, partial(load_predictor, c.artifact, threads), model)
+               for c in routed):
+            break
+    best = next(c for c in candidates if c.backend == routing.members[0])
     assert best.artifact is not None
     return best.artifact, candidates

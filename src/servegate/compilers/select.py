@@ -3,7 +3,9 @@
 Each artifact is loaded with the handlers' own loader (``sg_loaders``), so what is measured and
 parity-checked here is what a TorchServe worker runs. Candidates are timed at every shape (batch
 size, and token count for text); the one kept is the one whose worst slowdown against the fastest
-candidate at any shape is smallest, since a served batch ranges from 1 to the batch size.
+candidate at any shape is smallest, since a served batch ranges from 1 to the batch size. With
+``max_artifacts`` above 1 (``choose_routes``), several may be kept, each owning the shapes it
+serves best (``routing.py``), when that lowers the worst slowdown enough.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from servegate._resources import handler_module
 from servegate.artifacts import CompiledArtifact
 from servegate.choices import CLASS_TASKS
 from servegate.compilers import get_compiler
+from servegate.compilers.routing import Option, Routing, choose_routing
 from servegate.compilers.shapes import TEXT_TOKENS, Shape, timing_shapes
 from servegate.errors import BackendUnavailable, CompileError
 from servegate.parity_limits import MAX_REDUCED_ACCURACY_DROP, parity_limits, precision_of
@@ -45,6 +48,8 @@ class Candidate:
     cosine: float = float("nan")
     top1: float = float("nan")
     accuracy: float = float("nan")
+    #: Shapes this candidate serves in a routed archive (empty: not routed, or not kept).
+    owns: list[Shape] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -236,7 +241,28 @@ def _evaluate_one(candidate: Candidate, compiler, model: TorchModel, workdir: Pa
 def choose(candidates: list[Candidate], batch_size: int) -> Candidate:
     """The passing candidate with the smallest worst-case slowdown against the fastest one at any
     timed shape (``regret``, set on every passing candidate); ties go to the faster one at the
-    serving batch size, then to the earlier, simpler one."""
+    serving batch size, then to the earlier, simpler one (``choose_routes`` with one artifact)."""
+    routing = choose_routes(candidates, batch_size, max_artifacts=1)
+    return next(c for c in candidates if c.backend == routing.members[0] and c.status == "chosen")
+
+
+def artifact_bytes(artifact: Any) -> int:
+    """Bytes a candidate's artifact adds to an archive (its file or directory, and fallback)."""
+    total = 0
+    for path in (getattr(artifact, "path", None), getattr(artifact, "fallback", None)):
+        if isinstance(path, Path) and path.is_file():
+            total += path.stat().st_size
+        elif isinstance(path, Path) and path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return total
+
+
+def choose_routes(candidates: list[Candidate], batch_size: int, *, max_artifacts: int = 1,
+                  sizes: dict[str, int] | None = None) -> Routing:
+    """``routing.choose_routing`` over the passing candidates: sets ``regret`` on each of them,
+    marks the kept ones ``chosen`` and, when more than one is kept, the shapes each ``owns``.
+    ``sizes``: artifact bytes by backend (a tie-break). Raises ``CompileError`` when none
+    passed."""
     usable = [c for c in candidates if c.usable and c.p50_ms]
     if not usable:
         reasons = "; ".join(f"{c.backend}: {c.status} {c.reason}" for c in candidates)
@@ -245,13 +271,45 @@ def choose(candidates: list[Candidate], batch_size: int) -> Candidate:
     fastest = {s: min(c.p50_ms[s] for c in usable) for s in shapes}
     for c in usable:
         c.regret = max(c.p50_ms[s] / fastest[s] for s in shapes) if shapes else 1.0
+        c.owns = []
+        if c.status == "chosen":
+            c.status = "passed"
+    options = [Option(c.backend, {s: c.p50_ms[s] for s in shapes}, (sizes or {}).get(c.backend, 0),
+                      c.compile_seconds, c.device) for c in usable]
+    routing = choose_routing(options, max_artifacts=max_artifacts, serving_batch=batch_size)
+    for c in usable:
+        if c.backend in routing.members:
+            c.status = "chosen"
+            c.owns = routing.owned(c.backend) if len(routing.members) > 1 else []
+    return routing
 
-    def at_serving_batch(c: Candidate) -> float:
-        return sum(c.p50_ms[s] for s in shapes if s.batch == batch_size)
 
-    best = min(usable, key=lambda c: (c.regret, at_serving_batch(c)))
-    best.status = "chosen"
-    return best
+def check_owned_shapes(candidate: Candidate, load: Callable[[], Callable[..., Any]],
+                       model: TorchModel) -> bool:
+    """Parity of a routed candidate at every shape it ``owns`` (held-out rows at that batch and
+    token count, against the model's own outputs), with the limits of its precision: ``auto``'s
+    parity ran at one batch, and an artifact may be wrong only at its own shapes (a CUDA graph
+    of batch 1, a TensorRT profile). A failure rejects the candidate, its reason naming the
+    artifact and the shape; a candidate owning nothing passes as is."""
+    if not candidate.owns:
+        return True
+    try:
+        predict = load()
+        for shape in candidate.owns:
+            inputs = model.inputs_at(shape.batch, shape.tokens)
+            probe = Candidate(candidate.backend, device=candidate.device)
+            _parity(probe, model.forward_all(*inputs), as_outputs(predict(*inputs)), None, model.task)
+            if probe.status == "rejected":
+                candidate.status, candidate.reason = "rejected", (
+                    f"routed artifact {candidate.backend} at {shape.label}: {probe.reason}")
+                break
+    except Exception as exc:  # a load or run failure rejects this artifact, not the run
+        candidate.status, candidate.reason = "failed", (
+            f"routed artifact {candidate.backend}: {type(exc).__name__}: {exc}"[:300])
+    if candidate.usable:
+        return True
+    candidate.owns = []
+    return False
 
 
 def parse_compiler_option(option: str) -> list[str] | None:
@@ -293,16 +351,53 @@ def candidates_table(candidates: list[Candidate]):  # -> rich Table
 
 
 def table_rows(candidates: list[Candidate]) -> list[dict[str, object]]:
-    """One flat dict per candidate: figures, and ``p50_ms_<shape>`` / ``rows_per_s_<shape>``."""
+    """One flat dict per candidate: figures, the shapes it ``owns`` in a routed archive, and
+    ``p50_ms_<shape>`` / ``rows_per_s_<shape>``."""
     rows = []
     for c in candidates:
         row: dict[str, object] = {"backend": c.backend, "device": c.device, "status": c.status,
                                   "reason": c.reason,
                                   "compile_s": round(c.compile_seconds, 2), "max_abs": c.max_abs,
                                   "cosine": c.cosine, "top1": c.top1, "accuracy": c.accuracy,
-                                  "regret": c.regret}
+                                  "regret": c.regret,
+                                  "owns": ",".join(shape.label for shape in c.owns)}
         for shape in timed_shapes(candidates):
             row[f"p50_ms_{shape.label}"] = c.p50_ms.get(shape, float("nan"))
             row[f"rows_per_s_{shape.label}"] = c.rows_per_s.get(shape, float("nan"))
         rows.append(row)
     return rows
+
+
+def routing_rows(candidates: list[Candidate]) -> list[dict[str, object]]:
+    """A routed archive's table: one row per shape, smallest first: the artifact that owns it,
+    its p50 there, the fastest candidate there and the slowdown against it (empty when one
+    artifact serves every shape)."""
+    usable = [c for c in candidates if c.usable]
+    rows = []
+    for shape in timed_shapes([c for c in candidates if c.owns]):
+        owner = next((c for c in candidates if shape in c.owns), None)
+        timed = [c for c in usable if shape in c.p50_ms]
+        if owner is None or not timed:
+            continue
+        fastest = min(timed, key=lambda c: c.p50_ms[shape])
+        rows.append({"shape": shape.label, "artifact": owner.backend,
+                     "p50_ms": owner.p50_ms[shape], "fastest": fastest.backend,
+                     "fastest_p50_ms": fastest.p50_ms[shape],
+                     "slowdown": owner.p50_ms[shape] / fastest.p50_ms[shape]
+                     if fastest.p50_ms[shape] else 1.0})
+    return rows
+
+
+def routing_table(candidates: list[Candidate]):  # -> rich Table | None
+    """The routing table as a rich table (printed by the pipeline), or None when not routed."""
+    from rich.table import Table
+
+    rows = routing_rows(candidates)
+    if not rows:
+        return None
+    table = Table("shape", "artifact", "p50 ms", "fastest", "fastest p50 ms", "slowdown",
+                  title="routing by shape (each padded chunk goes to its shape's artifact)")
+    for r in rows:
+        table.add_row(str(r["shape"]), str(r["artifact"]), f"{r['p50_ms']:.4f}", str(r["fastest"]),
+                      f"{r['fastest_p50_ms']:.4f}", f"{r['slowdown']:.2f}x")
+    return table

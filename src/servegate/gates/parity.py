@@ -12,8 +12,10 @@ reference and against the served champion, with the checks that fit the model's 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,7 @@ from servegate.choices import CLASS_TASKS
 from servegate.config import ParityThresholds, RequestLimits
 from servegate.errors import ConfigError, SourceError
 from servegate.gates.checks import Check
-from servegate.parity_limits import EMBEDDING_PARITY_LIMITS, PARITY_LIMITS
+from servegate.parity_limits import EMBEDDING_PARITY_LIMITS, PARITY_LIMITS, precision_of
 from servegate.sources.base import TorchModel
 
 
@@ -84,13 +86,14 @@ def request_chunks(instances: list[Any], limits: RequestLimits | None = None,
 
 
 def served_outputs(backend: ServingBackend, name: str, version: str | None, model: Any, x: Any,
-                   decode: AnswerDecoder, limits: RequestLimits | None = None) -> tuple[np.ndarray, ...]:
+                   decode: AnswerDecoder, limits: RequestLimits | None = None,
+                   rows: int = 32) -> tuple[np.ndarray, ...]:
     """Every output of every row of ``x`` through the standard REST endpoint: class
     probabilities, embedding vectors, regression values or raw tensors, in output order; sent
-    in requests that fit the body limit (``request_chunks``)."""
+    in requests of at most ``rows`` rows that fit the body limit (``request_chunks``)."""
     task, names = _task(model), _output_names(model)
     columns: list[list[Any]] | None = None
-    for chunk in request_chunks(_request_rows(model, x), limits):
+    for chunk in request_chunks(_request_rows(model, x), limits, rows):
         answer = backend.predict(name, {"instances": chunk}, version)
         for prediction in answer["predictions"]:
             values = decode(prediction, task, names)
@@ -102,13 +105,13 @@ def served_outputs(backend: ServingBackend, name: str, version: str | None, mode
 
 def served_vectors(backend: ServingBackend, name: str, version: str | None, x: np.ndarray,
                    task: str, decode: AnswerDecoder,
-                   limits: RequestLimits | None = None) -> np.ndarray:
+                   limits: RequestLimits | None = None, rows: int = 32) -> np.ndarray:
     """The first output (embedding vectors, or class probabilities) of every row of ``x``."""
-    rows = []
-    for chunk in request_chunks(x.tolist(), limits):
+    vectors = []
+    for chunk in request_chunks(x.tolist(), limits, rows):
         answer = backend.predict(name, {"instances": chunk}, version)
-        rows += [decode(p, task, ["output"])[0] for p in answer["predictions"]]
-    return np.asarray(rows, dtype=np.float64)
+        vectors += [decode(p, task, ["output"])[0] for p in answer["predictions"]]
+    return np.asarray(vectors, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -156,22 +159,22 @@ class ParityResult:
 
 def run_parity(backend: ServingBackend, name: str, version: str, model: TorchModel | Any,
                champion_version: str | None, limits: RequestLimits | None = None, *,
-               decode: AnswerDecoder) -> ParityResult:
+               decode: AnswerDecoder, rows: int = 32) -> ParityResult:
     """The held-out rows through the challenger (and the champion), against the reference;
-    requests sized to fit ``limits`` (the handlers' body limit); answers read by the target's
-    ``decode``."""
+    requests of at most ``rows`` rows sized to fit ``limits`` (the handlers' body limit);
+    answers read by the target's ``decode``."""
     if model.eval_x is None:
         raise SourceError("the model has no held-out set to gate on")
     task = _task(model)
     if task == "embedding" or (task == "text-classification" and model.eval_y is None
                                and not model.labels):
-        return _embedding_parity(backend, name, version, model, decode, limits)
+        return _embedding_parity(backend, name, version, model, decode, limits, rows)
     x, y = model.eval_x, model.eval_y
-    served = served_outputs(backend, name, version, model, x, decode, limits)
+    served = served_outputs(backend, name, version, model, x, decode, limits, rows)
     reference = _reference(model, x, task)
     flat_served, flat_reference = _flat(served), _flat(reference)
     diffs = np.abs(flat_served - flat_reference)
-    champion = (served_outputs(backend, name, champion_version, model, x, decode, limits)
+    champion = (served_outputs(backend, name, champion_version, model, x, decode, limits, rows)
                 if champion_version is not None else None)
     nan = float("nan")
     common: dict[str, Any] = dict(
@@ -220,10 +223,11 @@ def _errors(predicted: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 
 
 def _embedding_parity(backend: ServingBackend, name: str, version: str, model: Any,
-                      decode: AnswerDecoder, limits: RequestLimits | None = None) -> ParityResult:
+                      decode: AnswerDecoder, limits: RequestLimits | None = None,
+                      rows: int = 32) -> ParityResult:
     """Embedding models have no labels: served vectors against the reference, by cosine."""
     x = model.eval_x
-    served = served_vectors(backend, name, version, x, _task(model), decode, limits)
+    served = served_vectors(backend, name, version, x, _task(model), decode, limits, rows)
     reference = model.reference(x).astype(np.float64)
     diffs = np.abs(served - reference)
     cosine = (served * reference).sum(1) / (
@@ -283,4 +287,40 @@ def _value_checks(result: ParityResult, thresholds: ParityThresholds, precision:
         checks.append(Check("parity", "rmse_vs_champion", result.rmse, "<=", result.champion_rmse * allowed))
         checks.append(Check("parity", "mae_vs_champion", result.mae or 0.0, "<=",
                             result.champion_mae * allowed))
+    return checks
+
+
+#: Parity of the held-out model ``model`` served in requests of ``rows`` rows (the target's
+#: ``check_parity`` against the challenger, without the champion).
+RowsParity = Callable[[Any, int], ParityResult]
+#: Held-out rows each routed artifact is checked on (fewer when the set is smaller): one-row
+#: requests of a large evaluation set would take long.
+ROUTED_PARITY_ROWS = 64
+
+
+def held_out_rows(model: Any, count: int) -> Any:
+    """``model`` with its first ``count`` held-out rows only (repeated when it has fewer)."""
+    index = np.arange(count) % len(model.eval_x)
+    view = copy.copy(model)
+    view.eval_x = np.asarray(model.eval_x)[index]
+    if getattr(model, "eval_y", None) is not None:
+        view.eval_y = np.asarray(model.eval_y)[index]
+    return view
+
+
+def routed_parity_checks(parity: RowsParity, model: Any,
+                         routes: Sequence[tuple[str, Sequence[int]]],
+                         thresholds: ParityThresholds) -> list[Check]:
+    """Each artifact of an archive routed by shape on its own: held-out rows (at most
+    ``ROUTED_PARITY_ROWS``, at least one request's worth) sent in requests of each size that
+    reaches it (``routes``: artifact -> row counts), checked with the limits of its own
+    precision; every check is named after the artifact and the request size, so a failure says
+    which artifact failed."""
+    checks: list[Check] = []
+    for artifact, sizes in routes:
+        for rows in sizes:
+            count = max(rows, min(ROUTED_PARITY_ROWS, len(model.eval_x)))
+            result = parity(held_out_rows(model, count), rows)
+            checks += [dataclasses.replace(c, name=f"{artifact} at {rows} rows: {c.name}")
+                       for c in parity_checks(result, thresholds, precision_of(artifact))]
     return checks

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from servegate.compilers.driver import artifact_max_batch, compile_model
-from servegate.config import BatchingConfig, RequestLimits
+from servegate.config import DEFAULT_MAX_ARTIFACTS, BatchingConfig, RequestLimits
 from servegate.packaging.mar import build_mar, contents_for
 from servegate.sources import TorchModel, load_torch_model
 
@@ -22,21 +22,34 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BuiltArchive:
-    """An archive and what it was built from: the chosen artifact, ``auto``'s measured candidates
-    (empty for one named compiler) and the ``model-config.yaml`` it carries."""
+    """An archive and what it was built from: the chosen artifact (a routed archive's primary
+    one), ``auto``'s measured candidates (empty for one named compiler; a routed archive's
+    artifacts are those that ``own`` shapes) and the ``model-config.yaml`` it carries."""
 
     archive: Path
     artifact: CompiledArtifact
     candidates: list[Candidate]
     model_config: dict[str, Any]
 
+    @property
+    def routed(self) -> list[Candidate]:
+        """The candidates a routed archive carries, its primary first (empty: one artifact)."""
+        return routed_candidates(self.artifact, self.candidates)
+
+
+def routed_candidates(primary: CompiledArtifact, candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates that own shapes (routing by shape), the one of ``primary`` first."""
+    return sorted((c for c in candidates if c.owns), key=lambda c: c.artifact is not primary)
+
 
 def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
                   batching: BatchingConfig, output_dir: Path, limits: RequestLimits | None = None,
                   handler_file: Path | None = None, cache: CompileCache | None = None,
-                  compile_dir: Path | None = None) -> BuiltArchive:
+                  compile_dir: Path | None = None,
+                  max_artifacts: int = DEFAULT_MAX_ARTIFACTS) -> BuiltArchive:
     """Compile ``model`` (in ``compile_dir``, else a temporary directory; inside ``cache`` when
-    given) and build its archive into ``output_dir``, with the user's ``handler_file`` if any."""
+    given) and build its archive into ``output_dir``, with the user's ``handler_file`` if any;
+    ``auto`` may route shapes to up to ``max_artifacts`` artifacts."""
     from servegate.naming import validate_name, validate_version
 
     validate_name(name)
@@ -45,9 +58,12 @@ def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
           else nullcontext(str(compile_dir))) as work:
         max_batch = artifact_max_batch(model, batching, limits)
         artifact, candidates = compile_model(model, compiler, Path(work), batching, limits,
-                                             cache=cache, max_batch=max_batch)
+                                             cache=cache, max_batch=max_batch,
+                                             max_artifacts=max_artifacts)
+        routed = routed_candidates(artifact, candidates)
         contents = contents_for(model, artifact, name=name, version=version, batching=batching,
-                                limits=limits, max_batch=max_batch, handler_file=handler_file)
+                                limits=limits, max_batch=max_batch, handler_file=handler_file,
+                                routes=[(c.artifact, c.owns) for c in routed])
         archive = build_mar(contents, output_dir)
     return BuiltArchive(archive, artifact, candidates, contents.model_config)
 

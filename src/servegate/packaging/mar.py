@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -33,9 +33,14 @@ from servegate.packaging.spec import (
     ArtifactSpec,
     InputSpec,
     OutputSpec,
+    OwnedShape,
+    RouteSpec,
     TextSpec,
 )
 from servegate.sources.base import TorchModel
+
+if TYPE_CHECKING:
+    from servegate.compilers.shapes import Shape
 
 _ARCHIVER_LOCK = threading.Lock()
 LABELS_FILE = "index_to_name.json"
@@ -58,6 +63,9 @@ class MarContents:
     extra_files: Sequence[Path] = ()
     #: A user's own handler module: the archive's entry point, with ours shipped beside it.
     handler_file: Path | None = None
+    #: Files shipped under another name (archive name -> file): a routed archive's other
+    #: artifacts, whose own names may repeat (``model.aoti.pt2`` of aoti and aoti-bf16).
+    renamed_files: Mapping[str, Path] = field(default_factory=dict)
 
     @cached_property
     def model_config(self) -> dict[str, Any]:
@@ -144,6 +152,10 @@ def _stage_files(contents: MarContents, files_dir: Path) -> Path:
         shutil.copy2(handler, files_dir / handler.name)
     for extra in contents.extra_files:
         shutil.copy2(extra, files_dir / extra.name)
+    for archived, source in contents.renamed_files.items():
+        if (files_dir / archived).exists():
+            raise PackagingError(f"two files of the archive are named {archived}")
+        shutil.copy2(source, files_dir / archived)
     return files_dir / handler.name
 
 
@@ -162,11 +174,14 @@ def read_archive_member(archive: Path, member: str) -> bytes:
 def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, version: str,
                  batching: BatchingConfig, limits: RequestLimits | None = None,
                  warmup_rows: int = 2, max_batch: int | None = None,
-                 handler_file: Path | None = None) -> MarContents:
+                 handler_file: Path | None = None,
+                 routes: Sequence[tuple[CompiledArtifact, Sequence[Shape]]] = ()) -> MarContents:
     """The archive contents of a compiled ``TorchModel``: spec (inputs, outputs, task, the batch
     the artifact accepts), labels and a real warm-up sample (held-out rows; sentences for a text
     model, whose tokenizer file ships as an extra file). ``handler_file``: a user's own handler,
-    shipped as the entry point with ours beside it."""
+    shipped as the entry point with ours beside it. ``routes``: routing by shape, each artifact
+    with the shapes it owns, ``artifact`` first (its files keep their names; the others' are
+    prefixed with their backend)."""
     text = None
     extra_files: tuple[Path, ...] = ()
     if model.is_text:
@@ -198,10 +213,29 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
         buckets=artifact.buckets,
         fallback_artifact=artifact.fallback.name if artifact.fallback is not None else None,
     )
+    renamed: dict[str, Path] = {}
+    route_specs = []
+    for routed, owns in routes:
+        files = {"artifact": routed.path, "fallback_artifact": routed.fallback}
+        if routed is not artifact:  # the primary's files are staged under their own names
+            names = {k: f"{routed.backend}.{p.name}" for k, p in files.items() if p is not None}
+            renamed |= {names[k]: p for k, p in files.items() if p is not None}
+        else:
+            names = {k: p.name for k, p in files.items() if p is not None}
+        route_specs.append(RouteSpec(
+            compiler=routed.backend, format=routed.format, artifact=names["artifact"],
+            model_class=routed.model_class, model_kwargs=routed.model_kwargs, device=routed.device,
+            dtype=routed.dtype, compile_mode=routed.compile_mode, built_for=routed.built_for,
+            buckets=routed.buckets, fallback_artifact=names.get("fallback_artifact"),
+            owns=[OwnedShape(batch=s.batch, tokens=s.tokens) for s in owns]))
+    if route_specs:
+        spec = ArtifactSpec.model_validate(spec.model_dump() | {"routes": route_specs})
+    model_file = artifact.model_file or next(
+        (r.model_file for r, _ in routes if r.model_file is not None), None)
     return MarContents(
         name=name, version=version, artifact=artifact.path, spec=spec, batching=batching,
-        model_file=artifact.model_file,
+        model_file=model_file,
         labels=model.labels if model.task in CLASS_TASKS else None,
         warmup={"instances": model.request_rows(model.example_batch(warmup_rows))},
-        extra_files=extra_files, handler_file=handler_file,
+        extra_files=extra_files, handler_file=handler_file, renamed_files=renamed,
     )

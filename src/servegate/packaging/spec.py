@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servegate.artifacts import ModelFormat
 from servegate.config import ImagePreprocessing, RequestLimits
@@ -54,6 +54,38 @@ class TextSpec(BaseModel):
     max_chars: int = Field(default=20_000, ge=1, description="a longer text is refused (413)")
 
 
+class OwnedShape(BaseModel):
+    """A measured shape an artifact of a routed archive owns: ``batch`` rows (of ``tokens``
+    tokens, text models only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch: int = Field(ge=1)
+    tokens: int | None = Field(default=None, ge=1)
+
+
+class RouteSpec(BaseModel):
+    """One artifact of a routed archive: what its loader needs (as ``ArtifactSpec``'s fields of
+    the same names) and the shapes it owns. The handler sends a chunk of ``rows`` x ``tokens`` to
+    the owner of the smallest owned batch at or above ``rows`` (else the largest), crossed with
+    the smallest token count at or above ``tokens`` (else the largest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compiler: str
+    format: ModelFormat
+    artifact: str
+    model_class: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    compile_mode: str | None = None
+    built_for: dict[str, Any] | None = None
+    buckets: dict[str, list[int]] | None = None
+    fallback_artifact: str | None = None
+    owns: list[OwnedShape] = Field(min_length=1)
+
+
 class ArtifactSpec(BaseModel):
     """The contract between servegate's packaging and the handlers (read as plain JSON there)."""
 
@@ -91,3 +123,27 @@ class ArtifactSpec(BaseModel):
     buckets: dict[str, list[int]] | None = None
     #: An ExportedProgram beside a CUDA AOTI package, recompiled on a GPU of another capability.
     fallback_artifact: str | None = None
+    #: Routing by shape (``compilers/routing.py``): every artifact of the archive and the shapes
+    #: it owns, the first being the one the fields above describe. Empty: one artifact serves all.
+    routes: list[RouteSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _routes_cover_every_shape(self) -> ArtifactSpec:
+        """Routes: the first is the archive's own artifact; artifact files differ; one device;
+        the owned shapes form a full grid (every batch with every token count), each owned once."""
+        if not self.routes:
+            return self
+        first = self.routes[0]
+        if (first.artifact, first.format) != (self.artifact, self.format):
+            raise ValueError(f"routes[0] must be the archive's artifact {self.artifact!r}, "
+                             f"got {first.artifact!r}")
+        files = [r.artifact for r in self.routes]
+        if len(set(files)) != len(files):
+            raise ValueError(f"routed artifacts share a file name: {files}")
+        if {r.device for r in self.routes} != {self.device}:
+            raise ValueError("routed artifacts must all run on the archive's device")
+        owned = [(s.batch, s.tokens) for r in self.routes for s in r.owns]
+        grid = {(b, t) for b in {b for b, _ in owned} for t in {t for _, t in owned}}
+        if len(set(owned)) != len(owned) or set(owned) != grid:
+            raise ValueError(f"routed shapes must cover every batch x tokens once, got {owned}")
+        return self

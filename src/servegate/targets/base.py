@@ -31,6 +31,9 @@ class Built:
     uri: str
     compiled_with: str
     precision: str
+    #: An archive routed by shape: each artifact with the request sizes (rows) that reach it;
+    #: the parity gate checks each on its own (empty: one artifact).
+    routes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,10 @@ class Target(Protocol[ModelT]):
         https server verified against ``ca_bundle``)."""
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: ModelT,
-                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
+                     champion: str | None, limits: RequestLimits | None = None, *,
+                     rows: int = 32) -> ParityResult:
         """The held-out rows through the served challenger (and champion) against the reference,
-        in requests that fit ``limits``."""
+        in requests of at most ``rows`` rows that fit ``limits``."""
 
     def measure_load(self, backend: ServingBackend, name: str, versions: list[tuple[str, str]],
                      settings: LoadSettings, profile: LoadProfile,
@@ -118,11 +122,12 @@ class MeasuredTarget(Generic[ModelT]):
         return curl_command(url, key_shell, self.example_row(model), ca_bundle)
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: ModelT,
-                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
+                     champion: str | None, limits: RequestLimits | None = None, *,
+                     rows: int = 32) -> ParityResult:
         from servegate.gates.parity import run_parity
 
         return run_parity(backend, name, version, model, champion, limits,
-                          decode=self.prediction_values)
+                          decode=self.prediction_values, rows=rows)
 
     def prediction_values(self, prediction: Any, task: str, outputs: list[str]) -> list[Any]:
         """One answer row as its output values, in the model's output order (``outputs``: their

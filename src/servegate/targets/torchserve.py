@@ -73,6 +73,7 @@ class TorchServeTarget(MeasuredTarget[TorchModel]):
               console: Console) -> Built:
         """Compile (measuring candidates for ``auto``) and build the archive."""
         from servegate import tracking
+        from servegate.compilers.routing import probe_rows
         from servegate.packaging.builder import build_archive
         from servegate.parity_limits import precision_of
         from servegate.targets.compiled import report_compiled
@@ -82,15 +83,22 @@ class TorchServeTarget(MeasuredTarget[TorchModel]):
         built = build_archive(model, name=config.model_name, version=version,
                               compiler=config.compiler, batching=config.batching,
                               limits=config.limits, handler_file=config.handler, cache=cache,
-                              compile_dir=workdir / "compile", output_dir=workdir)
+                              compile_dir=workdir / "compile", output_dir=workdir,
+                              max_artifacts=config.max_artifacts)
         if cache is not None and cache.fingerprint() != before:
             tracking.save_compile_cache(cache)  # new compiled code: the next runner reuses it
         archive, artifact = built.archive, built.artifact
-        report_compiled(console, config.compiler, artifact.backend, built.candidates,
+        # a routed archive: every artifact named; reduced precision when any of them is
+        backends = [c.backend for c in built.routed] or [artifact.backend]
+        compiled_with = "+".join(backends)
+        report_compiled(console, config.compiler, compiled_with, built.candidates,
                         {"archive": archive.name} | built.model_config,
                         {"archive_bytes": archive.stat().st_size})
         uri = tracking.log_artifact_file(archive, "archive")
-        return Built(archive, uri, artifact.backend, precision_of(artifact.backend))
+        precision = "reduced" if "reduced" in {precision_of(b) for b in backends} else "fp32"
+        sizes = probe_rows({c.backend: c.owns for c in built.routed}, config.limits.max_instances)
+        return Built(archive, uri, compiled_with, precision,
+                     tuple((b, tuple(sizes[b])) for b in backends if sizes.get(b)))
 
     def package(self, model: TorchModel, config: PipelineConfig, version: str, output_dir: Path) -> Path:
         """The ``.mar`` (handlers, model-config.yaml, labels, warm-up sample) in ``output_dir``."""
@@ -99,7 +107,7 @@ class TorchServeTarget(MeasuredTarget[TorchModel]):
         return build_archive(model, name=config.model_name, version=version,
                              compiler=config.compiler, batching=config.batching,
                              limits=config.limits, handler_file=config.handler,
-                             output_dir=output_dir).archive
+                             output_dir=output_dir, max_artifacts=config.max_artifacts).archive
 
     def load_profile(self, model: TorchModel) -> LoadProfile:
         from servegate._resources import loadtests_dir

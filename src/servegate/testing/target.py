@@ -93,7 +93,8 @@ class ScriptedTarget:
         return f"curl {url}"
 
     def check_parity(self, backend: ServingBackend, name: str, version: str, model: Any,
-                     champion: str | None, limits: RequestLimits | None = None) -> ParityResult:
+                     champion: str | None, limits: RequestLimits | None = None, *,
+                     rows: int = 32) -> ParityResult:
         if self.before_parity is not None:
             self.before_parity(version)
         backend.predict(name, {"instances": [[0.0]]}, version)  # it must be served
