@@ -42,6 +42,16 @@ def routed_candidates(primary: CompiledArtifact, candidates: list[Candidate]) ->
     return sorted((c for c in candidates if c.owns), key=lambda c: c.artifact is not primary)
 
 
+def first_call_compile_s(primary: CompiledArtifact, candidates: list[Candidate]) -> float | None:
+    """What the first call of a shipped Inductor artifact took at build (its compile: ``auto``
+    times it beyond the artifact's own compile_seconds), the largest over the shipped artifacts;
+    None where none was measured (one named compiler)."""
+    shipped = [c for c in candidates if c.artifact is primary or c.owns]
+    measured = [c.compile_seconds - c.artifact.compile_seconds for c in shipped
+                if c.artifact is not None and c.artifact.format == "inductor"]
+    return max(measured) if measured else None
+
+
 def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
                   batching: BatchingConfig, output_dir: Path, limits: RequestLimits | None = None,
                   handler_file: Path | None = None, cache: CompileCache | None = None,
@@ -63,7 +73,8 @@ def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
         routed = routed_candidates(artifact, candidates)
         contents = contents_for(model, artifact, name=name, version=version, batching=batching,
                                 limits=limits, max_batch=max_batch, handler_file=handler_file,
-                                routes=[(c.artifact, c.owns) for c in routed])
+                                routes=[(c.artifact, c.owns) for c in routed],
+                                compile_s_per_shape=first_call_compile_s(artifact, candidates))
         archive = build_mar(contents, output_dir)
     return BuiltArchive(archive, artifact, candidates, contents.model_config)
 

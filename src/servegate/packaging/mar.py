@@ -66,11 +66,19 @@ class MarContents:
     #: Files shipped under another name (archive name -> file): a routed archive's other
     #: artifacts, whose own names may repeat (``model.aoti.pt2`` of aoti and aoti-bf16).
     renamed_files: Mapping[str, Path] = field(default_factory=dict)
+    #: Seconds one shape took to compile at build, where the artifact compiles in the worker
+    #: (``startup.worker_startup_timeout``); None: not measured.
+    compile_s_per_shape: float | None = None
 
     @cached_property
     def model_config(self) -> dict[str, Any]:
-        """The archive's ``model-config.yaml`` (batching and workers for the artifact's device)."""
-        return self.batching.model_config_yaml(device=self.spec.device)
+        """The archive's ``model-config.yaml`` (batching and workers for the artifact's device;
+        a start-up timeout that leaves a compiling worker time to compile)."""
+        from servegate.packaging.startup import worker_startup_timeout
+
+        return self.batching.model_config_yaml(device=self.spec.device) | {
+            "startupTimeout": worker_startup_timeout(self.spec, self.batching.startup_timeout_s,
+                                                     self.compile_s_per_shape)}
 
 
 @contextmanager
@@ -175,7 +183,8 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
                  batching: BatchingConfig, limits: RequestLimits | None = None,
                  warmup_rows: int = 2, max_batch: int | None = None,
                  handler_file: Path | None = None,
-                 routes: Sequence[tuple[CompiledArtifact, Sequence[Shape]]] = ()) -> MarContents:
+                 routes: Sequence[tuple[CompiledArtifact, Sequence[Shape]]] = (),
+                 compile_s_per_shape: float | None = None) -> MarContents:
     """The archive contents of a compiled ``TorchModel``: spec (inputs, outputs, task, the batch
     the artifact accepts), labels and a real warm-up sample (held-out rows; sentences for a text
     model, whose tokenizer file ships as an extra file). ``handler_file``: a user's own handler,
@@ -238,4 +247,5 @@ def contents_for(model: TorchModel, artifact: CompiledArtifact, *, name: str, ve
         labels=model.labels if model.task in CLASS_TASKS else None,
         warmup={"instances": model.request_rows(model.example_batch(warmup_rows))},
         extra_files=extra_files, handler_file=handler_file, renamed_files=renamed,
+        compile_s_per_shape=compile_s_per_shape,
     )
