@@ -53,9 +53,9 @@ def tune_served(backend: Any, family: str, archive: Any, *, max_points: int, sec
                           max_points=max_points, seconds=seconds, cores=cores,
                           say=lambda line: say(f"tuning {family}: {line}"[:150]))
     spent = time.monotonic() - started
-    if result.winner is None:
-        return Tuning(family, None, "no point met the SLO", result.measurements,
-                      result.grid_measurements, spent)
+    if result.winner is None:  # none met the SLO, or none beat the default when confirmed
+        return Tuning(family, None, "; ".join(result.notes) or "no point met the SLO",
+                      result.measurements, result.grid_measurements, spent)
     point = result.winner.point
     batching = BatchingConfig(batch_size=point.batch_size,
                               max_batch_delay_ms=point.max_batch_delay_ms,

@@ -116,7 +116,10 @@ def tune(run: Run, registry: Registry, built: Built, sha256: str, version: str,
         write_files(result, folder)
         tracking.log_tuning(params, metrics, folder)
         if result.winner is None or result.winner.best is None:
-            run.say("[yellow]tune: no configuration met the SLO; the archive keeps its batching[/]")
+            from rich.markup import escape
+
+            why = "; ".join(result.notes) or "no configuration met the SLO"
+            run.say(f"[yellow]tune: {escape(why)}; the archive keeps its batching[/]")
             return built, sha256
         point, best = result.winner.point, result.winner.best
         run.say(f"tune: batch_size={point.batch_size} max_batch_delay_ms={point.max_batch_delay_ms} "

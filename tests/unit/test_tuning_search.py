@@ -3,6 +3,7 @@ which points it measures, which it prunes and why, when it stops, and which one 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -244,3 +245,49 @@ def test_a_server_that_went_away_stops_the_search_instead_of_failing_every_point
     with pytest.raises(ServerNotRunning):
         run(model, 200.0)
     assert len(model.history) == 1
+
+
+@dataclass
+class Recorded(CostModel):
+    """The cost model, recording the order of its measurements."""
+
+    order: list[Point] = field(default_factory=list)
+
+    def figures(self, point: Point, users: int) -> Measurement:
+        self.order.append(point)
+        return super().figures(point, users)
+
+
+def test_a_lucky_winner_does_not_replace_the_current_configuration() -> None:
+    model = Recorded(**MIDDLE)
+    honest = run(model, 200.0)
+    assert honest.winner is not None and honest.winner.best is not None
+    incumbent = honest.winner.point  # the archive already has the best configuration
+    # another point, measured once in a lucky moment (a neighbour went quiet): 1.6x its truth
+    lucky = next(o for o in honest.measured if o.point != incumbent and o.best)
+    assert lucky.best is not None
+    reading = dataclasses.replace(lucky.best, rps=lucky.best.rps * 1.6,
+                                  p95_ms=lucky.best.p95_ms * 0.7)
+    fooled = dataclasses.replace(honest, winner=search_module.Outcome(
+        lucky.point, "frontier", "", (reading,), reading))
+    model.order.clear()
+    confirmed = search_module.confirm_winner(fooled, incumbent, model)
+    assert confirmed.winner is None and confirmed.confirmation is not None
+    assert not confirmed.confirmation.kept
+    assert any(f"keep the current configuration {incumbent.label}" in n for n in confirmed.notes)
+    # alternating rounds, each in the other order, at the lucky reading's load level
+    assert model.order == [lucky.point, incumbent, incumbent, lucky.point, lucky.point, incumbent]
+    assert {m.users for m in confirmed.confirmation.winner} == {reading.users}
+    assert model.open_points == 0
+
+
+def test_a_better_winner_is_kept_after_the_alternating_rounds() -> None:
+    model = CostModel(**MIDDLE)
+    result = run(model, 200.0)
+    assert result.winner is not None
+    worse = Point(1, 1, 1)  # the archive's configuration: no batching at all
+    confirmed = search_module.confirm_winner(result, worse, model)
+    assert confirmed.winner == result.winner
+    assert confirmed.confirmation is not None and confirmed.confirmation.kept
+    assert len(confirmed.confirmation.winner) == len(confirmed.confirmation.current) == 3
+    assert search_module.confirm_winner(result, result.winner.point, model) is result  # nothing to do

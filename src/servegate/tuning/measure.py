@@ -34,7 +34,16 @@ from servegate.config import LoadSettings
 from servegate.errors import ConfigError, ModelNotFound, PackagingError, ServerError
 from servegate.naming import archive_file_name, validate_name, validate_version
 from servegate.tuning.costs import median_ms
-from servegate.tuning.search import SLO, Costs, Measurement, Point, Space, TuneResult, search
+from servegate.tuning.search import (
+    SLO,
+    Costs,
+    Measurement,
+    Point,
+    Space,
+    TuneResult,
+    confirm_winner,
+    search,
+)
 
 #: Scratch versions are numbered from here (registry versions stay far below).
 SCRATCH_FIRST = 900_001
@@ -296,4 +305,19 @@ def tune_archive(backend: Any, name: str, archive: Path, served_version: str | N
     say(f"costs: handler {costs.handler_ms_batch1:.2f} ms at batch 1, {costs.handler_ms_largest:.2f} "
         f"ms at batch {costs.largest_batch} (one thread); frontend {costs.frontend_ms:.2f} ms per "
         f"request; {cores} cores")
-    return search(space, costs, slo, bench, max_points=max_points, say=say)
+    result = search(space, costs, slo, bench, max_points=max_points, say=say)
+    return confirm_winner(result, incumbent_point(archive), bench, say=say)
+
+
+def incumbent_point(archive: Path) -> Point:
+    """The configuration ``archive`` already has: its model-config's batch size, delay (0 is
+    TorchServe's 100 ms) and workers, and its spec's threads per worker."""
+    config = archive_batching(archive)
+    delay = int(config.get("maxBatchDelay", 100)) or 100
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            spec = json.loads(zf.read(SPEC_FILE)) if SPEC_FILE in zf.namelist() else {}
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise PackagingError(f"cannot read {archive.name}'s {SPEC_FILE}: {exc}") from exc
+    return Point(int(config.get("batchSize", 1)), delay, int(config.get("minWorkers", 1)),
+                 int(spec.get("intra_op_threads") or 0))

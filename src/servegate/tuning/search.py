@@ -191,6 +191,8 @@ class TuneResult:
     grid_measurements: int
     measurements: int
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: The winner against the archive's own configuration (``confirm_winner``); None: not run.
+    confirmation: Confirmation | None = None
 
     @property
     def measured(self) -> list[Outcome]:
@@ -213,6 +215,8 @@ class TuneResult:
                            "winner": asdict(self.winner.point) if self.winner else None,
                            "grid_measurements": self.grid_measurements,
                            "measurements": self.measurements, "notes": list(self.notes),
+                           "confirmation": (self.confirmation.as_dict()
+                                            if self.confirmation else None),
                            "points": [asdict(o) for o in self.outcomes]}, indent=1)
 
 
@@ -425,3 +429,67 @@ def _result(grid: list[Point], measured: dict[Point, Outcome], pruned: dict[Poin
     return TuneResult(tuple(outcomes), winner, slo, costs,
                       grid_measurements=len(grid) * len(space.users),
                       measurements=sum(len(o.levels) for o in measured.values()), notes=notes)
+
+
+#: Alternating rounds in which the search's winner meets the archive's own configuration.
+CONFIRM_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The winner against the configuration the archive already has, loaded in alternating
+    rounds at the winner's best load level (as the load gate alternates champion and
+    challenger, so a busy neighbour slows both alike)."""
+
+    incumbent: Point
+    users: int
+    winner: tuple[Measurement, ...]
+    current: tuple[Measurement, ...]
+    kept: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _median(values: Iterable[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def confirm_winner(result: TuneResult, incumbent: Point, bench: Bench, *,
+                   rounds: int = CONFIRM_ROUNDS, gain: float = GAIN,
+                   say: Callable[[str], None] = lambda _: None) -> TuneResult:
+    """``result`` with its winner checked against ``incumbent`` (the archive's configuration):
+    kept only when, over ``rounds`` alternating rounds, its median throughput beats the
+    incumbent's by ``gain`` at a median p95 no higher and within the SLO. Otherwise there is no
+    winner and a note says to keep the current configuration: one lucky measurement of a search
+    never replaces what is deployed."""
+    winner = result.winner
+    if winner is None or winner.best is None or winner.point == incumbent or rounds < 1:
+        return result
+    users = winner.best.users
+    say(f"confirming {winner.point.label} against the current {incumbent.label} "
+        f"({rounds} alternating rounds at {users} users)")
+    ours: list[Measurement] = []
+    theirs: list[Measurement] = []
+    with bench.applied(winner.point) as measure_winner, bench.applied(incumbent) as measure_current:
+        pair = [(measure_winner, ours), (measure_current, theirs)]
+        for round_ in range(rounds):  # each round in the other order
+            for measure, into in (pair if round_ % 2 == 0 else pair[::-1]):
+                into.append(measure(users))
+    rps, current_rps = _median(m.rps for m in ours), _median(m.rps for m in theirs)
+    p95, current_p95 = _median(m.p95_ms for m in ours), _median(m.p95_ms for m in theirs)
+    within = all(result.slo.met(m) for m in ours)
+    kept = within and rps >= current_rps * (1 + gain) and p95 <= current_p95
+    reason = (f"{winner.point.label}: {rps:.1f} vs {current_rps:.1f} req/s, p95 {p95:.1f} vs "
+              f"{current_p95:.1f} ms (medians of {rounds} alternating rounds at {users} users)")
+    confirmation = Confirmation(incumbent, users, tuple(ours), tuple(theirs), kept, reason)
+    if kept:
+        return replace(result, confirmation=confirmation)
+    why = ("not within the SLO in every round" if not within else
+           f"not {gain:.0%} more throughput at no higher p95")
+    return replace(result, winner=None, confirmation=confirmation, notes=(*result.notes, (
+        f"keep the current configuration {incumbent.label}: the search's best, {reason}, is "
+        f"{why}")))
