@@ -94,7 +94,7 @@ def render_config(settings: TorchServeSettings, ports: dict[str, int], model_sto
     return template.substitute(
         host=settings.host,
         scheme=settings.scheme,
-        trust_vmargs=trust_vmargs(settings, model_store.parent),
+        trust_vmargs=trust_vmargs(settings, Path(model_store).parent),
         inference_port=ports["inference"],
         management_port=ports["management"],
         metrics_port=ports["metrics"],
