@@ -40,6 +40,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                 client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
+        try:  # its layers are the store image's plus one archive: nothing to keep
+            client.images.remove(BAKED_TAG)
+        except docker.errors.ImageNotFound:
+            pass
 
 
 def servegate(*args: str, env: dict[str, str], timeout: int = 900) -> str:
