@@ -691,6 +691,8 @@ def image_build(
     """Build servegate's TorchServe image: this environment's package versions (a wheelhouse),
     our logging and metrics configuration, token auth and allowed_urls, archives baked in or a
     model store mounted at run (docs/fleet.md)."""
+    from rich.markup import escape
+
     from servegate.image import service
 
     with console.status("building") as status:
@@ -698,7 +700,7 @@ def image_build(
                               allowed_url_prefixes=allowed_url_prefix or (),
                               token_expiration_min=token_expiration_min, gpus=gpus,
                               index_url=index_url, extra_index_urls=extra_index_url or (),
-                              progress=lambda line: status.update(line[:100]))
+                              progress=lambda line: status.update(escape(line[:100])))
     out.print(f"{built.tag}: {built.id[:19]} {built.size_bytes / 1e6:.0f} MB, "
               f"built in {built.seconds:.0f} s")
 
