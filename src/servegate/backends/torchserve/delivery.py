@@ -27,7 +27,6 @@ from servegate.naming import archive_file_name
 from servegate.redact import redact_url
 from servegate.tls import client_context
 
-
 #: An archive placed in a model store: the server reads it as whichever user it runs as.
 ARCHIVE_MODE = 0o644
 
