@@ -47,12 +47,14 @@ def runtime_requirements() -> list[str]:
 def environment_constraints() -> list[str]:
     """Every distribution installed here at its version, except those installed from a
     directory or URL (an editable servegate): the image's dependencies resolve to the same."""
+    found = [(dist.metadata["Name"], dist) for dist in metadata.distributions()]
+    # an editable install can be seen twice: its dist-info (with direct_url.json) and the
+    # egg-info setuptools left in the source tree (without)
+    local = {name.lower() for name, dist in found if name and dist.read_text("direct_url.json")}
     pins: dict[str, str] = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if not name or dist.read_text("direct_url.json"):
-            continue
-        pins.setdefault(name.lower(), f"{name}=={dist.version}")
+    for name, dist in found:
+        if name and name.lower() not in local:
+            pins.setdefault(name.lower(), f"{name}=={dist.version}")
     return sorted(pins.values())
 
 
