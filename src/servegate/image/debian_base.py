@@ -46,9 +46,15 @@ def make_debian_base(client: Any, tag: str = DEFAULT_TAG, *, mirror: str = MIRRO
             repository, version = tag, "latest"
         with open(archive, "rb") as stream:
             answer = client.api.import_image_from_data(stream, repository=repository, tag=version)
-    image = client.images.get(tag)
-    if not image:
+    # podman's Docker API names an import REPOSITORY:latest whatever tag it is given
+    for name in (f"{repository}:{version}", f"{repository}:latest"):
+        if has_image(client, name):
+            image = client.images.get(name)
+            break
+    else:
         raise PackagingError(f"the engine did not import the base {tag}: {answer}")
+    if not has_image(client, f"{repository}:{version}"):
+        image.tag(repository, version)
     return str(image.id)
 
 
