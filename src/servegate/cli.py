@@ -638,9 +638,9 @@ def tune_command(
                   f"{m.users} users, p95 {m.p95_ms:.1f} ms, p99 {m.p99_ms:.1f} ms")
         out.print(f"deploy with it: mlflow run pipelines/deploy {run_parameters(result)}",
                   soft_wrap=True)
-        if p.threads:
-            out.print(f"  threads per worker are not a pipeline parameter yet: {p.threads} (the "
-                      "archive's servegate.json intra_op_threads)", soft_wrap=True)
+    if result.confirmation is not None and result.confirmation.kept:
+        out.print(f"confirmed against the current {result.confirmation.incumbent.label}: "
+                  f"{result.confirmation.reason}", soft_wrap=True)
     out.print(f"MLflow run: {tuned.run_id} (frontier plot: tune/{tuned.plot})")
 
 

@@ -285,9 +285,47 @@ def test_a_better_winner_is_kept_after_the_alternating_rounds() -> None:
     model = CostModel(**MIDDLE)
     result = run(model, 200.0)
     assert result.winner is not None
-    worse = Point(1, 1, 1)  # the archive's configuration: no batching at all
+    worse = Point(8, 20, 1)  # the archive's configuration: one worker, a long delay
     confirmed = search_module.confirm_winner(result, worse, model)
     assert confirmed.winner == result.winner
     assert confirmed.confirmation is not None and confirmed.confirmation.kept
     assert len(confirmed.confirmation.winner) == len(confirmed.confirmation.current) == 3
+    assert confirmed.confirmation.low_users == min(SPACE.users)
+    assert len(confirmed.confirmation.winner_low) == len(confirmed.confirmation.current_low) == 3
     assert search_module.confirm_winner(result, result.winner.point, model) is result  # nothing to do
+
+
+def test_a_winner_that_waits_its_delay_at_low_load_does_not_replace_a_quicker_configuration() -> None:
+    model = Recorded(**MIDDLE)
+    result = run(model, 200.0)
+    assert result.winner is not None and result.winner.best is not None
+    winner, users = result.winner.point, result.winner.best.users
+    low = min(SPACE.users)
+    quick = Point(8, 1, 2)  # less throughput at full load, no wait for a batch at low load
+    assert model.figures(winner, users).rps > 1.5 * model.figures(quick, users).rps
+    assert model.figures(winner, low).p95_ms > 1.2 * model.figures(quick, low).p95_ms
+    model.order.clear()
+    confirmed = search_module.confirm_winner(result, quick, model, low_users=low)
+    assert confirmed.winner is None and confirmed.confirmation is not None
+    assert not confirmed.confirmation.kept and confirmed.confirmation.low_users == low
+    assert {m.users for m in confirmed.confirmation.winner_low} == {low}
+    assert any(f"slower at {low} users" in n for n in confirmed.notes), confirmed.notes
+    # each round measures both levels of one configuration, then the other's, order alternating
+    assert model.order == [winner, winner, quick, quick, quick, quick, winner, winner,
+                           winner, winner, quick, quick]
+    assert model.open_points == 0
+
+
+def test_the_confirmation_reaches_the_logged_params_and_metrics() -> None:
+    from servegate.tuning.report import mlflow_figures
+
+    model = CostModel(**MIDDLE)
+    result = run(model, 200.0)
+    confirmed = search_module.confirm_winner(result, Point(8, 20, 1), model, low_users=2)
+    params, metrics = mlflow_figures(confirmed)
+    assert params["tune.confirmed"] is True and params["tune.incumbent"] == "b8-d20ms-w1"
+    winner_rps = sorted(m.rps for m in confirmed.confirmation.winner)[1]
+    assert metrics["confirm.winner.rps"] == pytest.approx(winner_rps)
+    assert metrics["confirm.winner.low_load_p95_ms"] < metrics["confirm.current.low_load_p95_ms"]
+    assert metrics["confirm.current.rps"] < metrics["confirm.winner.rps"]
+    assert "tune.confirmed" not in mlflow_figures(result)[0]  # nothing confirmed: nothing said

@@ -306,7 +306,8 @@ def tune_archive(backend: Any, name: str, archive: Path, served_version: str | N
         f"ms at batch {costs.largest_batch} (one thread); frontend {costs.frontend_ms:.2f} ms per "
         f"request; {cores} cores")
     result = search(space, costs, slo, bench, max_points=max_points, say=say)
-    return confirm_winner(result, incumbent_point(archive), bench, say=say)
+    return confirm_winner(result, incumbent_point(archive), bench, low_users=min(space.users),
+                          say=say)
 
 
 def incumbent_point(archive: Path) -> Point:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from rich.table import Table
@@ -89,6 +90,16 @@ def mlflow_figures(result: TuneResult) -> tuple[dict[str, Any], dict[str, float]
     if result.winner is not None and result.winner.best is not None:
         metrics |= {"winner.rps": result.winner.best.rps, "winner.p95_ms": result.winner.best.p95_ms,
                     "winner.p99_ms": result.winner.best.p99_ms}
+    confirmation = result.confirmation
+    if confirmation is not None:
+        params |= {"tune.confirmed": confirmation.kept,
+                   "tune.incumbent": confirmation.incumbent.label}
+        for side, high, low in (("winner", confirmation.winner, confirmation.winner_low),
+                                ("current", confirmation.current, confirmation.current_low)):
+            metrics |= {f"confirm.{side}.rps": median(m.rps for m in high),
+                        f"confirm.{side}.p95_ms": median(m.p95_ms for m in high)}
+            if low:
+                metrics[f"confirm.{side}.low_load_p95_ms"] = median(m.p95_ms for m in low)
     return params, metrics
 
 

@@ -19,6 +19,9 @@ worker x load levels:
    walked upwards too, stopped when the SLO breaks or throughput stops growing.
 4. **The frontier.** Measured points that another measured point beats on both throughput and
    p95 are dominated; the winner is the highest throughput within the SLO.
+5. **Confirmation** (``confirm_winner``). The winner meets the archive's own configuration in
+   alternating rounds, at its best load level and at the lowest one; it replaces it only with
+   more throughput there and no worse p95 at either.
 """
 
 from __future__ import annotations
@@ -433,13 +436,18 @@ def _result(grid: list[Point], measured: dict[Point, Outcome], pruned: dict[Poin
 
 #: Alternating rounds in which the search's winner meets the archive's own configuration.
 CONFIRM_ROUNDS = 3
+#: At the lowest load level the winner's median p95 may exceed the current one's by this share
+#: at most (two equal configurations differ about this much between rounds on a shared box).
+LOW_LOAD_P95_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
 class Confirmation:
     """The winner against the configuration the archive already has, loaded in alternating
-    rounds at the winner's best load level (as the load gate alternates champion and
-    challenger, so a busy neighbour slows both alike)."""
+    rounds (as the load gate alternates champion and challenger, so a busy neighbour slows both
+    alike) at two levels: the winner's best load level (``users``), where it must serve more,
+    and the lowest level of the search (``low_users``), where its batch delay must not cost
+    latency (TorchServe's batcher waits the whole delay for a batch that does not fill)."""
 
     incumbent: Point
     users: int
@@ -447,6 +455,10 @@ class Confirmation:
     current: tuple[Measurement, ...]
     kept: bool
     reason: str
+    #: The low level (None: the winner's best level is already the lowest) and its rounds.
+    low_users: int | None = None
+    winner_low: tuple[Measurement, ...] = ()
+    current_low: tuple[Measurement, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -460,36 +472,57 @@ def _median(values: Iterable[float]) -> float:
 
 def confirm_winner(result: TuneResult, incumbent: Point, bench: Bench, *,
                    rounds: int = CONFIRM_ROUNDS, gain: float = GAIN,
+                   low_users: int | None = None,
                    say: Callable[[str], None] = lambda _: None) -> TuneResult:
-    """``result`` with its winner checked against ``incumbent`` (the archive's configuration):
-    kept only when, over ``rounds`` alternating rounds, its median throughput beats the
-    incumbent's by ``gain`` at a median p95 no higher and within the SLO. Otherwise there is no
-    winner and a note says to keep the current configuration: one lucky measurement of a search
-    never replaces what is deployed."""
+    """``result`` with its winner checked against ``incumbent`` (the archive's configuration)
+    over ``rounds`` alternating rounds: kept only when, at the winner's best load level, its
+    median throughput beats the incumbent's by ``gain`` at a median p95 no higher and within
+    the SLO every round, and at ``low_users`` (default: the lowest level the winner was measured
+    at) its median p95 is at most ``LOW_LOAD_P95_TOLERANCE`` over the incumbent's. Otherwise
+    there is no winner and a note says to keep the current configuration: one lucky measurement
+    of a search never replaces what is deployed, and a delay that pays at full load is not
+    bought with latency at low load."""
     winner = result.winner
     if winner is None or winner.best is None or winner.point == incumbent or rounds < 1:
         return result
     users = winner.best.users
+    low = low_users if low_users is not None else min(m.users for m in winner.levels or (winner.best,))
+    levels = [users] if low >= users else [users, low]
     say(f"confirming {winner.point.label} against the current {incumbent.label} "
-        f"({rounds} alternating rounds at {users} users)")
-    ours: list[Measurement] = []
-    theirs: list[Measurement] = []
+        f"({rounds} alternating rounds at {' and '.join(map(str, levels))} users)")
+    ours: dict[int, list[Measurement]] = {n: [] for n in levels}
+    theirs: dict[int, list[Measurement]] = {n: [] for n in levels}
     with bench.applied(winner.point) as measure_winner, bench.applied(incumbent) as measure_current:
         pair = [(measure_winner, ours), (measure_current, theirs)]
         for round_ in range(rounds):  # each round in the other order
             for measure, into in (pair if round_ % 2 == 0 else pair[::-1]):
-                into.append(measure(users))
-    rps, current_rps = _median(m.rps for m in ours), _median(m.rps for m in theirs)
-    p95, current_p95 = _median(m.p95_ms for m in ours), _median(m.p95_ms for m in theirs)
-    within = all(result.slo.met(m) for m in ours)
-    kept = within and rps >= current_rps * (1 + gain) and p95 <= current_p95
+                for n in levels:
+                    into[n].append(measure(n))
+    rps, current_rps = _median(m.rps for m in ours[users]), _median(m.rps for m in theirs[users])
+    p95 = _median(m.p95_ms for m in ours[users])
+    current_p95 = _median(m.p95_ms for m in theirs[users])
+    within = all(result.slo.met(m) for n in levels for m in ours[n])
+    faster = rps >= current_rps * (1 + gain) and p95 <= current_p95
     reason = (f"{winner.point.label}: {rps:.1f} vs {current_rps:.1f} req/s, p95 {p95:.1f} vs "
-              f"{current_p95:.1f} ms (medians of {rounds} alternating rounds at {users} users)")
-    confirmation = Confirmation(incumbent, users, tuple(ours), tuple(theirs), kept, reason)
+              f"{current_p95:.1f} ms at {users} users")
+    quick_at_low = True
+    if len(levels) > 1:
+        low_p95 = _median(m.p95_ms for m in ours[low])
+        current_low_p95 = _median(m.p95_ms for m in theirs[low])
+        quick_at_low = low_p95 <= current_low_p95 * (1 + LOW_LOAD_P95_TOLERANCE)
+        reason += f", p95 {low_p95:.1f} vs {current_low_p95:.1f} ms at {low} users"
+    reason += f" (medians of {rounds} alternating rounds)"
+    kept = within and faster and quick_at_low
+    confirmation = Confirmation(
+        incumbent, users, tuple(ours[users]), tuple(theirs[users]), kept, reason,
+        low_users=low if len(levels) > 1 else None,
+        winner_low=tuple(ours[low]) if len(levels) > 1 else (),
+        current_low=tuple(theirs[low]) if len(levels) > 1 else ())
     if kept:
         return replace(result, confirmation=confirmation)
     why = ("not within the SLO in every round" if not within else
-           f"not {gain:.0%} more throughput at no higher p95")
+           f"not {gain:.0%} more throughput at no higher p95" if not faster else
+           f"slower at {low} users (its batch delay is waited when batches do not fill)")
     return replace(result, winner=None, confirmation=confirmation, notes=(*result.notes, (
         f"keep the current configuration {incumbent.label}: the search's best, {reason}, is "
         f"{why}")))
