@@ -29,7 +29,7 @@ from servegate.pipeline import PipelineResult
 
 if TYPE_CHECKING:
     from servegate.tuning.report import Tuned
-    from servegate.tuning.search import Space
+    from servegate.tuning.search import Space, TuneResult
 
 
 def open_backend(config: PipelineConfig) -> tuple[Any, ServerError | None]:
@@ -102,21 +102,22 @@ def reconcile(name: str, *, target: str = "torchserve", server: str | None = Non
 def tune(name: str, *, version: str | None = None, config: PipelineConfig | None = None,
          space: Space | None = None, max_points: int = 12, seconds: float = 5.0,
          cores: int | None = None, console: Console | None = None) -> Tuned:
-    """Search TorchServe's batch size, batch delay and workers for ``name`` (``version``, else
-    the server's default) for the highest throughput within ``config.slos`` (p95, p99, error
-    rate), measuring scratch versions with Locust on the live server (``servegate.gates.tune_*``);
-    the frontier is logged to an MLflow run (params, metrics, a plot). Returns a
-    ``tuning.report.Tuned``. ``space``: the values searched (default: batch sizes 1-32, delays
-    1-20 ms, workers 1..cores (at most 4), 4-32 users); ``cores``: the server's (default: this
-    host's). Scratch versions an interrupted tune left behind are removed first."""
+    """Search the batching of ``name`` (``version``, else the server's default) for the highest
+    throughput within ``config.slos`` (p95, p99, error rate), measuring scratch versions with
+    Locust on the live server: TorchServe's batch size, batch delay, workers and threads per
+    worker, or TF Serving's ``max_batch_size``, ``batch_timeout_micros`` and
+    ``num_batch_threads`` (``config.target``). The frontier is logged to an MLflow run (params,
+    metrics, a plot). Returns a ``tuning.report.Tuned``. ``space``: the values searched (default:
+    batch sizes 1-32, delays 1-20 ms, workers 1..cores (at most 4), 4-32 users); ``cores``: the
+    server's (default: this host's). Scratch versions an interrupted tune left behind are
+    removed first."""
     import os
     import tempfile
 
     from servegate import tracking
     from servegate.interrupts import signals_as_errors
     from servegate.locks import model_lock
-    from servegate.naming import archive_file_name, validate_name, validate_version
-    from servegate.tuning.measure import tune_archive
+    from servegate.naming import validate_name, validate_version
     from servegate.tuning.report import Tuned, mlflow_figures, write_files
     from servegate.tuning.search import SLO, Space
 
@@ -124,9 +125,6 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
     if version is not None:
         validate_version(version)
     config = config or PipelineConfig(name=name)
-    if config.target != "torchserve":
-        raise ConfigError(f"tune searches TorchServe's batching; {config.target}'s batching "
-                          "parameters are not searched yet")
     cores = cores or os.cpu_count() or 1
     space = space or Space(workers=tuple(range(1, min(cores, 4) + 1)), users=(4, 8, 16, 32))
     slo = SLO(config.slos.p95_ms, config.slos.p99_ms, config.slos.max_error_rate)
@@ -135,25 +133,18 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
         tracking.use_experiment(experiment_name())
     backend, unreachable = open_backend(config)
     if backend is None:
-        raise unreachable or ServegateError("no TorchServe")
+        raise unreachable or ServegateError(f"no {config.target} server")
     try:
         with model_lock(name), signals_as_errors():
-            if not hasattr(backend, "delivery") or not hasattr(backend, "client"):
-                raise ConfigError("tune runs against one TorchServe, not a fleet: tune on one "
-                                  "replica (its settings then go to every replica)")
             version = version or backend.default_version(name)
             if version is None:
                 raise ConfigError(f"{name} is not served: deploy it first")
-            store = getattr(backend.delivery, "model_store", None)
-            archive = Path(store) / archive_file_name(name, version) if store else None
-            if archive is None or not archive.is_file():
-                raise ConfigError(f"{name} v{version}'s archive is not in the server's model store "
-                                  f"({store}): tune needs it to make scratch versions")
-            say(f"tune {name} v{version}: timing the handler in process and the frontend")
+            search_on = _tfserving_search if config.target == "tfserving" else _torchserve_search
+            say(f"tune {name} v{version}: timing the model in process and the frontend")
             with tracking.step(f"tune-{name}", nested=inside_mlflow_run()) as run_id:
-                result = tune_archive(backend, name, archive, version, space=space, slo=slo,
-                                      max_points=max_points, seconds=seconds, cores=cores,
-                                      processes=config.load.processes, say=say)
+                result = search_on(backend, name, version, space=space, slo=slo,
+                                   max_points=max_points, seconds=seconds, cores=cores,
+                                   processes=config.load.processes, say=say)
                 params, metrics = mlflow_figures(result)
                 with tempfile.TemporaryDirectory(prefix="servegate-tune-") as tmp:
                     plot = write_files(result, Path(tmp))
@@ -162,6 +153,37 @@ def tune(name: str, *, version: str | None = None, config: PipelineConfig | None
                 return Tuned(result, name, version, run_id, plot.name)
     finally:
         backend.close()
+
+
+def _torchserve_search(backend: Any, name: str, version: str, **search: Any) -> TuneResult:
+    """``tune`` on TorchServe: scratch versions of the version's archive in the model store."""
+    from servegate.naming import archive_file_name
+    from servegate.tuning.measure import tune_archive
+
+    if not hasattr(backend, "delivery") or not hasattr(backend, "client"):
+        raise ConfigError("tune runs against one TorchServe, not a fleet: tune on one "
+                          "replica (its settings then go to every replica)")
+    store = getattr(backend.delivery, "model_store", None)
+    archive = Path(store) / archive_file_name(name, version) if store else None
+    if archive is None or not archive.is_file():
+        raise ConfigError(f"{name} v{version}'s archive is not in the server's model store "
+                          f"({store}): tune needs it to make scratch versions")
+    return tune_archive(backend, name, archive, version, **search)
+
+
+def _tfserving_search(backend: Any, name: str, version: str, **search: Any) -> TuneResult:
+    """``tune`` on TF Serving: scratch versions copied from the version's SavedModel directory."""
+    from servegate.tuning.tfserving import tune_savedmodel
+
+    root = getattr(backend, "model_root", None)
+    if root is None:
+        raise ConfigError("tune copies scratch versions from TF Serving's model root; a root "
+                          "on a remote filesystem is not supported: tune on a server whose "
+                          "model root is a directory here")
+    version_dir = Path(root) / name / version
+    if not (version_dir / "saved_model.pb").is_file():
+        raise ConfigError(f"{name} v{version} is not a SavedModel under {root}")
+    return tune_savedmodel(backend, name, version_dir, version, **search)
 
 
 def package(model: str, *, name: str, version: str, output_dir: Path, compiler: str = "eager",

@@ -599,25 +599,27 @@ def tune_command(
     cores: Annotated[int | None, typer.Option(help="The server's cores (default: this host's).")] = None,
     all_points: Annotated[bool, typer.Option("--all", help="List pruned and unreached points too.")] = False,
     server: Annotated[str, typer.Option(help="auto | attach | local (empty: $SERVEGATE_SERVER, else auto).")] = "",
+    target: TargetOption = "torchserve",
     workdir: WorkdirOption = None,
 ) -> None:
-    """Search NAME's batch size, batch delay and workers on the live TorchServe for the highest
-    throughput within the p95/p99 SLO (scratch versions beside the champion, loaded with
-    Locust as the load gate loads); print the frontier and the winner as pipeline parameters."""
+    """Search NAME's batch size, batch delay and workers (TF Serving: max_batch_size,
+    batch_timeout_micros and num_batch_threads) on the live server for the highest throughput
+    within the p95/p99 SLO (scratch versions beside the champion, loaded with Locust as the
+    load gate loads); print the frontier and the winner as pipeline parameters."""
     import os
 
     from pydantic import ValidationError
 
     from servegate import api
-    from servegate.config import PipelineConfig, SLOs, server_mode
+    from servegate.config import SLOs
     from servegate.tuning.report import points_table, run_parameters
     from servegate.tuning.search import Space
 
     _valid(name, version)
     try:
         slos = SLOs(**{k: v for k, v in (("p95_ms", p95_ms), ("p99_ms", p99_ms)) if v is not None})
-        config = PipelineConfig(name=name, server=server_mode(server or None), slos=slos,
-                                torchserve=_settings(workdir))
+        _, where = _target_config(target, workdir, server)
+        config = where.model_copy(update={"name": name, "slos": slos})
     except ValidationError as exc:
         raise errors.ConfigError(f"invalid tune settings: {_validation_message(exc)}") from exc
     host_cores = cores or os.cpu_count() or 1

@@ -300,6 +300,8 @@ class TFServingSettings(_Settings):
 #: ``auto``: attach when a server is configured, else start a local one; ``attach``: a configured
 #: server or a clear error (never a throwaway server); ``local``: always the local server.
 ServerMode = Literal["auto", "attach", "local"]
+#: The targets whose batching ``servegate tune`` (and ``tune=true``) searches.
+TUNED_TARGETS = ("torchserve", "tfserving")
 SERVER_MODE_ENV = "SERVEGATE_SERVER"
 
 
@@ -668,10 +670,10 @@ class PipelineConfig(SourceSettings):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
-    def _tune_is_torchserves(self) -> PipelineConfig:
-        if self.tune and self.target != "torchserve":
-            raise ValueError(f"tune searches TorchServe's batching; {self.target}'s is not searched "
-                             "yet (drop tune=true)")
+    def _tune_has_a_search(self) -> PipelineConfig:
+        if self.tune and self.target not in TUNED_TARGETS:
+            raise ValueError(f"tune searches the batching of {' and '.join(TUNED_TARGETS)}; "
+                             f"{self.target}'s is not searched (drop tune=true)")
         return self
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ written to MLflow is ``servegate.tracking``'s."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,28 +90,33 @@ def build(run: Run, model: Any, registry: Registry, version: str, workdir: Path)
 
 def tune(run: Run, registry: Registry, built: Built, sha256: str, version: str,
          workdir: Path) -> tuple[Built, str]:
-    """``tune=true``: the built archive's batch size, delay and workers searched on the server
-    within the run's SLO (scratch versions, never the challenger itself: ``tuning.search``);
-    the archive takes the winner's, is logged again with its sha256, and the run's batching
-    becomes the winner's. No configuration within the SLO: the archive stays as built."""
+    """``tune=true``: the built artifact's batching searched on the server within the run's SLO
+    (scratch versions, never the challenger itself: ``tuning.search``): TorchServe's batch size,
+    delay and workers in the archive's model-config, TF Serving's in the SavedModel's
+    ``batching_params.pbtxt``. The artifact takes the winner's, is logged again with its
+    sha256, and the run's batching becomes the winner's. No winner (none within the SLO, or
+    none better than the built one when confirmed): the artifact stays as built."""
     import os
     from dataclasses import replace
 
-    from servegate.tuning.measure import scratch_archive, tune_archive
+    from servegate.tuning.measure import tune_archive
     from servegate.tuning.report import mlflow_figures, write_files
-    from servegate.tuning.search import SLO, Space
+    from servegate.tuning.search import SLO, Space, TuneResult
+    from servegate.tuning.tfserving import tune_savedmodel
 
     cfg, name = run.config, run.config.model_name
     cores = os.cpu_count() or 1
     users = cfg.load.users
     space = Space(workers=tuple(range(1, min(cores, 4) + 1)),
                   users=tuple(sorted({max(1, users // 2), users, 2 * users})))
+    on_tfserving = cfg.target == "tfserving"
     with tracking.step("tune"):
         run.say(f"tune: {name} v{version}'s batching, at most {cfg.tune_points} configurations")
-        result = tune_archive(run.server, name, built.path, None, space=space,
-                              slo=SLO(cfg.slos.p95_ms, cfg.slos.p99_ms, cfg.slos.max_error_rate),
-                              max_points=cfg.tune_points, seconds=max(1.5, cfg.load.seconds / 4),
-                              cores=cores, processes=cfg.load.processes, say=run.say)
+        tune_on: Callable[..., TuneResult] = tune_savedmodel if on_tfserving else tune_archive
+        result = tune_on(run.server, name, built.path, None, space=space,
+                         slo=SLO(cfg.slos.p95_ms, cfg.slos.p99_ms, cfg.slos.max_error_rate),
+                         max_points=cfg.tune_points, seconds=max(1.5, cfg.load.seconds / 4),
+                         cores=cores, processes=cfg.load.processes, say=run.say)
         params, metrics = mlflow_figures(result)
         folder = workdir / "tune"
         write_files(result, folder)
@@ -119,15 +125,27 @@ def tune(run: Run, registry: Registry, built: Built, sha256: str, version: str,
             from rich.markup import escape
 
             why = "; ".join(result.notes) or "no configuration met the SLO"
-            run.say(f"[yellow]tune: {escape(why)}; the archive keeps its batching[/]")
+            run.say(f"[yellow]tune: {escape(why)}; the artifact keeps its batching[/]")
             return built, sha256
         point, best = result.winner.point, result.winner.best
         run.say(f"tune: batch_size={point.batch_size} max_batch_delay_ms={point.max_batch_delay_ms} "
                 f"workers={point.workers}: {best.rps:.1f} req/s, p95 {best.p95_ms:.1f} ms "
                 f"({result.measurements} of {result.grid_measurements} grid measurements)")
         (workdir / "tuned").mkdir(exist_ok=True)
-        tuned = scratch_archive(built.path, workdir / "tuned" / built.path.name, version, point)
-        uri = tracking.log_artifact_file(tuned, "archive")
+        tuned = workdir / "tuned" / built.path.name
+        if on_tfserving:
+            import shutil
+
+            from servegate.tuning.tfserving import write_point
+
+            shutil.copytree(built.path, tuned)
+            write_point(tuned, point)
+            uri = tracking.log_artifact_dir(tuned, f"savedmodel/{version}")
+        else:
+            from servegate.tuning.measure import scratch_archive
+
+            scratch_archive(built.path, tuned, version, point)
+            uri = tracking.log_artifact_file(tuned, "archive")
     tuned_sha256 = artifact_sha256(tuned)
     registry.tag(version, {ARCHIVE_TAG: uri, ARCHIVE_SHA256_TAG: tuned_sha256})
     run.config = cfg.model_copy(update={"batching": cfg.batching.model_copy(update={

@@ -101,10 +101,46 @@ def test_the_workers_parameter_sets_both_bounds_torchserve_reads() -> None:
     assert config_from_parameters({}).batching.max_workers == 1
 
 
-def test_tune_is_refused_for_a_target_other_than_torchserve() -> None:
+def test_tune_is_refused_for_a_target_without_a_batching_search() -> None:
     from servegate.config import config_from_parameters
     from servegate.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="tune searches TorchServe"):
-        config_from_parameters({"tune": "true", "target": "tfserving"})
-    assert config_from_parameters({"tune": "false", "target": "tfserving"}).tune is False
+    assert config_from_parameters({"tune": "true", "target": "tfserving"}).tune is True
+    with pytest.raises(ConfigError, match="tune searches the batching of torchserve and tfserving"):
+        config_from_parameters({"tune": "true", "target": "toy"})
+    assert config_from_parameters({"tune": "false", "target": "toy"}).tune is False
+
+
+def test_on_tf_serving_the_winner_becomes_the_savedmodels_batching_file(
+        stepped, monkeypatch) -> None:
+    pytest.importorskip("tensorflow_serving")
+    from servegate.tuning import tfserving as tune_tf
+
+    run, _, _, logged, tmp_path = stepped
+    run.config = run.config.model_copy(update={"target": "tfserving"})
+    version_dir = tmp_path / "compiled" / "2"
+    (version_dir / "variables").mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"graph")
+    tune_tf.write_point(version_dir, Point(8, 2, 4))  # as built
+    built = Built(version_dir, "runs:/package-run/savedmodel/2", "savedmodel", "float32")
+    searched: list[Path] = []
+
+    def search(backend, name, path, served, **kw):
+        searched.append(path)
+        return _result(Point(32, 10, 2))
+
+    monkeypatch.setattr(measure, "tune_archive", lambda *a, **k: pytest.fail("TorchServe's search"))
+    monkeypatch.setattr(tune_tf, "tune_savedmodel", search)
+    monkeypatch.setattr(steps.tracking, "log_artifact_dir",
+                        lambda path, where: f"runs:/tune-run/{where}")
+    registry = FakeRegistry()
+    tuned, sha256 = steps.tune(run, registry, built, "old-sha", "2", tmp_path)  # type: ignore[arg-type]
+    assert searched == [version_dir]
+    assert tuned.uri == "runs:/tune-run/savedmodel/2" and tuned.path != version_dir
+    assert tune_tf.savedmodel_point(tuned.path, cores=1) == Point(32, 10, 2)
+    assert tune_tf.savedmodel_point(version_dir, cores=1) == Point(8, 2, 4)  # the build's kept
+    assert (tuned.path / "saved_model.pb").read_bytes() == b"graph"
+    assert sha256 == artifact_sha256(tuned.path) != artifact_sha256(version_dir)
+    assert registry.tags == {"2": {ARCHIVE_TAG: tuned.uri, ARCHIVE_SHA256_TAG: sha256}}
+    b = run.config.batching
+    assert (b.batch_size, b.max_batch_delay_ms, b.min_workers) == (32, 10, 2)

@@ -47,6 +47,9 @@ class ModelRoot(Protocol):
     def tree_sha256(self, relative: str) -> str:
         """``integrity.artifact_sha256`` of the directory ``relative``, read where it is."""
 
+    def remove_tree(self, relative: str) -> None:
+        """Delete the directory ``relative`` and everything in it (nothing when it is absent)."""
+
 
 class LocalRoot:
     """A directory of this machine (or a mount the server shares)."""
@@ -80,6 +83,12 @@ class LocalRoot:
 
     def tree_sha256(self, relative: str) -> str:
         return artifact_sha256(self.path / relative)
+
+    def remove_tree(self, relative: str) -> None:
+        target = self.path / relative
+        if target.resolve() == self.path or self.path not in target.resolve().parents:
+            raise ConfigError(f"refusing to remove {target}: not inside {self.path}")
+        shutil.rmtree(target, ignore_errors=True)
 
     def put_tree(self, local: Path, relative: str) -> None:
         """Copied into a hidden staging directory beside the target, then renamed (a whole
@@ -152,6 +161,13 @@ class GfileRoot:
                 with gfile.GFile(f"{str(directory).rstrip('/')}/{name}", "rb") as handle:
                     hashes[f"{inner}/{name}" if inner else name] = stream_sha256(_blocks(handle))
         return tree_sha256(hashes)
+
+    def remove_tree(self, relative: str) -> None:
+        gfile, path = self._gfile(), self._join(relative)
+        if not relative.strip("/"):
+            raise ConfigError(f"refusing to remove the model root {self.location}")
+        if gfile.exists(path):
+            gfile.rmtree(path)
 
     def put_tree(self, local: Path, relative: str) -> None:
         gfile = self._gfile()

@@ -144,10 +144,12 @@ class TFServingBackend:
                                      "refusing to serve it")
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None, sha256: str | None = None) -> None:
+               source_uri: str | None = None, sha256: str | None = None,
+               labelled: bool = True) -> None:
         """Serve a NEW version: placed atomically (and verified against ``sha256`` where it is
         placed), loaded, AVAILABLE, then labelled ``canary`` (``stable`` if it is the model's
-        first version). The stable route is untouched."""
+        first version); with ``labelled=False`` (``servegate tune``'s scratch versions) only
+        its version route answers. The stable route is untouched."""
         number = version_number(version)
         self._place(artifact, name, number, sha256)
         current = self.entry(name) or ModelEntry(name, f"{self.server_root}/{name}", ())
@@ -164,6 +166,9 @@ class TFServingBackend:
         except ServerStartError:
             self._apply(replace(current, labels=safe))  # a version that cannot load leaves again
             raise
+        if not labelled:
+            self._apply(replace(current, versions=versions))
+            return
         labels = dict(current.labels)
         labels[CANARY if STABLE in labels and labels[STABLE] != number else STABLE] = number
         if labels.get(CANARY) == labels.get(STABLE):
