@@ -111,7 +111,7 @@ def test_leftovers_of_an_interrupted_tune_are_removed_but_never_a_labelled_versi
     with tempfile.TemporaryDirectory() as tmp:  # a scratch version whose tune was killed
         copy = Path(tmp) / str(left)
         shutil.copytree(exported, copy)
-        served.deploy(copy, NAME, str(left), labelled=False)
+        served.serve_unlabelled(copy, NAME, str(left))
     stray = served.model_root / NAME / str(left + 1)  # files placed, never configured
     shutil.copytree(exported, stray)
     assert tune_tf.remove_leftovers(served, NAME) == [str(left), str(left + 1)]

@@ -196,7 +196,7 @@ class TFServingBench:
 
     def __post_init__(self) -> None:
         validate_name(self.name)
-        if not hasattr(self.backend, "entry") or not hasattr(self.backend, "root"):
+        if not hasattr(self.backend, "serve_unlabelled") or not hasattr(self.backend, "root"):
             raise ConfigError("tune serves scratch versions on one TF Serving through its model "
                               "root (not a fleet's)")
         self._taken: set[int] = set()
@@ -231,7 +231,7 @@ class TFServingBench:
                 copy = Path(tmp) / version
                 shutil.copytree(self.source, copy)
                 write_point(copy, point)
-                self.backend.deploy(copy, self.name, version, labelled=False)
+                self.backend.serve_unlabelled(copy, self.name, version)
             yield version
         finally:
             self._drop(version)

@@ -144,12 +144,19 @@ class TFServingBackend:
                                      "refusing to serve it")
 
     def deploy(self, artifact: Path, name: str, version: str, *, workers: int = 1,
-               source_uri: str | None = None, sha256: str | None = None,
-               labelled: bool = True) -> None:
+               source_uri: str | None = None, sha256: str | None = None) -> None:
         """Serve a NEW version: placed atomically (and verified against ``sha256`` where it is
         placed), loaded, AVAILABLE, then labelled ``canary`` (``stable`` if it is the model's
-        first version); with ``labelled=False`` (``servegate tune``'s scratch versions) only
-        its version route answers. The stable route is untouched."""
+        first version). The stable route is untouched."""
+        self._serve(artifact, name, version, sha256, labelled=True)
+
+    def serve_unlabelled(self, artifact: Path, name: str, version: str) -> None:
+        """Serve a NEW version as ``deploy`` does but give it no label: only its version route
+        answers (``servegate tune``'s scratch versions)."""
+        self._serve(artifact, name, version, None, labelled=False)
+
+    def _serve(self, artifact: Path, name: str, version: str, sha256: str | None, *,
+               labelled: bool) -> None:
         number = version_number(version)
         self._place(artifact, name, number, sha256)
         current = self.entry(name) or ModelEntry(name, f"{self.server_root}/{name}", ())
