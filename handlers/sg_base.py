@@ -169,10 +169,11 @@ class BatchingHandler:
         threads = sg_loaders.intra_op_threads(self.spec, max_workers)
         compiles = any(s.get("format") in sg_loaders.COMPILES_IN_WORKER
                        for s in [self.spec, *(self.spec.get("routes") or [])])
-        if compiles:
-            sg_loaders.share_compile_cache(model_dir)
+        shared = sg_loaders.share_compile_cache(model_dir) if compiles else {}
         # torch.compile compiles lazily: loading and warming up are the compile, under the lock
         with sg_loaders.compile_lock(model_dir) if compiles else contextlib.nullcontext():
+            if compiles:
+                sg_loaders.log.info(sg_loaders.unpack_shipped_cache(self.spec, model_dir, shared))
             self._predict = sg_loaders.load_model(self.spec, model_dir, threads, gpu_id)
             self.buckets = Buckets.from_spec(self.spec.get("buckets"))
             self._load_routes(model_dir, threads, gpu_id)

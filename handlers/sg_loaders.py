@@ -138,6 +138,66 @@ def share_compile_cache(model_dir: str) -> dict[str, str]:
     return chosen
 
 
+#: Marks a model directory whose cache holds the archive's shipped caches (unpacked once).
+SHIPPED_MARKER = "shipped.done"
+#: The most a shipped cache may unpack to, whatever its spec says.
+MOST_SHIPPED_BYTES = 8 << 30
+
+
+def unpack_shipped_cache(spec: dict, model_dir: str, shared: dict[str, str]) -> str:
+    """Unpack the archive's shipped compile caches (``spec["compile_cache"]``: the build ran this
+    handler's load and warm-up and packed what it compiled) into the model directory's cache,
+    once per model directory; call it under ``compile_lock``. Only where ``share_compile_cache``
+    chose that cache (``shared``): an operator's own cache is left alone. The file must hash to
+    the recorded sha256 and unpack within the recorded size, through ``tarfile``'s ``data``
+    filter (no links out, no absolute paths, no devices). Anything wrong is a warning and a cold
+    compile, never a failed load. Returns what was done, for the log."""
+    import hashlib
+    import shutil
+    import tarfile
+    import tempfile
+
+    shipped = spec.get("compile_cache")
+    if not shipped:
+        return "no shipped compile cache"
+    if set(shared) != set(_CACHE_ENV):
+        return "an operator's compile cache is set: the shipped one is not used"
+    folder = os.path.join(os.path.abspath(model_dir), WORKER_CACHE_DIR)
+    marker = os.path.join(folder, SHIPPED_MARKER)
+    if os.path.exists(marker):
+        return "shipped compile cache already unpacked"
+    path = os.path.join(model_dir, os.path.basename(str(shipped.get("file", ""))))
+    limit = min(int(shipped.get("unpacked_bytes", 0)), MOST_SHIPPED_BYTES)
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != shipped.get("sha256"):
+            raise ValueError("it does not hash to the sha256 recorded at build")
+        staging = tempfile.mkdtemp(prefix=".unpack-", dir=folder)
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                members = tar.getmembers()
+                if sum(m.size for m in members) > limit:
+                    raise ValueError(f"it unpacks to more than the {limit} bytes recorded")
+                if any(m.name.split("/", 1)[0] not in _CACHE_ENV.values() for m in members):
+                    raise ValueError("it holds more than inductor/ and triton/")
+                tar.extractall(staging, filter="data")
+            for name in _CACHE_ENV.values():
+                if os.path.isdir(os.path.join(staging, name)):
+                    shutil.copytree(os.path.join(staging, name), os.path.join(folder, name),
+                                    dirs_exist_ok=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except (OSError, ValueError, tarfile.TarError) as exc:
+        log.warning("shipped compile cache %s not used (%s): compiling cold", path, exc)
+        return f"shipped compile cache not used: {exc}"
+    with open(marker, "w", encoding="utf-8") as fh:
+        fh.write(str(shipped.get("sha256")))
+    return "shipped compile cache unpacked"
+
+
 @contextlib.contextmanager
 def compile_lock(model_dir: str) -> Iterator[None]:
     """One worker of the model compiles at a time (an exclusive ``flock`` on a file of the model

@@ -229,6 +229,22 @@ def inherited_environment(names: tuple[str, ...]) -> dict[str, str]:
     return {name: os.environ[name] for name in names if name in os.environ}
 
 
+#: What a child process that runs others' code (Locust, an archive's handler timed or primed, a
+#: SavedModel timed) inherits from ours: the basics a Python process needs, nothing secret (no
+#: tracking credentials, no server keys, no cloud tokens).
+CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SSL_CERT_FILE",
+             "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+
+
+def child_environment(**settings: str) -> dict[str, str]:
+    """Such a child's whole environment: ``CHILD_ENV``, a ``PYTHONPATH`` reaching servegate
+    however this process did (installed or ``src/``), and ``settings``."""
+    env = inherited_environment((*CHILD_ENV, "PYTHONPATH"))
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env | settings
+
+
 def home_dir() -> Path:
     """Where servegate keeps local servers and archives (``SERVEGATE_HOME``, default ``.servegate``)."""
     return Path(os.environ.get("SERVEGATE_HOME", ".servegate")).resolve()

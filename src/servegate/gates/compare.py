@@ -177,12 +177,12 @@ def compare(pairs: Sequence[tuple[Phase, Phase]], percentile: Percentile, *,
         draws[b] = statistics(rows, chosen)
     tail = (1 - confidence) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
-    intervals = [Interval(float(e), float(lo), float(hi))
-                 for e, lo, hi in zip(estimate, low, high, strict=True)]
+    p95, p99, rps = (Interval(float(e), float(lo), float(hi))
+                     for e, lo, hi in zip(estimate, low, high, strict=True))
     champion_figures = figures([c for c, _ in pairs], percentile)
     rounds = tuple(RoundFigures(quantile(table[r, 0], 0.95), quantile(table[r, 1], 0.95),
                                 float(pairs[r][0].rps), float(pairs[r][1].rps))
                    for r in range(len(pairs)))
-    return Comparison(*intervals, champion_p95_ms=champion_figures["p95_ms"],
+    return Comparison(p95, p99, rps, champion_p95_ms=champion_figures["p95_ms"],
                       champion_p99_ms=champion_figures["p99_ms"], rounds=rounds,
                       confidence=confidence, statistic=statistic)

@@ -5,7 +5,6 @@ interval over those rounds (``gates.compare``), with more rounds while it is inc
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from servegate.backends.base import ReplicaAccess
-from servegate.config import LoadSettings, SLOs, inherited_environment
+from servegate.config import CHILD_ENV, LoadSettings, SLOs, child_environment
 from servegate.errors import PipelineError
 from servegate.gates.checks import Check
 from servegate.gates.compare import Comparison, Interval, Statistic
@@ -78,19 +77,13 @@ class LoadResult:
         }.items()}
 
 
-#: What the Locust process inherits from ours: the basics a Python process needs, nothing
-#: secret (no tracking credentials, no server keys, no cloud tokens).
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SSL_CERT_FILE",
-                 "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+#: What the Locust process inherits from ours (``config.CHILD_ENV``: nothing secret).
+INHERITED_ENV = CHILD_ENV
 
 
 def locust_environment(**settings: str) -> dict[str, str]:
-    """The Locust process's whole environment: ``INHERITED_ENV``, a ``PYTHONPATH`` reaching
-    servegate however this process did (installed or ``src/``), and ``settings``."""
-    env = inherited_environment((*INHERITED_ENV, "PYTHONPATH"))
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env | settings
+    """The Locust process's whole environment (``config.child_environment``)."""
+    return child_environment(**settings)
 
 
 def run_load(*, label: str, host: str, model: str, version: str | None, inference_key: str | None,

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from servegate.compilers.driver import artifact_max_batch, compile_model
 from servegate.config import DEFAULT_MAX_ARTIFACTS, BatchingConfig, RequestLimits
-from servegate.packaging.mar import build_mar, contents_for
+from servegate.packaging.mar import MarContents, build_mar, contents_for
+from servegate.packaging.worker_cache import SHIPPED_CACHE_FILE, compiles_in_worker, prime_worker_cache
 from servegate.sources import TorchModel, load_torch_model
 
 if TYPE_CHECKING:
@@ -56,10 +57,13 @@ def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
                   batching: BatchingConfig, output_dir: Path, limits: RequestLimits | None = None,
                   handler_file: Path | None = None, cache: CompileCache | None = None,
                   compile_dir: Path | None = None,
-                  max_artifacts: int = DEFAULT_MAX_ARTIFACTS) -> BuiltArchive:
+                  max_artifacts: int = DEFAULT_MAX_ARTIFACTS,
+                  ship_compile_cache: bool = True) -> BuiltArchive:
     """Compile ``model`` (in ``compile_dir``, else a temporary directory; inside ``cache`` when
     given) and build its archive into ``output_dir``, with the user's ``handler_file`` if any;
-    ``auto`` may route shapes to up to ``max_artifacts`` artifacts."""
+    ``auto`` may route shapes to up to ``max_artifacts`` artifacts. An archive whose worker
+    compiles (Inductor) carries, with ``ship_compile_cache``, what its handler's load and
+    warm-up compiled here (``packaging.worker_cache``): its workers start from those caches."""
     from servegate.naming import validate_name, validate_version
 
     validate_name(name)
@@ -76,7 +80,27 @@ def build_archive(model: TorchModel, *, name: str, version: str, compiler: str,
                                 routes=[(c.artifact, c.owns) for c in routed],
                                 compile_s_per_shape=first_call_compile_s(artifact, candidates))
         archive = build_mar(contents, output_dir)
+        if ship_compile_cache and compiles_in_worker(contents.spec.model_dump()):
+            contents = with_shipped_cache(contents, archive, Path(work))
+            archive = build_mar(contents, output_dir)
     return BuiltArchive(archive, artifact, candidates, contents.model_config)
+
+
+def with_shipped_cache(contents: MarContents, archive: Path, work: Path) -> MarContents:
+    """``contents`` with the compile caches of ``archive``'s handler load and warm-up (run here,
+    on GPU 0 for a CUDA archive) as an extra file recorded in its spec."""
+    from dataclasses import replace
+
+    from servegate.integrity import artifact_sha256
+    from servegate.packaging.spec import ShippedCompileCache
+
+    packed, unpacked = prime_worker_cache(
+        archive, work / "shipped" / SHIPPED_CACHE_FILE,
+        gpu_id=0 if contents.spec.device == "cuda" else None)
+    shipped = ShippedCompileCache(file=SHIPPED_CACHE_FILE, sha256=artifact_sha256(packed),
+                                  unpacked_bytes=unpacked)
+    return replace(contents, spec=contents.spec.model_copy(update={"compile_cache": shipped}),
+                   extra_files=(*contents.extra_files, packed))
 
 
 def package_model(model: TorchModel, *, name: str, version: str, compiler: str,

@@ -86,6 +86,19 @@ class RouteSpec(BaseModel):
     owns: list[OwnedShape] = Field(min_length=1)
 
 
+class ShippedCompileCache(BaseModel):
+    """The build's compile caches of the archive's own compiles (Inductor's and Triton's, made
+    by running its handler's load and warm-up at build), packed into one file of the archive:
+    the worker unpacks it into the model directory's cache before it compiles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: What the members unpack to; the worker refuses a file that would unpack to more.
+    unpacked_bytes: int = Field(ge=0)
+
+
 class ArtifactSpec(BaseModel):
     """The contract between servegate's packaging and the handlers (read as plain JSON there)."""
 
@@ -126,6 +139,8 @@ class ArtifactSpec(BaseModel):
     #: Routing by shape (``compilers/routing.py``): every artifact of the archive and the shapes
     #: it owns, the first being the one the fields above describe. Empty: one artifact serves all.
     routes: list[RouteSpec] = Field(default_factory=list)
+    #: The build's compile caches for a worker that compiles (None: it compiles cold).
+    compile_cache: ShippedCompileCache | None = None
 
     @model_validator(mode="after")
     def _routes_cover_every_shape(self) -> ArtifactSpec:

@@ -2,7 +2,7 @@
 runs it (``servegate.harness``), and print the medians as JSON.
 
 Run in a subprocess only (``python -m servegate.tuning.costs ARCHIVE BATCH REPEATS``),
-with an environment that holds no credentials (``gates.load.locust_environment``): the
+with an environment that holds no credentials (``config.child_environment``): the
 archive's handler code runs here, and it sets torch's thread count for its process.
 """
 

@@ -153,7 +153,7 @@ def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) 
     milliseconds: a copy of the archive set to one thread, timed in a subprocess
     (``tuning.costs``) whose environment holds no credentials, since the archive's own
     code runs there."""
-    from servegate.gates.load import locust_environment
+    from servegate.config import child_environment
 
     config = archive_batching(archive)
     one_thread = Point(int(config.get("batchSize", 1)), int(config.get("maxBatchDelay", 1)), 1, 1)
@@ -164,7 +164,7 @@ def handler_costs(archive: Path, body: bytes, largest_batch: int, repeats: int) 
                    str(largest_batch), str(repeats)]
         try:
             done = subprocess.run(command, input=body, capture_output=True, timeout=600,
-                                  env=locust_environment())
+                                  env=child_environment())
         except subprocess.TimeoutExpired as exc:
             raise PackagingError(f"timing {archive.name}'s handler did not finish") from exc
     if done.returncode != 0:

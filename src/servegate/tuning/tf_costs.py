@@ -2,7 +2,7 @@
 on a batch of them, and print the medians as JSON.
 
 Run in a subprocess only (``python -m servegate.tuning.tf_costs VERSION_DIR BATCH REPEATS``),
-with an environment that holds no credentials (``gates.load.locust_environment``): the
+with an environment that holds no credentials (``config.child_environment``): the
 SavedModel's graph runs here, and TensorFlow's thread pools are set for this process alone.
 """
 

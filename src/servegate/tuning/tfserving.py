@@ -132,12 +132,12 @@ def request_samples(version_dir: Path) -> list[dict[str, Any]]:
 def signature_costs(version_dir: Path, largest_batch: int, repeats: int) -> tuple[float, float]:
     """The default signature on 1 and ``largest_batch`` rows, one thread, in milliseconds,
     timed in a subprocess (``tuning.tf_costs``) whose environment holds no credentials."""
-    from servegate.gates.load import locust_environment
+    from servegate.config import child_environment
 
     command = [sys.executable, "-m", "servegate.tuning.tf_costs", str(version_dir),
                str(largest_batch), str(repeats)]
     try:
-        done = subprocess.run(command, capture_output=True, timeout=600, env=locust_environment())
+        done = subprocess.run(command, capture_output=True, timeout=600, env=child_environment())
     except subprocess.TimeoutExpired as exc:
         raise PackagingError(f"timing {version_dir}'s signature did not finish") from exc
     if done.returncode != 0:
