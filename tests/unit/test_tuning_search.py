@@ -329,3 +329,18 @@ def test_the_confirmation_reaches_the_logged_params_and_metrics() -> None:
     assert metrics["confirm.winner.low_load_p95_ms"] < metrics["confirm.current.low_load_p95_ms"]
     assert metrics["confirm.current.rps"] < metrics["confirm.winner.rps"]
     assert "tune.confirmed" not in mlflow_figures(result)[0]  # nothing confirmed: nothing said
+
+
+def test_a_near_tie_goes_to_the_point_quickest_at_low_load() -> None:
+    def outcome(point: Point, low_p95: float, rps: float) -> search_module.Outcome:
+        low = Measurement(4, 300.0, low_p95 / 2, low_p95, low_p95 * 1.2, 0.0, 300)
+        top = Measurement(32, rps, 20.0, 30.0, 40.0, 0.0, int(rps))
+        return search_module.Outcome(point, "frontier", "", (low, top), top)
+
+    long_delay = outcome(Point(8, 20, 2), low_p95=51.0, rps=340.0)
+    short_delay = outcome(Point(8, 2, 2), low_p95=40.0, rps=330.0)  # 3% less: a tie on one reading
+    slower = outcome(Point(4, 1, 2), low_p95=30.0, rps=300.0)  # 12% less: not a tie
+    assert search_module._winner([long_delay, short_delay, slower], 0.05) is short_delay
+    assert search_module._winner([long_delay, slower], 0.05) is long_delay
+    assert search_module._winner([long_delay, short_delay], 0.0) is long_delay
+    assert search_module._winner([], 0.05) is None

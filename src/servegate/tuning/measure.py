@@ -23,7 +23,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,8 +200,54 @@ def measure_costs(archive: Path, client: Any, name: str, version: str, *, larges
                  frontend_ms=frontend, cores=cores)
 
 
+class ScratchVersionBench:
+    """A ``Bench`` whose points are scratch versions (``serving(point)``, a context yielding the
+    version), each loaded with Locust as the load gate loads a challenger. Subclasses set
+    ``backend``, ``name``, ``samples``, ``seconds``, ``processes`` and ``say``, and name their
+    server's ``locustfile`` (in ``loadtests/``) and ``user_class``."""
+
+    backend: Any
+    name: str
+    samples: list[Any]
+    seconds: float
+    processes: int
+    say: Callable[[str], None]
+    locustfile: str
+    user_class: str
+
+    def serving(self, point: Point) -> AbstractContextManager[str]:
+        raise NotImplementedError
+
+    def applied(self, point: Point) -> AbstractContextManager[Callable[[int], Measurement]]:
+        return self._applied(point)
+
+    @contextmanager
+    def _applied(self, point: Point) -> Iterator[Callable[[int], Measurement]]:
+        with self.serving(point) as version:
+            yield lambda users: self._load(version, point, users)
+
+    def _load(self, version: str, point: Point, users: int) -> Measurement:
+        from servegate._resources import loadtests_dir
+        from servegate.gates.load import run_load
+
+        access = self.backend.access()
+        result = run_load(
+            label=f"{self.name} {point.label} ({users} users)", host=access.inference_url,
+            model=self.name, version=version, inference_key=access.inference_key,
+            samples=self.samples, ca_bundle=access.ca_bundle,
+            locustfile=loadtests_dir() / self.locustfile, user_class=self.user_class,
+            settings=LoadSettings(users=users, seconds=self.seconds, rounds=1,
+                                  processes=min(self.processes, users)))
+        self.say(f"  {users:>4} users: {result.rps:8.1f} req/s  p95 {result.p95_ms:7.1f} ms  "
+                 f"p99 {result.p99_ms:7.1f} ms  errors {result.error_rate:.1%}")
+        return Measurement(users=users, rps=result.rps, p50_ms=result.p50_ms,
+                           p95_ms=result.p95_ms, p99_ms=result.p99_ms,
+                           error_rate=result.error_rate, requests=result.requests)
+
+
+
 @dataclass
-class TorchServeBench:
+class TorchServeBench(ScratchVersionBench):
     """The ``Bench`` of the search on one TorchServe: scratch versions of ``name`` from
     ``archive`` (a file of the server's model store), loaded for ``seconds`` per level."""
 
@@ -212,6 +258,8 @@ class TorchServeBench:
     seconds: float
     processes: int = 1
     say: Callable[[str], None] = lambda _: None
+    locustfile = "torchserve.py"
+    user_class = "TorchServePredictUser"
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -231,14 +279,6 @@ class TorchServeBench:
             number += 1
         self._taken.add(str(number))
         return str(number)
-
-    def applied(self, point: Point):  # -> AbstractContextManager[Callable[[int], Measurement]]
-        return self._applied(point)
-
-    @contextmanager
-    def _applied(self, point: Point) -> Iterator[Callable[[int], Measurement]]:
-        with self.serving(point) as version:
-            yield lambda users: self._load(version, point, users)
 
     @contextmanager
     def serving(self, point: Point) -> Iterator[str]:
@@ -264,25 +304,6 @@ class TorchServeBench:
                               ) from exc
         finally:
             placed.unlink(missing_ok=True)
-
-    def _load(self, version: str, point: Point, users: int) -> Measurement:
-        from servegate._resources import loadtests_dir
-        from servegate.gates.load import run_load
-
-        access = self.backend.access()
-        result = run_load(
-            label=f"{self.name} {point.label} ({users} users)", host=access.inference_url,
-            model=self.name, version=version, inference_key=access.inference_key,
-            samples=self.samples, ca_bundle=access.ca_bundle,
-            locustfile=loadtests_dir() / "torchserve.py", user_class="TorchServePredictUser",
-            settings=LoadSettings(users=users, seconds=self.seconds, rounds=1,
-                                  processes=min(self.processes, users)))
-        self.say(f"  {users:>4} users: {result.rps:8.1f} req/s  p95 {result.p95_ms:7.1f} ms  "
-                 f"p99 {result.p99_ms:7.1f} ms  errors {result.error_rate:.1%}")
-        return Measurement(users=users, rps=result.rps, p50_ms=result.p50_ms,
-                           p95_ms=result.p95_ms, p99_ms=result.p99_ms,
-                           error_rate=result.error_rate, requests=result.requests)
-
 
 def tune_archive(backend: Any, name: str, archive: Path, served_version: str | None, *,
                  space: Space, slo: SLO, max_points: int, seconds: float, cores: int,

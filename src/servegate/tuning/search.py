@@ -18,7 +18,8 @@ worker x load levels:
    stopped as soon as throughput stops growing by ``gain``; at each point the load levels are
    walked upwards too, stopped when the SLO breaks or throughput stops growing.
 4. **The frontier.** Measured points that another measured point beats on both throughput and
-   p95 are dominated; the winner is the highest throughput within the SLO.
+   p95 are dominated; the winner is the highest throughput within the SLO, a near tie (within
+   ``gain``) going to the point quickest at the lowest load level.
 5. **Confirmation** (``confirm_winner``). The winner meets the archive's own configuration in
    alternating rounds, at its best load level and at the lowest one; it replaces it only with
    more throughput there and no worse p95 at either.
@@ -396,7 +397,7 @@ def search(space: Space, costs: Costs, slo: SLO, bench: Bench, *, max_points: in
                space.batch_sizes.index(at.batch_size), latency_rises=False)
         if best[0].point == anchor:
             break
-    return _result(grid, measured, pruned, stopped, slo, costs, space)
+    return _result(grid, measured, pruned, stopped, slo, costs, space, gain)
 
 
 def _better(a: Outcome, b: Outcome) -> bool:
@@ -404,8 +405,28 @@ def _better(a: Outcome, b: Outcome) -> bool:
     return (a.best.rps, -a.best.p95_ms) > (b.best.rps, -b.best.p95_ms)
 
 
+def _winner(frontier: list[Outcome], gain: float) -> Outcome | None:
+    """The highest throughput within the SLO; among points within ``gain`` of it (one reading
+    each: a near tie is noise), the one quickest at the lowest load level they share (a longer
+    batch delay is waited by every request when batches do not fill), then the fastest."""
+    if not frontier:
+        return None
+    best = max(frontier, key=lambda o: (o.best.rps, -o.best.p95_ms) if o.best else (0.0, 0.0))
+    assert best.best is not None
+    near = [o for o in frontier if o.best is not None and o.levels
+            and o.best.rps >= best.best.rps * (1 - gain)]
+    low = max(o.levels[0].users for o in near)
+    at_low = {o.point: next((m for m in o.levels if m.users == low), None) for o in near}
+    shared = [o for o in near if at_low[o.point] is not None]
+    if len(shared) < 2:
+        return best
+    return min(shared, key=lambda o: (at_low[o.point].p95_ms,  # type: ignore[union-attr]
+                                      -(o.best.rps if o.best else 0.0)))
+
+
 def _result(grid: list[Point], measured: dict[Point, Outcome], pruned: dict[Point, str],
-            stopped: dict[Point, str], slo: SLO, costs: Costs, space: Space) -> TuneResult:
+            stopped: dict[Point, str], slo: SLO, costs: Costs, space: Space,
+            gain: float = GAIN) -> TuneResult:
     within = [o for o in measured.values() if o.best is not None]
     outcomes: list[Outcome] = []
     for point in grid:
@@ -422,11 +443,7 @@ def _result(grid: list[Point], measured: dict[Point, Outcome], pruned: dict[Poin
             outcomes.append(Outcome(point, "pruned", pruned[point]))
         else:
             outcomes.append(Outcome(point, "not reached", stopped.get(point, "not on the search path")))
-    frontier = [o for o in outcomes if o.status == "frontier"]
-    winner = None
-    for o in frontier:
-        if winner is None or _better(o, winner):
-            winner = o
+    winner = _winner([o for o in outcomes if o.status == "frontier"], gain)
     notes = () if winner is not None else (
         "no measured point met the SLO: loosen it, or measure more points",)
     return TuneResult(tuple(outcomes), winner, slo, costs,

@@ -34,14 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from servegate.config import LoadSettings
 from servegate.errors import ConfigError, ModelNotFound, PackagingError, ServerError
 from servegate.naming import validate_name
 from servegate.tuning.costs import median_ms
+from servegate.tuning.measure import SCRATCH_FIRST, ScratchVersionBench
 from servegate.tuning.search import (
     SLO,
     Costs,
-    Measurement,
     Point,
     Space,
     TuneResult,
@@ -49,8 +48,6 @@ from servegate.tuning.search import (
     search,
 )
 
-#: Scratch versions are numbered from here (as on TorchServe: registry versions stay below).
-SCRATCH_FIRST = 900_001
 #: Batches queued before a full queue answers at once (the build's value).
 MAX_ENQUEUED_BATCHES = 100
 
@@ -182,7 +179,7 @@ def remove_leftovers(backend: Any, name: str) -> list[str]:
 
 
 @dataclass
-class TFServingBench:
+class TFServingBench(ScratchVersionBench):
     """The ``Bench`` of the search on one TF Serving: scratch versions of ``name`` copied from
     ``source`` (a SavedModel version directory), loaded for ``seconds`` per level."""
 
@@ -193,6 +190,8 @@ class TFServingBench:
     seconds: float
     processes: int = 1
     say: Callable[[str], None] = lambda _: None
+    locustfile = "tfserving.py"
+    user_class = "TFServingPredictUser"
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -209,14 +208,6 @@ class TFServingBench:
             number += 1
         self._taken.add(number)
         return number
-
-    def applied(self, point: Point):  # -> AbstractContextManager[Callable[[int], Measurement]]
-        return self._applied(point)
-
-    @contextmanager
-    def _applied(self, point: Point) -> Iterator[Callable[[int], Measurement]]:
-        with self.serving(point) as version:
-            yield lambda users: self._load(version, point, users)
 
     @contextmanager
     def serving(self, point: Point) -> Iterator[str]:
@@ -246,24 +237,6 @@ class TFServingBench:
                               f"{exc}; the next `servegate tune {self.name}` removes it") from exc
         finally:
             self.backend.root.remove_tree(f"{self.name}/{version}")
-
-    def _load(self, version: str, point: Point, users: int) -> Measurement:
-        from servegate._resources import loadtests_dir
-        from servegate.gates.load import run_load
-
-        access = self.backend.access()
-        result = run_load(
-            label=f"{self.name} {point.label} ({users} users)", host=access.inference_url,
-            model=self.name, version=version, inference_key=access.inference_key,
-            samples=self.samples, ca_bundle=access.ca_bundle,
-            locustfile=loadtests_dir() / "tfserving.py", user_class="TFServingPredictUser",
-            settings=LoadSettings(users=users, seconds=self.seconds, rounds=1,
-                                  processes=min(self.processes, users)))
-        self.say(f"  {users:>4} users: {result.rps:8.1f} req/s  p95 {result.p95_ms:7.1f} ms  "
-                 f"p99 {result.p99_ms:7.1f} ms  errors {result.error_rate:.1%}")
-        return Measurement(users=users, rps=result.rps, p50_ms=result.p50_ms,
-                           p95_ms=result.p95_ms, p99_ms=result.p99_ms,
-                           error_rate=result.error_rate, requests=result.requests)
 
 
 def tune_savedmodel(backend: Any, name: str, version_dir: Path, served_version: str | None, *,
