@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -148,12 +148,20 @@ def _served(rows: Sequence[Row], family: str, batched: str, single: str, auto: s
     ]
 
 
-def _tuned(rows: Sequence[Row], family: str, default: str, tuned: str) -> list[Target]:
+def _tuned(rows: Sequence[Row], family: str, default: str, tuned: str,
+           kept: str | None = None) -> list[Target]:
     """``servegate tune``'s winner against the default batching, on the same artifact: saturated
-    throughput at equal or better p95, and p95 at the same fixed rate (issue 22); nothing when
-    no tuned rows ran."""
+    throughput at equal or better p95, and p95 at the same fixed rate (issue 22). ``kept``: why
+    tune kept the default (its search found nothing better when confirmed), so the tuned
+    configuration is the default, 1x by construction. Nothing when tune did not run."""
     if not any(r.model == tuned for r in rows):
-        return []
+        if kept is None:
+            return []
+        why = f"tune kept the default: {kept}"
+        return [Target(family, "tuned / default throughput (saturated)", 1.0, "x",
+                       "≥ 1x at p95 ≤ default's", True, why),
+                Target(family, "tuned / default p95 at 70% of batch 1's peak", 1.0, "x", "≤ 1x",
+                       True, "the same configuration")]
     base, best = _row(rows, default), _row(rows, tuned)
     base_rate, best_rate = _row(rows, default, at_rate=True), _row(rows, tuned, at_rate=True)
     gain = _ratio(best.result.rps, base.result.rps)
@@ -212,9 +220,11 @@ def _hardware(table: CompilerTable, rows: Sequence[Row], text_tokens: int) -> li
 
 
 def targets(rows: Sequence[Row], digits: CompilerTable | None, minilm: CompilerTable | None,
-            text_tokens: int, *, images: CompilerTable | None = None) -> list[Target]:
+            text_tokens: int, *, images: CompilerTable | None = None,
+            tune_kept: Mapping[str, str] | None = None) -> list[Target]:
     """Every ratio the issue asks for, in one list (the bench's headline table); a family that
-    was not measured (None) has no targets."""
+    was not measured (None) has no targets. ``tune_kept``: family -> why tune kept its default."""
+    kept = dict(tune_kept or {})
     found: list[Target] = []
     if digits is not None:
         minimal, eager = _row(rows, "digits_minimal"), _row(rows, "digits_b8")
@@ -226,7 +236,7 @@ def targets(rows: Sequence[Row], digits: CompilerTable | None, minilm: CompilerT
             *_server_cpu(_pairs(rows, "digits_b8_auto", "digits_minimal")),
             *_served(rows, "digits", "digits_b8", "digits_b1", "digits_b8_auto", digits, Shape(8)),
             *_compilers("digits", digits),
-            *_tuned(rows, "digits", "digits_b8_auto", "digits_tuned"),
+            *_tuned(rows, "digits", "digits_b8_auto", "digits_tuned", kept.get("digits")),
             *_robustness(rows),
         ]
     if images is not None:
@@ -240,7 +250,7 @@ def targets(rows: Sequence[Row], digits: CompilerTable | None, minilm: CompilerT
             *_served(rows, "MiniLM", "minilm_b8_auto", "minilm_b1_auto", "minilm_b8_auto", minilm,
                      Shape(8, text_tokens)),
             *_compilers("MiniLM", minilm),
-            *_tuned(rows, "MiniLM", "minilm_b8_auto", "minilm_tuned"),
+            *_tuned(rows, "MiniLM", "minilm_b8_auto", "minilm_tuned", kept.get("MiniLM")),
             *_hardware(minilm, rows, text_tokens),
         ]
     pings = [r for r in rows if r.model is None]

@@ -523,7 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     tables = {family: m.table for family, m in measured.items()}
     found: list[Target] = targets(rows, tables.get("digits"), tables.get("MiniLM"), TEXT_TOKENS,
-                                  images=tables.get("images"))
+                                  images=tables.get("images"),
+                                  tune_kept={f: t.label for f, t in bench.tunings.items()
+                                             if t.kept_default})
     report["targets"] = [t.as_dict() for t in found]
     report["tunings"] = [t.as_dict() for t in bench.tunings.values()]
     report["rows"] = [r.as_dict() for r in rows]

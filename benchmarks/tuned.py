@@ -28,6 +28,11 @@ class Tuning:
     grid_measurements: int
     seconds: float
 
+    @property
+    def kept_default(self) -> bool:
+        """Tune's answer was the default itself: its best lost to it when confirmed."""
+        return self.batching is None and self.label.startswith("keep the current configuration")
+
     def as_dict(self) -> dict[str, Any]:
         return {"family": self.family, "label": self.label, "measurements": self.measurements,
                 "grid_measurements": self.grid_measurements, "seconds": round(self.seconds, 1),

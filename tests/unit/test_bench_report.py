@@ -177,3 +177,18 @@ def test_tuned_rows_are_held_to_more_throughput_at_no_worse_p95(measured) -> Non
     slower = [_row("digits_tuned", 4000, 11), *tuned[1:]]
     found = {(t.model, t.name): t for t in targets(rows + slower, digits, minilm, 32)}
     assert found[("digits", "tuned / default throughput (saturated)")].met is False
+
+
+def test_a_default_tune_kept_is_the_tuned_configuration(measured) -> None:
+    from benchmarks.tuned import Tuning
+
+    rows, digits, minilm = measured
+    why = "keep the current configuration b8-d2ms-w1: the search's best, b16-d10ms-w1: ..."
+    found = {(t.model, t.name): t for t in targets(rows, digits, minilm, 32,
+                                                   tune_kept={"digits": why})}
+    gain = found[("digits", "tuned / default throughput (saturated)")]
+    assert gain.value == 1.0 and gain.met and why in gain.detail
+    assert found[("digits", "tuned / default p95 at 70% of batch 1's peak")].value == 1.0
+    assert ("MiniLM", "tuned / default throughput (saturated)") not in found
+    assert Tuning("digits", None, why, 30, 208, 290.0).kept_default
+    assert not Tuning("digits", None, "no measured point met the SLO", 30, 208, 290.0).kept_default
