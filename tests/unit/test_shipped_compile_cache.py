@@ -23,15 +23,18 @@ from servegate._resources import handler_module
 
 sg_loaders = handler_module("sg_loaders")
 SRC = Path(__file__).resolve().parents[2] / "src"
+#: torch._dynamo is imported only after the handler's setup, as in a TorchServe worker: importing
+#: it sets TORCHINDUCTOR_CACHE_DIR to torch's default, which the handler keeps as an operator's.
 WORKER = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from servegate.harness import LocalHandler
-from torch._dynamo.utils import counters
 with LocalHandler(Path(sys.argv[1])) as handler:
     status, answer = handler.batch([json.dumps({"instances": [[0.5] * 20]}).encode()])[0]
-aot = {"aot." + k: v for k, v in counters["aot_autograd"].items()}
-print(json.dumps({"status": status, **counters["inductor"], **aot}))
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+    inside = cache.startswith(str(handler.model_dir))
+from torch._dynamo.utils import counters
+print(json.dumps({"status": status, "model_dir_cache": inside, **counters["inductor"]}))
 """
 
 
@@ -77,6 +80,7 @@ def test_an_inductor_archive_ships_its_compiles_and_a_fresh_worker_hits_them(tmp
 
     started = _worker_start(built.archive)
     assert started["status"] == 200
+    assert started["model_dir_cache"], started  # compiled in the model directory's cache
     assert started.get("fxgraph_cache_hit", 0) >= 1 and started.get("fxgraph_cache_miss", 0) == 0, \
         started
 

@@ -74,14 +74,28 @@ def prime_worker_cache(archive: Path, target: Path, *, gpu_id: int | None = None
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m servegate.packaging.worker_cache ARCHIVE [GPU_ID]``: the handler's load and
-    warm-up, as a worker runs them, and nothing else."""
+    warm-up, as a worker runs them, then one request of one row and a full batch of them from
+    its warm-up sample: the sizes a worker's first requests bring (a shape the warm-up did not
+    use makes Inductor compile again, generalised to any batch)."""
+    import json
+
     from servegate.harness import LocalHandler
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 2):
         raise SystemExit("usage: python -m servegate.packaging.worker_cache ARCHIVE [GPU_ID]")
     handler = LocalHandler(Path(args[0]), gpu_id=int(args[1]) if len(args) == 2 else None)
-    handler.close()
+    try:
+        spec = json.loads((handler.model_dir / "servegate.json").read_text(encoding="utf-8"))
+        warmup = handler.model_dir / str(spec.get("warmup_file") or "warmup.json")
+        rows = json.loads(warmup.read_text(encoding="utf-8")).get("instances") or []
+        if rows:
+            body = json.dumps({"instances": rows[:1]}).encode()
+            batch = max(2, int(handler.handler.batch_size))  # model-config's batchSize
+            for requests in (1, batch):
+                handler.batch([body] * requests)
+    finally:
+        handler.close()
     return 0
 
 
