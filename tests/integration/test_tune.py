@@ -18,6 +18,7 @@ from servegate.backends.torchserve import TorchServeBackend
 from servegate.config import BatchingConfig
 from servegate.packaging.builder import package_model
 from servegate.sources import TorchModel
+from servegate.tuning.search import GAIN
 
 pytestmark = pytest.mark.integration
 NAME = "tunemlp"
@@ -98,11 +99,15 @@ def test_tune_measures_a_frontier_and_leaves_only_the_champion(served) -> None:
         assert "keep the current configuration b4-d5ms-w1" in shown.output
     else:
         assert confirmation is None or confirmation["kept"]
-        # the winner is the fastest measured point within the SLO; the CLI says how to use it
+        # the winner is the fastest measured point within the SLO, or one within 5% of it (a tie
+        # on one reading each) that is quicker at the lowest load level; the CLI says how to use it
         winner = next(p for p in points if p["point"] == logged["winner"])
         best = winner["best"]
         assert best["p95_ms"] <= 200 and best["p99_ms"] <= 400 and best["error_rate"] == 0
-        assert best["rps"] == max(p["best"]["rps"] for p in measured if p["best"])
+        fastest = max((p for p in measured if p["best"]), key=lambda p: p["best"]["rps"])
+        assert best["rps"] >= (1 - GAIN) * fastest["best"]["rps"]
+        if winner is not fastest:
+            assert winner["levels"][0]["p95_ms"] <= fastest["levels"][0]["p95_ms"]
         w = logged["winner"]
         assert (f"mlflow run pipelines/deploy -P batch_size={w['batch_size']} "
                 f"-P max_batch_delay_ms={w['max_batch_delay_ms']}") in shown.output
