@@ -123,14 +123,39 @@ WORKER_CACHE_DIR = ".sg-compile-cache"
 _CACHE_ENV = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
 
 
+def torch_default_cache_dir() -> str:
+    """Inductor's cache when nothing names one (torch's ``default_cache_dir``, computed without
+    importing torch): importing ``torch._dynamo`` writes it into ``TORCHINDUCTOR_CACHE_DIR``, so a
+    handler that imports it early leaves this value there without anybody having chosen it."""
+    import getpass
+    import re
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+
+
+def _operator_chose(name: str) -> bool:
+    """Whether cache variable ``name`` holds an operator's choice, not torch's own default."""
+    value = os.environ.get(name)
+    if not value:
+        return False
+    return not (name == "TORCHINDUCTOR_CACHE_DIR"
+                and os.path.abspath(value) == torch_default_cache_dir())
+
+
 def share_compile_cache(model_dir: str) -> dict[str, str]:
     """Point Inductor's and Triton's caches of this worker at the model directory, which every
     worker of the model shares (TorchServe unpacks an archive once per model): the first worker
-    compiles, the others and restarted ones load compiled code. Variables already set (an
-    operator's shared cache) are kept. Returns what was set."""
+    compiles, the others and restarted ones load compiled code. Variables an operator set (a
+    shared cache of their own) are kept; torch's default, which importing ``torch._dynamo``
+    writes, is not an operator's. Returns what was set."""
     chosen = {}
     for name, folder in _CACHE_ENV.items():
-        if os.environ.get(name):
+        if _operator_chose(name):
             continue
         path = os.path.join(os.path.abspath(model_dir), WORKER_CACHE_DIR, folder)
         os.makedirs(path, exist_ok=True)

@@ -407,6 +407,18 @@ def test_workers_of_a_model_share_one_compile_cache(tmp_path: Path, monkeypatch)
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/operators/cache"  # an operator's choice stays
 
 
+def test_torchs_own_default_cache_is_not_taken_for_an_operators(tmp_path: Path, monkeypatch) -> None:
+    """A handler that imports torch._dynamo before the setup leaves torch's default cache in
+    TORCHINDUCTOR_CACHE_DIR; the workers still share the model directory's cache."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    assert sg_loaders.torch_default_cache_dir() == default_cache_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    chosen = sg_loaders.share_compile_cache(str(tmp_path))
+    assert chosen["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / sg_loaders.WORKER_CACHE_DIR / "inductor")
+
+
 def test_one_worker_compiles_at_a_time(tmp_path: Path) -> None:
     events: list[str] = []
     inside = threading.Event()

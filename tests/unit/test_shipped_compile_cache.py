@@ -23,11 +23,13 @@ from servegate._resources import handler_module
 
 sg_loaders = handler_module("sg_loaders")
 SRC = Path(__file__).resolve().parents[2] / "src"
-#: torch._dynamo is imported only after the handler's setup, as in a TorchServe worker: importing
-#: it sets TORCHINDUCTOR_CACHE_DIR to torch's default, which the handler keeps as an operator's.
+#: A worker's start; with "early", torch._dynamo is imported before the handler's setup, as a
+#: user's handler may do (the import writes torch's default cache into TORCHINDUCTOR_CACHE_DIR).
 WORKER = """
 import json, os, sys
 from pathlib import Path
+if sys.argv[2] == "early":
+    import torch._dynamo
 from servegate.harness import LocalHandler
 with LocalHandler(Path(sys.argv[1])) as handler:
     status, answer = handler.batch([json.dumps({"instances": [[0.5] * 20]}).encode()])[0]
@@ -38,12 +40,13 @@ print(json.dumps({"status": status, "model_dir_cache": inside, **counters["induc
 """
 
 
-def _worker_start(archive: Path) -> dict:
+def _worker_start(archive: Path, dynamo: str = "late") -> dict:
     """A worker's load, warm-up and one request in a process of its own (torch's in-memory
-    caches empty), the model directory fresh, no compile cache set in the environment."""
+    caches empty), the model directory fresh, no compile cache set in the environment;
+    ``dynamo="early"`` imports torch._dynamo before the handler's setup."""
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", WORKER, str(archive)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", WORKER, str(archive), dynamo], capture_output=True,
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if "compile cache" in line]
@@ -78,11 +81,12 @@ def test_an_inductor_archive_ships_its_compiles_and_a_fresh_worker_hits_them(tmp
         assert sum(m.size for m in tar.getmembers()) == shipped["unpacked_bytes"] > 0
     assert {n.split("/")[0] for n in names} <= {"inductor", "triton"} and len(names) > 1
 
-    started = _worker_start(built.archive)
-    assert started["status"] == 200
-    assert started["model_dir_cache"], started  # compiled in the model directory's cache
-    assert started.get("fxgraph_cache_hit", 0) >= 1 and started.get("fxgraph_cache_miss", 0) == 0, \
-        started
+    for dynamo in ("late", "early"):  # a user's handler may import torch._dynamo first
+        started = _worker_start(built.archive, dynamo)
+        assert started["status"] == 200
+        assert started["model_dir_cache"], (dynamo, started)  # the model directory's cache
+        assert started.get("fxgraph_cache_hit", 0) >= 1, (dynamo, started)
+        assert started.get("fxgraph_cache_miss", 0) == 0, (dynamo, started)
 
 
 def _pack(tmp_path: Path, members: dict[str, bytes], *, link: str | None = None) -> tuple[Path, dict]:
