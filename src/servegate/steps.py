@@ -176,9 +176,9 @@ def gate_parity(run: Run, model: Any, version: str, champion: str | None,
         result = run.target.check_parity(run.server, cfg.model_name, version, model, champion,
                                          cfg.limits)
         checks = parity_checks(result, cfg.parity, built.precision)
-        if built.routes:  # routed by shape: each artifact on requests of the sizes it serves
+        if built.routes:  # routed by shape: each artifact on the requests it serves
             run.say("gate: parity of each routed artifact (" + ", ".join(
-                f"{artifact}: {'/'.join(map(str, sizes))} rows" for artifact, sizes in built.routes) + ")")
+                f"{artifact}: {', '.join(map(str, reaching))}" for artifact, reaching in built.routes) + ")")
             checks += routed_parity_checks(
                 lambda held_out, rows: run.target.check_parity(
                     run.server, cfg.model_name, version, held_out, None, cfg.limits, rows=rows),

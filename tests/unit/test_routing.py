@@ -17,6 +17,7 @@ from servegate.compilers.routing import MIN_GAIN, Option, choose_routing, owning
 from servegate.compilers.select import Candidate, choose, choose_routes, routing_rows
 from servegate.compilers.shapes import Shape
 from servegate.errors import CompileError, ConfigError
+from servegate.probes import Probe
 
 B1_T32, B1_T128, B8_T32, B8_T128 = Shape(1, 32), Shape(1, 128), Shape(8, 32), Shape(8, 128)
 
@@ -303,18 +304,28 @@ def test_auto_routes_again_without_an_artifact_that_fails_at_its_shapes(digits, 
     assert artifact.backend in ("middle", "large")
 
 
-def test_each_routed_artifact_gets_requests_of_the_sizes_it_serves() -> None:
-    from servegate.compilers.routing import probe_rows
+def test_each_routed_artifact_gets_requests_that_reach_it() -> None:
+    from servegate.compilers.routing import probes
 
     owns = {"small": [Shape(1)], "large": [Shape(8), Shape(64), Shape(256)]}
-    assert probe_rows(owns, 64) == {"small": [1], "large": [2, 9]}  # 65 rows: over one request
+    assert probes(owns, 64) == {"small": [Probe(1)], "large": [Probe(2), Probe(9)]}  # 65: too many
     sg_base = handler_module("sg_base")
     router = sg_base.Router.from_spec([{"owns": [{"batch": s.batch} for s in shapes]}
                                        for shapes in owns.values()])
-    for index, sizes in enumerate(probe_rows(owns, 64).values()):
-        assert {router.owner(rows) for rows in sizes} == {index}
+    for index, reaching in enumerate(probes(owns, 64).values()):
+        assert {router.owner(p.rows) for p in reaching} == {index}
+    # a text model: the token counts routed to each artifact too, checked at both ends of each
+    # range through the handler's Router (the largest count reaches the largest class)
     text = {"a": [B1_T32], "b": [B1_T128, B8_T32, B8_T128]}
-    assert probe_rows(text, 64) == {"a": [1], "b": [1, 2]}
+    assert probes(text, 64) == {"a": [Probe(1, 1, 32)],
+                                "b": [Probe(1, 33, None), Probe(2, 1, 32), Probe(2, 33, None)]}
+    router = sg_base.Router.from_spec([{"owns": [{"batch": s.batch, "tokens": s.tokens} for s in shapes]}
+                                       for shapes in text.values()])
+    for index, reaching in enumerate(probes(text, 64).values()):
+        for p in reaching:
+            for tokens in (p.min_tokens, p.max_tokens or 512):
+                assert router.owner(p.rows, tokens) == index, (p, tokens)
+    assert str(Probe(2, 33, None)) == "2 rows of 33+ tokens" and str(Probe(1)) == "1 row"
 
 
 def test_the_parity_gate_names_the_routed_artifact_that_failed(digits) -> None:
@@ -332,13 +343,92 @@ def test_the_parity_gate_names_the_routed_artifact_that_failed(digits) -> None:
                             top1_agreement=0.5 if rows == 1 else 1.0, accuracy=0.9,
                             reference_accuracy=0.9, champion_accuracy=None, abs_diffs=np.zeros(1))
 
-    checks = routed_parity_checks(parity, digits, [("aoti", (2, 9)), ("onnx-int8", (1,))],
-                                  ParityThresholds())
+    checks = routed_parity_checks(parity, digits, [("aoti", (Probe(2), Probe(9))),
+                                                   ("onnx-int8", (Probe(1),))], ParityThresholds())
     assert seen == [(64, 2), (64, 9), (64, 1)]
     failed = sorted(c.name for c in checks if not c.passed)
-    assert failed == ["aoti at 9 rows: max_abs_diff", "onnx-int8 at 1 rows: top1_agreement"]
+    assert failed == ["aoti at 9 rows: max_abs_diff", "onnx-int8 at 1 row: top1_agreement"]
     # int8 is held to reduced-precision limits: its max abs difference is not checked
     assert not any(c.name.startswith("onnx-int8") and "max_abs" in c.name for c in checks)
+
+
+@pytest.fixture(scope="module")
+def minilm_tokens():
+    """The packaged MiniLM's tokenisation, as its worker does it (256 tokens at most)."""
+    from servegate.sources.hf import packaged_minilm_dir
+
+    return handler_module("sg_text").TextEncoder(
+        str(packaged_minilm_dir() / "tokenizer.json"), max_length=256)
+
+
+class _Texts:
+    """A text model as the parity gate sees it: held-out texts, labels, the worker's tokens."""
+
+    task = "text-classification"
+
+    def __init__(self, texts: list[str], encoder) -> None:
+        self.eval_x = np.asarray(texts, dtype=str)
+        self.eval_y = np.arange(len(texts)) % 3
+        self._encoder = encoder
+
+    def text_encoder(self):
+        return self._encoder
+
+
+def test_a_text_artifact_is_checked_on_texts_of_the_token_counts_it_serves(minilm_tokens) -> None:
+    """Texts are routed by their token counts too: each probe's requests hold held-out texts of
+    the counts its artifact owns (their labels kept), else texts made of the held-out words (no
+    labels); every request of them reaches that artifact through the handler's Router."""
+    from servegate.compilers.routing import probes
+    from servegate.config import ParityThresholds
+    from servegate.gates.parity import ParityResult, routed_parity_checks
+
+    rng = np.random.default_rng(0)
+    words = ["model", "serving", "latency", "gate", "champion", "tokens", "batch", "parity"]
+    short = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(2, 6, size=20)]
+    model = _Texts(short, minilm_tokens)  # every held-out text is under 16 tokens
+    owns = {"graphs": [Shape(1, 16), Shape(8, 16)], "dynamic": [Shape(1, 64), Shape(8, 64)],
+            "long": [Shape(1, 256), Shape(8, 256)]}
+    router = handler_module("sg_base").Router.from_spec(
+        [{"owns": [{"batch": s.batch, "tokens": s.tokens} for s in shapes]} for shapes in owns.values()])
+    seen: dict[str, list] = {}
+
+    def parity(held_out, rows: int) -> ParityResult:
+        texts = [str(t) for t in held_out.eval_x]
+        owners = {router.owner(len(chunk), max(minilm_tokens.token_counts(chunk)))
+                  for chunk in (texts[i:i + rows] for i in range(0, len(texts), rows))}
+        seen.setdefault(list(owns)[owners.pop()], []).append(
+            (rows, held_out.eval_y is not None, owners))
+        return ParityResult(rows=len(texts), max_abs_diff=0.0, top1_agreement=1.0, accuracy=None,
+                            reference_accuracy=None, champion_accuracy=None, abs_diffs=np.zeros(1))
+
+    routes = [(name, tuple(reaching)) for name, reaching in probes(owns, 64).items()]
+    checks = routed_parity_checks(parity, model, routes, ParityThresholds())
+    assert all(c.passed for c in checks)
+    # every probe reached its own artifact and nothing else; labels only where held-out texts fit
+    assert seen == {"graphs": [(1, True, set()), (2, True, set())],
+                    "dynamic": [(1, False, set()), (2, False, set())],
+                    "long": [(1, False, set()), (2, False, set())]}
+
+
+def test_a_token_range_no_text_can_reach_is_a_failed_check(minilm_tokens) -> None:
+    from servegate.config import ParityThresholds
+    from servegate.gates.parity import routed_parity_checks, texts_in_range
+
+    texts = ["serving gate latency", "champion"]
+    inside, made = texts_in_range(texts, minilm_tokens.token_counts, Probe(1, 5, 6))
+    assert list(inside) == [0] and made == []  # [CLS] serving gate late ##ncy [SEP]: 6 tokens
+    impossible = Probe(1, 300, None)  # past the 256-token truncation
+    inside, made = texts_in_range(texts, minilm_tokens.token_counts, impossible)
+    assert len(inside) == 0 and made == []
+
+    def parity(held_out, rows):  # never called: no text reaches that artifact
+        raise AssertionError("sent a request that cannot reach the artifact")
+
+    checks = routed_parity_checks(parity, _Texts(texts, minilm_tokens), [("aoti", (impossible,))],
+                                  ParityThresholds())
+    assert [(c.name, c.passed) for c in checks] == [
+        ("aoti at 1 row of 300+ tokens: texts of that length", False)]
 
 
 # ---- the handler with two real artifacts -----------------------------------------------------
@@ -431,7 +521,7 @@ def test_each_routed_artifact_warms_up_its_own_buckets(routed_archive) -> None:
 def test_the_parity_step_checks_each_routed_artifact_through_the_target(mlflow_store,
                                                                         digits) -> None:
     """``steps.gate_parity`` adds, for an archive routed by shape, the checks of each artifact
-    on requests of the sizes it serves (``Built.routes``) to the whole set's checks."""
+    on the requests that reach it (``Built.routes``) to the whole set's checks."""
     import io
 
     import mlflow
@@ -453,12 +543,12 @@ def test_the_parity_step_checks_each_routed_artifact_through_the_target(mlflow_s
 
     run = steps.Run(PipelineConfig(name="digits"), Target(), object(),  # type: ignore[arg-type]
                     Console(file=io.StringIO()))
-    built = Built(Path("a.mar"), "uri", "aoti+eager", "fp32", (("aoti", (2,)), ("eager", (1,))))
+    built = Built(Path("a.mar"), "uri", "aoti+eager", "fp32", (("aoti", (Probe(2),)), ("eager", (Probe(1),))))
     with mlflow.start_run():
         _, checks = steps.gate_parity(run, digits, "2", None, built)
     assert asked == [(len(digits.eval_x), 32), (64, 2), (64, 1)]
     failed = [c.name for c in checks if not c.passed]
-    assert failed == ["eager at 1 rows: max_abs_diff"]
+    assert failed == ["eager at 1 row: max_abs_diff"]
     asked.clear()
     with mlflow.start_run():  # one artifact: the whole set only, as before
         steps.gate_parity(run, digits, "2", None, Built(Path("a.mar"), "uri", "onnx", "fp32"))

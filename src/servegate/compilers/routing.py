@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from servegate.compilers.shapes import Shape
 from servegate.errors import ConfigError
+from servegate.probes import Probe
 
 #: A second (third...) artifact is kept only when it lowers the worst slowdown by this fraction:
 #: each one costs archive size and worker start-up.
@@ -142,14 +143,25 @@ def choose_routing(options: Sequence[Option], *, max_artifacts: int = 1,
     return kept
 
 
-def probe_rows(owns: Mapping[str, Sequence[Shape]], most: int) -> dict[str, list[int]]:
-    """Request sizes (rows) that reach each routed artifact through the handler's ``Router``:
-    for each batch class it owns, the smallest row count routed there (one more than the next
-    smaller measured batch), when that fits one request (``most`` rows). A text artifact's token
-    class also depends on the texts' lengths: its served check is by rows only."""
+def probes(owns: Mapping[str, Sequence[Shape]], most: int) -> dict[str, list[Probe]]:
+    """Served requests that reach each routed artifact through the handler's ``Router``: for
+    each shape it owns, the smallest row count routed there (one more than the next smaller
+    measured batch), when that fits one request (``most`` rows); for a text model, with its
+    longest text in the token counts routed there (above the next smaller measured count, up to
+    the owned one; any longer for the largest)."""
     batches = sorted({s.batch for shapes in owns.values() for s in shapes})
-    found: dict[str, list[int]] = {}
+    tokens = sorted({s.tokens for shapes in owns.values() for s in shapes if s.tokens is not None})
+    found: dict[str, list[Probe]] = {}
     for name, shapes in owns.items():
-        rows = sorted({max((b for b in batches if b < s.batch), default=0) + 1 for s in shapes})
-        found[name] = [r for r in rows if r <= most]
+        chosen: set[Probe] = set()
+        for shape in shapes:
+            rows = max((b for b in batches if b < shape.batch), default=0) + 1
+            if rows > most:
+                continue
+            if shape.tokens is None:
+                chosen.add(Probe(rows))
+                continue
+            below = max((t for t in tokens if t < shape.tokens), default=0)
+            chosen.add(Probe(rows, below + 1, None if shape.tokens == tokens[-1] else shape.tokens))
+        found[name] = sorted(chosen, key=lambda p: (p.rows, p.min_tokens or 0))
     return found

@@ -27,6 +27,7 @@ from servegate.config import ParityThresholds, RequestLimits
 from servegate.errors import ConfigError, SourceError
 from servegate.gates.checks import Check
 from servegate.parity_limits import EMBEDDING_PARITY_LIMITS, PARITY_LIMITS, precision_of
+from servegate.probes import Probe
 from servegate.sources.base import TorchModel
 
 
@@ -308,19 +309,80 @@ def held_out_rows(model: Any, count: int) -> Any:
     return view
 
 
+#: Texts made for a token range that no held-out text is in (from the held-out texts' words).
+MADE_TEXTS = 8
+#: The longest text made (words; a word is at least one token): past any model's truncation.
+MOST_WORDS = 16_384
+
+
+def texts_in_range(texts: Sequence[str], token_counts: Callable[[list[str]], Sequence[int]],
+                   probe: Probe) -> tuple[np.ndarray, list[str]]:
+    """Texts whose token counts are in ``probe``'s range: the indices of the held-out ``texts``
+    that are, else (none is) up to ``MADE_TEXTS`` texts made of the held-out texts' first words,
+    each the shortest such prefix that reaches the range (empty when no prefix lands in it)."""
+    inside = np.flatnonzero([probe.holds(int(n)) for n in token_counts(list(texts))])
+    if len(inside):
+        return inside, []
+    made: list[str] = []
+    for start in range(min(len(texts), MADE_TEXTS)):
+        words = " ".join(np.roll(np.asarray(texts, dtype=object), -start)).split()
+        if not words:
+            continue
+        stream = (words * (1 + MOST_WORDS // len(words)))[:MOST_WORDS]  # past any truncation
+        low, high = 1, len(stream)
+        while low < high:  # the fewest words whose token count reaches the range's bottom
+            middle = (low + high) // 2
+            if int(token_counts([" ".join(stream[:middle])])[0]) >= (probe.min_tokens or 0):
+                high = middle
+            else:
+                low = middle + 1
+        text = " ".join(stream[:low])
+        if probe.holds(int(token_counts([text])[0])):
+            made.append(text)
+    return np.arange(0), made
+
+
+def held_out_probe(model: Any, count: int, probe: Probe) -> Any | None:
+    """``model`` with ``count`` held-out rows whose every request of ``probe.rows`` rows reaches
+    the artifact ``probe`` was made for: for a text model, rows whose token counts are in its
+    range (made texts carry no labels); None when no text lands in the range."""
+    if not probe.by_tokens:
+        return held_out_rows(model, count)
+    texts = [str(t) for t in np.asarray(model.eval_x).reshape(-1)]
+    inside, made = texts_in_range(texts, model.text_encoder().token_counts, probe)
+    view = copy.copy(model)
+    if len(inside):
+        index = inside[np.arange(count) % len(inside)]
+        view.eval_x = np.asarray(model.eval_x)[index]
+        if getattr(model, "eval_y", None) is not None:
+            view.eval_y = np.asarray(model.eval_y)[index]
+        return view
+    if not made:
+        return None
+    view.eval_x = np.resize(np.asarray(made, dtype=str), count)
+    view.eval_y = None
+    return view
+
+
 def routed_parity_checks(parity: RowsParity, model: Any,
-                         routes: Sequence[tuple[str, Sequence[int]]],
+                         routes: Sequence[tuple[str, Sequence[Probe]]],
                          thresholds: ParityThresholds) -> list[Check]:
     """Each artifact of an archive routed by shape on its own: held-out rows (at most
-    ``ROUTED_PARITY_ROWS``, at least one request's worth) sent in requests of each size that
-    reaches it (``routes``: artifact -> row counts), checked with the limits of its own
-    precision; every check is named after the artifact and the request size, so a failure says
-    which artifact failed."""
+    ``ROUTED_PARITY_ROWS``, at least one request's worth) sent in the requests that reach it
+    (``routes``: artifact -> probes: row counts, and for a text model texts of the token counts
+    it owns), checked with the limits of its own precision; every check is named after the
+    artifact and the probe, so a failure says which artifact failed. A probe no text can be
+    made for is a failed check: that artifact would serve unchecked."""
     checks: list[Check] = []
-    for artifact, sizes in routes:
-        for rows in sizes:
-            count = max(rows, min(ROUTED_PARITY_ROWS, len(model.eval_x)))
-            result = parity(held_out_rows(model, count), rows)
-            checks += [dataclasses.replace(c, name=f"{artifact} at {rows} rows: {c.name}")
+    for artifact, reaching in routes:
+        for probe in reaching:
+            count = max(probe.rows, min(ROUTED_PARITY_ROWS, len(model.eval_x)))
+            held_out = held_out_probe(model, count, probe)
+            if held_out is None:
+                checks.append(Check("parity", f"{artifact} at {probe}: texts of that length",
+                                    0, ">=", 1))
+                continue
+            result = parity(held_out, probe.rows)
+            checks += [dataclasses.replace(c, name=f"{artifact} at {probe}: {c.name}")
                        for c in parity_checks(result, thresholds, precision_of(artifact))]
     return checks

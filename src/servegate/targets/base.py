@@ -20,6 +20,7 @@ from servegate.config import LoadSettings, PipelineConfig, RequestLimits
 from servegate.errors import ServerError
 from servegate.gates.load import Adaptive, LoadResult
 from servegate.gates.parity import ParityResult
+from servegate.probes import Probe
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,9 @@ class Built:
     uri: str
     compiled_with: str
     precision: str
-    #: An archive routed by shape: each artifact with the request sizes (rows) that reach it;
-    #: the parity gate checks each on its own (empty: one artifact).
-    routes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    #: An archive routed by shape: each artifact with the requests that reach it (rows, and a
+    #: text model's token counts); the parity gate checks each on its own (empty: one artifact).
+    routes: tuple[tuple[str, tuple[Probe, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

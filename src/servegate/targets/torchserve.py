@@ -73,7 +73,7 @@ class TorchServeTarget(MeasuredTarget[TorchModel]):
               console: Console) -> Built:
         """Compile (measuring candidates for ``auto``) and build the archive."""
         from servegate import tracking
-        from servegate.compilers.routing import probe_rows
+        from servegate.compilers.routing import probes
         from servegate.packaging.builder import build_archive
         from servegate.parity_limits import precision_of
         from servegate.targets.compiled import report_compiled
@@ -96,9 +96,9 @@ class TorchServeTarget(MeasuredTarget[TorchModel]):
                         {"archive_bytes": archive.stat().st_size})
         uri = tracking.log_artifact_file(archive, "archive")
         precision = "reduced" if "reduced" in {precision_of(b) for b in backends} else "fp32"
-        sizes = probe_rows({c.backend: c.owns for c in built.routed}, config.limits.max_instances)
+        reaching = probes({c.backend: c.owns for c in built.routed}, config.limits.max_instances)
         return Built(archive, uri, compiled_with, precision,
-                     tuple((b, tuple(sizes[b])) for b in backends if sizes.get(b)))
+                     tuple((b, tuple(reaching[b])) for b in backends if reaching.get(b)))
 
     def package(self, model: TorchModel, config: PipelineConfig, version: str, output_dir: Path) -> Path:
         """The ``.mar`` (handlers, model-config.yaml, labels, warm-up sample) in ``output_dir``."""
