@@ -178,7 +178,13 @@ def gate_parity(run: Run, model: Any, version: str, champion: str | None,
         checks = parity_checks(result, cfg.parity, built.precision)
         if built.routes:  # routed by shape: each artifact on the requests it serves
             run.say("gate: parity of each routed artifact (" + ", ".join(
-                f"{artifact}: {', '.join(map(str, reaching))}" for artifact, reaching in built.routes) + ")")
+                f"{artifact}: {', '.join(map(str, reaching))}" for artifact, reaching in built.routes
+                if reaching) + ")")
+            for artifact, reaching in built.routes:
+                if not reaching:
+                    run.say(f"[yellow]{artifact} serves only chunks of more rows than one request "
+                            f"may carry ({cfg.limits.max_instances}): checked in process at build, "
+                            "not through the server[/]")
             checks += routed_parity_checks(
                 lambda held_out, rows: run.target.check_parity(
                     run.server, cfg.model_name, version, held_out, None, cfg.limits, rows=rows),

@@ -541,14 +541,18 @@ def test_the_parity_step_checks_each_routed_artifact_through_the_target(mlflow_s
                                 top1_agreement=1.0, accuracy=0.9, reference_accuracy=0.9,
                                 champion_accuracy=None, abs_diffs=np.zeros(1))
 
+    printed = io.StringIO()
     run = steps.Run(PipelineConfig(name="digits"), Target(), object(),  # type: ignore[arg-type]
-                    Console(file=io.StringIO()))
-    built = Built(Path("a.mar"), "uri", "aoti+eager", "fp32", (("aoti", (Probe(2),)), ("eager", (Probe(1),))))
+                    Console(file=printed, width=400))
+    built = Built(Path("a.mar"), "uri", "aoti+eager+onnx", "fp32",
+                  (("aoti", (Probe(2),)), ("eager", (Probe(1),)), ("onnx", ())))
     with mlflow.start_run():
         _, checks = steps.gate_parity(run, digits, "2", None, built)
     assert asked == [(len(digits.eval_x), 32), (64, 2), (64, 1)]
     failed = [c.name for c in checks if not c.passed]
     assert failed == ["eager at 1 row: max_abs_diff"]
+    # an artifact no single request reaches is said to be checked only in process
+    assert "onnx serves only chunks of more rows than one request may carry" in printed.getvalue()
     asked.clear()
     with mlflow.start_run():  # one artifact: the whole set only, as before
         steps.gate_parity(run, digits, "2", None, Built(Path("a.mar"), "uri", "onnx", "fp32"))

@@ -33,7 +33,8 @@ class Built:
     compiled_with: str
     precision: str
     #: An archive routed by shape: each artifact with the requests that reach it (rows, and a
-    #: text model's token counts); the parity gate checks each on its own (empty: one artifact).
+    #: text model's token counts; none when it owns only chunks larger than one request); the
+    #: parity gate checks each on its own (empty: one artifact).
     routes: tuple[tuple[str, tuple[Probe, ...]], ...] = ()
 
 

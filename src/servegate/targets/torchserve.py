@@ -98,7 +98,7 @@ class TorchServeTarget(MeasuredTarget[TorchModel]):
         precision = "reduced" if "reduced" in {precision_of(b) for b in backends} else "fp32"
         reaching = probes({c.backend: c.owns for c in built.routed}, config.limits.max_instances)
         return Built(archive, uri, compiled_with, precision,
-                     tuple((b, tuple(reaching[b])) for b in backends if reaching.get(b)))
+                     tuple((b, tuple(reaching.get(b, ()))) for b in backends if built.routed))
 
     def package(self, model: TorchModel, config: PipelineConfig, version: str, output_dir: Path) -> Path:
         """The ``.mar`` (handlers, model-config.yaml, labels, warm-up sample) in ``output_dir``."""
