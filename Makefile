@@ -75,8 +75,9 @@ deploy: setup
 # integration tests two modules at a time (--dist loadfile: a module's servers stay in one
 # process; the longest modules start first, tests/integration/conftest.py). Their load gates
 # compare champion and challenger in alternating rounds, so a busy neighbour slows both alike
-# (measured: every gate held with two modules at once on a loaded 2-core box). UNIT_WORKERS=0 / INTEGRATION_WORKERS=0: one process. Both halves run; the exit
-# status is the first failure's; the slowest tests are listed for whoever makes it faster.
+# (measured: every gate held with two modules at once on a loaded 2-core box). UNIT_WORKERS=0 /
+# INTEGRATION_WORKERS=0: one process. Both halves run; the exit status is the first failure's; the
+# slowest tests are listed for whoever makes it faster.
 UNIT_WORKERS ?= auto
 INTEGRATION_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(UNIT_WORKERS)),-p no:xdist,-n $(UNIT_WORKERS) --maxprocesses=4)
