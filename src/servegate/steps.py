@@ -177,9 +177,10 @@ def gate_parity(run: Run, model: Any, version: str, champion: str | None,
                                          cfg.limits)
         checks = parity_checks(result, cfg.parity, built.precision)
         if built.routes:  # routed by shape: each artifact on the requests it serves
-            run.say("gate: parity of each routed artifact (" + ", ".join(
-                f"{artifact}: {', '.join(map(str, reaching))}" for artifact, reaching in built.routes
-                if reaching) + ")")
+            reached = [f"{artifact}: {', '.join(map(str, reaching))}"
+                       for artifact, reaching in built.routes if reaching]
+            if reached:
+                run.say(f"gate: parity of each routed artifact ({'; '.join(reached)})")
             for artifact, reaching in built.routes:
                 if not reaching:
                     run.say(f"[yellow]{artifact} serves only chunks of more rows than one request "
