@@ -192,6 +192,7 @@ def log_keras_model(model: Any, registered_name: str) -> str:
 def log_eval_dataset(model: Any) -> None:
     """The held-out set as ``eval/eval.npz`` of the run, and an MLflow dataset (context eval)."""
     import numpy as np
+    from mlflow.data.numpy_dataset import from_numpy  # mlflow.data.from_numpy, typed
 
     from servegate.sources.artifact_source import register_artifact_source
     from servegate.sources.schema import batch_arrays
@@ -208,8 +209,9 @@ def log_eval_dataset(model: Any) -> None:
     register_artifact_source()  # the source may be an mlflow server's artifact proxy
     source = f"{mlflow.get_artifact_uri('eval')}/eval.npz"
     features = {k: v for k, v in arrays.items() if k != "y"}
-    dataset = mlflow.data.from_numpy(features if len(features) > 1 else next(iter(features.values())),
-                                     targets=arrays.get("y"), source=source, name="held-out")
+    labelled: dict[str, Any] = {"targets": arrays["y"]} if "y" in arrays else {}
+    dataset = from_numpy(features if len(features) > 1 else next(iter(features.values())),
+                         source=source, name="held-out", **labelled)
     mlflow.log_input(dataset, context="eval")
 
 

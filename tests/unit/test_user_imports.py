@@ -128,3 +128,30 @@ def test_a_pickled_module_without_signature_needs_eval_data(wine, tmp_path: Path
 def test_options_and_fields_are_exclusive() -> None:
     with pytest.raises(TypeError):
         load_torch_model("builtin:digits", SourceSettings(), task="classification")
+
+
+def test_a_program_exported_in_training_mode_serves_as_after_eval(tmp_path: Path) -> None:
+    """A user who exported without ``model.eval()``: dropout and batch norm are traced with their
+    training flags on; the import turns them off, so the program (what compilers start from) and
+    its module answer as the eval-mode model does, the same every call."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.5), torch.nn.Linear(16, 3))
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    net.train()(torch.from_numpy(x))  # running statistics that differ from one batch's
+    program = torch.export.export(net, (torch.from_numpy(x[:4]),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "trained.pt2")
+    np.savez(tmp_path / "eval.npz", x=x, y=np.arange(40) % 3)
+
+    imported = load_torch_model(str(tmp_path / "trained.pt2"), eval_data=str(tmp_path / "eval.npz"))
+    expected = net.eval()(torch.from_numpy(x)).detach().numpy()
+    for run in (imported.module, imported.program.module()):
+        np.testing.assert_allclose(run(torch.from_numpy(x)).detach().numpy(), expected, atol=1e-5)
+    one_row = imported.module(torch.from_numpy(x[:1])).detach().numpy()  # no batch statistics
+    np.testing.assert_allclose(one_row, expected[:1], atol=1e-5)
+
+    decomposed = torch.export.export(net.train(), (torch.from_numpy(x[:4]),)).run_decompositions()
+    torch.export.save(decomposed, tmp_path / "decomposed.pt2")
+    with pytest.raises(SourceError, match="exported in training mode.*model.eval"):
+        load_torch_model(str(tmp_path / "decomposed.pt2"), eval_data=str(tmp_path / "eval.npz"))

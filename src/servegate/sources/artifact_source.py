@@ -54,4 +54,4 @@ def register_artifact_source() -> None:
     """Make MLflow resolve (and read back) artifact URIs as dataset sources; idempotent."""
     from mlflow.data.dataset_source_registry import register_dataset_source
 
-    register_dataset_source(MlflowArtifactDatasetSource)
+    register_dataset_source(MlflowArtifactDatasetSource)  # type: ignore[arg-type]  # MLflow registers classes (its own built-ins too); its annotation says an instance

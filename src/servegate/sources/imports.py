@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -55,6 +56,8 @@ PICKLE_REFUSED = ("{what} is pickled: loading it runs code from the file. Pass t
                   "(-P trust_pickle=true, --trust-pickle) only if you trust its author, or log the "
                   "model in MLflow 3's default format (an ExportedProgram: "
                   "mlflow.pytorch.log_model(model, name=..., input_example=...))")
+
+log = logging.getLogger(__name__)
 
 
 def inside(folder: Path, relative: Any, *, what: str) -> Path:
@@ -108,21 +111,51 @@ def load_program(path: Path, *, trust_pickle: bool) -> Any:
         except Exception as exc:
             raise SourceError(PICKLE_REFUSED.format(what=f"part of {path}") + f" ({exc})") from exc
     try:
-        return torch.export.load(str(path))
+        program = torch.export.load(str(path))
     except Exception as exc:
         raise SourceError(f"cannot load the ExportedProgram {path}: {exc}") from exc
+    return program_for_inference(program, what=str(path))
+
+
+#: Ops an ExportedProgram traced in training mode holds with their training flag (argument
+#: index): turned off, dropout passes its input through and batch norm uses its running
+#: statistics, as after ``model.eval()``.
+TRAINING_FLAGS = {"aten.dropout.default": 2, "aten.feature_dropout.default": 2,
+                  "aten.alpha_dropout.default": 2, "aten.feature_alpha_dropout.default": 2,
+                  "aten.native_dropout.default": 2, "aten.batch_norm.default": 5}
+#: Training-mode ops with no flag to turn off (a decomposed program): refused.
+TRAINING_ONLY = ("aten._native_batch_norm_legit_functional.default",
+                 "aten._native_batch_norm_legit.default")
+
+
+def program_for_inference(program: Any, *, what: str) -> Any:
+    """``program`` computing as its model does after ``.eval()`` (its module cannot ``.eval()``;
+    torch 2.13 has no ``move_exported_model_to_eval``): the training flags of dropout and batch
+    norm (``TRAINING_FLAGS``) are turned off in its graph, in place. A program exported in
+    training mode and then decomposed (``TRAINING_ONLY``) is refused: export it after
+    ``model.eval()``."""
+    changed = False
+    for node in program.graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        if name in TRAINING_ONLY:
+            raise SourceError(f"{what} was exported in training mode and decomposed ({name}): "
+                              "call model.eval() before torch.export.export")
+        index = TRAINING_FLAGS.get(name)
+        if index is not None and len(node.args) > index and node.args[index] is True:
+            node.args = (*node.args[:index], False, *node.args[index + 1:])
+            changed = True
+    if changed:
+        program.graph_module.recompile()
+        log.info("%s was exported in training mode: dropout and batch norm set to inference", what)
+    return program
 
 
 def _eval_mode(module: Any, program: Any) -> Any:
-    """The module in inference mode (an ExportedProgram's module cannot ``.eval()``)."""
-    if program is None:
-        return module.eval()
-    try:
-        import torch
-
-        return torch.ao.quantization.move_exported_model_to_eval(module)
-    except Exception:  # nothing to switch (no dropout / batch norm), or an older torch
-        return module
+    """The module in inference mode (an ExportedProgram's module cannot ``.eval()``: its
+    program was put in inference mode when loaded, ``program_for_inference``)."""
+    return module.eval() if program is None else module
 
 
 # ---- MLflow -----------------------------------------------------------------------------------

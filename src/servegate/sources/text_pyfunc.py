@@ -35,6 +35,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from servegate.artifact_access import download
 from servegate.errors import ConfigError, SourceError
@@ -164,7 +165,7 @@ def build_text_model(config: Mapping[str, Any], weights: Path, tokenizer: Path, 
     )
 
 
-class TextPyfunc(mlflow.pyfunc.PythonModel):
+class TextPyfunc(PythonModel):
     """Strings in; embeddings, or labels and probabilities, out (see the module docstring)."""
 
     def load_context(self, context) -> None:
@@ -189,7 +190,7 @@ def log_text_model(model: TorchModel, *, name: str = "model",
         raise SourceError("log_text_model needs a text model (with a tokenizer_file)")
     assert model.tokenizer_file is not None
     config = text_config(model)
-    examples = [str(t) for t in model.example_batch(EXAMPLE_ROWS)]
+    examples = [str(t) for t in np.asarray(model.example_batch(EXAMPLE_ROWS)).reshape(-1)]
     signature = infer_signature(examples, text_outputs(model, examples))
     requirements = [f"{p}=={importlib.metadata.version(p)}"
                     for p in ("mlflow", "torch", "tokenizers", "numpy", "pandas", "servegate")]
