@@ -150,6 +150,15 @@ def test_a_program_exported_in_training_mode_serves_as_after_eval(tmp_path: Path
         np.testing.assert_allclose(run(torch.from_numpy(x)).detach().numpy(), expected, atol=1e-5)
     one_row = imported.module(torch.from_numpy(x[:1])).detach().numpy()  # no batch statistics
     np.testing.assert_allclose(one_row, expected[:1], atol=1e-5)
+    # what compilers make of the program (ONNX from an ExportedProgram included), loaded as the
+    # worker loads it, answers the same
+    from servegate.compilers import get_compiler
+    from servegate.compilers.select import load_predictor
+
+    for name in ("export", "onnx"):
+        artifact = get_compiler(name).compile(imported, tmp_path / name, max_batch=16)
+        answered = load_predictor(artifact, threads=1)(x[:16])[0]
+        np.testing.assert_allclose(answered, expected[:16], atol=1e-4, err_msg=name)
 
     decomposed = torch.export.export(net.train(), (torch.from_numpy(x[:4]),)).run_decompositions()
     torch.export.save(decomposed, tmp_path / "decomposed.pt2")

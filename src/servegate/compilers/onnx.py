@@ -70,7 +70,8 @@ _GRAPHS: weakref.WeakKeyDictionary[Any, dict[tuple, Path]] = weakref.WeakKeyDict
 def _weights_state(source: Any) -> tuple:
     """Where the weights live and how often they were changed in place (torch's version
     counters): a module trained further in between gets a new export."""
-    return tuple((t.data_ptr(), t._version) for t in source.state_dict().values())
+    state = source.state_dict  # a module's method, an ExportedProgram's property
+    return tuple((t.data_ptr(), t._version) for t in (state() if callable(state) else state).values())
 
 
 #: Third-party log lines that say nothing about the user's model: torch.onnx's registry on a host
