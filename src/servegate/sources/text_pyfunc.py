@@ -127,8 +127,8 @@ def _load_module(config: Mapping[str, Any], weights: Path, *, trust_pickle: bool
     """(module in eval mode, its ExportedProgram or None) from the stored weights."""
     import torch
 
-    fmt = check_format(config, trust_pickle=trust_pickle, what=what)
-    if fmt == "pickle":
+    fmt = check_format(config, trust_pickle=trust_pickle, what=what)  # refuses untrusted pickle
+    if fmt == "pickle" and trust_pickle:  # the guard beside the load it guards
         return torch.load(weights, map_location="cpu", weights_only=False).eval(), None
     if fmt == "exported_program":
         program = load_program(weights, trust_pickle=trust_pickle)
