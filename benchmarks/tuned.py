@@ -19,7 +19,8 @@ TUNED_MODELS = {"digits": ("digits_b8_auto", "digits_tuned"),
 
 @dataclass(frozen=True)
 class Tuning:
-    """One family's search: the winner's batching (None: no point met the SLO) and its cost."""
+    """One family's search: the winner's batching (None: no point met the SLO, or the default
+    was kept: ``kept_default``, its best lost to it when confirmed) and its cost."""
 
     family: str
     batching: BatchingConfig | None
@@ -27,16 +28,30 @@ class Tuning:
     measurements: int
     grid_measurements: int
     seconds: float
-
-    @property
-    def kept_default(self) -> bool:
-        """Tune's answer was the default itself: its best lost to it when confirmed."""
-        return self.batching is None and self.label.startswith("keep the current configuration")
+    kept_default: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"family": self.family, "label": self.label, "measurements": self.measurements,
                 "grid_measurements": self.grid_measurements, "seconds": round(self.seconds, 1),
-                "batching": self.batching.model_dump() if self.batching else None}
+                "batching": self.batching.model_dump() if self.batching else None,
+                "kept_default": self.kept_default}
+
+
+def tuning_of(family: str, result: Any, seconds: float) -> Tuning:
+    """``Tuning`` from tune's ``TuneResult``: the winner's batching, or why there is none."""
+    if result.winner is None:  # none met the SLO, or none beat the default when confirmed
+        kept = result.confirmation is not None and not result.confirmation.kept
+        return Tuning(family, None, "; ".join(result.notes) or "no point met the SLO",
+                      result.measurements, result.grid_measurements, seconds, kept_default=kept)
+    point = result.winner.point
+    batching = BatchingConfig(batch_size=point.batch_size,
+                              max_batch_delay_ms=point.max_batch_delay_ms,
+                              min_workers=point.workers, max_workers=point.workers,
+                              threads_per_worker=point.threads)
+    label = (f"batch {point.batch_size}/{point.max_batch_delay_ms}ms, {point.workers} "
+             f"worker{'s' if point.workers > 1 else ''}"
+             + (f", {point.threads} threads" if point.threads else ""))
+    return Tuning(family, batching, label, result.measurements, result.grid_measurements, seconds)
 
 
 def tune_served(backend: Any, family: str, archive: Any, *, max_points: int, seconds: float,
@@ -57,16 +72,4 @@ def tune_served(backend: Any, family: str, archive: Any, *, max_points: int, sec
                           slo=SLO(p95_ms or slos.p95_ms, slos.p99_ms, slos.max_error_rate),
                           max_points=max_points, seconds=seconds, cores=cores,
                           say=lambda line: say(f"tuning {family}: {line}"[:150]))
-    spent = time.monotonic() - started
-    if result.winner is None:  # none met the SLO, or none beat the default when confirmed
-        return Tuning(family, None, "; ".join(result.notes) or "no point met the SLO",
-                      result.measurements, result.grid_measurements, spent)
-    point = result.winner.point
-    batching = BatchingConfig(batch_size=point.batch_size,
-                              max_batch_delay_ms=point.max_batch_delay_ms,
-                              min_workers=point.workers, max_workers=point.workers,
-                              threads_per_worker=point.threads)
-    label = (f"batch {point.batch_size}/{point.max_batch_delay_ms}ms, {point.workers} "
-             f"worker{'s' if point.workers > 1 else ''}"
-             + (f", {point.threads} threads" if point.threads else ""))
-    return Tuning(family, batching, label, result.measurements, result.grid_measurements, spent)
+    return tuning_of(family, result, time.monotonic() - started)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -180,7 +181,7 @@ def test_tuned_rows_are_held_to_more_throughput_at_no_worse_p95(measured) -> Non
 
 
 def test_a_default_tune_kept_is_the_tuned_configuration(measured) -> None:
-    from benchmarks.tuned import Tuning
+    from benchmarks.tuned import Tuning, tuning_of
 
     rows, digits, minilm = measured
     why = "keep the current configuration b8-d2ms-w1: the search's best, b16-d10ms-w1: ..."
@@ -190,5 +191,11 @@ def test_a_default_tune_kept_is_the_tuned_configuration(measured) -> None:
     assert gain.value == 1.0 and gain.met and why in gain.detail
     assert found[("digits", "tuned / default p95 at 70% of batch 1's peak")].value == 1.0
     assert ("MiniLM", "tuned / default throughput (saturated)") not in found
-    assert Tuning("digits", None, why, 30, 208, 290.0).kept_default
-    assert not Tuning("digits", None, "no measured point met the SLO", 30, 208, 290.0).kept_default
+    # tune's result says so: a confirmation that did not keep the search's best
+    lost = SimpleNamespace(winner=None, notes=(why,), measurements=30, grid_measurements=208,
+                           confirmation=SimpleNamespace(kept=False))
+    assert tuning_of("digits", lost, 290.0) == Tuning("digits", None, why, 30, 208, 290.0, True)
+    none_met = SimpleNamespace(winner=None, notes=(), measurements=30, grid_measurements=208,
+                               confirmation=None)
+    assert tuning_of("digits", none_met, 290.0) == Tuning("digits", None, "no point met the SLO",
+                                                          30, 208, 290.0, False)
